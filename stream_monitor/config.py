@@ -1,0 +1,264 @@
+"""The monitor's configuration: one YAML file validated into frozen objects.
+
+``load_config(path)`` reads the file, merges ``defaults`` into every model (a model overrides only the keys it
+names), validates everything and raises :class:`ConfigError` whose message names the bad key, for example
+``models.loan.window.size: must be greater than 0``. Unknown keys are errors too: a typo never silently falls
+back to a default. ``config/example.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AlertsConfig",
+    "ConfigError",
+    "DriftConfig",
+    "KafkaConfig",
+    "ModelConfig",
+    "MonitorConfig",
+    "ReferenceConfig",
+    "TopicsConfig",
+    "WindowConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Frozen):
+    bootstrap_servers: str | None = None  # overridden by --bootstrap-servers, then KAFKA_BOOTSTRAP_SERVERS
+    group_id: str = "stream-monitor"
+    consumer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka consumer settings
+    producer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka producer settings
+
+
+class TopicsConfig(_Frozen):
+    predictions: str = "predictions"
+    labels: str = "labels"
+    alerts: str = "stream-monitor.alerts"
+    breaker: str = "stream-monitor.breaker"
+    dead_letter: str = "stream-monitor.dead-letter"
+    partitions: int = Field(3, gt=0)  # for the topics the monitor creates
+    replication_factor: int = Field(1, gt=0)
+
+
+class BatchConfig(_Frozen):
+    max_messages: int = Field(5000, gt=0)
+    timeout_s: float = Field(0.5, gt=0)
+
+
+class WindowConfig(_Frozen):
+    """What one evaluated window is."""
+
+    type: Literal["tumbling", "sliding"] = "tumbling"
+    by: Literal["count", "time"] = "count"
+    size: float = Field(1000, gt=0)  # events (by: count) or seconds of event time (by: time)
+    slide: float | None = Field(None, gt=0)  # sliding only: events or seconds between evaluations
+    lateness_s: float = Field(0.0, ge=0)  # by: time: how late an event may arrive and still count
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if self.type == "sliding":
+            if self.slide is None:
+                raise ValueError("slide: required for a sliding window")
+            if self.slide > self.size:
+                raise ValueError("slide: must not exceed size")
+            ratio = self.size / self.slide
+            if abs(ratio - round(ratio)) > 1e-9:
+                raise ValueError("slide: size must be a whole multiple of slide")
+        elif self.slide is not None:
+            raise ValueError("slide: only for type: sliding")
+        if self.by == "count" and (self.size != int(self.size) or (self.slide or 1) != int(self.slide or 1)):
+            raise ValueError("size: a count window's size and slide are whole numbers of events")
+        return self
+
+    @property
+    def pane(self) -> float:
+        return self.slide if self.type == "sliding" and self.slide else self.size
+
+
+class ReferenceConfig(_Frozen):
+    """What the window is compared with.
+
+    - ``file``: an artifact built by ``stream-monitor reference build`` (``path``).
+    - ``warmup``: the model's first ``size`` events.
+    - ``rolling``: the previous ``windows`` windows (bins fixed by the warm-up).
+    - ``calendar``: the same slot (``slot_s`` seconds, default one hour) of the previous ``periods``
+      cycles of ``period_s`` (default one week), so a weekly pattern is not drift.
+    """
+
+    type: Literal["file", "warmup", "rolling", "calendar"] = "warmup"
+    path: str | None = None
+    size: int = Field(5000, gt=0)
+    windows: int = Field(1, gt=0)
+    period_s: float = Field(7 * 86400, gt=0)
+    slot_s: float = Field(3600, gt=0)
+    periods: int = Field(4, gt=0)
+    min_events: int = Field(200, gt=0)  # a rolling/calendar reference with fewer events is not used
+    store_dir: str | None = None  # where warm-up references are saved as artifacts (None: not saved)
+
+    @model_validator(mode="after")
+    def _check(self) -> ReferenceConfig:
+        if self.type == "file" and not self.path:
+            raise ValueError("path: required for reference type 'file'")
+        ratio = self.period_s / self.slot_s
+        if self.type == "calendar" and abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError("slot_s: period_s must be a whole multiple of slot_s")
+        return self
+
+
+class Thresholds(_Frozen):
+    psi: float = Field(0.1, gt=0)
+    ks: float = Field(0.1, gt=0, le=1)
+    wasserstein: float = Field(0.1, gt=0)
+    js: float = Field(0.1, gt=0, le=1)
+    hellinger: float = Field(0.1, gt=0, le=1)
+    chi2: float = Field(0.1, gt=0)
+
+
+NumericTest = Literal["auto", "psi", "ks", "wasserstein", "js", "hellinger"]
+CategoricalTest = Literal["chi2", "psi", "js", "hellinger"]
+
+
+class DriftConfig(_Frozen):
+    bins: int = Field(10, ge=2, le=100)  # numeric bins from the reference's quantiles
+    numeric_test: NumericTest = "auto"  # auto: psi, or ks when the window is small for its bins
+    categorical_test: CategoricalTest = "chi2"
+    thresholds: Thresholds = Thresholds()
+    family_alpha: float = Field(0.01, gt=0, lt=1)  # Holm correction across a model's features per window
+    sample_size: int = Field(5000, ge=50)  # exact samples kept per window for KS/Wasserstein
+    max_categories: int = Field(50, ge=1)  # tracked categories per feature; the rest count as "other"
+    max_known_categories: int = Field(10000, ge=1)  # remembered for the new-category rate
+    min_window_events: int = Field(100, gt=0)  # windows with fewer events are not evaluated
+    new_category_rate: float = Field(0.01, gt=0, le=1)
+    missing_rate_increase: float = Field(0.05, gt=0, le=1)
+    type_error_rate: float = Field(0.01, gt=0, le=1)
+    out_of_range_rate: float = Field(0.02, gt=0, le=1)
+
+
+class FeaturesConfig(_Frozen):
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> FeaturesConfig:
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(f"features listed as both numeric and categorical: {sorted(both)}")
+        return self
+
+
+class ModelConfig(_Frozen):
+    name: str
+    features: FeaturesConfig
+    prediction: Literal["categorical", "numeric", "none"] = "categorical"  # monitored as prediction drift
+    monitor_score: bool = True
+    window: WindowConfig = WindowConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    drift: DriftConfig = DriftConfig()
+    sample_rate: float = Field(1.0, gt=0, le=1)  # share of events monitored; cited in every alert
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not self.features.numeric and not self.features.categorical:
+            raise ValueError("features: list at least one numeric or categorical feature")
+        return self
+
+
+class AlertsConfig(_Frozen):
+    runbook_url: str = "https://github.com/stream-monitor/stream-monitor/blob/main/README.md#runbook-{kind}"
+    consecutive: int = Field(2, gt=0)  # windows over threshold before an alert fires
+    resolve_after: int = Field(2, gt=0)  # windows back under threshold before it resolves
+    repeat_every: int = Field(0, ge=0)  # re-send a firing alert every N windows (0: never)
+    critical_factor: float = Field(2.5, ge=1)  # value >= factor * threshold makes it critical
+
+
+class MonitorConfig(_Frozen):
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    batch: BatchConfig = BatchConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    models: dict[str, ModelConfig]
+
+    @field_validator("models")
+    @classmethod
+    def _non_empty(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if not v:
+            raise ValueError("configure at least one model")
+        return v
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if ": " in msg and loc and not msg.startswith(("Input", "Field")):
+            key, _, rest = msg.partition(": ")  # our own validators name the sub-key first
+            if " " not in key:
+                loc, msg = f"{loc}.{key}", rest
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "config") -> MonitorConfig:
+    """Validate an already-parsed YAML document (see :func:`load_config`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    defaults = raw.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: defaults: expected a mapping")
+    models = raw.get("models")
+    if isinstance(models, dict):
+        merged = {}
+        for name, spec in models.items():
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{source}: models.{name}: expected a mapping")
+            merged[name] = _deep_merge(defaults, {**spec, "name": name})
+        raw["models"] = merged
+    try:
+        return MonitorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def load_config(path: str | Path) -> MonitorConfig:
+    """Read and validate a YAML config file; relative reference paths are taken from the file's folder."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("models"), dict):
+        for spec in raw["models"].values():
+            ref = spec.get("reference") if isinstance(spec, dict) else None
+            if isinstance(ref, dict) and isinstance(ref.get("path"), str) and not Path(ref["path"]).is_absolute():
+                ref["path"] = str((p.parent / ref["path"]).resolve())
+    return parse_config(raw, str(p))

@@ -1,0 +1,142 @@
+"""Decoded events of one model as numpy columns, built once per batch.
+
+Numeric features become one ``(n, k)`` float matrix (NaN where missing or of the wrong type), categorical
+features one ``(n, c)`` object matrix of strings (None where missing or of the wrong type), each with a
+type-error mask. Every later step (binning, quality rates, samples) works on these matrices for all features
+at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Columns", "build_columns", "column_names", "PREDICTION", "SCORE"]
+
+#: Pseudo-feature names under which the prediction and the score are monitored.
+PREDICTION = "prediction"
+SCORE = "score"
+
+_NUMERIC_TYPES = {int, float}
+_NUMERIC_OR_NONE = {int, float, type(None)}
+
+
+@dataclass(slots=True)
+class Columns:
+    """One model's events of a batch, column-wise."""
+
+    event_time: np.ndarray  # (n,) epoch seconds
+    numeric: np.ndarray  # (n, k) float64, NaN when missing or wrong type
+    numeric_type_error: np.ndarray  # (n, k) bool
+    categorical: np.ndarray  # (n, c) object: str or None
+    categorical_type_error: np.ndarray  # (n, c) bool
+    model_version: np.ndarray  # (n,) object
+
+    @property
+    def n(self) -> int:
+        return int(self.event_time.shape[0])
+
+    def take(self, idx: np.ndarray | slice) -> Columns:
+        return Columns(
+            self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
+            self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx],
+        )
+
+
+def _object_matrix(rows: list[tuple[Any, ...]], n: int, k: int) -> np.ndarray:
+    # fromiter never descends into list or dict values the way np.array would
+    return np.fromiter(chain.from_iterable(rows), dtype=object, count=n * k).reshape(n, k)
+
+
+def _numeric_matrix(rows: list[tuple[Any, ...]], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    no_error = np.zeros((n, k), dtype=bool)
+    if k == 0:
+        return np.empty((n, 0)), no_error
+    types = set(map(type, chain.from_iterable(rows)))
+    if types <= _NUMERIC_TYPES:  # fast path: all present and numeric
+        return np.array(rows, dtype=np.float64).reshape(n, k), no_error
+    obj = _object_matrix(rows, n, k)
+    if types <= _NUMERIC_OR_NONE:  # missing values only: numpy casts None to NaN
+        return obj.astype(np.float64), no_error
+    # Slow path, only for batches with wrong types: a bool or a string is a type error, not a number.
+    ok = np.frompyfunc(lambda v: type(v) in _NUMERIC_OR_NONE, 1, 1)(obj).astype(bool)
+    bad = ~ok
+    obj[bad] = None
+    return obj.astype(np.float64), bad
+
+
+def _categorical_matrix(rows: list[tuple[Any, ...]], n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    no_error = np.zeros((n, c), dtype=bool)
+    if c == 0:
+        return np.empty((n, 0), dtype=object), no_error
+    obj = _object_matrix(rows, n, c)
+    types = set(map(type, chain.from_iterable(rows)))
+    if types <= {str, type(None)}:
+        return obj, no_error
+
+    def norm(v: Any) -> Any:
+        t = type(v)
+        if t is str or v is None:
+            return v
+        if t is bool:
+            return "true" if v else "false"
+        if t is int:  # integer codes (zip codes, ids) are categories
+            return str(v)
+        return _WRONG
+
+    out = np.frompyfunc(norm, 1, 1)(obj)
+    bad = out == _WRONG
+    out[bad] = None
+    return out, bad.astype(bool)
+
+
+class _Wrong:
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    __hash__ = object.__hash__
+
+
+_WRONG = _Wrong()
+
+
+def column_names(numeric: tuple[str, ...], categorical: tuple[str, ...], prediction: str = "none",
+                 score: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names of the numeric and categorical columns :func:`build_columns` makes, pseudo-features included."""
+    num = numeric + ((PREDICTION,) if prediction == "numeric" else ()) + ((SCORE,) if score else ())
+    cat = categorical + ((PREDICTION,) if prediction == "categorical" else ())
+    return num, cat
+
+
+def build_columns(
+    events: list[dict[str, Any]],
+    numeric: tuple[str, ...],
+    categorical: tuple[str, ...],
+    prediction: str = "none",
+    score: bool = False,
+) -> Columns:
+    """Build the column matrices for ``events`` (all of one model).
+
+    ``prediction`` ("numeric", "categorical" or "none") and ``score`` append the prediction and the score as
+    the last numeric or categorical columns, named :data:`PREDICTION` and :data:`SCORE`.
+    """
+    n = len(events)
+    feats = [ev["features"] for ev in events]
+    num_rows = [tuple(map(f.get, numeric)) for f in feats]
+    cat_rows = [tuple(map(f.get, categorical)) for f in feats]
+    if prediction == "numeric":
+        num_rows = [r + (ev["prediction"],) for r, ev in zip(num_rows, events)]
+    elif prediction == "categorical":
+        cat_rows = [r + (ev["prediction"],) for r, ev in zip(cat_rows, events)]
+    if score:
+        num_rows = [r + (ev.get("score"),) for r, ev in zip(num_rows, events)]
+    k = len(numeric) + (prediction == "numeric") + bool(score)
+    c = len(categorical) + (prediction == "categorical")
+    num, num_err = _numeric_matrix(num_rows, n, k)
+    cat, cat_err = _categorical_matrix(cat_rows, n, c)
+    t = np.fromiter((ev["timestamp"] for ev in events), dtype=np.float64, count=n)
+    versions = np.array([ev["model_version"] for ev in events], dtype=object)
+    return Columns(t, num, num_err, cat, cat_err, versions)

@@ -1,0 +1,180 @@
+"""Data-drift and data-quality decisions for one window against its reference.
+
+:func:`evaluate_window` computes every statistic for every feature (binned ones for all features in one
+vectorised call), picks the decision statistic per feature type and sample size, controls false alarms
+across the model's features with Holm's step-down correction, and returns one :class:`Finding` per
+(feature, statistic) with all figures kept for the alert.
+
+Decision rule for a drift statistic: over threshold when the effect size reaches its threshold **and** the
+test's p-value survives Holm at ``family_alpha``. Effect sizes keep huge windows (where every p-value is tiny)
+from paging on negligible shifts; the p-value keeps small windows from paging on noise. For PSI the threshold
+is also raised to the PSI that noise alone reaches at these sample sizes (:func:`stats.psi_null_threshold`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import DriftConfig
+from . import stats
+from .sketches import Binning, Pane
+
+__all__ = ["Finding", "evaluate_window", "holm"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One statistic of one feature in one window, and whether it is over its threshold."""
+
+    feature: str
+    kind: str  # data_drift | prediction_drift | data_quality
+    statistic: str
+    value: float
+    threshold: float
+    over: bool
+    p_value: float | None = None
+    n: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``alpha``."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    reject = np.zeros(m, dtype=bool)
+    if m == 0:
+        return reject
+    order = np.argsort(p, kind="stable")
+    limits = alpha / (m - np.arange(m))
+    passed = p[order] <= limits
+    stop = np.argmin(passed) if not passed.all() else m
+    reject[order[:stop]] = True
+    return reject
+
+
+def _r(x: float) -> float:
+    return float(round(float(x), 6))
+
+
+def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
+                    prediction_features: frozenset[str] = frozenset()) -> list[Finding]:
+    """All drift and quality findings of window ``cur`` against reference ``ref``."""
+    th = cfg.thresholds
+    drift: list[dict[str, Any]] = []  # candidates for the Holm family
+    quality: list[Finding] = []
+
+    def kind_of(name: str) -> str:
+        return "prediction_drift" if name in prediction_features else "data_drift"
+
+    # ---- numeric: binned statistics for all features at once ----
+    k = len(binning.numeric)
+    if k:
+        valid = binning.bin_valid
+        n_ref, n_cur = ref.num_present, cur.num_present
+        bins = valid.sum(axis=1)
+        psi = stats.psi(ref.num_counts, cur.num_counts, valid)
+        psi_p = stats.psi_pvalue(psi, n_ref, n_cur, bins)
+        psi_floor = stats.psi_null_threshold(n_ref, n_cur, bins)
+        js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
+        hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
+        _, chi_p, _ = stats.chisquare_gof(ref.num_counts, cur.num_counts, valid)
+        for j, name in enumerate(binning.numeric):
+            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
+                continue
+            a = ref.sorted_sample(j)
+            b = cur.sorted_sample(j)
+            d, ks_p = stats.ks_2samp(a, b)
+            spread = float(np.std(a)) if a.size > 1 else 0.0
+            w = stats.wasserstein(a, b)
+            w_norm = w / spread if spread > 0 else (0.0 if w == 0 else float("inf"))
+            figures = {
+                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
+                "ks": (_r(d), ks_p, th.ks),
+                "wasserstein": (_r(w_norm), float(chi_p[j]), th.wasserstein),
+                "js": (_r(js[j]), float(chi_p[j]), th.js),
+                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
+            }
+            test = cfg.numeric_test
+            if test == "auto":  # PSI needs ~5 events per bin to be stable; below that, KS
+                test = "psi" if n_cur[j] >= 5 * bins[j] else "ks"
+            value, p, thr = figures[test]
+            drift.append({
+                "feature": name, "kind": kind_of(name), "statistic": test, "value": value, "p": p,
+                "threshold": thr, "n": int(n_cur[j]),
+                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
+                | {"wasserstein_raw": _r(w), "reference_std": _r(spread)},
+            })
+        total_ref = ref.n or 1
+        total_cur = cur.n or 1
+        for j, name in enumerate(binning.numeric):
+            if cur.n < cfg.min_window_events:
+                continue
+            quality.extend(_quality(name, "missing_rate", cur.num_missing[j] / total_cur,
+                                    ref.num_missing[j] / total_ref, cfg.missing_rate_increase, cur.n))
+            quality.extend(_quality(name, "type_error_rate", cur.num_type_error[j] / total_cur,
+                                    ref.num_type_error[j] / total_ref, cfg.type_error_rate, cur.n))
+            quality.extend(_quality(name, "out_of_range_rate", cur.num_out_of_range[j] / total_cur,
+                                    ref.num_out_of_range[j] / total_ref, cfg.out_of_range_rate, cur.n))
+
+    # ---- categorical ----
+    c = len(binning.categorical)
+    new_findings: list[Finding] = []
+    if c:
+        valid = binning.cat_valid
+        n_ref, n_cur = ref.cat_present, cur.cat_present
+        chi, chi_p, w = stats.chisquare_gof(ref.cat_counts, cur.cat_counts, valid)
+        psi = stats.psi(ref.cat_counts, cur.cat_counts, valid)
+        slots = valid.sum(axis=1)
+        psi_p = stats.psi_pvalue(psi, n_ref, n_cur, slots)
+        psi_floor = stats.psi_null_threshold(n_ref, n_cur, slots)
+        js = stats.js_distance(ref.cat_counts, cur.cat_counts, valid)
+        hel = stats.hellinger(ref.cat_counts, cur.cat_counts, valid)
+        for j, name in enumerate(binning.categorical):
+            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
+                continue
+            figures = {
+                "chi2": (_r(w[j]), float(chi_p[j]), th.chi2),
+                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
+                "js": (_r(js[j]), float(chi_p[j]), th.js),
+                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
+            }
+            value, p, thr = figures[cfg.categorical_test]
+            drift.append({
+                "feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
+                "p": p, "threshold": thr, "n": int(n_cur[j]),
+                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
+                | {"chi2_statistic": _r(chi[j])},
+            })
+            rate = cur.cat_new[j] / max(n_cur[j], 1)
+            new_findings.append(Finding(
+                name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate,
+                bool(rate >= cfg.new_category_rate), None, int(n_cur[j]),
+                {"new_categories": sorted(cur.new_examples[j]), "new_count": int(cur.cat_new[j])},
+            ))
+        total_ref = ref.n or 1
+        total_cur = cur.n or 1
+        for j, name in enumerate(binning.categorical):
+            if cur.n < cfg.min_window_events:
+                continue
+            quality.extend(_quality(name, "missing_rate", cur.cat_missing[j] / total_cur,
+                                    ref.cat_missing[j] / total_ref, cfg.missing_rate_increase, cur.n))
+            quality.extend(_quality(name, "type_error_rate", cur.cat_type_error[j] / total_cur,
+                                    ref.cat_type_error[j] / total_ref, cfg.type_error_rate, cur.n))
+
+    # ---- one Holm family per model and window ----
+    rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
+    out = [
+        Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]),
+                bool(rej and d["value"] >= d["threshold"]), d["p"], d["n"], d["details"])
+        for d, rej in zip(drift, rejected)
+    ]
+    return out + new_findings + quality
+
+
+def _quality(name: str, statistic: str, rate: float, ref_rate: float, increase: float, n: int) -> list[Finding]:
+    threshold = ref_rate + increase
+    return [Finding(name, "data_quality", statistic, _r(rate), _r(threshold), bool(rate >= threshold), None, n,
+                    {"reference_rate": _r(ref_rate)})]

@@ -1,0 +1,153 @@
+"""Event contracts and batch decoding: raw bytes in, validated events and rejects out.
+
+This is the only place that knows the wire format of prediction and label events (the JSON Schemas in
+``stream_monitor/schemas`` describe the same contract for producers). Decoding is one ``orjson.loads`` per
+message plus a few type checks on the envelope; feature values are not inspected here (a string in a numeric
+feature is a data-quality fact, counted by the drift engine, not a malformed event).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+__all__ = ["Reject", "decode_predictions", "decode_labels", "parse_timestamp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message that breaks the contract: it goes to the dead-letter topic with ``reason``."""
+
+    index: int  # position in the batch handed to the decoder
+    reason: str
+
+
+_NUMBER = (int, float)
+
+
+def parse_timestamp(value: Any) -> float:
+    """Event time as epoch seconds from epoch seconds (int/float) or an ISO-8601 string.
+
+    A naive ISO time is taken as UTC. Raises ``ValueError`` with the reason on anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be epoch seconds or ISO-8601, got a boolean")
+    if isinstance(value, _NUMBER):
+        t = float(value)
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"timestamp must be finite, non-negative epoch seconds, got {value!r}")
+        if t > 1e11:  # epoch milliseconds sent by mistake would land thousands of years ahead
+            raise ValueError(f"timestamp {value!r} looks like milliseconds; send epoch seconds")
+        return t
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is not ISO-8601") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise ValueError(f"timestamp must be epoch seconds or ISO-8601, got {type(value).__name__}")
+
+
+def _check_prediction(ev: Any) -> str | None:
+    """Return why ``ev`` breaks the prediction contract, or None when it holds."""
+    if type(ev) is not dict:
+        return f"event must be a JSON object, got {type(ev).__name__}"
+    for key in ("event_id", "model", "model_version"):
+        v = ev.get(key)
+        if type(v) is not str:
+            return f"missing or non-string field '{key}'"
+        if not v:
+            return f"empty field '{key}'"
+    if type(ev.get("features")) is not dict:
+        return "missing field 'features' (an object of name -> number | string | bool | null)"
+    if "prediction" not in ev:
+        return "missing field 'prediction'"
+    pred = ev["prediction"]
+    if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
+        return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
+    score = ev.get("score")
+    if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
+        return f"field 'score' must be a number, got {type(score).__name__}"
+    lat = ev.get("latency_ms")
+    if lat is not None and (not isinstance(lat, _NUMBER) or isinstance(lat, bool) or lat < 0):
+        return "field 'latency_ms' must be a non-negative number"
+    seg = ev.get("segment")
+    if seg is not None and (type(seg) is not dict or not all(type(v) is str for v in seg.values())):
+        return "field 'segment' must be an object of strings"
+    return None
+
+
+def decode_predictions(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
+    """Decode a batch of prediction messages.
+
+    Returns ``(events, positions, rejects)``: the valid events (with ``timestamp`` normalised to epoch
+    seconds), each one's position in ``values``, and the rejects with their reason.
+    """
+    events: list[dict[str, Any]] = []
+    positions: list[int] = []
+    rejects: list[Reject] = []
+    loads = orjson.loads
+    for i, raw in enumerate(values):
+        if raw is None:
+            rejects.append(Reject(i, "empty message (no value)"))
+            continue
+        try:
+            ev = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            rejects.append(Reject(i, f"invalid JSON: {exc}"))
+            continue
+        why = _check_prediction(ev)
+        if why is None:
+            try:
+                ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
+            except ValueError as exc:
+                why = f"field 'timestamp': {exc}" if "timestamp" in ev else "missing field 'timestamp'"
+        if why is not None:
+            rejects.append(Reject(i, why))
+            continue
+        events.append(ev)
+        positions.append(i)
+    return events, positions, rejects
+
+
+def decode_labels(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
+    """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``."""
+    events: list[dict[str, Any]] = []
+    positions: list[int] = []
+    rejects: list[Reject] = []
+    for i, raw in enumerate(values):
+        if raw is None:
+            rejects.append(Reject(i, "empty message (no value)"))
+            continue
+        try:
+            ev = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            rejects.append(Reject(i, f"invalid JSON: {exc}"))
+            continue
+        if type(ev) is not dict:
+            rejects.append(Reject(i, f"event must be a JSON object, got {type(ev).__name__}"))
+            continue
+        why = None
+        for key in ("event_id", "model"):
+            if type(ev.get(key)) is not str or not ev[key]:
+                why = f"missing or non-string field '{key}'"
+                break
+        if why is None and not isinstance(ev.get("label"), (int, float, str)):
+            why = "missing field 'label' (a number or a string)"
+        if why is None:
+            try:
+                ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
+            except ValueError as exc:
+                why = f"field 'timestamp': {exc}"
+        if why is not None:
+            rejects.append(Reject(i, why))
+            continue
+        events.append(ev)
+        positions.append(i)
+    return events, positions, rejects

@@ -1,0 +1,206 @@
+"""The monitoring core: decoded events in, alert events out. No Kafka here.
+
+:class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
+calendar reference store. :class:`Monitor` routes a batch of events to the model monitors and runs the alert
+policy on what they find. The Kafka edge (``stream_monitor.kafka.runner``) feeds :meth:`Monitor.process`
+with each consumed batch and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig, MonitorConfig
+from .alerts import Alert, AlertPolicy, WindowInfo
+from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
+from .drift import Finding, evaluate_window
+from .reference import CalendarReference, Reference, RollingReference
+from .windows import ClosedWindow, CountWindows, TimeWindows
+
+__all__ = ["Monitor", "ModelMonitor", "WindowResult"]
+
+logger = logging.getLogger(__name__)
+
+#: Rows kept per calendar slot and cycle (slots * periods of them are kept per model).
+CALENDAR_SLOT_CAP = 250
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    model: str
+    model_version: str
+    window: WindowInfo
+    reference_id: str | None
+    findings: list[Finding]
+    skipped: str | None = None  # why the window was not evaluated
+
+
+@dataclass
+class MonitorCounters:
+    events: int = 0
+    sampled_out: int = 0
+    unmonitored: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    alerts: int = 0
+
+
+class ModelMonitor:
+    """One model's drift state.
+
+    Parameters
+    ----------
+    cfg
+        The model's validated config.
+    reference
+        A prebuilt reference (``reference.type: file``); loaded from ``cfg.reference.path`` when omitted.
+    """
+
+    def __init__(self, cfg: ModelConfig, reference: Reference | None = None) -> None:
+        self.cfg = cfg
+        self.numeric, self.categorical = column_names(
+            cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
+        self.prediction_features = frozenset({PREDICTION, SCORE})
+        if reference is None and cfg.reference.type == "file":
+            reference = Reference.load(cfg.reference.path)  # type: ignore[arg-type]
+        if reference is not None:
+            self._check_reference(reference)
+        self._preloaded = reference
+        self._reset()
+
+    def _check_reference(self, ref: Reference) -> None:
+        if ref.binning.numeric != self.numeric or ref.binning.categorical != self.categorical:
+            raise ValueError(
+                f"models.{self.cfg.name}.reference.path: reference {ref.id} has numeric {list(ref.binning.numeric)} "
+                f"and categorical {list(ref.binning.categorical)}, the config wants {list(self.numeric)} and "
+                f"{list(self.categorical)}")
+
+    def _reset(self) -> None:
+        cfg = self.cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.reference: Reference | None = None
+        self._warmup: list[Columns] = []
+        self._warmup_n = 0
+        self.windows: CountWindows | TimeWindows | None = None
+        self.rolling: RollingReference | None = None
+        self.calendar: CalendarReference | None = None
+        if self._preloaded is not None:
+            self._start(self._preloaded)
+
+    def _start(self, ref: Reference) -> None:
+        cfg = self.cfg
+        self.reference = ref
+        w, cap = cfg.window, cfg.drift.sample_size
+        if w.by == "count":
+            self.windows = CountWindows(int(w.size), int(w.slide) if w.slide else None, ref.binning, cap, self.rng)
+        else:
+            self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.rng)
+        if cfg.reference.type == "rolling":
+            self.rolling = RollingReference(cfg.reference.windows, self.windows.n_panes, cap)
+        elif cfg.reference.type == "calendar":
+            self.calendar = CalendarReference(cfg.reference.period_s, cfg.reference.slot_s,
+                                              cfg.reference.periods, min(cap, CALENDAR_SLOT_CAP))
+        logger.info("model %s: reference %s ready (%d events)", cfg.name, ref.id, ref.pane.n)
+
+    @property
+    def late_events(self) -> int:
+        return self.windows.late_events if self.windows else 0
+
+    def update(self, events: list[dict[str, Any]]) -> list[WindowResult]:
+        """Add decoded events of this model; returns the windows that closed, evaluated."""
+        cfg = self.cfg
+        cols = build_columns(events, cfg.features.numeric, cfg.features.categorical, cfg.prediction,
+                             cfg.monitor_score)
+        if self.reference is None:
+            need = cfg.reference.size - self._warmup_n
+            self._warmup.append(cols.take(slice(0, need)))
+            self._warmup_n += min(need, cols.n)
+            if self._warmup_n < cfg.reference.size:
+                return []
+            self._start(self._build_warmup_reference())
+            cols = cols.take(slice(need, None))
+        assert self.windows is not None
+        return [self._evaluate(w) for w in self.windows.update(cols)]
+
+    def _build_warmup_reference(self) -> Reference:
+        cfg = self.cfg
+        parts = self._warmup
+        self._warmup = []
+        cols = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
+        ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
+                                     cfg.drift.max_categories, cfg.drift.max_known_categories,
+                                     cfg.drift.sample_size, self.rng)
+        if cfg.reference.store_dir:
+            path = Path(cfg.reference.store_dir) / f"{cfg.name}-{ref.id.replace(':', '-')}.json"
+            ref.save(path)
+            logger.info("model %s: warm-up reference saved to %s", cfg.name, path)
+        return ref
+
+    def _evaluate(self, w: ClosedWindow) -> WindowResult:
+        assert self.reference is not None
+        cfg = self.cfg
+        info = WindowInfo(w.index, w.start, w.end, w.pane.n)
+        ref_id: str | None = self.reference.id
+        ref_pane = self.reference.pane
+        if self.rolling is not None:
+            got = self.rolling.reference_for(self.reference.id, self.rng)
+            self.rolling.add(w.start, w.end, w.pane)
+            ref_id, ref_pane = got if got else (None, None)
+        elif self.calendar is not None:
+            got = self.calendar.reference_for(self.reference.id, w.start, self.rng)
+            self.calendar.add(w.start, w.pane, self.rng)
+            ref_id, ref_pane = got if got else (None, None)
+        if ref_pane is None or ref_pane.n < cfg.reference.min_events:
+            return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="reference not ready")
+        if w.pane.n < cfg.drift.min_window_events:
+            return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small")
+        findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features)
+        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings)
+
+
+class Monitor:
+    """All models of a config, and one alert policy over them."""
+
+    def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None) -> None:
+        self.cfg = cfg
+        refs = references or {}
+        self.models = {name: ModelMonitor(m, refs.get(name)) for name, m in cfg.models.items()}
+        self.policy = AlertPolicy(cfg.alerts)
+        self.counters = MonitorCounters()
+        self._rng = np.random.default_rng(0)
+
+    def process(self, events: list[dict[str, Any]]) -> tuple[list[WindowResult], list[Alert]]:
+        """Feed one batch of decoded prediction events; returns evaluated windows and alert events."""
+        self.counters.events += len(events)
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for ev in events:
+            by_model.setdefault(ev["model"], []).append(ev)
+        results: list[WindowResult] = []
+        alerts: list[Alert] = []
+        for name, evs in by_model.items():
+            mm = self.models.get(name)
+            if mm is None:
+                if not self.counters.unmonitored[name]:
+                    logger.warning("events of model %r are not monitored: it is not in the config", name)
+                self.counters.unmonitored[name] += len(evs)
+                continue
+            rate = mm.cfg.sample_rate
+            if rate < 1:
+                keep = self._rng.random(len(evs)) < rate
+                self.counters.sampled_out += int((~keep).sum())
+                evs = [e for e, k in zip(evs, keep) if k]
+            if not evs:
+                continue
+            for r in mm.update(evs):
+                results.append(r)
+                self.counters.windows += 1
+                if r.skipped is None:
+                    alerts.extend(self.policy.update(name, r.model_version, r.window, r.findings,
+                                                     r.reference_id, rate))
+        self.counters.alerts += len(alerts)
+        return results, alerts

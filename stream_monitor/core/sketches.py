@@ -1,0 +1,311 @@
+"""Mergeable per-window summaries of all of a model's features, updated once per batch.
+
+:class:`Binning` fixes how values are summarised: numeric bin edges from the reference's quantiles, the tracked
+categories of each categorical feature (top ``max_categories``; the rest count as "other") and the categories
+known to the reference (for the new-category rate). It is set once per model, from the reference.
+
+:class:`Pane` summarises a set of events under a binning, for every feature at once:
+
+- numeric: bin counts ``(k, B)``, missing / type-error / out-of-range counts, and a uniform reservoir sample
+  of at most ``cap`` rows (exact for windows up to ``cap`` events; beyond that KS and Wasserstein are computed
+  on a uniform subsample, whose KS error is at most ``sqrt(ln(2/delta) / (2 * cap))`` with probability
+  ``1 - delta`` by the DKW inequality: 0.024 for cap = 5000, delta = 0.01);
+- categorical: counts over tracked categories + "other" ``(c, K + 1)``, missing / type-error / new-category
+  counts and a few examples of new categories.
+
+Panes add up (:meth:`Pane.merge`), so a window is the merge of its panes and a rolling or calendar reference
+is the merge of earlier windows. Memory per pane is bounded by ``cap`` rows, whatever the stream's length or
+the features' cardinality.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .columns import Columns
+
+__all__ = ["Binning", "Pane"]
+
+_MAX_NEW_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How a model's features are summarised; built from reference data by :meth:`fit`."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    edges: np.ndarray  # (k, B-1) interior cut points, padded with +inf
+    bin_valid: np.ndarray  # (k, B) which bins exist for each feature
+    lo: np.ndarray  # (k,) reference minimum (out-of-range below)
+    hi: np.ndarray  # (k,) reference maximum
+    categories: tuple[tuple[str, ...], ...]  # per categorical feature, tracked categories in index order
+    known: tuple[frozenset[str], ...]  # per categorical feature, categories seen in the reference
+    _vocab: tuple[dict[str, int], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_vocab", tuple({v: i for i, v in enumerate(cats)} for cats in self.categories))
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.bin_valid.shape[1]) if self.bin_valid.ndim == 2 else 0
+
+    @property
+    def n_cat_slots(self) -> int:
+        """Tracked categories of the widest feature, plus one "other" slot (the last column)."""
+        return max((len(c) for c in self.categories), default=0) + 1
+
+    @property
+    def cat_valid(self) -> np.ndarray:
+        width = self.n_cat_slots
+        valid = np.zeros((len(self.categorical), width), dtype=bool)
+        for j, cats in enumerate(self.categories):
+            valid[j, : len(cats)] = True
+            valid[j, -1] = True
+        return valid
+
+    @classmethod
+    def fit(cls, cols: Columns, numeric: Sequence[str], categorical: Sequence[str], bins: int = 10,
+            max_categories: int = 50, max_known: int = 10000) -> Binning:
+        """Quantile edges and category vocabularies from reference columns."""
+        k = len(numeric)
+        edges = np.full((k, bins - 1), np.inf)
+        valid = np.zeros((k, bins), dtype=bool)
+        lo = np.full(k, -np.inf)
+        hi = np.full(k, np.inf)
+        qs = np.linspace(0, 1, bins + 1)[1:-1]
+        for j in range(k):
+            x = cols.numeric[:, j]
+            x = x[~np.isnan(x)]
+            if x.size == 0:
+                valid[j, 0] = True
+                continue
+            e = np.unique(np.quantile(x, qs))
+            edges[j, : e.size] = e
+            valid[j, : e.size + 1] = True
+            lo[j], hi[j] = x.min(), x.max()
+        cats: list[tuple[str, ...]] = []
+        known: list[frozenset[str]] = []
+        for j in range(len(categorical)):
+            col = cols.categorical[:, j]
+            counts = Counter(v for v in col if v is not None)
+            ranked = [v for v, _ in counts.most_common()]
+            cats.append(tuple(ranked[:max_categories]))
+            known.append(frozenset(ranked[:max_known]))
+        return cls(tuple(numeric), tuple(categorical), edges, valid, lo, hi, tuple(cats), tuple(known))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "edges": [[float(v) for v in row if np.isfinite(v)] for row in self.edges],
+            "bins": self.n_bins,
+            "lo": [float(v) for v in self.lo],
+            "hi": [float(v) for v in self.hi],
+            "categories": [list(c) for c in self.categories],
+            "known": [sorted(k) for k in self.known],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Binning:
+        k, bins = len(d["numeric"]), int(d["bins"])
+        edges = np.full((k, bins - 1), np.inf)
+        valid = np.zeros((k, bins), dtype=bool)
+        for j, row in enumerate(d["edges"]):
+            edges[j, : len(row)] = row
+            valid[j, : len(row) + 1] = True
+        return cls(tuple(d["numeric"]), tuple(d["categorical"]), edges, valid,
+                   np.asarray(d["lo"], dtype=np.float64), np.asarray(d["hi"], dtype=np.float64),
+                   tuple(tuple(c) for c in d["categories"]), tuple(frozenset(k) for k in d["known"]))
+
+
+class Pane:
+    """Counts and a bounded sample of a set of events, for all features of a model at once."""
+
+    def __init__(self, binning: Binning, cap: int) -> None:
+        self.binning = binning
+        self.cap = cap
+        self._reset()
+
+    def _reset(self) -> None:
+        b = self.binning
+        k, c = len(b.numeric), len(b.categorical)
+        self.n = 0
+        self.t_min = np.inf
+        self.t_max = -np.inf
+        self.num_counts = np.zeros((k, max(b.n_bins, 1)), dtype=np.int64)
+        self.num_missing = np.zeros(k, dtype=np.int64)
+        self.num_type_error = np.zeros(k, dtype=np.int64)
+        self.num_out_of_range = np.zeros(k, dtype=np.int64)
+        self.sample = np.empty((0, k))
+        self.seen = 0  # rows offered to the reservoir
+        self.cat_counts = np.zeros((c, b.n_cat_slots), dtype=np.int64)
+        self.cat_missing = np.zeros(c, dtype=np.int64)
+        self.cat_type_error = np.zeros(c, dtype=np.int64)
+        self.cat_new = np.zeros(c, dtype=np.int64)
+        self.new_examples: list[set[str]] = [set() for _ in range(c)]
+        self.versions: Counter[str] = Counter()
+
+    # -- updates -------------------------------------------------------------------------------------------
+    def update(self, cols: Columns, rng: np.random.Generator) -> Pane:
+        """Add a batch of events (all features at once)."""
+        n = cols.n
+        if n == 0:
+            return self
+        self.n += n
+        self.t_min = min(self.t_min, float(cols.event_time.min()))
+        self.t_max = max(self.t_max, float(cols.event_time.max()))
+        vs, vc = np.unique(cols.model_version, return_counts=True)
+        self.versions.update(dict(zip(vs.tolist(), vc.tolist())))
+        self._update_numeric(cols, rng)
+        self._update_categorical(cols)
+        return self
+
+    def _update_numeric(self, cols: Columns, rng: np.random.Generator) -> None:
+        b = self.binning
+        x = cols.numeric
+        k = x.shape[1]
+        if k == 0:
+            return
+        present = ~np.isnan(x)
+        bins = self.num_counts.shape[1]
+        idx = (x[:, :, None] >= b.edges[None, :, :]).sum(axis=2)  # bin per value, all features at once
+        flat = (idx + np.arange(k) * bins)[present]
+        self.num_counts += np.bincount(flat, minlength=k * bins).reshape(k, bins)
+        err = cols.numeric_type_error
+        self.num_type_error += err.sum(axis=0)
+        self.num_missing += (~present & ~err).sum(axis=0)
+        self.num_out_of_range += ((x < b.lo) | (x > b.hi)).sum(axis=0)
+        self._reservoir(x, rng)
+
+    def _reservoir(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        n = x.shape[0]
+        room = self.cap - self.sample.shape[0]
+        if room > 0:
+            take = min(room, n)
+            self.sample = np.concatenate([self.sample, x[:take]])
+            x = x[take:]
+            self.seen += take
+            n -= take
+        if n == 0:
+            return
+        # Algorithm R, vectorised: row i (overall index seen + i) replaces a random slot with prob cap/(index+1)
+        j = rng.integers(0, self.seen + np.arange(n) + 1)
+        keep = j < self.cap
+        self.sample[j[keep]] = x[keep]
+        self.seen += n
+
+    def _update_categorical(self, cols: Columns) -> None:
+        b = self.binning
+        other = b.n_cat_slots - 1
+        err = cols.categorical_type_error
+        self.cat_type_error += err.sum(axis=0)
+        for j, vocab in enumerate(b._vocab):  # per feature, never per event: np.unique does the counting
+            col = cols.categorical[:, j]
+            present = col != None  # noqa: E711 - elementwise on an object array
+            self.cat_missing[j] += int((~present & ~err[:, j]).sum())
+            values = col[present]
+            if values.size == 0:
+                continue
+            uniq, inv, counts = np.unique(values, return_inverse=True, return_counts=True)
+            codes = np.fromiter((vocab.get(v, other) for v in uniq), dtype=np.int64, count=uniq.size)
+            self.cat_counts[j] += np.bincount(codes, weights=counts, minlength=other + 1).astype(np.int64)
+            known = b.known[j]
+            new = [(v, c) for v, c in zip(uniq.tolist(), counts.tolist()) if v not in known]
+            if new:
+                self.cat_new[j] += sum(c for _, c in new)
+                ex = self.new_examples[j]
+                for v, _ in new[: max(0, _MAX_NEW_EXAMPLES - len(ex))]:
+                    ex.add(v)
+
+    # -- merging -------------------------------------------------------------------------------------------
+    @classmethod
+    def merge(cls, panes: Sequence[Pane], cap: int, rng: np.random.Generator) -> Pane:
+        """One pane summarising all of ``panes``; the sample is a uniform subsample of at most ``cap`` rows."""
+        if not panes:
+            raise ValueError("panes: need at least one pane to merge")
+        out = cls(panes[0].binning, cap)
+        for p in panes:
+            out.n += p.n
+            out.t_min = min(out.t_min, p.t_min)
+            out.t_max = max(out.t_max, p.t_max)
+            out.num_counts += p.num_counts
+            out.num_missing += p.num_missing
+            out.num_type_error += p.num_type_error
+            out.num_out_of_range += p.num_out_of_range
+            out.cat_counts += p.cat_counts
+            out.cat_missing += p.cat_missing
+            out.cat_type_error += p.cat_type_error
+            out.cat_new += p.cat_new
+            for ex, px in zip(out.new_examples, p.new_examples):
+                ex.update(list(px)[: max(0, _MAX_NEW_EXAMPLES - len(ex))])
+            out.versions.update(p.versions)
+        rows = sum(p.sample.shape[0] for p in panes)
+        if rows <= cap:
+            parts = [p.sample for p in panes]
+        else:  # each pane contributes in proportion to the events it stands for
+            total = sum(p.n for p in panes) or 1
+            parts = []
+            for p in panes:
+                want = min(p.sample.shape[0], int(round(cap * p.n / total)))
+                pick = rng.choice(p.sample.shape[0], size=want, replace=False) if want else []
+                parts.append(p.sample[np.sort(pick)] if want else p.sample[:0])
+        out.sample = np.concatenate(parts) if parts else out.sample
+        out.seen = sum(p.seen for p in panes)
+        return out
+
+    # -- derived -------------------------------------------------------------------------------------------
+    @property
+    def num_present(self) -> np.ndarray:
+        return self.num_counts.sum(axis=1)
+
+    @property
+    def cat_present(self) -> np.ndarray:
+        return self.cat_counts.sum(axis=1)
+
+    def sorted_sample(self, j: int) -> np.ndarray:
+        x = self.sample[:, j]
+        return np.sort(x[~np.isnan(x)])
+
+    @property
+    def main_version(self) -> str:
+        return self.versions.most_common(1)[0][0] if self.versions else ""
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "cap": self.cap, "n": self.n, "t_min": self.t_min if np.isfinite(self.t_min) else None,
+            "t_max": self.t_max if np.isfinite(self.t_max) else None,
+            "num_counts": self.num_counts.tolist(), "num_missing": self.num_missing.tolist(),
+            "num_type_error": self.num_type_error.tolist(), "num_out_of_range": self.num_out_of_range.tolist(),
+            "sample": np.where(np.isnan(self.sample), None, self.sample).tolist(), "seen": self.seen,
+            "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
+            "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
+            "new_examples": [sorted(e) for e in self.new_examples], "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def restore(cls, binning: Binning, d: dict[str, Any]) -> Pane:
+        p = cls(binning, int(d["cap"]))
+        p.n = int(d["n"])
+        p.t_min = np.inf if d["t_min"] is None else float(d["t_min"])
+        p.t_max = -np.inf if d["t_max"] is None else float(d["t_max"])
+        k = len(binning.numeric)
+        p.num_counts = np.asarray(d["num_counts"], dtype=np.int64).reshape(p.num_counts.shape)
+        p.num_missing = np.asarray(d["num_missing"], dtype=np.int64)
+        p.num_type_error = np.asarray(d["num_type_error"], dtype=np.int64)
+        p.num_out_of_range = np.asarray(d["num_out_of_range"], dtype=np.int64)
+        p.sample = np.asarray(d["sample"], dtype=np.float64).reshape(-1, k)
+        p.seen = int(d["seen"])
+        p.cat_counts = np.asarray(d["cat_counts"], dtype=np.int64).reshape(p.cat_counts.shape)
+        p.cat_missing = np.asarray(d["cat_missing"], dtype=np.int64)
+        p.cat_type_error = np.asarray(d["cat_type_error"], dtype=np.int64)
+        p.cat_new = np.asarray(d["cat_new"], dtype=np.int64)
+        p.new_examples = [set(e) for e in d["new_examples"]]
+        p.versions = Counter(d["versions"])
+        return p

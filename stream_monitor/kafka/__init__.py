@@ -1,0 +1,1 @@
+"""Kafka edge: the only part of stream-monitor that talks to Kafka."""
