@@ -1,0 +1,152 @@
+"""``stream-monitor`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
+    b = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or configured
+    if not b:
+        raise SystemExit("no broker: pass --bootstrap-servers, set KAFKA_BOOTSTRAP_SERVERS or kafka.bootstrap_servers"
+                         " (or start one with `stream-monitor broker`)")
+    return b
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .kafka.runner import MonitorService
+
+    cfg = load_config(args.config)
+    service = MonitorService(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers))
+
+    def _stop(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: finishing the current batch and stopping", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.run()
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK, {len(cfg.models)} model(s): {', '.join(cfg.models)}")
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from .kafka import broker
+
+    if args.fetch_only:
+        print(broker.fetch_kafka_jars())
+        return 0
+    broker.serve_forever()
+    return 0
+
+
+def _cmd_reference_build(args: argparse.Namespace) -> int:
+    from .core.reference import build_reference, read_events
+
+    cfg = load_config(args.config)
+    if args.model not in cfg.models:
+        raise SystemExit(f"model {args.model!r} is not in {args.config} (models: {', '.join(cfg.models)})")
+    m = cfg.models[args.model]
+    events = read_events(args.input)
+    ref = build_reference(events, m.name, m.features.numeric, m.features.categorical, m.prediction,
+                          m.monitor_score, m.drift.bins, m.drift.max_categories, m.drift.max_known_categories,
+                          m.drift.sample_size, m.seed)
+    out = ref.save(args.output)
+    print(f"reference {ref.id} for model {m.name}: {ref.pane.n} events -> {out}")
+    return 0
+
+
+def _cmd_alerts_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer
+
+    cfg = load_config(args.config)
+    consumer = Consumer({"bootstrap.servers": _bootstrap(args, cfg.kafka.bootstrap_servers),
+                         "group.id": f"stream-monitor-tail-{os.getpid()}", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([cfg.topics.alerts])
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            alert = orjson.loads(msg.value())
+            if args.model and alert.get("model") != args.model:
+                continue
+            print(orjson.dumps(alert).decode() if args.json else alert["message"], flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stream-monitor", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the monitor")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--bootstrap-servers")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("--config", required=True, type=Path)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("broker", help="start a local Kafka broker (from Maven jars when no Docker engine)")
+    p.add_argument("--fetch-only", action="store_true", help="only download the Kafka jars into the cache")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("reference", help="reference artifacts")
+    rsub = p.add_subparsers(dest="reference_command", required=True)
+    b = rsub.add_parser("build", help="build a reference from past predictions (JSONL or CSV)")
+    b.add_argument("--config", required=True, type=Path)
+    b.add_argument("--model", required=True)
+    b.add_argument("--input", required=True, type=Path)
+    b.add_argument("--output", required=True, type=Path)
+    b.set_defaults(func=_cmd_reference_build)
+
+    p = sub.add_parser("alerts", help="read the alert topic")
+    asub = p.add_subparsers(dest="alerts_command", required=True)
+    t = asub.add_parser("tail", help="print alerts as they arrive")
+    t.add_argument("--config", required=True, type=Path)
+    t.add_argument("--bootstrap-servers")
+    t.add_argument("--model")
+    t.add_argument("--json", action="store_true", help="print whole alert events")
+    t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0: never)")
+    t.set_defaults(func=_cmd_alerts_tail)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error:\n{exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``make demo``: a loan-approval model whose inputs drift partway, monitored end to end on a real broker.
+
+Gets a broker (``KAFKA_BOOTSTRAP_SERVERS``, a testcontainers container, or Kafka from Maven jars), runs the
+monitor with ``config/example.yaml``, produces a synthetic workload that drifts after 60 % of it, and prints
+the alerts as they arrive on the alert topic. Everything stops when the workload has been consumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = ["loan_events", "main"]
+
+EMPLOYMENT = ["salaried", "self-employed", "retired", "student"]
+PURPOSE = ["home", "car", "education", "debt", "business"]
+REGION = ["north", "south", "east", "west"]
+
+
+def loan_events(n: int, rng: np.random.Generator, drift: bool = False, start_id: int = 0, t0: float = 1.7e9,
+                model: str = "loan-approval") -> list[dict[str, Any]]:
+    """``n`` loan-approval prediction events. With ``drift``: income and credit score shift, a new purpose
+    category ("crypto") appears and the region mix changes; the other features keep their distribution."""
+    income = rng.lognormal(10.8 + (0.35 if drift else 0.0), 0.5, n)
+    loan = rng.lognormal(9.5, 0.7, n)
+    credit = rng.normal(680 - (40 if drift else 0), 60, n).clip(300, 850)
+    dti = rng.beta(2, 5, n)
+    age = rng.integers(21, 75, n)
+    employment = rng.choice(EMPLOYMENT, n, p=[0.6, 0.2, 0.12, 0.08])
+    purpose_names = PURPOSE + (["crypto"] if drift else [])
+    purpose_p = [0.35, 0.25, 0.1, 0.2, 0.1] if not drift else [0.3, 0.2, 0.1, 0.15, 0.1, 0.15]
+    purpose = rng.choice(purpose_names, n, p=purpose_p)
+    region = rng.choice(REGION, n, p=[0.25, 0.25, 0.25, 0.25] if not drift else [0.55, 0.15, 0.15, 0.15])
+    z = (np.log(income) - 10.8) * 1.5 + (credit - 680) / 60 - 3 * (dti - 0.28) - 0.3 * (np.log(loan) - 9.5)
+    score = 1 / (1 + np.exp(-z))
+    latency = rng.gamma(4, 8, n)
+    return [
+        {
+            "event_id": f"ev-{start_id + i}",
+            "model": model,
+            "model_version": "v3",
+            "timestamp": t0 + (start_id + i) * 0.05,
+            "features": {
+                "income": round(float(income[i]), 2), "loan_amount": round(float(loan[i]), 2),
+                "credit_score": round(float(credit[i]), 1), "debt_to_income": round(float(dti[i]), 4),
+                "age": int(age[i]), "employment": str(employment[i]), "purpose": str(purpose[i]),
+                "region": str(region[i]),
+            },
+            "prediction": "approve" if score[i] >= 0.5 else "decline",
+            "score": round(float(score[i]), 4),
+            "latency_ms": round(float(latency[i]), 2),
+        }
+        for i in range(n)
+    ]
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from confluent_kafka import Consumer, Producer
+
+    from .config import load_config
+    from .kafka.broker import kafka_broker
+    from .kafka.runner import MonitorService
+
+    ap = argparse.ArgumentParser(prog="python -m stream_monitor.demo")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "example.yaml"))
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    run = uuid.uuid4().hex[:6]  # fresh topics and group: reruns against your own cluster start clean
+    base = load_config(args.config)
+    topics = base.topics.model_copy(update={
+        "predictions": f"demo-{run}.predictions", "alerts": f"demo-{run}.alerts",
+        "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "partitions": 1})
+    cfg = base.model_copy(update={"topics": topics,
+                                  "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})
+    with kafka_broker() as bootstrap:
+        service = MonitorService(cfg, bootstrap, log_every_s=5)
+        logging.getLogger("stream_monitor.kafka.runner").setLevel(logging.INFO)
+        worker = threading.Thread(target=service.run, name="monitor", daemon=True)
+        worker.start()
+
+        rng = np.random.default_rng(7)
+        drift_from = int(args.events * 0.6)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+        _say(f"producing {args.events} loan-approval events to {topics.predictions}; inputs drift from event "
+             f"{drift_from} on (income, credit_score, new purpose 'crypto', region mix)")
+        for start in range(0, args.events, 1000):
+            n = min(1000, args.events - start)
+            for ev in loan_events(n, rng, drift=start >= drift_from, start_id=start):
+                producer.produce(topics.predictions, key=ev["model"].encode(), value=orjson.dumps(ev))
+                producer.poll(0)
+            producer.flush()
+            _say(f"  produced {start + n}/{args.events}")
+        tail = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-tail-{run}",
+                         "auto.offset.reset": "earliest"})
+        tail.subscribe([topics.alerts])
+        _say(f"alerts on {topics.alerts}:")
+        deadline = time.monotonic() + args.timeout
+        seen = 0
+        idle_since = None
+        while time.monotonic() < deadline and worker.is_alive():
+            msg = tail.poll(0.5)
+            if msg is not None and not msg.error():
+                alert = orjson.loads(msg.value())
+                seen += 1
+                print(f"  ALERT {alert['status']:8s} {alert['message']}", flush=True)
+                idle_since = None
+                continue
+            done = service.stats.messages >= args.events
+            idle_since = idle_since or (time.monotonic() if done else None)
+            if done and idle_since and time.monotonic() - idle_since > 3:
+                break
+        tail.close()
+        service.stop()
+        worker.join(30)
+        _say(f"monitor consumed {service.stats.messages} events, published {seen} alert(s); stopping the broker")
+    if service.failure is not None:
+        _say(f"the monitor failed: {service.failure!r}")
+        return 1
+    return 0 if seen else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

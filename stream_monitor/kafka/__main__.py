@@ -1,0 +1,3 @@
+from .broker import serve_forever
+
+serve_forever()

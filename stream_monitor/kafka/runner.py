@@ -1,0 +1,173 @@
+"""The running monitor: consume a batch, hand it to the core, publish, then store offsets.
+
+This is the whole Kafka edge of the monitoring path. One loop iteration:
+
+1. ``consume()`` up to ``batch.max_messages`` messages;
+2. decode them once (``core.events``); contract breakers are produced to the dead-letter topic with the reason
+   and their source topic/partition/offset in headers;
+3. ``Monitor.process`` the valid events (numpy columns, all features at once) and produce its alerts;
+4. :meth:`MonitorService._checkpoint`: flush the producer and check every delivery, **then** store the batch's
+   offsets. A crash anywhere before that re-delivers the batch: outputs may repeat (alert ids are
+   deterministic, so consumers deduplicate), events are never skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from ..config import MonitorConfig
+from ..core.alerts import Alert
+from ..core.events import decode_predictions
+from ..core.monitor import Monitor
+from .clients import ensure_topics, make_consumer, make_producer
+
+__all__ = ["MonitorService", "ServiceStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceStats:
+    messages: int = 0
+    dead_letters: int = 0
+    alerts: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def _next_offsets(msgs: list[Message]) -> list[TopicPartition]:
+    """Per partition, the offset after the last message of the batch (what a commit means)."""
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        key = (m.topic(), m.partition())
+        last[key] = max(last.get(key, -1), m.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+class DeliveryError(RuntimeError):
+    """An output could not be written; the batch's offsets were not stored."""
+
+
+class MonitorService:
+    """Runs a :class:`Monitor` against Kafka until :meth:`stop` (or SIGTERM via the CLI)."""
+
+    def __init__(self, cfg: MonitorConfig, bootstrap: str, monitor: Monitor | None = None,
+                 log_every_s: float = 10.0) -> None:
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.monitor = monitor or Monitor(cfg)
+        self.stats = ServiceStats()
+        self.log_every_s = log_every_s
+        self._stop = threading.Event()
+        self._delivery_errors: list[str] = []
+        self._warned_topics: set[str] = set()
+        self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> ServiceStats:
+        cfg = self.cfg
+        ensure_topics(cfg, self.bootstrap)
+        self.producer = make_producer(cfg, self.bootstrap)
+        consumer = make_consumer(cfg, self.bootstrap)
+        consumer.subscribe([cfg.topics.predictions])
+        logger.info("consuming %s as group %s from %s", cfg.topics.predictions, cfg.kafka.group_id, self.bootstrap)
+        last_log = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
+                self.producer.poll(0)
+                if msgs:
+                    self._process(msgs, consumer)
+                if time.monotonic() - last_log >= self.log_every_s:
+                    last_log = time.monotonic()
+                    self._log_progress()
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        finally:
+            self.producer.flush(30)
+            consumer.close()  # commits the offsets stored so far
+            self._log_progress()
+        return self.stats
+
+    def _process(self, msgs: list[Message], consumer: Any) -> None:
+        good: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal():
+                raise KafkaException(err)
+            elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                if m.topic() not in self._warned_topics:
+                    self._warned_topics.add(m.topic() or "")
+                    logger.warning("topic %s does not exist yet; waiting for it", m.topic())
+            else:
+                logger.warning("consumer error: %s", err)
+        if not good:
+            return
+        values = [m.value() for m in good]
+        events, positions, rejects = decode_predictions(values)
+        for r in rejects:
+            self._dead_letter(good[r.index], r.reason)
+        try:
+            _, alerts = self.monitor.process(events)
+        except Exception as exc:  # a defect must not stop monitoring of every other model: park the batch
+            logger.exception("processing failed; the batch goes to the dead-letter topic")
+            for i in positions:
+                self._dead_letter(good[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
+            alerts = []
+        for a in alerts:
+            self._publish_alert(a)
+        self._checkpoint(consumer, good)
+        self.stats.messages += len(good)
+        self.stats.batches += 1
+
+    def _checkpoint(self, consumer: Any, msgs: list[Message]) -> None:
+        # Order matters: outputs durable first, offsets second. flush() waits for every delivery report;
+        # a failed delivery leaves the offsets unstored so the batch is consumed again after a restart.
+        remaining = self.producer.flush(60)
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryError(f"{remaining} outputs undelivered, errors: {errors[:5]}")
+        consumer.store_offsets(offsets=_next_offsets(msgs))
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _dead_letter(self, m: Message, reason: str, stage: str = "decode") -> None:
+        headers = [
+            ("error.reason", reason.encode()),
+            ("error.stage", stage.encode()),
+            ("source.topic", (m.topic() or "").encode()),
+            ("source.partition", str(m.partition()).encode()),
+            ("source.offset", str(m.offset()).encode()),
+        ]
+        self.producer.produce(self.cfg.topics.dead_letter, value=m.value(), key=m.key(), headers=headers,
+                              on_delivery=self._on_delivery)
+        self.stats.dead_letters += 1
+        logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
+
+    def _publish_alert(self, a: Alert) -> None:
+        self.producer.produce(self.cfg.topics.alerts, key=a.dedup_key.encode(), value=orjson.dumps(a.to_dict()),
+                              on_delivery=self._on_delivery)
+        self.stats.alerts += 1
+        logger.info("%s alert %s: %s", a.status, a.alert_id, a.message)
+
+    def _log_progress(self) -> None:
+        s = self.stats
+        elapsed = max(time.monotonic() - s.started, 1e-9)
+        logger.info("consumed %d messages (%.0f/s), %d dead letters, %d alerts, %d windows evaluated",
+                    s.messages, s.messages / elapsed, s.dead_letters, s.alerts, self.monitor.counters.windows)

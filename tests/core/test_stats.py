@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from scipy import stats as sps
+from scipy.spatial.distance import jensenshannon
+
+from stream_monitor.core import stats
+
+
+def test_psi_matches_hand_computed_example():
+    # p = [.5, .3, .2], q = [.3, .3, .4]:
+    # (0.3-0.5)*ln(0.3/0.5) + 0 + (0.4-0.2)*ln(0.4/0.2) = 0.2*0.5108256 + 0.2*0.6931472 = 0.2407946
+    ref = np.array([[50, 30, 20]])
+    cur = np.array([[30, 30, 40]])
+    assert stats.psi(ref, cur, alpha=0.0)[0] == pytest.approx(0.2407946, abs=1e-6)
+
+
+def test_psi_smoothing_keeps_empty_bins_finite():
+    ref = np.array([[100, 0, 0]])
+    cur = np.array([[0, 50, 50]])
+    value = stats.psi(ref, cur)[0]
+    assert np.isfinite(value) and value > 5
+
+
+def test_psi_ignores_padded_bins():
+    valid = np.array([[True, True, False]])
+    a = stats.psi(np.array([[50, 50, 0]]), np.array([[40, 60, 0]]), valid)
+    b = stats.psi(np.array([[50, 50]]), np.array([[40, 60]]))
+    assert a[0] == pytest.approx(b[0])
+
+
+def test_psi_null_threshold_shrinks_with_sample_size():
+    small = stats.psi_null_threshold(np.array([500]), np.array([200]), np.array([10]))[0]
+    large = stats.psi_null_threshold(np.array([50000]), np.array([50000]), np.array([10]))[0]
+    assert small > 0.1 > large
+
+
+def test_ks_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=3000), rng.normal(0.1, 1.2, size=1700)
+    d, p = stats.ks_2samp(np.sort(a), b)
+    ref = sps.ks_2samp(a, b, method="asymp")
+    assert d == pytest.approx(ref.statistic, abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_ks_with_ties_matches_scipy():
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 5, 800).astype(float), rng.integers(0, 6, 600).astype(float)
+    d, p = stats.ks_2samp(np.sort(a), b)
+    ref = sps.ks_2samp(a, b, method="asymp")
+    assert d == pytest.approx(ref.statistic)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_wasserstein_matches_scipy():
+    rng = np.random.default_rng(3)
+    a, b = rng.exponential(size=2000), rng.exponential(1.3, size=900)
+    assert stats.wasserstein(np.sort(a), b) == pytest.approx(sps.wasserstein_distance(a, b), rel=1e-10)
+
+
+def test_js_distance_matches_scipy():
+    ref = np.array([[10, 20, 30, 40], [5, 5, 5, 85]])
+    cur = np.array([[40, 30, 20, 10], [5, 5, 5, 85]])
+    ours = stats.js_distance(ref, cur)
+    for j in range(2):
+        assert ours[j] == pytest.approx(jensenshannon(ref[j], cur[j], base=2), abs=1e-12)
+
+
+def test_chisquare_matches_scipy():
+    ref = np.array([[500, 300, 150, 50]])
+    cur = np.array([[80, 70, 30, 20]])
+    stat, p, w = stats.chisquare_gof(ref, cur)
+    expected = stats.proportions(ref)[0] * cur.sum()
+    sref = sps.chisquare(cur[0], f_exp=expected)
+    assert stat[0] == pytest.approx(sref.statistic)
+    assert p[0] == pytest.approx(sref.pvalue)
+    assert w[0] == pytest.approx(np.sqrt(sref.statistic / cur.sum()))
+
+
+def test_hellinger_bounds():
+    same = stats.hellinger(np.array([[1, 2, 3]]), np.array([[2, 4, 6]]))[0]
+    disjoint = stats.hellinger(np.array([[1, 0]]), np.array([[0, 1]]))[0]
+    assert same == pytest.approx(0.0, abs=1e-7)
+    assert disjoint == pytest.approx(1.0)
+
+
+def test_psi_pvalue_is_calibrated_under_the_null():
+    rng = np.random.default_rng(4)
+    p = np.full(10, 0.1)
+    ref = rng.multinomial(5000, p, size=4000)
+    cur = rng.multinomial(1000, p, size=4000)
+    values = stats.psi(ref, cur)
+    pv = stats.psi_pvalue(values, np.full(4000, 5000), np.full(4000, 1000), np.full(4000, 10))
+    assert 0.005 < np.mean(pv < 0.05) < 0.09  # close to nominal 5 %
