@@ -146,7 +146,7 @@ class DriftConfig(_Frozen):
     new_category_rate: float = Field(0.01, gt=0, le=1)
     missing_rate_increase: float = Field(0.05, gt=0, le=1)
     type_error_rate: float = Field(0.01, gt=0, le=1)
-    out_of_range_rate: float = Field(0.02, gt=0, le=1)
+    out_of_range_rate: float = Field(0.05, gt=0, le=1)
 
 
 class FeaturesConfig(_Frozen):

@@ -86,6 +86,7 @@ class Binning:
                 valid[j, 0] = True
                 continue
             e = np.unique(np.quantile(x, qs))
+            e = e[e > x.min()]  # bins are [edge, next edge): an edge at the minimum would make an empty bin
             edges[j, : e.size] = e
             valid[j, : e.size + 1] = True
             lo[j], hi[j] = x.min(), x.max()

@@ -97,10 +97,10 @@ class TimeWindows:
         return self._close()
 
     def _close(self) -> list[ClosedWindow]:
+        if not self._panes or not np.isfinite(self._max_t):
+            return []
         watermark = self._max_t - self.lateness_s
         last_complete = int(np.floor(watermark / self.pane_s)) - 1  # pane whose end <= watermark
-        if not self._panes:
-            return []
         ends = sorted({p + i for p in self._panes for i in range(self.n_panes)})
         closed: list[ClosedWindow] = []
         for e in ends:

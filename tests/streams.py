@@ -1,0 +1,43 @@
+"""Seeded synthetic prediction streams shared by the unit and integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+NUMERIC = ("a", "b", "c", "d")
+CATEGORICAL = ("k", "region")
+CATS = ("x", "y", "z", "w")
+REGIONS = ("north", "south", "east", "west")
+
+
+def make_events(n: int, rng: np.random.Generator, *, t0: float = 1.7e9, dt: float = 1.0, start: int = 0,
+                model: str = "m", a_mean: float | np.ndarray = 0.0, b_sd: float = 1.0,
+                k_p: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1), k_cats: tuple[str, ...] = CATS,
+                missing_c: float = 0.0) -> list[dict[str, Any]]:
+    a = rng.normal(a_mean, 1.0, n)
+    b = rng.normal(0.0, b_sd, n)
+    c = rng.exponential(2.0, n)
+    d = rng.integers(0, 20, n)
+    k = rng.choice(k_cats, n, p=k_p)
+    region = rng.choice(REGIONS, n)
+    miss = rng.random(n) < missing_c
+    score = rng.random(n)
+    return [
+        {
+            "event_id": f"{model}-{start + i}", "model": model, "model_version": "v1",
+            "timestamp": t0 + (start + i) * dt,
+            "features": {"a": float(a[i]), "b": float(b[i]), "c": None if miss[i] else float(c[i]),
+                         "d": int(d[i]), "k": str(k[i]), "region": str(region[i])},
+            "prediction": "yes" if score[i] > 0.5 else "no", "score": float(score[i]),
+        }
+        for i in range(n)
+    ]
+
+
+def model_config(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"features": {"numeric": list(NUMERIC), "categorical": list(CATEGORICAL)},
+                            "window": {"size": 1000}, "reference": {"size": 5000}}
+    base.update(over)
+    return base
