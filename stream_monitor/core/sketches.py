@@ -151,6 +151,7 @@ class Pane:
         self.cat_new = np.zeros(c, dtype=np.int64)
         self.new_examples: list[set[str]] = [set() for _ in range(c)]
         self.versions: Counter[str] = Counter()
+        self._sorted: dict[int, tuple[int, np.ndarray]] = {}
 
     # -- updates -------------------------------------------------------------------------------------------
     def update(self, cols: Columns, rng: np.random.Generator) -> Pane:
@@ -270,8 +271,12 @@ class Pane:
         return self.cat_counts.sum(axis=1)
 
     def sorted_sample(self, j: int) -> np.ndarray:
-        x = self.sample[:, j]
-        return np.sort(x[~np.isnan(x)])
+        """Feature ``j``'s sample values, sorted; cached until the next update (a reference is sorted once)."""
+        cached = self._sorted.get(j)
+        if cached is None or cached[0] != self.seen:
+            x = self.sample[:, j]
+            cached = self._sorted[j] = (self.seen, np.sort(x[~np.isnan(x)]))
+        return cached[1]
 
     @property
     def main_version(self) -> str:

@@ -11,7 +11,7 @@ Defaults used by the drift engine (see README, "Statistics"):
 statistic      effect size                                 threshold  p-value
 =============  ==========================================  =========  ============================
 psi            population stability index, smoothed        0.1        chi2 approx. (B-1 dof)
-ks             Kolmogorov-Smirnov D                        0.1        Smirnov asymptotic (kstwo)
+ks             Kolmogorov-Smirnov D                        0.1        Smirnov limit, Stephens corr.
 wasserstein    W1 / reference standard deviation           0.1        binned chi-square homogeneity
 js             Jensen-Shannon distance, base 2             0.1        binned chi-square homogeneity
 hellinger      Hellinger distance                          0.1        binned chi-square homogeneity
@@ -22,6 +22,7 @@ chi2           Cohen's w = sqrt(chi2 / n)                  0.1        chi-square
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 __all__ = [
@@ -123,34 +124,44 @@ def chisquare_gof(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndar
 
 
 def ks_2samp(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
-    """Two-sided two-sample KS statistic and asymptotic p-value (as ``scipy.stats.ks_2samp(method='asymp')``).
+    """Two-sided two-sample KS statistic and p-value.
 
-    ``ref_sorted`` must be sorted; ``cur`` need not be.
+    The statistic equals ``scipy.stats.ks_2samp``'s exactly (ties included). Between two consecutive values of
+    the (small) window sample the window's ECDF is flat and the reference's is monotone, so the supremum is
+    reached at a window value or just before one: only ``n_cur`` binary searches into the (large, cached,
+    sorted) reference are needed. The p-value is Smirnov's limit with Stephens' finite-sample correction
+    ``kolmogorov((sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D)``, a C ufunc, within 0.01 (absolute) of scipy's
+    ``method="asymp"`` p-value.
     """
     a = ref_sorted
     b = np.sort(cur)
     n1, n2 = a.size, b.size
     if n1 == 0 or n2 == 0:
         return float("nan"), float("nan")
-    allv = np.concatenate([a, b])
-    cdf1 = np.searchsorted(a, allv, side="right") / n1
-    cdf2 = np.searchsorted(b, allv, side="right") / n2
-    d = float(np.max(np.abs(cdf1 - cdf2)))
-    m, n = sorted([float(n1), float(n2)], reverse=True)
-    en = m * n / (m + n)
-    p = float(np.clip(sps.kstwo.sf(d, np.round(en)), 0.0, 1.0))
+    fa_at = np.searchsorted(a, b, side="right") / n1
+    fa_before = np.searchsorted(a, b, side="left") / n1
+    fb_at = np.searchsorted(b, b, side="right") / n2
+    fb_before = np.searchsorted(b, b, side="left") / n2
+    d = float(max(np.max(np.abs(fa_at - fb_at)), np.max(np.abs(fa_before - fb_before))))
+    en = np.sqrt(n1 * n2 / (n1 + n2))
+    p = float(np.clip(special.kolmogorov((en + 0.12 + 0.11 / en) * d), 0.0, 1.0))
     return d, p
 
 
 def wasserstein(ref_sorted: np.ndarray, cur: np.ndarray) -> float:
-    """First Wasserstein distance between two 1-D samples (as ``scipy.stats.wasserstein_distance``)."""
+    """First Wasserstein distance between two 1-D samples (equals ``scipy.stats.wasserstein_distance``).
+
+    Computed on quantile functions, ``W1 = integral over u of |Q_ref(u) - Q_cur(u)|``: both are step functions
+    with steps at ``i / n_ref`` and ``j / n_cur``; on the integer grid ``u * n_ref * n_cur`` the merged steps
+    and the sample index of every piece are exact integer arithmetic, so no search is needed.
+    """
     a = ref_sorted
     b = np.sort(cur)
-    if a.size == 0 or b.size == 0:
+    n1, n2 = a.size, b.size
+    if n1 == 0 or n2 == 0:
         return float("nan")
-    allv = np.concatenate([a, b])
-    allv.sort(kind="mergesort")
-    deltas = np.diff(allv)
-    cdf_a = np.searchsorted(a, allv[:-1], side="right") / a.size
-    cdf_b = np.searchsorted(b, allv[:-1], side="right") / b.size
-    return float(np.sum(np.abs(cdf_a - cdf_b) * deltas))
+    steps = np.concatenate([np.arange(n1, dtype=np.int64) * n2, np.arange(n2, dtype=np.int64) * n1])
+    steps.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+    steps = steps[np.concatenate([[True], steps[1:] != steps[:-1]])]  # merged steps on the 1/(n1*n2) grid
+    widths = np.diff(np.append(steps, n1 * n2))
+    return float(np.sum(widths * np.abs(a[steps // n2] - b[steps // n1])) / (n1 * n2))

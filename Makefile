@@ -1,0 +1,38 @@
+# stream-monitor: `make demo`, `make test`. Needs Python 3.11+, and Java 17 + Maven for the local broker
+# (used when neither KAFKA_BOOTSTRAP_SERVERS nor a Docker engine is available).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install kafka-jars test test-unit demo bench broker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-jars: install          ## download Apache Kafka jars into .cache/ (once)
+	$(VENV)/bin/stream-monitor broker --fetch-only
+
+test: install                ## all tests; integration tests start one real broker
+	$(PY) -m pytest
+
+test-unit: install           ## pure-core tests only, no broker
+	$(PY) -m pytest -m "not kafka"
+
+demo: install                ## drifting loan-approval workload -> monitor -> alerts
+	$(PY) -m stream_monitor.demo
+
+bench: install               ## benchmark figures (see README, "Measured figures")
+	$(PY) bench/drift_engine.py
+	$(PY) bench/kafka_throughput.py
+
+broker: install              ## a local broker until Ctrl-C
+	$(VENV)/bin/stream-monitor broker
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache build *.egg-info

@@ -1,0 +1,35 @@
+"""One real Kafka broker per test session, for the tests marked ``kafka``.
+
+The broker comes from ``stream_monitor.kafka.broker.kafka_broker``: ``KAFKA_BOOTSTRAP_SERVERS`` when set,
+testcontainers when a Docker engine answers, else Apache Kafka from Maven jars. It is never mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    from stream_monitor.kafka.broker import kafka_broker
+
+    with kafka_broker() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A fresh suffix so every test has its own topics and consumer groups."""
+    return uuid.uuid4().hex[:8]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("STREAM_MONITOR_SKIP_KAFKA") == "1":
+        skip = pytest.mark.skip(reason="STREAM_MONITOR_SKIP_KAFKA=1")
+        for item in items:
+            if "kafka" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,89 @@
+"""The running monitor against a real broker: drift alerts, dead letters, offsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.kafka.helpers import Running, committed, config, create_topic, produce, read_all
+from tests.streams import make_events, model_config
+
+pytestmark = pytest.mark.kafka
+
+
+def test_drifting_feature_is_alerted_and_stable_ones_are_not(kafka_bootstrap, run_id):
+    cfg = config(run_id, {"m": model_config(window={"size": 1000}, reference={"size": 3000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(31)
+    events = make_events(5000, rng) + make_events(4000, rng, start=5000, a_mean=0.8)
+    with Running(cfg, kafka_bootstrap) as run:
+        produce(kafka_bootstrap, cfg.topics.predictions, events)
+        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1, timeout=90)
+    assert alerts, "no alert arrived on the alert topic"
+    bodies = [orjson.loads(m.value()) for m in alerts]
+    assert {b["feature"] for b in bodies} == {"a"}
+    first = bodies[0]
+    assert first["status"] == "firing" and first["kind"] == "data_drift" and first["statistic"] == "psi"
+    assert first["model"] == "m" and first["model_version"] == "v1"
+    assert first["value"] > first["threshold"] and first["reference_id"].startswith("warmup:")
+    assert alerts[0].key() == b"m/data_drift/a/psi"
+    assert run.service.stats.dead_letters == 0
+
+
+def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_are_processed(kafka_bootstrap, run_id):
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(32)
+    good = make_events(1000, rng)
+    bad = [b"{not json", orjson.dumps({"event_id": "x", "model": "m"}), orjson.dumps([1, 2, 3]),
+           orjson.dumps({**make_events(1, rng)[0], "timestamp": "not a time"})]
+    after = make_events(3000, rng, start=1000, a_mean=1.0)
+    with Running(cfg, kafka_bootstrap) as run:
+        produce(kafka_bootstrap, cfg.topics.predictions, good + bad + after)
+        run.wait_consumed(len(good) + len(bad) + len(after))
+        dlq = read_all(kafka_bootstrap, cfg.topics.dead_letter, lambda ms: len(ms) >= 4)
+        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1)
+    assert [m.value() for m in dlq] == bad  # the original bytes, in order
+    headers = [dict(m.headers()) for m in dlq]
+    assert b"invalid JSON" in headers[0]["error.reason"]
+    assert b"'model_version'" in headers[1]["error.reason"]
+    assert b"JSON object" in headers[2]["error.reason"]
+    assert b"'timestamp'" in headers[3]["error.reason"]
+    assert [h["source.topic"] for h in headers] == [cfg.topics.predictions.encode()] * 4
+    assert [int(h["source.offset"]) for h in headers] == [1000, 1001, 1002, 1003]
+    assert all(h["source.partition"] == b"0" for h in headers)
+    # the valid events after the bad ones were monitored: their drift was alerted
+    assert {orjson.loads(m.value())["feature"] for m in alerts} == {"a"}
+
+
+def test_offsets_are_committed_only_for_processed_events(kafka_bootstrap, run_id):
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(33)
+    n = produce(kafka_bootstrap, cfg.topics.predictions, make_events(2500, rng))
+    with Running(cfg, kafka_bootstrap) as run:
+        run.wait_consumed(n)
+    # close() committed what was stored: exactly everything processed
+    assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == n
+    # a restart in the same group starts after the last processed event: nothing re-read, nothing skipped
+    more = produce(kafka_bootstrap, cfg.topics.predictions, make_events(300, rng, start=n))
+    with Running(cfg, kafka_bootstrap) as run:
+        run.wait_consumed(more)
+    assert run.service.stats.messages == more
+    assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == n + more
+
+
+def test_monitor_creates_the_topics_it_owns_with_compaction_for_the_breaker(kafka_bootstrap, run_id):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    cfg = config(run_id, {"m": model_config()})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    with Running(cfg, kafka_bootstrap):
+        pass
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topics = admin.list_topics(timeout=10).topics
+    assert {cfg.topics.alerts, cfg.topics.breaker, cfg.topics.dead_letter} <= set(topics)
+    res = ConfigResource(ConfigResource.Type.TOPIC, cfg.topics.breaker)
+    conf = list(admin.describe_configs([res]).values())[0].result(10)
+    assert conf["cleanup.policy"].value == "compact"

@@ -1,0 +1,64 @@
+"""The JSON Schemas shipped in the package describe what the code reads and writes."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import orjson
+import pytest
+
+from stream_monitor.config import parse_config
+from stream_monitor.core.events import decode_predictions
+from stream_monitor.core.monitor import Monitor
+from stream_monitor.demo import loan_events
+from tests.streams import make_events, model_config
+
+
+def schema(name: str) -> dict:
+    return json.loads(resources.files("stream_monitor").joinpath(f"schemas/{name}.schema.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["prediction", "label", "alert", "breaker"])
+def test_schemas_are_valid_json_schema(name):
+    jsonschema.Draft202012Validator.check_schema(schema(name))
+
+
+def test_demo_events_follow_the_prediction_contract():
+    v = jsonschema.Draft202012Validator(schema("prediction"))
+    for ev in loan_events(50, np.random.default_rng(0)):
+        v.validate(ev)
+
+
+@pytest.mark.parametrize("bad", [
+    {"event_id": "e", "model": "m", "timestamp": 1, "features": {}, "prediction": 1},  # no model_version
+    {"event_id": "e", "model": "m", "model_version": "v", "timestamp": 1, "features": [], "prediction": 1},
+    {"event_id": "e", "model": "m", "model_version": "v", "timestamp": 1, "features": {}, "prediction": [1]},
+    {"event_id": "e", "model": "m", "model_version": "v", "timestamp": 1, "features": {}, "prediction": 1,
+     "score": "x"},
+])
+def test_schema_and_decoder_reject_the_same_events(bad):
+    assert not jsonschema.Draft202012Validator(schema("prediction")).is_valid(bad)
+    _, _, rejects = decode_predictions([orjson.dumps(bad)])
+    assert len(rejects) == 1
+
+
+def test_label_example_follows_the_contract():
+    jsonschema.validate({"event_id": "e1", "model": "m", "label": 1, "timestamp": "2026-01-01T00:00:00Z"},
+                        schema("label"))
+
+
+def test_alert_events_follow_the_alert_contract():
+    mon = Monitor(parse_config({"models": {"m": model_config()}}))
+    rng = np.random.default_rng(5)
+    alerts = []
+    for i in range(12):
+        _, a = mon.process(make_events(1000, rng, start=i * 1000, a_mean=1.0 if i >= 7 else 0.0,
+                                       missing_c=0.3 if i >= 7 else 0.0))
+        alerts += a
+    assert {a.kind for a in alerts} == {"data_drift", "data_quality"}
+    v = jsonschema.Draft202012Validator(schema("alert"))
+    for a in alerts:
+        v.validate(orjson.loads(orjson.dumps(a.to_dict())))
