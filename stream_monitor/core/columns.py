@@ -8,6 +8,7 @@ at once.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -111,6 +112,20 @@ def column_names(numeric: tuple[str, ...], categorical: tuple[str, ...], predict
     return num, cat
 
 
+def _rows(feats: list[dict[str, Any]], names: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Per event, the values of ``names`` (None when absent), with C-speed lookups when all are present."""
+    if not names:
+        return [()] * len(feats)
+    if len(names) == 1:
+        (name,) = names
+        return [(f.get(name),) for f in feats]
+    get = operator.itemgetter(*names)
+    try:
+        return [get(f) for f in feats]
+    except KeyError:  # some event lacks a feature: the slower lookup that yields None
+        return [tuple(map(f.get, names)) for f in feats]
+
+
 def build_columns(
     events: list[dict[str, Any]],
     numeric: tuple[str, ...],
@@ -125,18 +140,21 @@ def build_columns(
     """
     n = len(events)
     feats = [ev["features"] for ev in events]
-    num_rows = [tuple(map(f.get, numeric)) for f in feats]
-    cat_rows = [tuple(map(f.get, categorical)) for f in feats]
-    if prediction == "numeric":
-        num_rows = [r + (ev["prediction"],) for r, ev in zip(num_rows, events)]
-    elif prediction == "categorical":
-        cat_rows = [r + (ev["prediction"],) for r, ev in zip(cat_rows, events)]
+    num, num_err = _numeric_matrix(_rows(feats, numeric), n, len(numeric))
+    cat, cat_err = _categorical_matrix(_rows(feats, categorical), n, len(categorical))
+    extra_num: list[tuple[np.ndarray, np.ndarray]] = []
+    if prediction != "none":
+        preds = [(ev["prediction"],) for ev in events]
+        if prediction == "numeric":
+            extra_num.append(_numeric_matrix(preds, n, 1))
+        else:
+            pc, pe = _categorical_matrix(preds, n, 1)
+            cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
     if score:
-        num_rows = [r + (ev.get("score"),) for r, ev in zip(num_rows, events)]
-    k = len(numeric) + (prediction == "numeric") + bool(score)
-    c = len(categorical) + (prediction == "categorical")
-    num, num_err = _numeric_matrix(num_rows, n, k)
-    cat, cat_err = _categorical_matrix(cat_rows, n, c)
+        extra_num.append(_numeric_matrix([(ev.get("score"),) for ev in events], n, 1))
+    if extra_num:
+        num = np.hstack([num, *(m for m, _ in extra_num)])
+        num_err = np.hstack([num_err, *(e for _, e in extra_num)])
     t = np.fromiter((ev["timestamp"] for ev in events), dtype=np.float64, count=n)
-    versions = np.array([ev["model_version"] for ev in events], dtype=object)
+    versions = np.fromiter((ev["model_version"] for ev in events), dtype=object, count=n)
     return Columns(t, num, num_err, cat, cat_err, versions)

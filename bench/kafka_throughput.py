@@ -1,0 +1,128 @@
+"""End-to-end throughput and memory of the running monitor on a real broker, against a bare consumer.
+
+Produces N prediction events (20 numeric + 5 categorical features) to one topic, then, in the same run:
+
+- baseline: a bare confluent-kafka loop that only consumes the topic in batches and orjson-decodes each value;
+- stream-monitor: the full monitor (decode, validate, columns, sketches, every drift statistic, alerts,
+  flush + offset store per batch) on the same topic, from the beginning, in a fresh consumer group.
+
+Prints both rates, their ratio (the house bar is >= 0.8), and the monitor's RSS sampled along the stream
+(memory must stay flat however long the stream runs).
+
+    python bench/kafka_throughput.py [--events 400000] [--partitions 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from drift_engine import CAT, NUM, make  # noqa: E402
+
+from stream_monitor.config import parse_config  # noqa: E402
+from stream_monitor.kafka.broker import kafka_broker  # noqa: E402
+from stream_monitor.kafka.runner import MonitorService  # noqa: E402
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                  "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 10_000):
+        for ev in make(min(10_000, n - start), rng, start):
+            p.produce(topic, key=b"bench", value=orjson.dumps(ev))
+        p.poll(0)
+        p.flush()
+    print(f"produced {n} events ({len(orjson.dumps(ev))} bytes each)", flush=True)
+
+
+def bare(bootstrap: str, topic: str, n: int) -> float:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100})
+    c.subscribe([topic])
+    seen = 0
+    t0 = time.perf_counter()
+    loads = orjson.loads
+    while seen < n:
+        for m in c.consume(5000, 0.5):
+            if m.error() is None:
+                loads(m.value())
+                seen += 1
+    dt = time.perf_counter() - t0
+    c.close()
+    return n / dt
+
+
+def monitored(bootstrap: str, topic: str, n: int, window: int) -> tuple[float, list[tuple[int, float]], MonitorService]:
+    run = uuid.uuid4().hex[:8]
+    cfg = parse_config({
+        "kafka": {"group_id": f"bench-{run}"},
+        "topics": {"predictions": topic, "alerts": f"bench-{run}.alerts", "breaker": f"bench-{run}.breaker",
+                   "dead_letter": f"bench-{run}.dlq", "partitions": 1},
+        "batch": {"max_messages": 5000, "timeout_s": 0.5},
+        "models": {"bench": {"features": {"numeric": NUM, "categorical": CAT}, "window": {"size": window},
+                             "reference": {"size": 5000}}},
+    })
+    svc = MonitorService(cfg, bootstrap, log_every_s=3600)
+    th = threading.Thread(target=svc.run, daemon=True)
+    samples: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    th.start()
+    next_mark = n // 10
+    while svc.stats.messages < n:
+        if svc.failure is not None:
+            raise svc.failure
+        if svc.stats.messages >= next_mark:
+            samples.append((svc.stats.messages, rss_mib()))
+            next_mark += n // 10
+        time.sleep(0.01)
+    dt = time.perf_counter() - t0
+    samples.append((svc.stats.messages, rss_mib()))
+    svc.stop()
+    th.join(30)
+    return n / dt, samples, svc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=400_000)
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--window", type=int, default=5000, help="events per tumbling window")
+    args = ap.parse_args()
+    with kafka_broker() as bootstrap:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        produce(bootstrap, topic, args.events, args.partitions)
+        base = bare(bootstrap, topic, args.events)
+        print(f"bare consume + orjson.loads:  {base:10,.0f} events/s", flush=True)
+        rate, samples, svc = monitored(bootstrap, topic, args.events, args.window)
+        print(f"stream-monitor (full path):   {rate:10,.0f} events/s  "
+              f"({svc.monitor.counters.windows} windows, {svc.stats.alerts} alerts)")
+        print(f"ratio: {rate / base:.2f} (bar: >= 0.80)")
+        print("monitor RSS along the stream: " + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
+
+
+if __name__ == "__main__":
+    main()
