@@ -98,6 +98,57 @@ def _cmd_alerts_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_breaker_status(args: argparse.Namespace) -> int:
+    from .kafka.router import BreakerClient
+
+    cfg = load_config(args.config)
+    client = BreakerClient(_bootstrap(args, cfg.kafka.bootstrap_servers), cfg.topics.breaker).sync()
+    try:
+        models = [args.model] if args.model else sorted(set(cfg.models) | set(client.signals()))
+        for name in models:
+            r = client.route(name)
+            sig = client.signal(name)
+            who = f"{sig.source}{' override' if sig.override else ''}" if sig else "-"
+            serving = r.serving_version or "primary"
+            print(f"{name:24s} {r.state:9s} epoch={r.epoch:<4d} primary_share={r.primary_share:.2f} "
+                  f"serving={serving:10s} by={who:16s} {r.reason}")
+    finally:
+        client.close()
+    return 0
+
+
+def _cmd_breaker_set(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from .core.breaker import BreakerSignal
+    from .kafka.router import BreakerClient
+
+    cfg = load_config(args.config)
+    bootstrap = _bootstrap(args, cfg.kafka.bootstrap_servers)
+    client = BreakerClient(bootstrap, cfg.topics.breaker).sync()
+    last = client.signal(args.model)
+    client.close()
+    m = cfg.models.get(args.model)
+    primary = (m.breaker.primary_version if m else "") or (last.primary_version if last else "")
+    fallback = (m.breaker.fallback_version if m else "") or (last.fallback_version if last else "")
+    if args.action == "release":
+        if last is None or not last.override:
+            print(f"{args.model}: no manual override to release")
+            return 1
+        state, override, reason = last.state, False, f"manual override released: {args.reason}"
+    else:
+        state, override, reason = ("open" if args.action == "open" else "closed"), True, args.reason
+    share = {"open": 0.0, "closed": 1.0}.get(state, last.primary_share if last else 1.0)
+    sig = BreakerSignal(args.model, state, primary, fallback, share, (last.epoch if last else 0) + 1,
+                        f"manual: {reason}", [], time.time(), None, "manual", override)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p.produce(cfg.topics.breaker, key=args.model.encode(), value=orjson.dumps(sig.to_dict()))
+    if p.flush(30):
+        raise SystemExit("could not publish the breaker record")
+    print(f"{args.model}: {state} (epoch {sig.epoch}, {'override held' if override else 'released'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stream-monitor", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -134,6 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--json", action="store_true", help="print whole alert events")
     t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0: never)")
     t.set_defaults(func=_cmd_alerts_tail)
+
+    p = sub.add_parser("breaker", help="read or override the circuit breaker")
+    bsub = p.add_subparsers(dest="breaker_command", required=True)
+    st = bsub.add_parser("status", help="latest breaker state of every model")
+    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--bootstrap-servers")
+    st.add_argument("--model")
+    st.set_defaults(func=_cmd_breaker_status)
+    for action, text in (("open", "force the fallback version (held until released)"),
+                         ("close", "force the primary version (held until released)"),
+                         ("release", "hand the breaker back to the monitor")):
+        b = bsub.add_parser(action, help=text)
+        b.add_argument("--config", required=True, type=Path)
+        b.add_argument("--bootstrap-servers")
+        b.add_argument("--model", required=True)
+        b.add_argument("--reason", required=action != "release", default="released by operator")
+        b.set_defaults(func=_cmd_breaker_set, action=action)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

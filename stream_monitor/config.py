@@ -51,6 +51,7 @@ class TopicsConfig(_Frozen):
     alerts: str = "stream-monitor.alerts"
     breaker: str = "stream-monitor.breaker"
     dead_letter: str = "stream-monitor.dead-letter"
+    state: str = "stream-monitor.state"  # compacted: references and alert state, restored after a restart
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
 
@@ -161,6 +162,39 @@ class FeaturesConfig(_Frozen):
         return self
 
 
+Severity = Literal["info", "warning", "critical"]
+AlertKind = Literal["data_drift", "data_quality", "prediction_drift", "concept_drift", "performance", "latency",
+                    "label_coverage"]
+
+
+class BreakerRule(_Frozen):
+    """The breaker opens when this holds for ``windows`` consecutive windows."""
+
+    kinds: tuple[AlertKind, ...] = ("performance",)  # alert kinds that count
+    severity: Severity = "critical"  # minimum severity of a counted alert
+    features: tuple[str, ...] = ()  # only these (important) features count; empty: any feature
+    min_features: int = Field(1, ge=1)  # at least this many distinct features (or conditions) firing
+    windows: int = Field(2, ge=1)
+
+
+class BreakerConfig(_Frozen):
+    """Circuit breaker: closed (primary serves) -> open (fallback serves) -> half_open (probe) -> closed."""
+
+    enabled: bool = False
+    primary_version: str = ""
+    fallback_version: str = ""
+    rules: tuple[BreakerRule, ...] = (BreakerRule(),)
+    hold_down_s: float = Field(600, ge=0)  # event time spent open before probing the primary
+    probe_share: float = Field(0.1, gt=0, lt=1)  # traffic to the primary while half-open
+    close_after: int = Field(3, ge=1)  # healthy windows in half-open before closing
+
+    @model_validator(mode="after")
+    def _check(self) -> BreakerConfig:
+        if self.enabled and not (self.primary_version and self.fallback_version):
+            raise ValueError("primary_version: an enabled breaker needs primary_version and fallback_version")
+        return self
+
+
 class ModelConfig(_Frozen):
     name: str
     features: FeaturesConfig
@@ -171,6 +205,7 @@ class ModelConfig(_Frozen):
     drift: DriftConfig = DriftConfig()
     sample_rate: float = Field(1.0, gt=0, le=1)  # share of events monitored; cited in every alert
     seed: int = 0
+    breaker: BreakerConfig = BreakerConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -179,12 +214,27 @@ class ModelConfig(_Frozen):
         return self
 
 
+def _default_severity() -> dict[str, str]:
+    return {"data_drift": "warning", "prediction_drift": "warning", "data_quality": "warning",
+            "concept_drift": "warning", "performance": "critical", "latency": "critical",
+            "label_coverage": "warning"}
+
+
 class AlertsConfig(_Frozen):
     runbook_url: str = "https://github.com/stream-monitor/stream-monitor/blob/main/README.md#runbook-{kind}"
     consecutive: int = Field(2, gt=0)  # windows over threshold before an alert fires
     resolve_after: int = Field(2, gt=0)  # windows back under threshold before it resolves
     repeat_every: int = Field(0, ge=0)  # re-send a firing alert every N windows (0: never)
-    critical_factor: float = Field(2.5, ge=1)  # value >= factor * threshold makes it critical
+    critical_factor: float = Field(2.5, ge=1)  # value >= factor * threshold escalates to critical
+    severity: dict[AlertKind, Severity] = Field(default_factory=_default_severity)  # base severity per kind
+    cooldown_s: float = Field(0, ge=0)  # after resolving, the same alert cannot fire again this soon (event time)
+    group: bool = True  # one alert per model, kind and window, listing the features
+    inhibit: bool = True  # a data-quality alert on a feature mutes its drift; an open breaker mutes repeats
+
+    @field_validator("severity")
+    @classmethod
+    def _all_kinds(cls, v: dict[str, str]) -> dict[str, str]:
+        return {**_default_severity(), **v}
 
 
 class MonitorConfig(_Frozen):

@@ -55,9 +55,9 @@ def test_alert_events_follow_the_alert_contract():
     rng = np.random.default_rng(5)
     alerts = []
     for i in range(12):
-        _, a = mon.process(make_events(1000, rng, start=i * 1000, a_mean=1.0 if i >= 7 else 0.0,
-                                       missing_c=0.3 if i >= 7 else 0.0))
-        alerts += a
+        a = mon.process(make_events(1000, rng, start=i * 1000, a_mean=1.0 if i >= 7 else 0.0,
+                                     missing_c=0.3 if i >= 7 else 0.0))
+        alerts += a.alerts
     assert {a.kind for a in alerts} == {"data_drift", "data_quality"}
     v = jsonschema.Draft202012Validator(schema("alert"))
     for a in alerts:

@@ -1,16 +1,24 @@
 """Alert events and the policy that turns per-window findings into them.
 
-A condition is one ``(model, kind, feature, statistic)``. The policy keeps, per condition, how many windows in
-a row it has been over (or back under) its threshold:
+A **condition** is one ``(model, kind, feature, statistic)``. Per condition the policy counts windows in a row
+over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and *clear* again after
+``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet window closes nothing).
 
-- it **fires** after ``consecutive`` windows over (hysteresis: one noisy window pages nobody);
-- while firing it is silent, or re-sent with the same ``alert_id`` every ``repeat_every`` windows;
-- it **resolves** after ``resolve_after`` windows back under, with the same ``alert_id`` and status
-  ``resolved``.
+An **incident** is what on-call sees. With ``group: true`` (default) all firing conditions of one model and
+kind form one incident, so a drift burst on twenty features is one alert listing twenty features; with
+``group: false`` each condition is its own incident. An incident:
 
-``alert_id`` is a hash of the condition and the window in which it fired, so the same condition in the same
-window has the same id, and consumers deduplicate on it. The policy state is a plain dict
-(:meth:`AlertPolicy.snapshot`) so it can be checkpointed.
+- **fires** when it gets its first member, with ``alert_id`` = hash(incident key, window start): the same
+  condition in the same window always gets the same id, and a restarted monitor restores open incidents from
+  its checkpoint instead of inventing new ids;
+- is **re-sent** with the same id when members join, and every ``repeat_every`` windows (not while the
+  model's breaker is open: the breaker already acted);
+- **resolves** with the same id when its last member clears; it cannot fire again for ``cooldown_s``.
+
+**Inhibition** (``inhibit: true``): while a feature has a data-quality finding over threshold or firing, its
+drift findings are ignored: a broken pipeline pages once, as data quality, not again as drift.
+
+State is a plain dict (:meth:`AlertPolicy.snapshot`) so it is checkpointed and restored after a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ from typing import Any
 from ..config import AlertsConfig
 from .drift import Finding
 
-__all__ = ["Alert", "AlertPolicy", "WindowInfo"]
+__all__ = ["ActiveCondition", "Alert", "AlertPolicy", "WindowInfo"]
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+_DRIFT_KINDS = {"data_drift", "prediction_drift"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class Alert:
     kind: str  # data_drift | data_quality | prediction_drift | concept_drift | performance | latency | ...
     model: str
     model_version: str
-    feature: str | None
+    feature: str | None  # the feature when the alert is about one, else None (see ``features``)
     detector: str
     statistic: str
     value: float
@@ -57,6 +68,7 @@ class Alert:
     message: str
     runbook_url: str
     created_at: float
+    features: list[dict[str, Any]] = field(default_factory=list)  # every condition in the incident
     details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = 1
 
@@ -64,11 +76,31 @@ class Alert:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ActiveCondition:
+    """A firing condition, as the circuit breaker sees it."""
+
+    kind: str
+    feature: str | None
+    statistic: str
+    severity: str
+    alert_id: str | None
+
+
 @dataclass
 class _Condition:
+    kind: str
     over_streak: int = 0
     under_streak: int = 0
-    firing_id: str | None = None
+    firing: bool = False
+    last: dict[str, Any] = field(default_factory=dict)  # the latest finding of this condition
+
+
+@dataclass
+class _Incident:
+    alert_id: str
+    kind: str
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # condition key -> latest finding
     since_sent: int = 0
 
 
@@ -77,7 +109,7 @@ def _iso(t: float) -> str:
 
 
 class AlertPolicy:
-    """Hysteresis, repeat and auto-resolve for every condition of every model."""
+    """Hysteresis, grouping, inhibition, repeat, cooldown and auto-resolve for every model."""
 
     def __init__(self, cfg: AlertsConfig, clock: Any = time.time) -> None:
         self.cfg = cfg
@@ -86,76 +118,147 @@ class AlertPolicy:
 
     def _reset(self) -> None:
         self._conditions: dict[str, _Condition] = {}
+        self._incidents: dict[str, _Incident] = {}
+        self._cooldown: dict[str, float] = {}  # incident key -> event time before which it cannot fire
 
+    # -- keys ----------------------------------------------------------------------------------------------
     @staticmethod
-    def dedup_key(model: str, f: Finding) -> str:
+    def condition_key(model: str, f: Finding) -> str:
         return "/".join([model, f.kind, f.feature or "-", f.statistic])
 
+    def incident_key(self, model: str, kind: str, condition_key: str) -> str:
+        return f"{model}/{kind}" if self.cfg.group else condition_key
+
+    def severity(self, kind: str, value: float, threshold: float) -> str:
+        base = self.cfg.severity.get(kind, "warning")
+        return "critical" if threshold > 0 and value >= self.cfg.critical_factor * threshold else base
+
+    # -- update --------------------------------------------------------------------------------------------
     def update(self, model: str, model_version: str, window: WindowInfo, findings: list[Finding],
-               reference_id: str | None, sample_rate: float) -> list[Alert]:
-        out: list[Alert] = []
+               reference_id: str | None, sample_rate: float, breaker_open: bool = False) -> list[Alert]:
+        """Feed one evaluated window of ``model``; returns the alert events to publish."""
+        if self.cfg.inhibit:
+            bad_quality = {f.feature for f in findings if f.kind == "data_quality" and f.over}
+            bad_quality |= {c.last.get("feature") for k, c in self._conditions.items()
+                            if c.firing and c.kind == "data_quality" and k.startswith(model + "/")}
+            findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality)]
+        touched: set[str] = set()
         for f in findings:
-            key = self.dedup_key(model, f)
+            key = self.condition_key(model, f)
             c = self._conditions.get(key)
             if c is None:
                 if not f.over:
-                    continue  # never tracked until first over: state stays bounded by real conditions
-                c = self._conditions[key] = _Condition()
+                    continue  # only conditions that were ever over are tracked: state stays small
+                c = self._conditions[key] = _Condition(f.kind)
+            c.last = {"feature": f.feature, "statistic": f.statistic, "value": f.value, "threshold": f.threshold,
+                      "p_value": f.p_value, "severity": self.severity(f.kind, f.value, f.threshold),
+                      "details": f.details}
             if f.over:
-                c.over_streak += 1
-                c.under_streak = 0
-                if c.firing_id is None and c.over_streak >= self.cfg.consecutive:
-                    c.firing_id = hashlib.sha256(f"{key}@{window.start:.3f}".encode()).hexdigest()[:20]
-                    c.since_sent = 0
-                    out.append(self._alert(c.firing_id, key, "firing", model, model_version, window, f,
-                                           reference_id, sample_rate))
-                elif c.firing_id is not None:
-                    c.since_sent += 1
-                    if self.cfg.repeat_every and c.since_sent >= self.cfg.repeat_every:
-                        c.since_sent = 0
-                        out.append(self._alert(c.firing_id, key, "firing", model, model_version, window, f,
-                                               reference_id, sample_rate))
+                c.over_streak, c.under_streak = c.over_streak + 1, 0
+                c.firing = c.firing or c.over_streak >= self.cfg.consecutive
             else:
-                c.under_streak += 1
-                c.over_streak = 0
-                if c.firing_id is not None and c.under_streak >= self.cfg.resolve_after:
-                    out.append(self._alert(c.firing_id, key, "resolved", model, model_version, window, f,
-                                           reference_id, sample_rate))
-                    c.firing_id = None
-                if c.firing_id is None:
-                    del self._conditions[key]
+                c.under_streak, c.over_streak = c.under_streak + 1, 0
+                if c.firing and c.under_streak >= self.cfg.resolve_after:
+                    c.firing = False
+            touched.add(self.incident_key(model, f.kind, key))
+        out: list[Alert] = []
+        for ik in sorted(touched | {k for k in self._incidents if k.startswith(model + "/")}):
+            out.extend(self._update_incident(ik, model, model_version, window, reference_id, sample_rate,
+                                             breaker_open))
+        for key in [k for k, c in self._conditions.items()
+                    if not c.firing and c.over_streak == 0 and k.startswith(model + "/")
+                    and not any(k in inc.members for inc in self._incidents.values())]:
+            del self._conditions[key]  # cleared and not part of an open incident
         return out
 
-    def firing(self) -> dict[str, str]:
-        """Conditions firing now: dedup key -> alert id."""
-        return {k: c.firing_id for k, c in self._conditions.items() if c.firing_id}
+    def _members(self, ik: str) -> dict[str, dict[str, Any]]:
+        return {k: dict(c.last) for k, c in self._conditions.items()
+                if c.firing and self.incident_key(k.split("/", 1)[0], c.kind, k) == ik}
 
-    def _alert(self, alert_id: str, key: str, status: str, model: str, version: str, w: WindowInfo,
-               f: Finding, reference_id: str | None, sample_rate: float) -> Alert:
-        critical = f.value >= self.cfg.critical_factor * f.threshold
-        severity = "info" if status == "resolved" else ("critical" if critical else "warning")
-        where = f" feature '{f.feature}'" if f.feature else ""
-        verb = "back under" if status == "resolved" else "over"
-        p = f", p={f.p_value:.2g}" if f.p_value is not None else ""
-        streak = self.cfg.resolve_after if status == "resolved" else self.cfg.consecutive
-        message = (f"[{severity.upper()}] {model}{where}: {f.kind} {f.statistic}={f.value:.4g}{p} {verb} threshold "
-                   f"{f.threshold:.4g} for {streak} window(s); window {_iso(w.start)}..{_iso(w.end)} "
-                   f"({w.events} events), reference {reference_id}")
+    def _update_incident(self, ik: str, model: str, version: str, w: WindowInfo, reference_id: str | None,
+                         sample_rate: float, breaker_open: bool) -> list[Alert]:
+        members = self._members(ik)
+        inc = self._incidents.get(ik)
+        if inc is None:
+            if not members or w.start < self._cooldown.get(ik, float("-inf")):
+                return []
+            kind = self._conditions[next(iter(members))].kind
+            inc = self._incidents[ik] = _Incident(hashlib.sha256(f"{ik}@{w.start:.3f}".encode()).hexdigest()[:20],
+                                                  kind, members)
+            return [self._alert(inc, ik, "firing", model, version, w, reference_id, sample_rate)]
+        if not members:
+            del self._incidents[ik]
+            if self.cfg.cooldown_s:
+                self._cooldown[ik] = w.end + self.cfg.cooldown_s
+            return [self._alert(inc, ik, "resolved", model, version, w, reference_id, sample_rate)]
+        joined = set(members) - set(inc.members)
+        inc.members = members
+        inc.since_sent += 1
+        repeat = self.cfg.repeat_every and inc.since_sent >= self.cfg.repeat_every and not (
+            breaker_open and self.cfg.inhibit)
+        if joined or repeat:
+            inc.since_sent = 0
+            return [self._alert(inc, ik, "firing", model, version, w, reference_id, sample_rate)]
+        return []
+
+    def _alert(self, inc: _Incident, ik: str, status: str, model: str, version: str, w: WindowInfo,
+               reference_id: str | None, sample_rate: float) -> Alert:
+        members = sorted(inc.members.values(), key=lambda m: -(m["value"] / m["threshold"] if m["threshold"] else 0))
+        worst = members[0]
+        severity = "info" if status == "resolved" else max((m["severity"] for m in members),
+                                                           key=_SEVERITY_RANK.__getitem__)
+        single = len({m["feature"] for m in members}) == 1
+        feature = worst["feature"] if single else None
+        verb = "back under threshold" if status == "resolved" else "over threshold"
+        listed = ", ".join(f"{m['feature'] or '-'} ({m['statistic']}={m['value']:.4g} vs {m['threshold']:.4g})"
+                           for m in members[:10]) + (f" and {len(members) - 10} more" if len(members) > 10 else "")
+        what = f"feature '{feature}'" if single and feature else f"{len(members)} conditions"
+        message = (f"[{severity.upper()}] {model} {inc.kind} on {what} {verb}: {listed}; window "
+                   f"{_iso(w.start)}..{_iso(w.end)} ({w.events} events), reference {reference_id}")
         if sample_rate < 1:
             message += f", sampled at {sample_rate:.0%}"
         return Alert(
-            alert_id=alert_id, dedup_key=key, status=status, severity=severity, kind=f.kind, model=model,
-            model_version=version, feature=f.feature, detector="quality" if f.kind == "data_quality" else "drift",
-            statistic=f.statistic, value=f.value, threshold=f.threshold, p_value=f.p_value,
-            window={"index": w.index, "start": w.start, "end": w.end, "events": w.events},
+            alert_id=inc.alert_id, dedup_key=ik, status=status, severity=severity, kind=inc.kind, model=model,
+            model_version=version, feature=feature, detector="quality" if inc.kind == "data_quality" else "drift",
+            statistic=worst["statistic"], value=worst["value"], threshold=worst["threshold"],
+            p_value=worst["p_value"], window={"index": w.index, "start": w.start, "end": w.end, "events": w.events},
             reference_id=reference_id, sample_rate=sample_rate, message=message,
-            runbook_url=self.cfg.runbook_url.format(kind=f.kind, model=model, feature=f.feature or ""),
-            created_at=float(self.clock()), details=f.details,
+            runbook_url=self.cfg.runbook_url.format(kind=inc.kind, model=model, feature=feature or ""),
+            created_at=float(self.clock()),
+            features=[{k: m[k] for k in ("feature", "statistic", "value", "threshold", "p_value", "severity",
+                                         "details")} for m in members],
+            details=worst["details"],
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        return {k: asdict(c) for k, c in self._conditions.items()}
+    # -- views ---------------------------------------------------------------------------------------------
+    def active(self, model: str) -> list[ActiveCondition]:
+        """Firing conditions of ``model`` with the id of the incident they belong to."""
+        out = []
+        for k, c in self._conditions.items():
+            if c.firing and k.startswith(model + "/"):
+                inc = self._incidents.get(self.incident_key(model, c.kind, k))
+                out.append(ActiveCondition(c.kind, c.last.get("feature"), c.last.get("statistic", ""),
+                                           c.last.get("severity", "warning"), inc.alert_id if inc else None))
+        return out
+
+    def firing(self) -> dict[str, str]:
+        """Open incidents: incident key -> alert id."""
+        return {k: inc.alert_id for k, inc in self._incidents.items()}
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def snapshot(self, model: str | None = None) -> dict[str, Any]:
+        def mine(k: str) -> bool:
+            return model is None or k.startswith(model + "/")
+
+        return {
+            "conditions": {k: asdict(c) for k, c in self._conditions.items() if mine(k)},
+            "incidents": {k: asdict(i) for k, i in self._incidents.items() if mine(k)},
+            "cooldown": {k: t for k, t in self._cooldown.items() if mine(k)},
+        }
 
     def restore(self, state: dict[str, Any]) -> AlertPolicy:
-        self._conditions = {k: _Condition(**v) for k, v in state.items()}
+        """Merge a snapshot (of one model or all) into the current state."""
+        self._conditions.update({k: _Condition(**v) for k, v in state.get("conditions", {}).items()})
+        self._incidents.update({k: _Incident(**v) for k, v in state.get("incidents", {}).items()})
+        self._cooldown.update(state.get("cooldown", {}))
         return self

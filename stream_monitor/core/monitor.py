@@ -18,12 +18,13 @@ import numpy as np
 
 from ..config import ModelConfig, MonitorConfig
 from .alerts import Alert, AlertPolicy, WindowInfo
+from .breaker import BreakerSignal, CircuitBreaker
 from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_window
 from .reference import CalendarReference, Reference, RollingReference
 from .windows import ClosedWindow, CountWindows, TimeWindows
 
-__all__ = ["Monitor", "ModelMonitor", "WindowResult"]
+__all__ = ["BatchOutput", "Monitor", "ModelMonitor", "WindowResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ class WindowResult:
     reference_id: str | None
     findings: list[Finding]
     skipped: str | None = None  # why the window was not evaluated
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produced: evaluated windows, alert events, breaker signals and state checkpoints."""
+
+    results: list[WindowResult] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    signals: list[BreakerSignal] = field(default_factory=list)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # key on the state topic -> value
 
 
 @dataclass
@@ -71,7 +82,17 @@ class ModelMonitor:
         if reference is not None:
             self._check_reference(reference)
         self._preloaded = reference
+        self.new_reference = False  # set when a warm-up reference was just built: it is checkpointed
         self._reset()
+
+    def restore_reference(self, ref: Reference) -> bool:
+        """Use a checkpointed warm-up reference instead of warming up again (after a restart)."""
+        if self.reference is not None or self.cfg.reference.type == "file":
+            return False
+        self._check_reference(ref)
+        self._warmup, self._warmup_n = [], 0
+        self._start(ref)
+        return True
 
     def _check_reference(self, ref: Reference) -> None:
         if ref.binning.numeric != self.numeric or ref.binning.categorical != self.categorical:
@@ -123,6 +144,7 @@ class ModelMonitor:
             if self._warmup_n < cfg.reference.size:
                 return []
             self._start(self._build_warmup_reference())
+            self.new_reference = True
             cols = cols.take(slice(need, None))
         assert self.windows is not None
         return [self._evaluate(w) for w in self.windows.update(cols)]
@@ -164,24 +186,24 @@ class ModelMonitor:
 
 
 class Monitor:
-    """All models of a config, and one alert policy over them."""
+    """All models of a config, one alert policy over them, and a circuit breaker per model that has one."""
 
     def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None) -> None:
         self.cfg = cfg
         refs = references or {}
         self.models = {name: ModelMonitor(m, refs.get(name)) for name, m in cfg.models.items()}
         self.policy = AlertPolicy(cfg.alerts)
+        self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
         self.counters = MonitorCounters()
         self._rng = np.random.default_rng(0)
 
-    def process(self, events: list[dict[str, Any]]) -> tuple[list[WindowResult], list[Alert]]:
-        """Feed one batch of decoded prediction events; returns evaluated windows and alert events."""
+    def process(self, events: list[dict[str, Any]]) -> BatchOutput:
+        """Feed one batch of decoded prediction events; returns what to publish."""
         self.counters.events += len(events)
         by_model: dict[str, list[dict[str, Any]]] = {}
         for ev in events:
             by_model.setdefault(ev["model"], []).append(ev)
-        results: list[WindowResult] = []
-        alerts: list[Alert] = []
+        out = BatchOutput()
         for name, evs in by_model.items():
             mm = self.models.get(name)
             if mm is None:
@@ -196,11 +218,49 @@ class Monitor:
                 evs = [e for e, k in zip(evs, keep) if k]
             if not evs:
                 continue
-            for r in mm.update(evs):
-                results.append(r)
+            results = mm.update(evs)
+            if mm.new_reference and mm.reference is not None:
+                mm.new_reference = False
+                out.checkpoints[f"ref/{name}"] = mm.reference.to_dict()
+            breaker = self.breakers.get(name)
+            for r in results:
+                out.results.append(r)
                 self.counters.windows += 1
-                if r.skipped is None:
-                    alerts.extend(self.policy.update(name, r.model_version, r.window, r.findings,
-                                                     r.reference_id, rate))
-        self.counters.alerts += len(alerts)
-        return results, alerts
+                if r.skipped is not None:
+                    continue
+                out.alerts.extend(self.policy.update(name, r.model_version, r.window, r.findings, r.reference_id,
+                                                     rate, breaker_open=bool(breaker and breaker.state != "closed")))
+                if breaker is not None:
+                    sig = breaker.update(r.window.end, self.policy.active(name))
+                    if sig is not None:
+                        out.signals.append(sig)
+            if results:
+                out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
+        self.counters.alerts += len(out.alerts)
+        return out
+
+    def observe_breaker(self, sig: BreakerSignal) -> None:
+        """A record from the breaker topic (manual overrides, or our own last state at start-up)."""
+        breaker = self.breakers.get(sig.model)
+        if breaker is not None:
+            breaker.observe(sig)
+
+    def snapshot_model(self, name: str) -> dict[str, Any]:
+        breaker = self.breakers.get(name)
+        return {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None}
+
+    def restore(self, checkpoints: dict[str, dict[str, Any]]) -> list[str]:
+        """Restore references, alert state and breaker state from the state topic; returns what was restored."""
+        restored = []
+        for key, value in checkpoints.items():
+            kind, _, name = key.partition("/")
+            if name not in self.models:
+                continue
+            if kind == "ref" and self.models[name].restore_reference(Reference.from_dict(value)):
+                restored.append(key)
+            elif kind == "model":
+                self.policy.restore(value.get("policy") or {})
+                if value.get("breaker") and name in self.breakers:
+                    self.breakers[name].restore(value["breaker"])
+                restored.append(key)
+        return restored

@@ -106,8 +106,8 @@ class Binning:
             "categorical": list(self.categorical),
             "edges": [[float(v) for v in row if np.isfinite(v)] for row in self.edges],
             "bins": self.n_bins,
-            "lo": [float(v) for v in self.lo],
-            "hi": [float(v) for v in self.hi],
+            "lo": [float(v) if np.isfinite(v) else None for v in self.lo],  # JSON has no infinity
+            "hi": [float(v) if np.isfinite(v) else None for v in self.hi],
             "categories": [list(c) for c in self.categories],
             "known": [sorted(k) for k in self.known],
         }
@@ -120,8 +120,9 @@ class Binning:
         for j, row in enumerate(d["edges"]):
             edges[j, : len(row)] = row
             valid[j, : len(row) + 1] = True
-        return cls(tuple(d["numeric"]), tuple(d["categorical"]), edges, valid,
-                   np.asarray(d["lo"], dtype=np.float64), np.asarray(d["hi"], dtype=np.float64),
+        lo = np.array([-np.inf if v is None else v for v in d["lo"]], dtype=np.float64)
+        hi = np.array([np.inf if v is None else v for v in d["hi"]], dtype=np.float64)
+        return cls(tuple(d["numeric"]), tuple(d["categorical"]), edges, valid, lo, hi,
                    tuple(tuple(c) for c in d["categories"]), tuple(frozenset(k) for k in d["known"]))
 
 

@@ -10,9 +10,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..config import MonitorConfig
 
-__all__ = ["consumer_config", "ensure_topics", "make_consumer", "make_producer", "producer_config"]
+__all__ = ["STATE_MAX_BYTES", "consumer_config", "ensure_topics", "make_consumer", "make_producer", "producer_config"]
 
 logger = logging.getLogger(__name__)
+
+#: Reference artifacts (bins, counts and a sample of up to 5,000 rows) exceed Kafka's default 1 MB message.
+STATE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def consumer_config(cfg: MonitorConfig, bootstrap: str) -> dict[str, Any]:
@@ -39,6 +42,7 @@ def producer_config(cfg: MonitorConfig, bootstrap: str) -> dict[str, Any]:
         "linger.ms": 5,
         "compression.type": "lz4",
         "partitioner": "murmur2_random",  # same partition for a key as Java clients
+        "message.max.bytes": STATE_MAX_BYTES,
         **cfg.kafka.producer,
     }
 
@@ -52,13 +56,15 @@ def make_producer(cfg: MonitorConfig, bootstrap: str) -> Producer:
 
 
 def ensure_topics(cfg: MonitorConfig, bootstrap: str, timeout: float = 30.0) -> None:
-    """Create the topics the monitor owns when missing: alerts, breaker (compacted) and dead letters."""
+    """Create the topics the monitor owns when missing: alerts, dead letters, breaker and state (compacted)."""
     t = cfg.topics
     wanted = {
         t.alerts: {"cleanup.policy": "delete", "retention.ms": str(14 * 86400 * 1000)},
         t.breaker: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                     "segment.ms": str(3600 * 1000)},
         t.dead_letter: {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+        t.state: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                  "max.message.bytes": str(STATE_MAX_BYTES)},
     }
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)

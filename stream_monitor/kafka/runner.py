@@ -5,10 +5,16 @@ This is the whole Kafka edge of the monitoring path. One loop iteration:
 1. ``consume()`` up to ``batch.max_messages`` messages;
 2. decode them once (``core.events``); contract breakers are produced to the dead-letter topic with the reason
    and their source topic/partition/offset in headers;
-3. ``Monitor.process`` the valid events (numpy columns, all features at once) and produce its alerts;
+3. ``Monitor.process`` the valid events (numpy columns, all features at once) and produce what it returns:
+   alerts, breaker signals (compacted, key = model) and state checkpoints (compacted: references, alert and
+   breaker state);
 4. :meth:`MonitorService._checkpoint`: flush the producer and check every delivery, **then** store the batch's
    offsets. A crash anywhere before that re-delivers the batch: outputs may repeat (alert ids are
    deterministic, so consumers deduplicate), events are never skipped.
+
+At start-up the state topic and the breaker topic are read to their end: a restarted monitor keeps its
+references, its open incidents (same alert ids) and its breaker states. The breaker topic is then followed so
+manual overrides (``stream-monitor breaker open|close|release``) reach the breaker state machines.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from ..config import MonitorConfig
 from ..core.alerts import Alert
 from ..core.events import decode_predictions
-from ..core.monitor import Monitor
+from ..core.monitor import BatchOutput, Monitor
+from ..core.breaker import BreakerSignal
 from .clients import ensure_topics, make_consumer, make_producer
+from .compacted import CompactedTopicReader
 
 __all__ = ["MonitorService", "ServiceStats"]
 
@@ -38,6 +46,7 @@ class ServiceStats:
     messages: int = 0
     dead_letters: int = 0
     alerts: int = 0
+    signals: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -76,6 +85,7 @@ class MonitorService:
     def run(self) -> ServiceStats:
         cfg = self.cfg
         ensure_topics(cfg, self.bootstrap)
+        self._restore()
         self.producer = make_producer(cfg, self.bootstrap)
         consumer = make_consumer(cfg, self.bootstrap)
         consumer.subscribe([cfg.topics.predictions])
@@ -85,6 +95,9 @@ class MonitorService:
             while not self._stop.is_set():
                 msgs = consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 self.producer.poll(0)
+                for _, value in self._breakers.poll():  # manual overrides (and our own echoes, ignored)
+                    if value is not None:
+                        self.monitor.observe_breaker(BreakerSignal.from_dict(value))
                 if msgs:
                     self._process(msgs, consumer)
                 if time.monotonic() - last_log >= self.log_every_s:
@@ -96,8 +109,21 @@ class MonitorService:
         finally:
             self.producer.flush(30)
             consumer.close()  # commits the offsets stored so far
+            self._breakers.close()
             self._log_progress()
         return self.stats
+
+    def _restore(self) -> None:
+        state = CompactedTopicReader(self.bootstrap, self.cfg.topics.state)
+        try:
+            restored = self.monitor.restore(state.sync(timeout=60))
+        finally:
+            state.close()
+        if restored:
+            logger.info("restored from %s: %s", self.cfg.topics.state, ", ".join(sorted(restored)))
+        self._breakers = CompactedTopicReader(self.bootstrap, self.cfg.topics.breaker)
+        for value in self._breakers.sync(timeout=60).values():
+            self.monitor.observe_breaker(BreakerSignal.from_dict(value))
 
     def _process(self, msgs: list[Message], consumer: Any) -> None:
         good: list[Message] = []
@@ -122,14 +148,22 @@ class MonitorService:
         for r in rejects:
             self._dead_letter(good[r.index], r.reason)
         try:
-            _, alerts = self.monitor.process(events)
+            out = self.monitor.process(events)
         except Exception as exc:  # a defect must not stop monitoring of every other model: park the batch
             logger.exception("processing failed; the batch goes to the dead-letter topic")
             for i in positions:
                 self._dead_letter(good[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
-            alerts = []
-        for a in alerts:
+            out = BatchOutput()
+        for a in out.alerts:
             self._publish_alert(a)
+        for sig in out.signals:
+            self.producer.produce(self.cfg.topics.breaker, key=sig.model.encode(), value=orjson.dumps(sig.to_dict()),
+                                  on_delivery=self._on_delivery)
+            self.stats.signals += 1
+            logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
+        for key, value in out.checkpoints.items():
+            self.producer.produce(self.cfg.topics.state, key=key.encode(), value=orjson.dumps(value),
+                                  on_delivery=self._on_delivery)
         self._checkpoint(consumer, good)
         self.stats.messages += len(good)
         self.stats.batches += 1

@@ -13,7 +13,7 @@ def run(cfg_model, batches, **alerts):
     mon = Monitor(cfg)
     out = []
     for evs in batches:
-        _, a = mon.process(evs)
+        a = mon.process(evs).alerts
         out.extend(a)
     return mon, out
 
@@ -27,7 +27,8 @@ def stream(rng, n_ref=5000, n_after=6000, batch=1000, **drift):
 
 
 def firing(alerts):
-    return {(a.feature, a.statistic) for a in alerts if a.status == "firing"}
+    """(feature, statistic) of every condition in the firing alerts."""
+    return {(m["feature"], m["statistic"]) for a in alerts if a.status == "firing" for m in a.features}
 
 
 def test_mean_shift_of_half_sigma_alerts_on_that_feature_only():
@@ -53,8 +54,9 @@ def test_new_category_alerts_on_that_feature_only():
                                            k_p=(0.4, 0.3, 0.2, 0.1)))
     assert ("k", "new_category_rate") in firing(alerts)
     assert {f for f, _ in firing(alerts)} == {"k"}
-    a = next(x for x in alerts if x.statistic == "new_category_rate")
-    assert a.details["new_categories"] == ["unseen"]
+    m = next(m for x in alerts for m in x.features if m["statistic"] == "new_category_rate")
+    assert m["details"]["new_categories"] == ["unseen"]
+    assert len([x for x in alerts if x.status == "firing"]) == 1  # chi2 and new categories: one incident
 
 
 def test_missing_rate_is_a_data_quality_alert():
@@ -154,7 +156,7 @@ def test_time_window_counts_late_events_and_waits_for_lateness():
     mon = Monitor(cfgp)
     rng = np.random.default_rng(24)
     mon.process(make_events(1000, rng, t0=0, dt=0.5))  # warm-up
-    results, _ = mon.process(make_events(1200, rng, t0=1000, dt=1.0))  # t = 1000 .. 2199
+    results = mon.process(make_events(1200, rng, t0=1000, dt=1.0)).results  # t = 1000 .. 2199
     closed = [(r.window.start, r.window.end) for r in results]
     assert closed == [(600.0, 1200.0), (1200.0, 1800.0)]  # [1800, 2400) waits: watermark 2079 < 2400
     late = make_events(10, rng, t0=1300, dt=1.0)  # window [1200, 1800) already closed

@@ -1,0 +1,105 @@
+"""Latest value per key of a compacted topic: read from the beginning to the end offsets, then follow.
+
+Used for the breaker topic (by routers, the CLI and the monitor itself, which must see manual overrides) and
+for the monitor's state topic (references and alert state restored after a restart). No consumer group: every
+reader sees every partition, and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+__all__ = ["CompactedTopicReader"]
+
+logger = logging.getLogger(__name__)
+
+
+class CompactedTopicReader:
+    """Keeps ``latest[key] = decoded value`` (a tombstone removes the key)."""
+
+    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> None:
+        self.topic = topic
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": f"stream-monitor-reader-{uuid.uuid4().hex}",  # never committed: assign(), not subscribe()
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "fetch.message.max.bytes": 16 * 1024 * 1024,
+            **(config or {}),
+        })
+        self._assigned = False
+
+    def _assign(self, timeout: float) -> list[TopicPartition]:
+        md = self._consumer.list_topics(self.topic, timeout=timeout)
+        meta = md.topics.get(self.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return []
+        parts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+        self._consumer.assign(parts)
+        self._assigned = True
+        return parts
+
+    def sync(self, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Read everything up to the current end offsets; returns ``latest``."""
+        deadline = time.monotonic() + timeout
+        parts = self._assign(timeout) if not self._assigned else self._consumer.assignment()
+        if not parts:
+            return self.latest
+        ends = {}
+        for tp in parts:
+            lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout)
+            if hi > lo:
+                ends[tp.partition] = hi
+        done = {p for p, hi in ends.items() if self._position(p) >= hi}
+        while len(done) < len(ends):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {self.topic} to its end within {timeout:.0f}s")
+            for msg in self._consumer.consume(1000, 0.5):
+                self._apply(msg)
+            done = {p for p, hi in ends.items() if self._position(p) >= hi}
+        return self.latest
+
+    def _position(self, partition: int) -> int:
+        pos = self._consumer.position([TopicPartition(self.topic, partition)])[0].offset
+        return pos if pos >= 0 else -1
+
+    def poll(self, max_messages: int = 500) -> list[tuple[str, dict[str, Any] | None]]:
+        """New records since the last call (non-blocking); ``latest`` is updated too."""
+        if not self._assigned and not self._assign(5.0):
+            return []
+        out = []
+        for msg in self._consumer.consume(max_messages, 0):
+            item = self._apply(msg)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _apply(self, msg: Any) -> tuple[str, dict[str, Any] | None] | None:
+        err = msg.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                logger.warning("%s: %s", self.topic, err)
+            return None
+        key = (msg.key() or b"").decode()
+        if msg.value() is None:
+            self.latest.pop(key, None)
+            return key, None
+        try:
+            value = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            logger.warning("%s[%d]@%d: not JSON, ignored", self.topic, msg.partition(), msg.offset())
+            return None
+        self.latest[key] = value
+        return key, value
+
+    def close(self) -> None:
+        self._consumer.close()
