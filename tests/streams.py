@@ -41,3 +41,11 @@ def model_config(**over: Any) -> dict[str, Any]:
                             "window": {"size": 1000}, "reference": {"size": 5000}}
     base.update(over)
     return base
+
+
+def make_wide_events(n: int, rng: np.random.Generator, *, features: int = 20, shift: float = 0.0,
+                     start: int = 0, t0: float = 1.7e9, model: str = "wide") -> list[dict[str, Any]]:
+    x = rng.normal(shift, 1.0, (n, features))
+    return [{"event_id": f"{model}-{start + i}", "model": model, "model_version": "v1", "timestamp": t0 + start + i,
+             "features": {f"f{j}": float(x[i, j]) for j in range(features)}, "prediction": 1.0, "score": 0.5}
+            for i in range(n)]

@@ -19,6 +19,9 @@ __all__ = ["CompactedTopicReader"]
 
 logger = logging.getLogger(__name__)
 
+_TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+              KafkaError.UNKNOWN_TOPIC_OR_PART}
+
 
 class CompactedTopicReader:
     """Keeps ``latest[key] = decoded value`` (a tombstone removes the key)."""
@@ -54,7 +57,7 @@ class CompactedTopicReader:
             return self.latest
         ends = {}
         for tp in parts:
-            lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout)
+            lo, hi = self._watermarks(tp.partition, deadline)
             if hi > lo:
                 ends[tp.partition] = hi
         done = {p for p, hi in ends.items() if self._position(p) >= hi}
@@ -65,6 +68,16 @@ class CompactedTopicReader:
                 self._apply(msg)
             done = {p for p, hi in ends.items() if self._position(p) >= hi}
         return self.latest
+
+    def _watermarks(self, partition: int, deadline: float) -> tuple[int, int]:
+        while True:
+            try:
+                return self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)
+            except KafkaException as exc:
+                # a topic created a moment ago may not have a leader yet: retryable until the deadline
+                if not exc.args[0].retriable() and exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _position(self, partition: int) -> int:
         pos = self._consumer.position([TopicPartition(self.topic, partition)])[0].offset
