@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import load_config
     from .kafka.broker import kafka_broker
+    from .kafka.router import BreakerClient
     from .kafka.runner import MonitorService
 
     ap = argparse.ArgumentParser(prog="python -m stream_monitor.demo")
@@ -85,23 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.config)
     topics = base.topics.model_copy(update={
         "predictions": f"demo-{run}.predictions", "alerts": f"demo-{run}.alerts",
-        "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "partitions": 1})
+        "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "state": f"demo-{run}.state",
+        "partitions": 1})
     cfg = base.model_copy(update={"topics": topics,
                                   "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})
     with kafka_broker() as bootstrap:
         service = MonitorService(cfg, bootstrap, log_every_s=5)
-        logging.getLogger("stream_monitor.kafka.runner").setLevel(logging.INFO)
         worker = threading.Thread(target=service.run, name="monitor", daemon=True)
         worker.start()
 
         rng = np.random.default_rng(7)
+        t0 = time.time() - args.events * 0.05  # event times: the last args.events * 50 ms up to now
         drift_from = int(args.events * 0.6)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
         _say(f"producing {args.events} loan-approval events to {topics.predictions}; inputs drift from event "
              f"{drift_from} on (income, credit_score, new purpose 'crypto', region mix)")
         for start in range(0, args.events, 1000):
             n = min(1000, args.events - start)
-            for ev in loan_events(n, rng, drift=start >= drift_from, start_id=start):
+            for ev in loan_events(n, rng, drift=start >= drift_from, start_id=start, t0=t0):
                 producer.produce(topics.predictions, key=ev["model"].encode(), value=orjson.dumps(ev))
                 producer.poll(0)
             producer.flush()
@@ -109,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         tail = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-tail-{run}",
                          "auto.offset.reset": "earliest"})
         tail.subscribe([topics.alerts])
-        _say(f"alerts on {topics.alerts}:")
+        del producer
+        router = BreakerClient(bootstrap, topics.breaker)
+        _say(f"alerts on {topics.alerts}, breaker decisions on {topics.breaker}:")
         deadline = time.monotonic() + args.timeout
+        start_wait = time.monotonic()
         seen = 0
         idle_since = None
         while time.monotonic() < deadline and worker.is_alive():
+            for sig in router.poll():
+                print(f"  BREAKER {sig.model}: {sig.state} (epoch {sig.epoch}, primary {sig.primary_version} "
+                      f"gets {sig.primary_share:.0%}) - {sig.reason}", flush=True)
             msg = tail.poll(0.5)
             if msg is not None and not msg.error():
                 alert = orjson.loads(msg.value())
@@ -121,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  ALERT {alert['status']:8s} {alert['message']}", flush=True)
                 idle_since = None
                 continue
+            if not seen and time.monotonic() - start_wait > 5 and service.stats.messages == 0:
+                _say("waiting for the monitor to join its consumer group...")
+                start_wait = time.monotonic()
             done = service.stats.messages >= args.events
             idle_since = idle_since or (time.monotonic() if done else None)
             if done and idle_since and time.monotonic() - idle_since > 3:
                 break
         tail.close()
+        router.close()
         service.stop()
         worker.join(30)
         _say(f"monitor consumed {service.stats.messages} events, published {seen} alert(s); stopping the broker")

@@ -212,7 +212,9 @@ class AlertPolicy:
         verb = "back under threshold" if status == "resolved" else "over threshold"
         listed = ", ".join(f"{m['feature'] or '-'} ({m['statistic']}={m['value']:.4g} vs {m['threshold']:.4g})"
                            for m in members[:10]) + (f" and {len(members) - 10} more" if len(members) > 10 else "")
-        what = f"feature '{feature}'" if single and feature else f"{len(members)} conditions"
+        n_features = len({m["feature"] for m in members})
+        what = (f"feature '{feature}'" if single and feature
+                else f"{n_features} features ({len(members)} conditions)")
         message = (f"[{severity.upper()}] {model} {inc.kind} on {what} {verb}: {listed}; window "
                    f"{_iso(w.start)}..{_iso(w.end)} ({w.events} events), reference {reference_id}")
         if sample_rate < 1:

@@ -30,7 +30,7 @@ def test_burst_on_twenty_features_is_one_grouped_alert():
     a = alerts[0]
     assert a.dedup_key == "m/data_drift" and a.feature is None
     assert sorted(m["feature"] for m in a.features) == sorted(names)
-    assert "20 conditions" in a.message and "and 10 more" in a.message
+    assert "20 features (20 conditions)" in a.message and "and 10 more" in a.message
 
 
 def test_feature_joining_an_open_incident_resends_it_with_the_same_id():
