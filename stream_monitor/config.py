@@ -52,6 +52,7 @@ class TopicsConfig(_Frozen):
     breaker: str = "stream-monitor.breaker"
     dead_letter: str = "stream-monitor.dead-letter"
     state: str = "stream-monitor.state"  # compacted: references and alert state, restored after a restart
+    metrics: str = "stream-monitor.metrics"  # window reports: drift statistics, performance, coverage, latency
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
 
@@ -195,6 +196,64 @@ class BreakerConfig(_Frozen):
         return self
 
 
+MetricName = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "mae", "rmse"]
+
+
+class Bound(_Frozen):
+    min: float | None = None  # alert when the metric falls below
+    max: float | None = None  # alert when the metric rises above
+
+    @model_validator(mode="after")
+    def _check(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("min: give min, max or both")
+        return self
+
+
+class PerformanceConfig(_Frozen):
+    """Realized performance on joined labels, per window of prediction time, reported once mature."""
+
+    task: Literal["none", "binary", "multiclass", "regression"] = "none"
+    positive_label: str | int | float | bool | None = None  # binary: the positive class (score is its probability)
+    window_s: float = Field(3600, gt=0)  # windows over prediction event time
+    maturity_s: float = Field(0, ge=0)  # report a window this long after its end, when its labels have landed
+    min_labels: int = Field(30, ge=1)  # fewer joined pairs: metrics are not computed
+    min_coverage: float | None = Field(None, gt=0, le=1)  # label_coverage alert below this share
+    thresholds: dict[MetricName, Bound] = Field(default_factory=dict)  # e.g. {accuracy: {min: 0.85}}
+    estimate: bool = True  # binary with score: confidence-based estimate of accuracy/F1 while labels lag
+    max_pairs: int = Field(100_000, ge=100)  # joined pairs kept per window (uniform reservoir beyond)
+
+    @model_validator(mode="after")
+    def _check(self) -> PerformanceConfig:
+        if self.task == "binary" and self.positive_label is None:
+            raise ValueError("positive_label: required for task 'binary'")
+        regression = {"mae", "rmse"}
+        for m in self.thresholds:
+            if (self.task == "regression") != (m in regression):
+                raise ValueError(f"thresholds: metric '{m}' does not apply to task '{self.task}'")
+        return self
+
+
+class JoinConfig(_Frozen):
+    """Bounded store that joins labels to predictions on event_id, whichever arrives first."""
+
+    ttl_s: float = Field(30 * 86400, gt=0)  # event time a prediction (or early label) waits for its partner
+    max_pending: int = Field(1_000_000, ge=1)  # unjoined predictions + labels kept; oldest evicted beyond
+    max_joined_ids: int = Field(1_000_000, ge=1)  # recently joined ids remembered to ignore duplicate labels
+
+
+class DetectorConfig(_Frozen):
+    """A river concept-drift detector on the stream of joined pairs (0/1 error, or absolute error)."""
+
+    type: Literal["adwin", "ddm", "eddm", "hddm_a", "hddm_w", "page_hinkley", "kswin"]
+    params: dict[str, Any] = Field(default_factory=dict)  # passed to the river constructor
+
+
+class LatencyConfig(_Frozen):
+    sla_p99_ms: float | None = Field(None, gt=0)  # alert when a window's p99 latency_ms exceeds this
+    windows: int = Field(3, ge=1)  # ... for this many consecutive windows
+
+
 class ModelConfig(_Frozen):
     name: str
     features: FeaturesConfig
@@ -206,6 +265,10 @@ class ModelConfig(_Frozen):
     sample_rate: float = Field(1.0, gt=0, le=1)  # share of events monitored; cited in every alert
     seed: int = 0
     breaker: BreakerConfig = BreakerConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    join: JoinConfig = JoinConfig()
+    concept_drift: tuple[DetectorConfig, ...] = ()
+    latency: LatencyConfig = LatencyConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -35,6 +35,8 @@ __all__ = ["ActiveCondition", "Alert", "AlertPolicy", "WindowInfo"]
 
 _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _DRIFT_KINDS = {"data_drift", "prediction_drift"}
+_DETECTOR = {"data_drift": "drift", "prediction_drift": "drift", "data_quality": "quality",
+             "performance": "metrics", "label_coverage": "labels", "latency": "latency"}
 
 
 @dataclass(frozen=True)
@@ -151,11 +153,11 @@ class AlertPolicy:
                     continue  # only conditions that were ever over are tracked: state stays small
                 c = self._conditions[key] = _Condition(f.kind)
             c.last = {"feature": f.feature, "statistic": f.statistic, "value": f.value, "threshold": f.threshold,
-                      "p_value": f.p_value, "severity": self.severity(f.kind, f.value, f.threshold),
+                      "p_value": f.p_value, "severity": f.severity or self.severity(f.kind, f.value, f.threshold),
                       "details": f.details}
             if f.over:
                 c.over_streak, c.under_streak = c.over_streak + 1, 0
-                c.firing = c.firing or c.over_streak >= self.cfg.consecutive
+                c.firing = c.firing or c.over_streak >= (f.consecutive or self.cfg.consecutive)
             else:
                 c.under_streak, c.over_streak = c.under_streak + 1, 0
                 if c.firing and c.under_streak >= self.cfg.resolve_after:
@@ -221,7 +223,7 @@ class AlertPolicy:
             message += f", sampled at {sample_rate:.0%}"
         return Alert(
             alert_id=inc.alert_id, dedup_key=ik, status=status, severity=severity, kind=inc.kind, model=model,
-            model_version=version, feature=feature, detector="quality" if inc.kind == "data_quality" else "drift",
+            model_version=version, feature=feature, detector=_DETECTOR.get(inc.kind, inc.kind),
             statistic=worst["statistic"], value=worst["value"], threshold=worst["threshold"],
             p_value=worst["p_value"], window={"index": w.index, "start": w.start, "end": w.end, "events": w.events},
             reference_id=reference_id, sample_rate=sample_rate, message=message,

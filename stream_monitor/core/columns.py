@@ -35,6 +35,7 @@ class Columns:
     categorical: np.ndarray  # (n, c) object: str or None
     categorical_type_error: np.ndarray  # (n, c) bool
     model_version: np.ndarray  # (n,) object
+    latency_ms: np.ndarray  # (n,) float64, NaN when absent
 
     @property
     def n(self) -> int:
@@ -43,7 +44,7 @@ class Columns:
     def take(self, idx: np.ndarray | slice) -> Columns:
         return Columns(
             self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
-            self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx],
+            self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx], self.latency_ms[idx],
         )
 
 
@@ -157,4 +158,5 @@ def build_columns(
         num_err = np.hstack([num_err, *(e for _, e in extra_num)])
     t = np.fromiter((ev["timestamp"] for ev in events), dtype=np.float64, count=n)
     versions = np.fromiter((ev["model_version"] for ev in events), dtype=object, count=n)
-    return Columns(t, num, num_err, cat, cat_err, versions)
+    latency = np.fromiter((ev.get("latency_ms") for ev in events), dtype=object, count=n).astype(np.float64)
+    return Columns(t, num, num_err, cat, cat_err, versions, latency)

@@ -38,6 +38,8 @@ class Finding:
     p_value: float | None = None
     n: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    consecutive: int | None = None  # windows over before firing; None: the policy's default
+    severity: str | None = None  # fixed severity; None: the policy's per-kind severity and escalation
 
 
 def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:

@@ -21,6 +21,8 @@ from .alerts import Alert, AlertPolicy, WindowInfo
 from .breaker import BreakerSignal, CircuitBreaker
 from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_window
+from .labels import ConceptDriftDetectors, LabelJoin, PerformanceReport, PerformanceTracker
+from .sketches import LatencySketch
 from .reference import CalendarReference, Reference, RollingReference
 from .windows import ClosedWindow, CountWindows, TimeWindows
 
@@ -40,6 +42,15 @@ class WindowResult:
     reference_id: str | None
     findings: list[Finding]
     skipped: str | None = None  # why the window was not evaluated
+    latency_ms: dict[str, float] | None = None  # p50/p95/p99 when the events carry latency_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """The window report published on the metrics topic."""
+        return {"type": "drift", "model": self.model, "model_version": self.model_version,
+                "window": self.window.__dict__, "reference_id": self.reference_id, "skipped": self.skipped,
+                "latency_ms": self.latency_ms,
+                "findings": [{"feature": f.feature, "kind": f.kind, "statistic": f.statistic, "value": f.value,
+                              "threshold": f.threshold, "p_value": f.p_value, "over": f.over} for f in self.findings]}
 
 
 @dataclass
@@ -49,6 +60,7 @@ class BatchOutput:
     results: list[WindowResult] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     signals: list[BreakerSignal] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # window reports for the metrics topic
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # key on the state topic -> value
 
 
@@ -83,6 +95,12 @@ class ModelMonitor:
             self._check_reference(reference)
         self._preloaded = reference
         self.new_reference = False  # set when a warm-up reference was just built: it is checkpointed
+        perf = cfg.performance
+        self.labels_enabled = perf.task != "none" or bool(cfg.concept_drift)
+        self.join = LabelJoin(cfg.join) if self.labels_enabled else None
+        self.performance = PerformanceTracker(cfg.name, perf, cfg.seed) if self.labels_enabled else None
+        self.concept = ConceptDriftDetectors(cfg.concept_drift, perf.task) if cfg.concept_drift else None
+        self.last_version = ""
         self._reset()
 
     def restore_reference(self, ref: Reference) -> bool:
@@ -149,6 +167,55 @@ class ModelMonitor:
         assert self.windows is not None
         return [self._evaluate(w) for w in self.windows.update(cols)]
 
+    def _add_pairs(self, pairs: list[Any]) -> None:
+        assert self.performance is not None
+        self.performance.add_pairs(pairs)
+        if self.concept is not None:
+            self.concept.update(pairs)
+
+    def observe_predictions(self, events: list[dict[str, Any]]) -> None:
+        """Every prediction (before sampling) enters the label join and the performance windows."""
+        self.last_version = events[-1]["model_version"]
+        if self.join is not None and self.performance is not None:
+            self.performance.add_predictions(events)
+            self._add_pairs(self.join.add_predictions(events))  # labels that arrived first
+
+    def update_labels(self, events: list[dict[str, Any]]) -> None:
+        """Add decoded label events of this model."""
+        if self.join is not None:
+            self._add_pairs(self.join.add_labels(events))
+
+    def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
+        """Performance windows whose labels have matured, each with its findings for the alert policy."""
+        if self.join is None or self.performance is None:
+            return []
+        perf = self.cfg.performance
+        out = []
+        for rep in self.performance.mature(self.join.watermark):
+            findings = []
+            for metric, bound in perf.thresholds.items():
+                v = rep.metrics.get(metric)
+                if v is None or v != v:  # not computed (too few labels) or undefined
+                    continue
+                low = bound.min is not None and v < bound.min
+                high = bound.max is not None and v > bound.max
+                thr = bound.min if bound.min is not None and (low or bound.max is None) else bound.max
+                findings.append(Finding(None, "performance", metric, v, float(thr), bool(low or high), None,
+                                        rep.labeled, {"estimated": rep.estimated, "coverage": rep.coverage}))
+            if perf.min_coverage is not None and rep.predictions:
+                findings.append(Finding(None, "label_coverage", "coverage", rep.coverage, perf.min_coverage,
+                                        rep.coverage < perf.min_coverage, None, rep.predictions,
+                                        {"lag_p50_s": rep.lag_p50_s, "lag_p95_s": rep.lag_p95_s},
+                                        severity=None))
+            if self.concept is not None:
+                for name, drifts, warnings in self.concept.take():
+                    level = 2.0 if drifts else (1.0 if warnings else 0.0)
+                    findings.append(Finding(None, "concept_drift", name, level, 1.0, level >= 1.0, None, rep.labeled,
+                                            {"drifts": drifts, "warnings": warnings}, consecutive=1,
+                                            severity="critical" if drifts else "warning"))
+            out.append((rep, findings))
+        return out
+
     def _build_warmup_reference(self) -> Reference:
         cfg = self.cfg
         parts = self._warmup
@@ -182,7 +249,14 @@ class ModelMonitor:
         if w.pane.n < cfg.drift.min_window_events:
             return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small")
         findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features)
-        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings)
+        latency = None
+        if w.pane.latency.sum():
+            latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}
+            sla = cfg.latency.sla_p99_ms
+            if sla is not None:
+                findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
+                                        int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
+        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency)
 
 
 class Monitor:
@@ -211,6 +285,7 @@ class Monitor:
                     logger.warning("events of model %r are not monitored: it is not in the config", name)
                 self.counters.unmonitored[name] += len(evs)
                 continue
+            mm.observe_predictions(evs)
             rate = mm.cfg.sample_rate
             if rate < 1:
                 keep = self._rng.random(len(evs)) < rate
@@ -222,22 +297,53 @@ class Monitor:
             if mm.new_reference and mm.reference is not None:
                 mm.new_reference = False
                 out.checkpoints[f"ref/{name}"] = mm.reference.to_dict()
-            breaker = self.breakers.get(name)
             for r in results:
                 out.results.append(r)
+                out.reports.append(r.to_dict())
                 self.counters.windows += 1
-                if r.skipped is not None:
-                    continue
-                out.alerts.extend(self.policy.update(name, r.model_version, r.window, r.findings, r.reference_id,
-                                                     rate, breaker_open=bool(breaker and breaker.state != "closed")))
-                if breaker is not None:
-                    sig = breaker.update(r.window.end, self.policy.active(name))
-                    if sig is not None:
-                        out.signals.append(sig)
-            if results:
+                if r.skipped is None:
+                    self._decide(name, r.model_version, r.window, r.findings, r.reference_id, rate, out)
+            matured = self._mature(name, out)
+            if results or matured:
                 out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
         self.counters.alerts += len(out.alerts)
         return out
+
+    def process_labels(self, events: list[dict[str, Any]]) -> BatchOutput:
+        """Feed one batch of decoded label events; returns what to publish."""
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for ev in events:
+            by_model.setdefault(ev["model"], []).append(ev)
+        out = BatchOutput()
+        for name, evs in by_model.items():
+            mm = self.models.get(name)
+            if mm is None or not mm.labels_enabled:
+                self.counters.unmonitored[name] += len(evs)
+                continue
+            mm.update_labels(evs)
+            if self._mature(name, out):
+                out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
+        self.counters.alerts += len(out.alerts)
+        return out
+
+    def _decide(self, name: str, version: str, window: WindowInfo, findings: list[Finding],
+                reference_id: str | None, rate: float, out: BatchOutput) -> None:
+        breaker = self.breakers.get(name)
+        out.alerts.extend(self.policy.update(name, version, window, findings, reference_id, rate,
+                                             breaker_open=bool(breaker and breaker.state != "closed")))
+        if breaker is not None:
+            sig = breaker.update(window.end, self.policy.active(name))
+            if sig is not None:
+                out.signals.append(sig)
+
+    def _mature(self, name: str, out: BatchOutput) -> int:
+        mm = self.models[name]
+        reports = mm.mature_reports()
+        for rep, findings in reports:
+            out.reports.append(rep.to_dict())
+            info = WindowInfo(int(rep.start // mm.cfg.performance.window_s), rep.start, rep.end, rep.predictions)
+            self._decide(name, mm.last_version, info, findings, None, mm.cfg.sample_rate, out)
+        return len(reports)
 
     def observe_breaker(self, sig: BreakerSignal) -> None:
         """A record from the breaker topic (manual overrides, or our own last state at start-up)."""
@@ -247,7 +353,9 @@ class Monitor:
 
     def snapshot_model(self, name: str) -> dict[str, Any]:
         breaker = self.breakers.get(name)
-        return {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None}
+        concept = self.models[name].concept
+        return {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None,
+                "concept": concept.snapshot() if concept else None}
 
     def restore(self, checkpoints: dict[str, dict[str, Any]]) -> list[str]:
         """Restore references, alert state and breaker state from the state topic; returns what was restored."""
@@ -262,5 +370,7 @@ class Monitor:
                 self.policy.restore(value.get("policy") or {})
                 if value.get("breaker") and name in self.breakers:
                     self.breakers[name].restore(value["breaker"])
+                if value.get("concept") and self.models[name].concept is not None:
+                    self.models[name].concept.restore(value["concept"])
                 restored.append(key)
         return restored

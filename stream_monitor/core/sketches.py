@@ -29,9 +29,42 @@ import numpy as np
 
 from .columns import Columns
 
-__all__ = ["Binning", "Pane"]
+__all__ = ["Binning", "LatencySketch", "Pane"]
 
 _MAX_NEW_EXAMPLES = 10
+
+
+class LatencySketch:
+    """Log-bucketed histogram (DDSketch-style): quantiles within 1 % relative error, mergeable, fixed size.
+
+    Buckets cover 1 microsecond to about 3 hours in milliseconds; values outside are clamped into the end
+    buckets. Updates are one ``bincount`` per batch.
+    """
+
+    ALPHA = 0.01
+    GAMMA = (1 + ALPHA) / (1 - ALPHA)
+    LOG_GAMMA = float(np.log(GAMMA))
+    MIN_MS = 1e-3
+    OFFSET = int(np.ceil(np.log(MIN_MS) / LOG_GAMMA))
+    BUCKETS = int(np.ceil(np.log(1e7) / LOG_GAMMA)) - OFFSET + 1
+
+    @classmethod
+    def empty(cls) -> np.ndarray:
+        return np.zeros(cls.BUCKETS, dtype=np.int64)
+
+    @classmethod
+    def counts(cls, values: np.ndarray) -> np.ndarray:
+        x = values[~np.isnan(values)]
+        idx = np.ceil(np.log(np.maximum(x, cls.MIN_MS)) / cls.LOG_GAMMA).astype(np.int64) - cls.OFFSET
+        return np.bincount(np.clip(idx, 0, cls.BUCKETS - 1), minlength=cls.BUCKETS)
+
+    @classmethod
+    def quantile(cls, counts: np.ndarray, q: float) -> float:
+        total = int(counts.sum())
+        if total == 0:
+            return float("nan")
+        i = int(np.searchsorted(np.cumsum(counts), q * (total - 1) + 1))
+        return float(2 * cls.GAMMA ** (i + cls.OFFSET) / (cls.GAMMA + 1))
 
 
 @dataclass(frozen=True)
@@ -152,6 +185,7 @@ class Pane:
         self.cat_new = np.zeros(c, dtype=np.int64)
         self.new_examples: list[set[str]] = [set() for _ in range(c)]
         self.versions: Counter[str] = Counter()
+        self.latency = LatencySketch.empty()
         self._sorted: dict[int, tuple[int, np.ndarray]] = {}
 
     # -- updates -------------------------------------------------------------------------------------------
@@ -164,6 +198,7 @@ class Pane:
         self.t_min = min(self.t_min, float(cols.event_time.min()))
         self.t_max = max(self.t_max, float(cols.event_time.max()))
         self.versions.update(cols.model_version.tolist())
+        self.latency += LatencySketch.counts(cols.latency_ms)
         self._update_numeric(cols, rng)
         self._update_categorical(cols)
         return self
@@ -247,6 +282,7 @@ class Pane:
             for ex, px in zip(out.new_examples, p.new_examples):
                 ex.update(list(px)[: max(0, _MAX_NEW_EXAMPLES - len(ex))])
             out.versions.update(p.versions)
+            out.latency += p.latency
         rows = sum(p.sample.shape[0] for p in panes)
         if rows <= cap:
             parts = [p.sample for p in panes]
@@ -293,6 +329,7 @@ class Pane:
             "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
             "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
             "new_examples": [sorted(e) for e in self.new_examples], "versions": dict(self.versions),
+            "latency": {str(i): int(c) for i, c in enumerate(self.latency) if c},
         }
 
     @classmethod
@@ -314,4 +351,6 @@ class Pane:
         p.cat_new = np.asarray(d["cat_new"], dtype=np.int64)
         p.new_examples = [set(e) for e in d["new_examples"]]
         p.versions = Counter(d["versions"])
+        for i, c in d.get("latency", {}).items():
+            p.latency[int(i)] = c
         return p

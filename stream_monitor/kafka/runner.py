@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from ..config import MonitorConfig
 from ..core.alerts import Alert
-from ..core.events import decode_predictions
+from ..core.events import decode_labels, decode_predictions
 from ..core.monitor import BatchOutput, Monitor
 from ..core.breaker import BreakerSignal
 from .clients import ensure_topics, make_consumer, make_producer
@@ -88,8 +88,11 @@ class MonitorService:
         self._restore()
         self.producer = make_producer(cfg, self.bootstrap)
         consumer = make_consumer(cfg, self.bootstrap)
-        consumer.subscribe([cfg.topics.predictions])
-        logger.info("consuming %s as group %s from %s", cfg.topics.predictions, cfg.kafka.group_id, self.bootstrap)
+        topics = [cfg.topics.predictions]
+        if any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values()):
+            topics.append(cfg.topics.labels)
+        consumer.subscribe(topics)
+        logger.info("consuming %s as group %s from %s", ", ".join(topics), cfg.kafka.group_id, self.bootstrap)
         last_log = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -143,17 +146,16 @@ class MonitorService:
                 logger.warning("consumer error: %s", err)
         if not good:
             return
-        values = [m.value() for m in good]
-        events, positions, rejects = decode_predictions(values)
-        for r in rejects:
-            self._dead_letter(good[r.index], r.reason)
-        try:
-            out = self.monitor.process(events)
-        except Exception as exc:  # a defect must not stop monitoring of every other model: park the batch
-            logger.exception("processing failed; the batch goes to the dead-letter topic")
-            for i in positions:
-                self._dead_letter(good[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
-            out = BatchOutput()
+        labels_topic = self.cfg.topics.labels
+        preds = [m for m in good if m.topic() != labels_topic]
+        labels = [m for m in good if m.topic() == labels_topic] if len(preds) < len(good) else []
+        out = self._run(preds, decode_predictions, self.monitor.process)
+        if labels:
+            more = self._run(labels, decode_labels, self.monitor.process_labels)
+            out.alerts += more.alerts
+            out.signals += more.signals
+            out.reports += more.reports
+            out.checkpoints.update(more.checkpoints)
         for a in out.alerts:
             self._publish_alert(a)
         for sig in out.signals:
@@ -161,12 +163,30 @@ class MonitorService:
                                   on_delivery=self._on_delivery)
             self.stats.signals += 1
             logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
+        for report in out.reports:
+            self.producer.produce(self.cfg.topics.metrics, key=report["model"].encode(), value=orjson.dumps(report),
+                                  on_delivery=self._on_delivery)
         for key, value in out.checkpoints.items():
             self.producer.produce(self.cfg.topics.state, key=key.encode(), value=orjson.dumps(value),
                                   on_delivery=self._on_delivery)
         self._checkpoint(consumer, good)
         self.stats.messages += len(good)
         self.stats.batches += 1
+
+    def _run(self, msgs: list[Message], decode: Any, process: Any) -> BatchOutput:
+        """Decode, dead-letter the rejects, process the rest; a failure parks the batch in the dead letters."""
+        if not msgs:
+            return BatchOutput()
+        events, positions, rejects = decode([m.value() for m in msgs])
+        for r in rejects:
+            self._dead_letter(msgs[r.index], r.reason)
+        try:
+            return process(events)
+        except Exception as exc:  # a defect must not stop monitoring of every other model
+            logger.exception("processing failed; the batch goes to the dead-letter topic")
+            for i in positions:
+                self._dead_letter(msgs[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
+            return BatchOutput()
 
     def _checkpoint(self, consumer: Any, msgs: list[Message]) -> None:
         # Order matters: outputs durable first, offsets second. flush() waits for every delivery report;

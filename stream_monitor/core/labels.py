@@ -1,0 +1,382 @@
+"""Delayed ground truth: the label join, realized and estimated performance, and concept drift.
+
+:class:`LabelJoin` pairs predictions and labels on ``event_id`` whichever arrives first. Both sides wait in a
+bounded store: an entry older than ``ttl_s`` of event time expires, and beyond ``max_pending`` entries the
+oldest is evicted; both are counted. Duplicate predictions and duplicate labels (also after the join, for
+the last ``max_joined_ids`` ids) are ignored and counted.
+
+:class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time. A window is reported
+once the watermark (largest event time seen, predictions or labels) passes its end plus ``maturity_s``, so
+labels that are late but expected are not mistaken for a drop. A report has label coverage (share of the
+window's predictions that have a label), label lag p50/p95, realized metrics on the joined pairs and, for
+binary classifiers with a score, the confidence-based estimate (CBPE) computed from all of the window's
+scores, so the estimate sits beside the realized value. Labels for an already reported window are counted
+as ``late_labels``.
+
+:class:`ConceptDriftDetectors` feeds river's detectors with the error of each joined pair (0/1 for
+classification, absolute error for regression).
+
+Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/log loss):
+
+- accuracy, precision, recall, F1: on the predicted labels;
+- ROC AUC: Mann-Whitney on the scores (ties get half credit), equal to ``sklearn.metrics.roc_auc_score``;
+- log loss: mean of ``-log(p)`` of the true class, scores clipped to [1e-15, 1 - 1e-15];
+- MAE, RMSE (regression).
+
+Estimated (CBPE, calibrated scores assumed): with ``s`` the probability of the positive class and
+``yhat`` the predicted class, ``P(correct) = s`` if ``yhat`` is positive else ``1 - s``; expected accuracy is
+the mean of ``P(correct)``; expected TP = sum of ``s`` over predicted positives, FP = sum of ``1 - s`` over
+predicted positives, FN = sum of ``s`` over predicted negatives; expected F1 = 2TP / (2TP + FP + FN).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from ..config import DetectorConfig, JoinConfig, PerformanceConfig
+
+__all__ = ["ConceptDriftDetectors", "JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker",
+           "classification_metrics", "regression_metrics", "estimated_metrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedPair:
+    event_id: str
+    prediction_time: float
+    label_time: float
+    prediction: Any
+    score: float | None
+    label: Any
+
+
+@dataclass
+class JoinCounters:
+    joined: int = 0
+    duplicate_predictions: int = 0
+    duplicate_labels: int = 0
+    expired_predictions: int = 0
+    expired_labels: int = 0
+    evicted: int = 0
+
+
+class LabelJoin:
+    """Bounded join of predictions and labels on event_id (either may come first)."""
+
+    def __init__(self, cfg: JoinConfig) -> None:
+        self.cfg = cfg
+        self._reset()
+
+    def _reset(self) -> None:
+        # insertion order is arrival order: the first entries are the oldest, for TTL and size eviction
+        self._predictions: OrderedDict[str, tuple[float, Any, float | None]] = OrderedDict()
+        self._labels: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._joined: OrderedDict[str, None] = OrderedDict()
+        self.counters = JoinCounters()
+        self.watermark = -math.inf
+
+    @property
+    def pending(self) -> int:
+        return len(self._predictions) + len(self._labels)
+
+    def add_predictions(self, events: list[dict[str, Any]]) -> list[JoinedPair]:
+        out = []
+        for ev in events:
+            eid = ev["event_id"]
+            if eid in self._predictions or eid in self._joined:
+                self.counters.duplicate_predictions += 1
+                continue
+            t = ev["timestamp"]
+            self.watermark = max(self.watermark, t)
+            early = self._labels.pop(eid, None)
+            if early is not None:
+                out.append(self._join(eid, t, ev["prediction"], ev.get("score"), *early))
+            else:
+                self._predictions[eid] = (t, ev["prediction"], ev.get("score"))
+        self._expire()
+        return out
+
+    def add_labels(self, events: list[dict[str, Any]]) -> list[JoinedPair]:
+        out = []
+        for ev in events:
+            eid = ev["event_id"]
+            t = ev["timestamp"]
+            self.watermark = max(self.watermark, t)
+            if eid in self._joined or eid in self._labels:
+                self.counters.duplicate_labels += 1
+                continue
+            pred = self._predictions.pop(eid, None)
+            if pred is not None:
+                out.append(self._join(eid, pred[0], pred[1], pred[2], t, ev["label"]))
+            else:
+                self._labels[eid] = (t, ev["label"])
+        self._expire()
+        return out
+
+    def _join(self, eid: str, tp: float, pred: Any, score: float | None, tl: float, label: Any) -> JoinedPair:
+        self.counters.joined += 1
+        self._joined[eid] = None
+        if len(self._joined) > self.cfg.max_joined_ids:
+            self._joined.popitem(last=False)
+        return JoinedPair(eid, tp, tl, pred, score, label)
+
+    def _expire(self) -> None:
+        horizon = self.watermark - self.cfg.ttl_s
+        while self._predictions:
+            eid, (t, _, _) = next(iter(self._predictions.items()))
+            if t >= horizon:
+                break
+            del self._predictions[eid]
+            self.counters.expired_predictions += 1
+        while self._labels:
+            eid, (t, _) = next(iter(self._labels.items()))
+            if t >= horizon:
+                break
+            del self._labels[eid]
+            self.counters.expired_labels += 1
+        while self.pending > self.cfg.max_pending:
+            store = self._predictions if len(self._predictions) >= len(self._labels) else self._labels
+            store.popitem(last=False)
+            self.counters.evicted += 1
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+def _r(x: float) -> float:
+    return float(round(float(x), 6)) if math.isfinite(x) else float("nan")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, positive: str | None,
+                           scores: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy always; with a positive class: precision, recall, F1, and from scores ROC AUC and log loss."""
+    out = {"accuracy": _r(np.mean(y_true == y_pred))}
+    if positive is None:
+        return out
+    t = y_true == positive
+    p = y_pred == positive
+    tp, fp, fn = float(np.sum(t & p)), float(np.sum(~t & p)), float(np.sum(t & ~p))
+    out["precision"] = _r(tp / (tp + fp)) if tp + fp else float("nan")
+    out["recall"] = _r(tp / (tp + fn)) if tp + fn else float("nan")
+    out["f1"] = _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")
+    if scores is not None:
+        ok = ~np.isnan(scores)
+        s, tt = scores[ok], t[ok]
+        n_pos, n_neg = int(tt.sum()), int((~tt).sum())
+        if n_pos and n_neg:
+            ranks = rankdata(s)  # average ranks: ties count one half
+            out["roc_auc"] = _r((ranks[tt].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        if s.size:
+            pc = np.clip(np.where(tt, s, 1 - s), 1e-15, 1 - 1e-15)
+            out["log_loss"] = _r(-np.mean(np.log(pc)))
+    return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    err = y_pred - y_true
+    return {"mae": _r(np.mean(np.abs(err))), "rmse": _r(np.sqrt(np.mean(err ** 2)))}
+
+
+def estimated_metrics(scores: np.ndarray, predicted_positive: np.ndarray) -> dict[str, float]:
+    """Confidence-based performance estimation from calibrated scores (see the module docstring)."""
+    if scores.size == 0:
+        return {}
+    correct = np.where(predicted_positive, scores, 1 - scores)
+    tp = float(scores[predicted_positive].sum())
+    fp = float((1 - scores[predicted_positive]).sum())
+    fn = float(scores[~predicted_positive].sum())
+    return {"accuracy": _r(correct.mean()), "f1": _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")}
+
+
+# -- windows ---------------------------------------------------------------------------------------------------
+@dataclass
+class _PerfWindow:
+    predictions: int = 0
+    scores: list[float] = field(default_factory=list)  # all scores of the window (for the estimate)
+    predicted_positive: list[bool] = field(default_factory=list)
+    pairs: list[JoinedPair] = field(default_factory=list)
+    seen_pairs: int = 0
+
+
+@dataclass(frozen=True)
+class PerformanceReport:
+    model: str
+    start: float
+    end: float
+    predictions: int
+    labeled: int
+    coverage: float
+    lag_p50_s: float | None
+    lag_p95_s: float | None
+    metrics: dict[str, float]
+    estimated: dict[str, float]
+    late_labels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "performance", **self.__dict__}
+
+
+class PerformanceTracker:
+    """Per-window joined pairs and scores of one model; reports mature windows."""
+
+    def __init__(self, model: str, cfg: PerformanceConfig, seed: int = 0) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.positive = None if cfg.positive_label is None else _label_key(cfg.positive_label)
+        self.rng = np.random.default_rng(seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._windows: dict[int, _PerfWindow] = {}
+        self._reported_below = -(2 ** 62)  # windows with a smaller index were reported
+        self.late_labels = 0
+        self.late_predictions = 0
+
+    def _index(self, t: float) -> int:
+        return int(t // self.cfg.window_s)
+
+    def add_predictions(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:  # per event, not per feature: a few dict reads
+            w = self._index(ev["timestamp"])
+            if w < self._reported_below:
+                self.late_predictions += 1
+                continue
+            win = self._windows.get(w)
+            if win is None:
+                win = self._windows[w] = _PerfWindow()
+            win.predictions += 1
+            s = ev.get("score")
+            if s is not None and self.positive is not None:
+                win.scores.append(float(s))
+                win.predicted_positive.append(_label_key(ev["prediction"]) == self.positive)
+
+    def add_pairs(self, pairs: list[JoinedPair]) -> None:
+        for p in pairs:
+            w = self._index(p.prediction_time)
+            win = self._windows.get(w)
+            if win is None:
+                if w < self._reported_below:
+                    self.late_labels += 1
+                    continue
+                win = self._windows[w] = _PerfWindow()
+            win.seen_pairs += 1
+            if len(win.pairs) < self.cfg.max_pairs:
+                win.pairs.append(p)
+            else:  # uniform reservoir over the window's pairs
+                j = int(self.rng.integers(0, win.seen_pairs))
+                if j < self.cfg.max_pairs:
+                    win.pairs[j] = p
+
+    def mature(self, watermark: float) -> list[PerformanceReport]:
+        """Report (and forget) every window whose end + maturity_s is at or before ``watermark``."""
+        ready = sorted(w for w in self._windows if (w + 1) * self.cfg.window_s + self.cfg.maturity_s <= watermark)
+        out = [self._report(w, self._windows.pop(w)) for w in ready]
+        if ready:
+            self._reported_below = max(self._reported_below, ready[-1] + 1)
+        return out
+
+    def _report(self, w: int, win: _PerfWindow) -> PerformanceReport:
+        labeled = win.seen_pairs
+        pairs = win.pairs
+        lags = np.array([p.label_time - p.prediction_time for p in pairs])
+        metrics: dict[str, float] = {}
+        if len(pairs) >= self.cfg.min_labels and self.cfg.task != "none":
+            if self.cfg.task == "regression":
+                metrics = regression_metrics(np.array([float(p.label) for p in pairs]),
+                                             np.array([float(p.prediction) for p in pairs]))
+            else:
+                y_true = np.array([_label_key(p.label) for p in pairs], dtype=object)
+                y_pred = np.array([_label_key(p.prediction) for p in pairs], dtype=object)
+                scores = (np.array([np.nan if p.score is None else p.score for p in pairs], dtype=np.float64)
+                          if self.positive is not None else None)
+                metrics = classification_metrics(y_true, y_pred, self.positive if self.cfg.task == "binary" else None,
+                                                 scores)
+        estimated: dict[str, float] = {}
+        if self.cfg.estimate and self.cfg.task == "binary" and win.scores:
+            estimated = estimated_metrics(np.array(win.scores), np.array(win.predicted_positive))
+        coverage = labeled / win.predictions if win.predictions else 0.0
+        return PerformanceReport(
+            self.model, w * self.cfg.window_s, (w + 1) * self.cfg.window_s, win.predictions, labeled,
+            _r(min(coverage, 1.0)), _r(np.percentile(lags, 50)) if lags.size else None,
+            _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels)
+
+
+def _label_key(v: Any) -> str:
+    """Labels and predictions compare as strings: 1, 1.0, "1" and True are the same class."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# -- concept drift ---------------------------------------------------------------------------------------------
+def _make_detector(cfg: DetectorConfig) -> Any:
+    from river import drift
+    from river.drift import binary
+
+    cls = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN, "ddm": binary.DDM,
+           "eddm": binary.EDDM, "hddm_a": binary.HDDMA, "hddm_w": binary.HDDMW}[cfg.type]
+    try:
+        return cls(**cfg.params)
+    except TypeError as exc:
+        raise ValueError(f"concept_drift: {cfg.type} params {cfg.params}: {exc}") from None
+
+
+_BINARY_INPUT = {"ddm", "eddm", "hddm_a", "hddm_w"}
+
+
+class ConceptDriftDetectors:
+    """river detectors over the error of joined pairs; remembers warnings and drifts since the last read."""
+
+    def __init__(self, detectors: tuple[DetectorConfig, ...], task: str) -> None:
+        self.cfgs = detectors
+        self.task = task
+        self._reset()
+
+    def _reset(self) -> None:
+        self.detectors = [_make_detector(c) for c in self.cfgs]
+        self.drifts = [0] * len(self.cfgs)  # since the last take()
+        self.warnings = [0] * len(self.cfgs)
+        self.seen = 0
+
+    def update(self, pairs: list[JoinedPair]) -> None:
+        if not self.detectors or not pairs:
+            return
+        pairs = sorted(pairs, key=lambda p: p.prediction_time)  # the error stream in prediction order
+        if self.task == "regression":
+            errors = [abs(float(p.prediction) - float(p.label)) for p in pairs]
+        else:
+            errors = [0.0 if _label_key(p.prediction) == _label_key(p.label) else 1.0 for p in pairs]
+        self.seen += len(errors)
+        for i, (cfg, det) in enumerate(zip(self.cfgs, self.detectors)):
+            binary_input = cfg.type in _BINARY_INPUT
+            for e in errors:  # river detectors are online: one update per pair
+                det.update(bool(e > 0) if binary_input else e)
+                if det.drift_detected:
+                    self.drifts[i] += 1
+                elif getattr(det, "warning_detected", False):
+                    self.warnings[i] += 1
+
+    def take(self) -> list[tuple[str, int, int]]:
+        """(detector, drifts, warnings) since the last call."""
+        out = [(c.type, d, w) for c, d, w in zip(self.cfgs, self.drifts, self.warnings)]
+        self.drifts = [0] * len(self.cfgs)
+        self.warnings = [0] * len(self.cfgs)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        # river detectors have no public state API; their pickles are small (ADWIN: ~1 kB)
+        return {"types": [c.type for c in self.cfgs], "seen": self.seen,
+                "state": base64.b64encode(pickle.dumps(self.detectors)).decode()}
+
+    def restore(self, d: dict[str, Any]) -> ConceptDriftDetectors:
+        if d.get("types") == [c.type for c in self.cfgs]:
+            self.detectors = pickle.loads(base64.b64decode(d["state"]))  # noqa: S301 - our own checkpoint
+            self.seen = int(d.get("seen", 0))
+        return self
