@@ -240,6 +240,9 @@ class JoinConfig(_Frozen):
     ttl_s: float = Field(30 * 86400, gt=0)  # event time a prediction (or early label) waits for its partner
     max_pending: int = Field(1_000_000, ge=1)  # unjoined predictions + labels kept; oldest evicted beyond
     max_joined_ids: int = Field(1_000_000, ge=1)  # recently joined ids remembered to ignore duplicate labels
+    # Windows mature on the slower of the two streams' event time (so a consumer catching up on one topic
+    # does not report windows before the other topic's labels are read), but never wait more than this.
+    label_stall_s: float = Field(86400, ge=0)
 
 
 class DetectorConfig(_Frozen):

@@ -49,3 +49,41 @@ def make_wide_events(n: int, rng: np.random.Generator, *, features: int = 20, sh
     return [{"event_id": f"{model}-{start + i}", "model": model, "model_version": "v1", "timestamp": t0 + start + i,
              "features": {f"f{j}": float(x[i, j]) for j in range(features)}, "prediction": 1.0, "score": 0.5}
             for i in range(n)]
+
+
+def labeled_stream(n: int, rng: np.random.Generator, *, start: int = 0, t0: float = 1.7e9, dt: float = 0.5,
+                   flip: bool = False, lag_mean_s: float = 120.0, missing: float = 0.1, model: str = "clf",
+                   latency_ms: float = 20.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A calibrated binary classifier: label ~ Bernoulli(score). With ``flip`` the outcome relation is
+    reversed (label ~ Bernoulli(1 - score)) while the inputs keep their distribution. Labels arrive
+    ``Exp(lag_mean_s)`` seconds after their prediction (event time); a share ``missing`` never arrives."""
+    x = rng.normal(0.0, 1.0, n)
+    z = rng.normal(0.0, 1.0, n)
+    score = 1 / (1 + np.exp(-2.0 * x))
+    outcome = rng.random(n) < (1 - score if flip else score)
+    lag = rng.exponential(lag_mean_s, n)
+    keep = rng.random(n) >= missing
+    lat = rng.gamma(4.0, latency_ms / 4.0, n)
+    preds, labels = [], []
+    for i in range(n):
+        t = t0 + (start + i) * dt
+        eid = f"{model}-{start + i}"
+        preds.append({"event_id": eid, "model": model, "model_version": "v1", "timestamp": t,
+                      "features": {"x": float(x[i]), "z": float(z[i])},
+                      "prediction": "1" if score[i] >= 0.5 else "0", "score": float(score[i]),
+                      "latency_ms": float(lat[i])})
+        if keep[i]:
+            labels.append({"event_id": eid, "model": model, "label": int(outcome[i]), "timestamp": t + float(lag[i])})
+    return preds, labels
+
+
+def classifier_config(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "features": {"numeric": ["x", "z"]},
+        "window": {"by": "time", "size": 600},
+        "reference": {"size": 1000},
+        "performance": {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 1800,
+                        "min_labels": 50},
+    }
+    base.update(over)
+    return base

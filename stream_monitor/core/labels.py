@@ -6,8 +6,10 @@ oldest is evicted; both are counted. Duplicate predictions and duplicate labels 
 the last ``max_joined_ids`` ids) are ignored and counted.
 
 :class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time. A window is reported
-once the watermark (largest event time seen, predictions or labels) passes its end plus ``maturity_s``, so
-labels that are late but expected are not mistaken for a drop. A report has label coverage (share of the
+once the watermark passes its end plus ``maturity_s``, so labels that are late but expected are not mistaken
+for a drop. The watermark is the slower of the two streams (largest prediction time, largest label time):
+a consumer catching up on one topic does not report windows before it has read the other's labels; it waits
+at most ``join.label_stall_s`` for a stalled label stream. A report has label coverage (share of the
 window's predictions that have a label), label lag p50/p95, realized metrics on the joined pairs and, for
 binary classifiers with a score, the confidence-based estimate (CBPE) computed from all of the window's
 scores, so the estimate sits beside the realized value. Labels for an already reported window are counted
@@ -80,7 +82,18 @@ class LabelJoin:
         self._labels: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self._joined: OrderedDict[str, None] = OrderedDict()
         self.counters = JoinCounters()
-        self.watermark = -math.inf
+        self.prediction_watermark = -math.inf  # largest prediction event time seen
+        self.label_watermark = -math.inf  # largest label event time seen
+
+    @property
+    def watermark(self) -> float:
+        return max(self.prediction_watermark, self.label_watermark)
+
+    @property
+    def maturity_watermark(self) -> float:
+        """Event time up to which both streams have been read: the slower one, at most ``label_stall_s`` behind."""
+        both = min(self.prediction_watermark, self.label_watermark)
+        return max(both, self.prediction_watermark - self.cfg.label_stall_s)
 
     @property
     def pending(self) -> int:
@@ -94,7 +107,7 @@ class LabelJoin:
                 self.counters.duplicate_predictions += 1
                 continue
             t = ev["timestamp"]
-            self.watermark = max(self.watermark, t)
+            self.prediction_watermark = max(self.prediction_watermark, t)
             early = self._labels.pop(eid, None)
             if early is not None:
                 out.append(self._join(eid, t, ev["prediction"], ev.get("score"), *early))
@@ -108,7 +121,7 @@ class LabelJoin:
         for ev in events:
             eid = ev["event_id"]
             t = ev["timestamp"]
-            self.watermark = max(self.watermark, t)
+            self.label_watermark = max(self.label_watermark, t)
             if eid in self._joined or eid in self._labels:
                 self.counters.duplicate_labels += 1
                 continue

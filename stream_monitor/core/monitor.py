@@ -191,7 +191,7 @@ class ModelMonitor:
             return []
         perf = self.cfg.performance
         out = []
-        for rep in self.performance.mature(self.join.watermark):
+        for rep in self.performance.mature(self.join.maturity_watermark):
             findings = []
             for metric, bound in perf.thresholds.items():
                 v = rep.metrics.get(metric)

@@ -1,0 +1,179 @@
+"""Label join, performance windows, estimation, concept drift, latency."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from stream_monitor.config import DetectorConfig, JoinConfig, PerformanceConfig, parse_config
+from stream_monitor.core.labels import (
+    ConceptDriftDetectors,
+    LabelJoin,
+    PerformanceTracker,
+    classification_metrics,
+    estimated_metrics,
+    regression_metrics,
+)
+from stream_monitor.core.monitor import Monitor
+from stream_monitor.core.sketches import LatencySketch
+from tests.streams import classifier_config, labeled_stream
+
+
+def pred(eid, t, p="1", s=0.9):
+    return {"event_id": eid, "model": "m", "model_version": "v", "timestamp": t, "features": {}, "prediction": p,
+            "score": s}
+
+
+def label(eid, t, y=1):
+    return {"event_id": eid, "model": "m", "label": y, "timestamp": t}
+
+
+def test_join_either_order_and_duplicates():
+    j = LabelJoin(JoinConfig())
+    assert j.add_predictions([pred("a", 1), pred("b", 2)]) == []
+    early = j.add_labels([label("c", 3)])  # label before its prediction
+    assert early == []
+    pairs = j.add_labels([label("a", 10), label("a", 11)])  # duplicate label
+    pairs += j.add_predictions([pred("c", 2.5), pred("b", 4)])  # c joins, b is a duplicate prediction
+    assert sorted(p.event_id for p in pairs) == ["a", "c"]
+    assert j.add_labels([label("c", 12)]) == []  # duplicate after the join
+    assert (j.counters.duplicate_labels, j.counters.duplicate_predictions) == (2, 1)
+    assert j.pending == 1  # b waits
+
+
+def test_join_ttl_and_size_bounds():
+    j = LabelJoin(JoinConfig(ttl_s=100, max_pending=3))
+    j.add_predictions([pred(str(i), float(i)) for i in range(5)])
+    assert j.pending == 3 and j.counters.evicted == 2
+    j.add_predictions([pred("late", 500.0)])  # watermark 500: everything before 400 expires
+    assert j.pending == 1 and j.counters.expired_predictions == 3
+
+
+def brute_auc(t, s):
+    pos, neg = s[t], s[~t]
+    wins = sum((a > b) + 0.5 * (a == b) for a, b in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_classification_metrics_by_hand():
+    rng = np.random.default_rng(1)
+    y = rng.random(300) < 0.4
+    s = np.round(np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1), 2)  # rounded: ties
+    p = s >= 0.5
+    yt = np.where(y, "1", "0").astype(object)
+    yp = np.where(p, "1", "0").astype(object)
+    m = classification_metrics(yt, yp, "1", s)
+    tp, fp, fn = np.sum(y & p), np.sum(~y & p), np.sum(y & ~p)
+    assert m["accuracy"] == pytest.approx(np.mean(y == p), abs=1e-6)
+    assert m["precision"] == pytest.approx(tp / (tp + fp), abs=1e-6)
+    assert m["recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
+    assert m["roc_auc"] == pytest.approx(brute_auc(y, s), abs=1e-6)
+    pc = np.clip(np.where(y, s, 1 - s), 1e-15, 1 - 1e-15)
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log(pc)), abs=1e-6)
+
+
+def test_regression_metrics():
+    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 1.0]))
+    assert m["mae"] == pytest.approx(2.5 / 3)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 4) / 3))
+
+
+def test_estimate_matches_realized_on_a_calibrated_stream():
+    rng = np.random.default_rng(2)
+    s = rng.beta(2, 2, 20000)
+    y = rng.random(20000) < s
+    p = s >= 0.5
+    est = estimated_metrics(s, p)
+    real = classification_metrics(np.where(y, "1", "0").astype(object), np.where(p, "1", "0").astype(object), "1")
+    assert est["accuracy"] == pytest.approx(real["accuracy"], abs=0.015)
+    assert est["f1"] == pytest.approx(real["f1"], abs=0.015)
+
+
+def test_performance_window_reports_coverage_lag_and_waits_for_maturity():
+    cfg = PerformanceConfig(task="binary", positive_label="1", window_s=100, maturity_s=50, min_labels=1)
+    tr = PerformanceTracker("m", cfg)
+    j = LabelJoin(JoinConfig())
+    preds = [pred(str(i), float(i), "1" if i % 2 else "0", 0.8 if i % 2 else 0.3) for i in range(100)]
+    tr.add_predictions(preds)
+    j.add_predictions(preds)
+    tr.add_pairs(j.add_labels([label(str(i), i + 10.0 + i % 5, y=i % 2) for i in range(0, 100, 2)]))
+    assert tr.mature(149.0) == []  # end 100 + maturity 50
+    (rep,) = tr.mature(150.0)
+    assert (rep.predictions, rep.labeled, rep.coverage) == (100, 50, 0.5)
+    assert rep.lag_p50_s == pytest.approx(np.percentile([10 + i % 5 for i in range(0, 100, 2)], 50))
+    assert rep.metrics["accuracy"] == 1.0
+    tr.add_pairs(j.add_labels([label("1", 300.0, 1)]))
+    assert tr.late_labels == 1
+
+
+def test_concept_drift_detectors_fire_on_a_flip_and_restore():
+    dets = ConceptDriftDetectors((DetectorConfig(type="adwin"), DetectorConfig(type="ddm"),
+                                  DetectorConfig(type="hddm_a"), DetectorConfig(type="page_hinkley")), "binary")
+    rng = np.random.default_rng(3)
+    j = LabelJoin(JoinConfig())
+    preds, labels = labeled_stream(4000, rng, missing=0.0, model="m")
+    flip_p, flip_l = labeled_stream(4000, rng, start=4000, flip=True, missing=0.0, model="m")
+    j.add_predictions(preds + flip_p)
+    dets.update(j.add_labels(labels))
+    assert all(d == 0 for _, d, _ in dets.take())
+    copy = ConceptDriftDetectors(dets.cfgs, "binary").restore(dets.snapshot())
+    dets.update(j.add_labels(flip_l))
+    drifted = {name for name, d, _ in dets.take() if d}
+    assert {"adwin", "ddm", "hddm_a"} <= drifted
+    assert copy.seen == 4000
+
+
+def test_latency_sketch_quantiles_within_one_percent():
+    rng = np.random.default_rng(4)
+    x = rng.lognormal(3, 1, 50000)
+    counts = LatencySketch.counts(x)
+    for q in (0.5, 0.95, 0.99):
+        assert LatencySketch.quantile(counts, q) == pytest.approx(np.quantile(x, q), rel=0.02)
+
+
+def run_labeled(cfg_model, pred_batches, label_batches):
+    mon = Monitor(parse_config({"models": {"clf": cfg_model}}))
+    alerts, reports = [], []
+    for p, lab in zip(pred_batches, label_batches):
+        out = mon.process(p)
+        alerts += out.alerts
+        reports += out.reports
+        out = mon.process_labels(lab)
+        alerts += out.alerts
+        reports += out.reports
+    return mon, alerts, reports
+
+
+def test_concept_flip_gives_performance_and_concept_alerts_not_data_drift():
+    rng = np.random.default_rng(5)
+    model = classifier_config(performance={"task": "binary", "positive_label": "1", "window_s": 600,
+                                           "maturity_s": 600, "min_labels": 50,
+                                           "thresholds": {"accuracy": {"min": 0.6}}},
+                              concept_drift=[{"type": "adwin"}])
+    pb, lb = [], []
+    for i in range(16):
+        p, lab = labeled_stream(1200, rng, start=i * 1200, flip=i >= 8)
+        pb.append(p)
+        lb.append(lab)
+    _, alerts, reports = run_labeled(model, pb, lb)
+    kinds = {a.kind for a in alerts if a.status == "firing"}
+    assert kinds == {"performance", "concept_drift"}
+    perf = [r for r in reports if r["type"] == "performance"]
+    assert perf and all(0.85 < r["coverage"] < 0.95 for r in perf)  # 10 % of labels never come
+
+
+def test_latency_regression_alerts_after_consecutive_windows():
+    rng = np.random.default_rng(6)
+    model = classifier_config(latency={"sla_p99_ms": 100, "windows": 3})
+    pb, lb = [], []
+    for i in range(12):
+        p, lab = labeled_stream(1200, rng, start=i * 1200, latency_ms=20 if i < 6 else 60)
+        pb.append(p)
+        lb.append(lab)
+    _, alerts, reports = run_labeled(model, pb, lb)
+    assert [(a.kind, a.statistic, a.status) for a in alerts] == [("latency", "p99_ms", "firing")]
+    first_bad = [r for r in reports if r["type"] == "drift" and r["latency_ms"]["p99"] > 100]
+    assert len(first_bad) >= 3
+    _, alerts, _ = run_labeled(model, pb[:6], lb[:6])
+    assert alerts == []

@@ -1,0 +1,129 @@
+"""Delayed labels against a real broker: join, coverage, lag, metrics, estimation, concept drift, latency."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.kafka.helpers import Running, config, create_topic, read_all
+from tests.streams import classifier_config, labeled_stream
+
+pytestmark = pytest.mark.kafka
+
+
+def produce_in_time_order(bootstrap, cfg, preds, labels):
+    """Both topics, in event-time order, labels shuffled within a few minutes (out of order)."""
+    from confluent_kafka import Producer
+
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(0, 300, len(labels))
+    items = [(p["timestamp"], cfg.topics.predictions, p) for p in preds]
+    items += [(lab["timestamp"] + j, cfg.topics.labels, lab) for lab, j in zip(labels, jitter)]
+    items.sort(key=lambda x: x[0])
+    prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for _, topic, ev in items:
+        prod.produce(topic, key=b"clf", value=orjson.dumps(ev))
+        prod.poll(0)
+    assert prod.flush(30) == 0
+    return len(items)
+
+
+def setup(kafka_bootstrap, run_id, **model):
+    cfg = config(run_id, {"clf": classifier_config(**model)})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    create_topic(kafka_bootstrap, cfg.topics.labels)
+    return cfg
+
+
+def stream(windows, seed, **kw):
+    rng = np.random.default_rng(seed)
+    preds, labels = [], []
+    for i in range(windows):
+        p, lab = labeled_stream(1200, rng, start=i * 1200, **{k: v(i) if callable(v) else v for k, v in kw.items()})
+        preds += p
+        labels += lab
+    return preds, labels
+
+
+def run(kafka_bootstrap, cfg, preds, labels):
+    with Running(cfg, kafka_bootstrap) as r:
+        n = produce_in_time_order(kafka_bootstrap, cfg, preds, labels)
+        r.wait_consumed(n, timeout=120)
+        time.sleep(1)
+    reports = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.metrics, lambda ms: False,
+                                                         timeout=5)]
+    alerts = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: False,
+                                                        timeout=3)]
+    return reports, alerts
+
+
+def test_delayed_out_of_order_labels_coverage_lag_and_metrics_match_offline(kafka_bootstrap, run_id):
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 3600, "min_labels": 50}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf)
+    preds, labels = stream(12, 51)
+    reports, _ = run(kafka_bootstrap, cfg, preds, labels)
+    perf_reports = [r for r in reports if r["type"] == "performance"]
+    assert len(perf_reports) >= 5
+    by_id = {p["event_id"]: p for p in preds}
+    for r in perf_reports:
+        in_win = [p for p in preds if r["start"] <= p["timestamp"] < r["end"]]
+        pairs = [(by_id[lab["event_id"]], lab) for lab in labels if r["start"] <= by_id[lab["event_id"]]["timestamp"] < r["end"]]
+        assert r["predictions"] == len(in_win)
+        assert r["labeled"] == len(pairs)
+        assert r["coverage"] == pytest.approx(len(pairs) / len(in_win), abs=1e-6)
+        lags = [lab["timestamp"] - p["timestamp"] for p, lab in pairs]
+        assert r["lag_p50_s"] == pytest.approx(np.percentile(lags, 50), abs=1e-3)
+        assert r["lag_p95_s"] == pytest.approx(np.percentile(lags, 95), abs=1e-3)
+        y = np.array([lab["label"] == 1 for _, lab in pairs])
+        yhat = np.array([p["prediction"] == "1" for p, _ in pairs])
+        tp, fp, fn = np.sum(y & yhat), np.sum(~y & yhat), np.sum(y & ~yhat)
+        assert r["metrics"]["accuracy"] == pytest.approx(np.mean(y == yhat), abs=1e-6)
+        assert r["metrics"]["precision"] == pytest.approx(tp / (tp + fp), abs=1e-6)
+        assert r["metrics"]["recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+        assert r["metrics"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
+        s = np.array([p["score"] for p, _ in pairs])
+        pc = np.clip(np.where(y, s, 1 - s), 1e-15, 1 - 1e-15)
+        assert r["metrics"]["log_loss"] == pytest.approx(-np.mean(np.log(pc)), abs=1e-6)
+        assert 0.85 < r["coverage"] < 0.95  # 10 % of the labels never arrive
+
+
+def test_estimated_accuracy_tracks_realized_on_a_calibrated_stream(kafka_bootstrap, run_id):
+    cfg = setup(kafka_bootstrap, run_id)
+    preds, labels = stream(10, 52)
+    reports, _ = run(kafka_bootstrap, cfg, preds, labels)
+    perf = [r for r in reports if r["type"] == "performance"]
+    assert len(perf) >= 4
+    diffs = [r["estimated"]["accuracy"] - r["metrics"]["accuracy"] for r in perf]
+    assert all(abs(d) < 0.06 for d in diffs), diffs  # per window of ~1,080 labels
+    assert abs(np.mean(diffs)) < 0.02
+
+
+def test_concept_flip_raises_performance_and_concept_drift_alerts_and_no_data_drift(kafka_bootstrap, run_id):
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 1800, "min_labels": 50,
+            "thresholds": {"accuracy": {"min": 0.6}}}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf, concept_drift=[{"type": "adwin"}, {"type": "hddm_a"}])
+    preds, labels = stream(16, 53, flip=lambda i: i >= 8)
+    _, alerts = run(kafka_bootstrap, cfg, preds, labels)
+    firing = [a for a in alerts if a["status"] == "firing"]
+    assert {a["kind"] for a in firing} == {"performance", "concept_drift"}
+    perf_alert = next(a for a in firing if a["kind"] == "performance")
+    assert perf_alert["statistic"] == "accuracy" and perf_alert["value"] < 0.6
+    assert perf_alert["severity"] == "critical"
+    concept = next(a for a in firing if a["kind"] == "concept_drift")
+    assert {f["statistic"] for f in concept["features"]} <= {"adwin", "hddm_a"}
+
+
+def test_latency_regression_raises_the_latency_alert_and_a_stable_stream_none(kafka_bootstrap, run_id):
+    cfg = setup(kafka_bootstrap, run_id, latency={"sla_p99_ms": 100, "windows": 3})
+    preds, labels = stream(10, 54, latency_ms=lambda i: 20 if i < 5 else 60)
+    _, alerts = run(kafka_bootstrap, cfg, preds, labels)
+    assert [(a["kind"], a["statistic"], a["status"]) for a in alerts] == [("latency", "p99_ms", "firing")]
+    assert alerts[0]["value"] > 100 and alerts[0]["threshold"] == 100
+
+    cfg = setup(kafka_bootstrap, run_id + "s", latency={"sla_p99_ms": 100, "windows": 3})
+    preds, labels = stream(10, 55)
+    _, alerts = run(kafka_bootstrap, cfg, preds, labels)
+    assert alerts == []
