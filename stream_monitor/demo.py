@@ -85,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     run = uuid.uuid4().hex[:6]  # fresh topics and group: reruns against your own cluster start clean
     base = load_config(args.config)
     topics = base.topics.model_copy(update={
-        "predictions": f"demo-{run}.predictions", "alerts": f"demo-{run}.alerts",
+        "predictions": f"demo-{run}.predictions", "labels": f"demo-{run}.labels", "alerts": f"demo-{run}.alerts",
         "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "state": f"demo-{run}.state",
+        "metrics": f"demo-{run}.metrics",
         "partitions": 1})
     cfg = base.model_copy(update={"topics": topics,
                                   "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})
     with kafka_broker() as bootstrap:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for fut in admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1)
+                                        for t in (topics.predictions, topics.labels)]).values():
+            fut.result(30)
         service = MonitorService(cfg, bootstrap, log_every_s=5)
         worker = threading.Thread(target=service.run, name="monitor", daemon=True)
         worker.start()
