@@ -83,14 +83,15 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
         hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
         _, chi_p, _ = stats.chisquare_gof(ref.num_counts, cur.num_counts, valid)
+        ref_sorted = ref.sorted_matrix()
+        ks_d, ks_p_all, w_all = stats.ks_wasserstein_columns(ref_sorted, cur.sample)  # all features at once
+        with np.errstate(invalid="ignore"):
+            spreads = np.nanstd(ref_sorted, axis=0) if ref_sorted.shape[0] > 1 else np.zeros(k)
         for j, name in enumerate(binning.numeric):
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue
-            a = ref.sorted_sample(j)
-            b = cur.sorted_sample(j)
-            d, ks_p = stats.ks_2samp(a, b)
-            spread = float(np.std(a)) if a.size > 1 else 0.0
-            w = stats.wasserstein(a, b)
+            d, ks_p, w = float(ks_d[j]), float(ks_p_all[j]), float(w_all[j])
+            spread = float(spreads[j])
             w_norm = w / spread if spread > 0 else (0.0 if w == 0 else float("inf"))
             figures = {
                 "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),

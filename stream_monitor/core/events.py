@@ -27,6 +27,9 @@ class Reject:
 
 
 _NUMBER = (int, float)
+_FAST_NUMBER = {int, float}
+_FAST_OPTIONAL = {int, float, type(None)}
+_FAST_PREDICTION = {int, float, str}
 
 
 def parse_timestamp(value: Any) -> float:
@@ -102,6 +105,21 @@ def decode_predictions(values: list[bytes | None]) -> tuple[list[dict[str, Any]]
         except orjson.JSONDecodeError as exc:
             rejects.append(Reject(i, f"invalid JSON: {exc}"))
             continue
+        # Fast path: the common, valid event is checked with a few type tests; anything unusual takes the
+        # slow path below, which finds the precise reason.
+        if type(ev) is dict:
+            ts = ev.get("timestamp")
+            if (type(ev.get("event_id")) is str and type(ev.get("model")) is str
+                    and type(ev.get("model_version")) is str and ev["event_id"] and ev["model"]
+                    and ev["model_version"] and type(ev.get("features")) is dict
+                    and type(ev.get("prediction")) in _FAST_PREDICTION and type(ev.get("score")) in _FAST_OPTIONAL
+                    and type(ev.get("latency_ms")) in _FAST_OPTIONAL and (ev.get("latency_ms") or 0) >= 0
+                    and "segment" not in ev and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11
+                    and (type(ev["prediction"]) is not float or math.isfinite(ev["prediction"]))):
+                ev["timestamp"] = float(ts)
+                events.append(ev)
+                positions.append(i)
+                continue
         why = _check_prediction(ev)
         if why is None:
             try:

@@ -186,7 +186,7 @@ class Pane:
         self.new_examples: list[set[str]] = [set() for _ in range(c)]
         self.versions: Counter[str] = Counter()
         self.latency = LatencySketch.empty()
-        self._sorted: dict[int, tuple[int, np.ndarray]] = {}
+        self._sorted: tuple[int, np.ndarray] | None = None
 
     # -- updates -------------------------------------------------------------------------------------------
     def update(self, cols: Columns, rng: np.random.Generator) -> Pane:
@@ -307,12 +307,16 @@ class Pane:
         return self.cat_counts.sum(axis=1)
 
     def sorted_sample(self, j: int) -> np.ndarray:
-        """Feature ``j``'s sample values, sorted; cached until the next update (a reference is sorted once)."""
-        cached = self._sorted.get(j)
-        if cached is None or cached[0] != self.seen:
-            x = self.sample[:, j]
-            cached = self._sorted[j] = (self.seen, np.sort(x[~np.isnan(x)]))
-        return cached[1]
+        """Feature ``j``'s sample values without missing ones, sorted."""
+        x = self.sorted_matrix()[:, j]
+        return x[~np.isnan(x)]
+
+    def sorted_matrix(self) -> np.ndarray:
+        """The sample sorted per column (missing values last); cached until the next update, so a fixed
+        reference is sorted once."""
+        if self._sorted is None or self._sorted[0] != self.seen:
+            self._sorted = (self.seen, np.sort(self.sample, axis=0))
+        return self._sorted[1]
 
     @property
     def main_version(self) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "hellinger",
     "js_distance",
     "ks_2samp",
+    "ks_wasserstein_columns",
     "proportions",
     "psi",
     "psi_null_threshold",
@@ -165,3 +166,34 @@ def wasserstein(ref_sorted: np.ndarray, cur: np.ndarray) -> float:
     steps = steps[np.concatenate([[True], steps[1:] != steps[:-1]])]  # merged steps on the 1/(n1*n2) grid
     widths = np.diff(np.append(steps, n1 * n2))
     return float(np.sum(widths * np.abs(a[steps // n2] - b[steps // n1])) / (n1 * n2))
+
+
+def ks_wasserstein_columns(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """KS statistic, KS p-value and W1 for every column at once (NaN = missing, ignored per column).
+
+    ``ref_sorted`` is ``(n1, k)`` sorted per column with NaNs last (``np.sort(axis=0)``), ``cur`` is ``(n2, k)``.
+    Each column's two sorted runs are merged by one stable argsort (timsort merges runs in linear time);
+    the ECDFs follow from cumulative counts, so every column costs O(n1 + n2) in a handful of numpy calls.
+    Results equal :func:`ks_2samp` and :func:`wasserstein` column by column.
+    """
+    n1 = np.sum(~np.isnan(ref_sorted), axis=0)
+    n2 = np.sum(~np.isnan(cur), axis=0)
+    b = np.sort(cur, axis=0)
+    allv = np.concatenate([ref_sorted, b])
+    order = np.argsort(allv, axis=0, kind="stable")
+    vals = np.take_along_axis(allv, order, axis=0)
+    from_ref = order < ref_sorted.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cdf_a = np.cumsum(from_ref, axis=0) / n1
+        cdf_b = np.cumsum(~from_ref, axis=0) / n2
+        diff = np.abs(cdf_a - cdf_b)
+        gaps = np.diff(vals, axis=0)  # NaN rows (missing values sort last) give NaN gaps
+    last_of_tie = np.concatenate([gaps != 0, np.ones((1, vals.shape[1]), dtype=bool)])
+    valid = ~np.isnan(vals) & last_of_tie
+    d = np.where(valid, diff, 0.0).max(axis=0)
+    w = np.nansum(np.where(np.isnan(gaps), 0.0, diff[:-1] * gaps), axis=0)
+    ok = (n1 > 0) & (n2 > 0)
+    en = np.sqrt(np.where(ok, n1 * n2 / np.maximum(n1 + n2, 1), 1.0))
+    p = np.clip(special.kolmogorov((en + 0.12 + 0.11 / en) * d), 0.0, 1.0)
+    nan = np.full(d.shape, np.nan)
+    return np.where(ok, d, nan), np.where(ok, p, nan), np.where(ok, w, nan)

@@ -8,9 +8,11 @@ This is the whole Kafka edge of the monitoring path. One loop iteration:
 3. ``Monitor.process`` the valid events (numpy columns, all features at once) and produce what it returns:
    alerts, breaker signals (compacted, key = model) and state checkpoints (compacted: references, alert and
    breaker state);
-4. :meth:`MonitorService._checkpoint`: flush the producer and check every delivery, **then** store the batch's
-   offsets. A crash anywhere before that re-delivers the batch: outputs may repeat (alert ids are
-   deterministic, so consumers deduplicate), events are never skipped.
+4. :meth:`MonitorService._checkpoint`: a batch's offsets are stored only once **every output it produced has
+   been acknowledged** by the broker, and only after all earlier batches' offsets (batches complete in
+   order). Deliveries are awaited without blocking the next batch (``producer.poll`` serves the delivery
+   reports); at most ``MAX_IN_FLIGHT`` batches wait. A crash anywhere before the store re-delivers the batch:
+   outputs may repeat (alert ids are deterministic, so consumers deduplicate), events are never skipped.
 
 At start-up the state topic and the breaker topic are read to their end: a restarted monitor keeps its
 references, its open incidents (same alert ids) and its breaker states. The breaker topic is then followed so
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,15 +56,34 @@ class ServiceStats:
 
 def _next_offsets(msgs: list[Message]) -> list[TopicPartition]:
     """Per partition, the offset after the last message of the batch (what a commit means)."""
-    last: dict[tuple[str, int], int] = {}
-    for m in msgs:
-        key = (m.topic(), m.partition())
-        last[key] = max(last.get(key, -1), m.offset())
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+    last: dict[tuple[str | None, int], Message] = {}
+    for m in msgs:  # a partition's messages arrive in offset order: the last one seen is the highest
+        last[(m.topic(), m.partition())] = m
+    return [TopicPartition(t, p, m.offset() + 1) for (t, p), m in last.items()]
 
 
 class DeliveryError(RuntimeError):
     """An output could not be written; the batch's offsets were not stored."""
+
+
+class _Batch:
+    """A processed batch whose outputs are in flight: its offsets wait for their delivery reports."""
+
+    __slots__ = ("offsets", "pending", "errors")
+
+    def __init__(self, offsets: list[TopicPartition]) -> None:
+        self.offsets = offsets
+        self.pending = 0
+        self.errors: list[str] = []
+
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
+
+
+#: Processed batches whose outputs may be awaiting acknowledgement at once (back-pressure beyond).
+MAX_IN_FLIGHT = 8
 
 
 class MonitorService:
@@ -75,7 +97,7 @@ class MonitorService:
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
         self._stop = threading.Event()
-        self._delivery_errors: list[str] = []
+        self._in_flight: deque[_Batch] = deque()
         self._warned_topics: set[str] = set()
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
 
@@ -89,7 +111,8 @@ class MonitorService:
         self.producer = make_producer(cfg, self.bootstrap)
         consumer = make_consumer(cfg, self.bootstrap)
         topics = [cfg.topics.predictions]
-        if any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values()):
+        self._with_labels = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
+        if self._with_labels:
             topics.append(cfg.topics.labels)
         consumer.subscribe(topics)
         logger.info("consuming %s as group %s from %s", ", ".join(topics), cfg.kafka.group_id, self.bootstrap)
@@ -98,6 +121,7 @@ class MonitorService:
             while not self._stop.is_set():
                 msgs = consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 self.producer.poll(0)
+                self._store_completed(consumer)
                 for _, value in self._breakers.poll():  # manual overrides (and our own echoes, ignored)
                     if value is not None:
                         self.monitor.observe_breaker(BreakerSignal.from_dict(value))
@@ -110,7 +134,8 @@ class MonitorService:
             self.failure = exc
             raise
         finally:
-            self.producer.flush(30)
+            if self.producer.flush(30) == 0:
+                self._store_completed(consumer)
             consumer.close()  # commits the offsets stored so far
             self._breakers.close()
             self._log_progress()
@@ -146,9 +171,14 @@ class MonitorService:
                 logger.warning("consumer error: %s", err)
         if not good:
             return
-        labels_topic = self.cfg.topics.labels
-        preds = [m for m in good if m.topic() != labels_topic]
-        labels = [m for m in good if m.topic() == labels_topic] if len(preds) < len(good) else []
+        preds, labels = good, []
+        if self._with_labels:
+            topic = self.cfg.topics.labels
+            is_label = [m.topic() == topic for m in good]
+            preds = [m for m, lab in zip(good, is_label) if not lab]
+            labels = [m for m, lab in zip(good, is_label) if lab]
+        batch = _Batch(_next_offsets(good))
+        self._batch = batch
         out = self._run(preds, decode_predictions, self.monitor.process)
         if labels:
             more = self._run(labels, decode_labels, self.monitor.process_labels)
@@ -159,17 +189,15 @@ class MonitorService:
         for a in out.alerts:
             self._publish_alert(a)
         for sig in out.signals:
-            self.producer.produce(self.cfg.topics.breaker, key=sig.model.encode(), value=orjson.dumps(sig.to_dict()),
-                                  on_delivery=self._on_delivery)
+            self._produce(self.cfg.topics.breaker, sig.model.encode(), orjson.dumps(sig.to_dict()))
             self.stats.signals += 1
             logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
         for report in out.reports:
-            self.producer.produce(self.cfg.topics.metrics, key=report["model"].encode(), value=orjson.dumps(report),
-                                  on_delivery=self._on_delivery)
+            self._produce(self.cfg.topics.metrics, report["model"].encode(), orjson.dumps(report))
         for key, value in out.checkpoints.items():
-            self.producer.produce(self.cfg.topics.state, key=key.encode(), value=orjson.dumps(value),
-                                  on_delivery=self._on_delivery)
-        self._checkpoint(consumer, good)
+            self._produce(self.cfg.topics.state, key.encode(), orjson.dumps(value))
+        self._in_flight.append(batch)
+        self._checkpoint(consumer)
         self.stats.messages += len(good)
         self.stats.batches += 1
 
@@ -188,18 +216,39 @@ class MonitorService:
                 self._dead_letter(msgs[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
             return BatchOutput()
 
-    def _checkpoint(self, consumer: Any, msgs: list[Message]) -> None:
-        # Order matters: outputs durable first, offsets second. flush() waits for every delivery report;
-        # a failed delivery leaves the offsets unstored so the batch is consumed again after a restart.
-        remaining = self.producer.flush(60)
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
-            raise DeliveryError(f"{remaining} outputs undelivered, errors: {errors[:5]}")
-        consumer.store_offsets(offsets=_next_offsets(msgs))
+    def _checkpoint(self, consumer: Any) -> None:
+        # Order matters: outputs acknowledged first, offsets second. Batches complete in order, so a batch
+        # whose outputs failed stops the store of every later one: after the restart that follows, the
+        # failed batch and everything after it are consumed again.
+        while len(self._in_flight) > MAX_IN_FLIGHT:
+            self.producer.poll(0.1)  # back-pressure: wait for the oldest batch's acknowledgements
+            self._store_completed(consumer)
+        self._store_completed(consumer)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
+    def _store_completed(self, consumer: Any) -> None:
+        while self._in_flight and self._in_flight[0].pending == 0:
+            batch = self._in_flight.popleft()
+            if batch.errors:
+                self._in_flight.clear()
+                raise DeliveryError(f"outputs of a batch were not delivered, offsets not stored: {batch.errors[:5]}")
+            try:
+                consumer.store_offsets(offsets=batch.offsets)
+            except KafkaException as exc:  # partitions revoked meanwhile: their new owner re-reads them
+                logger.warning("offsets not stored (rebalanced?): %s", exc)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+                 ) -> None:
+        """Produce one output of the current batch; its delivery report releases the batch's offsets."""
+        batch = self._batch
+        batch.pending += 1
+        try:
+            self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=batch.delivered)
+        except BufferError:  # local queue full: serve delivery reports, then retry once
+            self.producer.poll(1.0)
+            self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=batch.delivered)
+        except BaseException:
+            batch.pending -= 1
+            raise
 
     def _dead_letter(self, m: Message, reason: str, stage: str = "decode") -> None:
         headers = [
@@ -209,14 +258,12 @@ class MonitorService:
             ("source.partition", str(m.partition()).encode()),
             ("source.offset", str(m.offset()).encode()),
         ]
-        self.producer.produce(self.cfg.topics.dead_letter, value=m.value(), key=m.key(), headers=headers,
-                              on_delivery=self._on_delivery)
+        self._produce(self.cfg.topics.dead_letter, m.key(), m.value(), headers)
         self.stats.dead_letters += 1
         logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
 
     def _publish_alert(self, a: Alert) -> None:
-        self.producer.produce(self.cfg.topics.alerts, key=a.dedup_key.encode(), value=orjson.dumps(a.to_dict()),
-                              on_delivery=self._on_delivery)
+        self._produce(self.cfg.topics.alerts, a.dedup_key.encode(), orjson.dumps(a.to_dict()))
         self.stats.alerts += 1
         logger.info("%s alert %s: %s", a.status, a.alert_id, a.message)
 

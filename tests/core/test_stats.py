@@ -112,3 +112,23 @@ def test_psi_pvalue_is_calibrated_under_the_null():
     values = stats.psi(ref, cur)
     pv = stats.psi_pvalue(values, np.full(4000, 5000), np.full(4000, 1000), np.full(4000, 10))
     assert 0.005 < np.mean(pv < 0.05) < 0.09  # close to nominal 5 %
+
+
+def test_column_wise_ks_and_wasserstein_equal_the_one_column_versions():
+    rng = np.random.default_rng(10)
+    a = rng.normal(size=(3000, 5))
+    b = rng.normal(0.2, 1.3, size=(800, 5))
+    a[:, 1] = np.round(a[:, 1])  # ties
+    b[:, 1] = np.round(b[:, 1])
+    a[rng.random(3000) < 0.1, 2] = np.nan  # missing values, different counts per column
+    b[rng.random(800) < 0.3, 2] = np.nan
+    b[:, 4] = np.nan  # a column with no values in the window
+    d, p, w = stats.ks_wasserstein_columns(np.sort(a, axis=0), b)
+    for j in range(4):
+        aj, bj = a[:, j][~np.isnan(a[:, j])], b[:, j][~np.isnan(b[:, j])]
+        dj, pj = stats.ks_2samp(np.sort(aj), bj)
+        assert d[j] == pytest.approx(dj, abs=1e-12)
+        assert p[j] == pytest.approx(pj, abs=1e-12)
+        assert w[j] == pytest.approx(sps.wasserstein_distance(aj, bj), rel=1e-9)
+        assert d[j] == pytest.approx(sps.ks_2samp(aj, bj).statistic, abs=1e-12)
+    assert np.isnan(d[4]) and np.isnan(w[4])

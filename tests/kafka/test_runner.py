@@ -88,3 +88,33 @@ def test_monitor_creates_the_topics_it_owns_with_compaction_for_the_breaker(kafk
     res = ConfigResource(ConfigResource.Type.TOPIC, cfg.topics.breaker)
     conf = list(admin.describe_configs([res]).values())[0].result(10)
     assert conf["cleanup.policy"].value == "compact"
+
+
+def test_offsets_are_not_stored_when_outputs_fail_to_deliver(kafka_bootstrap, run_id):
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+    from stream_monitor.kafka.runner import DeliveryError, MonitorService
+
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    # an alert topic whose broker refuses every alert (records over 200 bytes)
+    admin.create_topics([NewTopic(cfg.topics.alerts, 1, 1, config={"max.message.bytes": "200"})])[
+        cfg.topics.alerts].result(30)
+    rng = np.random.default_rng(34)
+    events = make_events(1000, rng) + make_events(3000, rng, start=1000, a_mean=1.0)
+    produce(kafka_bootstrap, cfg.topics.predictions, events)
+    with pytest.raises(DeliveryError):
+        MonitorService(cfg, kafka_bootstrap).run()  # stops at the batch whose alert is refused
+    # the alert fires on the window ending with event 1999: that event's offset was never committed
+    done = committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions)
+    assert done <= 1999
+    # fix the topic and restart: the batch is consumed again and its alert is delivered
+    res = ConfigResource(ConfigResource.Type.TOPIC, cfg.topics.alerts, incremental_configs=[
+        ConfigEntry("max.message.bytes", "1048576", incremental_operation=AlterConfigOpType.SET)])
+    list(admin.incremental_alter_configs([res]).values())[0].result(30)
+    with Running(cfg, kafka_bootstrap) as run:
+        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1)
+        run.wait_consumed(len(events) - max(done, 0))  # everything from the committed offset on, again
+    assert alerts and orjson.loads(alerts[0].value())["features"][0]["feature"] == "a"
+    assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == len(events)
