@@ -110,17 +110,10 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
                 | {"wasserstein_raw": _r(w), "reference_std": _r(spread)},
             })
-        total_ref = ref.n or 1
-        total_cur = cur.n or 1
-        for j, name in enumerate(binning.numeric):
-            if cur.n < cfg.min_window_events:
-                continue
-            quality.extend(_quality(name, "missing_rate", cur.num_missing[j] / total_cur,
-                                    ref.num_missing[j] / total_ref, cfg.missing_rate_increase, cur.n))
-            quality.extend(_quality(name, "type_error_rate", cur.num_type_error[j] / total_cur,
-                                    ref.num_type_error[j] / total_ref, cfg.type_error_rate, cur.n))
-            quality.extend(_quality(name, "out_of_range_rate", cur.num_out_of_range[j] / total_cur,
-                                    ref.num_out_of_range[j] / total_ref, cfg.out_of_range_rate, cur.n))
+        quality += _quality(binning.numeric, ref, cur, cfg, {
+            "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
+            "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
+            "out_of_range_rate": (ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)})
 
     # ---- categorical ----
     c = len(binning.categorical)
@@ -157,15 +150,9 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 bool(rate >= cfg.new_category_rate), None, int(n_cur[j]),
                 {"new_categories": sorted(cur.new_examples[j]), "new_count": int(cur.cat_new[j])},
             ))
-        total_ref = ref.n or 1
-        total_cur = cur.n or 1
-        for j, name in enumerate(binning.categorical):
-            if cur.n < cfg.min_window_events:
-                continue
-            quality.extend(_quality(name, "missing_rate", cur.cat_missing[j] / total_cur,
-                                    ref.cat_missing[j] / total_ref, cfg.missing_rate_increase, cur.n))
-            quality.extend(_quality(name, "type_error_rate", cur.cat_type_error[j] / total_cur,
-                                    ref.cat_type_error[j] / total_ref, cfg.type_error_rate, cur.n))
+        quality += _quality(binning.categorical, ref, cur, cfg, {
+            "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
+            "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
 
     # ---- one Holm family per model and window ----
     rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
@@ -177,7 +164,17 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     return out + new_findings + quality
 
 
-def _quality(name: str, statistic: str, rate: float, ref_rate: float, increase: float, n: int) -> list[Finding]:
-    threshold = ref_rate + increase
-    return [Finding(name, "data_quality", statistic, _r(rate), _r(threshold), bool(rate >= threshold), None, n,
-                    {"reference_rate": _r(ref_rate)})]
+def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
+             rates: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> list[Finding]:
+    """Data-quality findings: a rate over the reference's own rate plus the allowed increase."""
+    if cur.n < cfg.min_window_events:
+        return []
+    out = []
+    for statistic, (ref_counts, cur_counts, increase) in rates.items():
+        ref_rate = ref_counts / (ref.n or 1)
+        rate = cur_counts / (cur.n or 1)
+        for j, name in enumerate(names):
+            threshold = ref_rate[j] + increase
+            out.append(Finding(name, "data_quality", statistic, _r(rate[j]), _r(threshold),
+                               bool(rate[j] >= threshold), None, cur.n, {"reference_rate": _r(ref_rate[j])}))
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -86,86 +87,80 @@ def _check_prediction(ev: Any) -> str | None:
     return None
 
 
+def _loads_all(values: list[bytes | None]) -> Iterator[tuple[int, Any, Reject | None]]:
+    """Each message's JSON, or the reject that says why it is not JSON."""
+    loads = orjson.loads
+    for i, raw in enumerate(values):
+        if raw is None:
+            yield i, None, Reject(i, "empty message (no value)")
+            continue
+        try:
+            yield i, loads(raw), None
+        except orjson.JSONDecodeError as exc:
+            yield i, None, Reject(i, f"invalid JSON: {exc}")
+
+
+def _fast_valid_prediction(ev: Any) -> bool:
+    """The common, valid event in a few type tests; anything unusual goes to :func:`_check_prediction`."""
+    if type(ev) is not dict:
+        return False
+    ts = ev.get("timestamp")
+    pred = ev.get("prediction")
+    lat = ev.get("latency_ms")
+    return (type(ev.get("event_id")) is str and type(ev.get("model")) is str
+            and type(ev.get("model_version")) is str and bool(ev["event_id"]) and bool(ev["model"])
+            and bool(ev["model_version"]) and type(ev.get("features")) is dict
+            and type(pred) in _FAST_PREDICTION and (type(pred) is not float or math.isfinite(pred))
+            and type(ev.get("score")) in _FAST_OPTIONAL and type(lat) in _FAST_OPTIONAL and (lat or 0) >= 0
+            and "segment" not in ev and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11)
+
+
+def _check_label(ev: Any) -> str | None:
+    if type(ev) is not dict:
+        return f"event must be a JSON object, got {type(ev).__name__}"
+    for key in ("event_id", "model"):
+        if type(ev.get(key)) is not str or not ev[key]:
+            return f"missing or non-string field '{key}'"
+    if not isinstance(ev.get("label"), (int, float, str)):
+        return "missing field 'label' (a number or a string)"
+    return None
+
+
+def _decode(values: list[bytes | None], check: Any, fast: Any = None
+            ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
+    events: list[dict[str, Any]] = []
+    positions: list[int] = []
+    rejects: list[Reject] = []
+    for i, ev, reject in _loads_all(values):
+        if reject is not None:
+            rejects.append(reject)
+            continue
+        if fast is not None and fast(ev):
+            ev["timestamp"] = float(ev["timestamp"])
+        else:
+            why = check(ev)
+            if why is None:
+                try:
+                    ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
+                except ValueError as exc:
+                    why = f"field 'timestamp': {exc}" if "timestamp" in ev else "missing field 'timestamp'"
+            if why is not None:
+                rejects.append(Reject(i, why))
+                continue
+        events.append(ev)
+        positions.append(i)
+    return events, positions, rejects
+
+
 def decode_predictions(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of prediction messages.
 
     Returns ``(events, positions, rejects)``: the valid events (with ``timestamp`` normalised to epoch
     seconds), each one's position in ``values``, and the rejects with their reason.
     """
-    events: list[dict[str, Any]] = []
-    positions: list[int] = []
-    rejects: list[Reject] = []
-    loads = orjson.loads
-    for i, raw in enumerate(values):
-        if raw is None:
-            rejects.append(Reject(i, "empty message (no value)"))
-            continue
-        try:
-            ev = loads(raw)
-        except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(i, f"invalid JSON: {exc}"))
-            continue
-        # Fast path: the common, valid event is checked with a few type tests; anything unusual takes the
-        # slow path below, which finds the precise reason.
-        if type(ev) is dict:
-            ts = ev.get("timestamp")
-            if (type(ev.get("event_id")) is str and type(ev.get("model")) is str
-                    and type(ev.get("model_version")) is str and ev["event_id"] and ev["model"]
-                    and ev["model_version"] and type(ev.get("features")) is dict
-                    and type(ev.get("prediction")) in _FAST_PREDICTION and type(ev.get("score")) in _FAST_OPTIONAL
-                    and type(ev.get("latency_ms")) in _FAST_OPTIONAL and (ev.get("latency_ms") or 0) >= 0
-                    and "segment" not in ev and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11
-                    and (type(ev["prediction"]) is not float or math.isfinite(ev["prediction"]))):
-                ev["timestamp"] = float(ts)
-                events.append(ev)
-                positions.append(i)
-                continue
-        why = _check_prediction(ev)
-        if why is None:
-            try:
-                ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
-            except ValueError as exc:
-                why = f"field 'timestamp': {exc}" if "timestamp" in ev else "missing field 'timestamp'"
-        if why is not None:
-            rejects.append(Reject(i, why))
-            continue
-        events.append(ev)
-        positions.append(i)
-    return events, positions, rejects
+    return _decode(values, _check_prediction, _fast_valid_prediction)
 
 
 def decode_labels(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``."""
-    events: list[dict[str, Any]] = []
-    positions: list[int] = []
-    rejects: list[Reject] = []
-    for i, raw in enumerate(values):
-        if raw is None:
-            rejects.append(Reject(i, "empty message (no value)"))
-            continue
-        try:
-            ev = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(i, f"invalid JSON: {exc}"))
-            continue
-        if type(ev) is not dict:
-            rejects.append(Reject(i, f"event must be a JSON object, got {type(ev).__name__}"))
-            continue
-        why = None
-        for key in ("event_id", "model"):
-            if type(ev.get(key)) is not str or not ev[key]:
-                why = f"missing or non-string field '{key}'"
-                break
-        if why is None and not isinstance(ev.get("label"), (int, float, str)):
-            why = "missing field 'label' (a number or a string)"
-        if why is None:
-            try:
-                ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
-            except ValueError as exc:
-                why = f"field 'timestamp': {exc}"
-        if why is not None:
-            rejects.append(Reject(i, why))
-            continue
-        events.append(ev)
-        positions.append(i)
-    return events, positions, rejects
+    return _decode(values, _check_label)

@@ -259,6 +259,13 @@ class ModelMonitor:
         return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency)
 
 
+def _by_model(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        by_model.setdefault(ev["model"], []).append(ev)
+    return by_model
+
+
 class Monitor:
     """All models of a config, one alert policy over them, and a circuit breaker per model that has one."""
 
@@ -274,11 +281,8 @@ class Monitor:
     def process(self, events: list[dict[str, Any]]) -> BatchOutput:
         """Feed one batch of decoded prediction events; returns what to publish."""
         self.counters.events += len(events)
-        by_model: dict[str, list[dict[str, Any]]] = {}
-        for ev in events:
-            by_model.setdefault(ev["model"], []).append(ev)
         out = BatchOutput()
-        for name, evs in by_model.items():
+        for name, evs in _by_model(events).items():
             mm = self.models.get(name)
             if mm is None:
                 if not self.counters.unmonitored[name]:
@@ -311,11 +315,8 @@ class Monitor:
 
     def process_labels(self, events: list[dict[str, Any]]) -> BatchOutput:
         """Feed one batch of decoded label events; returns what to publish."""
-        by_model: dict[str, list[dict[str, Any]]] = {}
-        for ev in events:
-            by_model.setdefault(ev["model"], []).append(ev)
         out = BatchOutput()
-        for name, evs in by_model.items():
+        for name, evs in _by_model(events).items():
             mm = self.models.get(name)
             if mm is None or not mm.labels_enabled:
                 self.counters.unmonitored[name] += len(evs)
