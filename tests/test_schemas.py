@@ -62,3 +62,30 @@ def test_alert_events_follow_the_alert_contract():
     v = jsonschema.Draft202012Validator(schema("alert"))
     for a in alerts:
         v.validate(orjson.loads(orjson.dumps(a.to_dict())))
+
+
+def test_label_and_latency_alerts_and_breaker_signals_follow_their_contracts():
+    from tests.streams import classifier_config, labeled_stream
+
+    model = classifier_config(performance={"task": "binary", "positive_label": "1", "window_s": 600,
+                                           "maturity_s": 600, "min_labels": 50, "min_coverage": 0.95,
+                                           "thresholds": {"accuracy": {"min": 0.6}}},
+                              concept_drift=[{"type": "adwin"}], latency={"sla_p99_ms": 50, "windows": 2},
+                              breaker={"enabled": True, "primary_version": "v1", "fallback_version": "v0",
+                                       "rules": [{"kinds": ["performance"], "windows": 1}], "hold_down_s": 600})
+    mon = Monitor(parse_config({"models": {"clf": model}}))
+    rng = np.random.default_rng(7)
+    alerts, signals = [], []
+    for i in range(14):
+        p, lab = labeled_stream(1200, rng, start=i * 1200, flip=i >= 7, latency_ms=20 if i < 7 else 60)
+        for out in (mon.process(p), mon.process_labels(lab)):
+            alerts += out.alerts
+            signals += out.signals
+    assert {a.kind for a in alerts} >= {"performance", "concept_drift", "latency", "label_coverage"}
+    assert signals
+    va = jsonschema.Draft202012Validator(schema("alert"))
+    for a in alerts:
+        va.validate(orjson.loads(orjson.dumps(a.to_dict())))
+    vb = jsonschema.Draft202012Validator(schema("breaker"))
+    for s in signals:
+        vb.validate(orjson.loads(orjson.dumps(s.to_dict())))

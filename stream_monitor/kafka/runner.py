@@ -134,11 +134,18 @@ class MonitorService:
             self.failure = exc
             raise
         finally:
-            if self.producer.flush(30) == 0:
-                self._store_completed(consumer)
-            consumer.close()  # commits the offsets stored so far
-            self._breakers.close()
-            self._log_progress()
+            try:
+                if self.producer.flush(30) == 0:  # the last batches' outputs, then their offsets
+                    self._store_completed(consumer)
+            except DeliveryError as exc:
+                logger.error("%s", exc)
+                self.failure = self.failure or exc
+            finally:
+                consumer.close()  # commits the offsets stored so far
+                self._breakers.close()
+                self._log_progress()
+        if self.failure is not None:
+            raise self.failure
         return self.stats
 
     def _restore(self) -> None:
