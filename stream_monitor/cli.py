@@ -26,10 +26,16 @@ def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .exporter import MonitorMetrics
     from .kafka.runner import MonitorService
 
     cfg = load_config(args.config)
-    service = MonitorService(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers))
+    metrics = MonitorMetrics()
+    if cfg.prometheus.port is not None:
+        metrics.serve(cfg.prometheus.port, cfg.prometheus.host)
+        logging.getLogger(__name__).info("Prometheus metrics on http://%s:%d/metrics", cfg.prometheus.host,
+                                         cfg.prometheus.port)
+    service = MonitorService(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers), metrics=metrics)
 
     def _stop(signum: int, _frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: finishing the current batch and stopping", signum)

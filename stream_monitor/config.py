@@ -303,8 +303,14 @@ class AlertsConfig(_Frozen):
         return {**_default_severity(), **v}
 
 
+class PrometheusConfig(_Frozen):
+    port: int | None = Field(9108, ge=0, le=65535)  # /metrics for Prometheus; null: no endpoint
+    host: str = "0.0.0.0"
+
+
 class MonitorConfig(_Frozen):
     kafka: KafkaConfig = KafkaConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
     topics: TopicsConfig = TopicsConfig()
     batch: BatchConfig = BatchConfig()
     alerts: AlertsConfig = AlertsConfig()

@@ -36,6 +36,7 @@ from ..core.alerts import Alert
 from ..core.events import decode_labels, decode_predictions
 from ..core.monitor import BatchOutput, Monitor
 from ..core.breaker import BreakerSignal
+from ..exporter import MonitorMetrics
 from .clients import ensure_topics, make_consumer, make_producer
 from .compacted import CompactedTopicReader
 
@@ -90,10 +91,11 @@ class MonitorService:
     """Runs a :class:`Monitor` against Kafka until :meth:`stop` (or SIGTERM via the CLI)."""
 
     def __init__(self, cfg: MonitorConfig, bootstrap: str, monitor: Monitor | None = None,
-                 log_every_s: float = 10.0) -> None:
+                 log_every_s: float = 10.0, metrics: MonitorMetrics | None = None) -> None:
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.monitor = monitor or Monitor(cfg)
+        self.metrics = metrics
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
         self._stop = threading.Event()
@@ -178,6 +180,8 @@ class MonitorService:
                 logger.warning("consumer error: %s", err)
         if not good:
             return
+        started = time.perf_counter()
+        dead_before = self.stats.dead_letters
         preds, labels = good, []
         if self._with_labels:
             topic = self.cfg.topics.labels
@@ -207,6 +211,10 @@ class MonitorService:
         self._checkpoint(consumer)
         self.stats.messages += len(good)
         self.stats.batches += 1
+        if self.metrics is not None:
+            topics = {self.cfg.topics.predictions: len(preds)} | ({self.cfg.topics.labels: len(labels)} if labels else {})
+            self.metrics.observe_batch(out, self.monitor, time.perf_counter() - started, topics,
+                                       self.stats.dead_letters - dead_before, len(self._in_flight))
 
     def _run(self, msgs: list[Message], decode: Any, process: Any) -> BatchOutput:
         """Decode, dead-letter the rejects, process the rest; a failure parks the batch in the dead letters."""

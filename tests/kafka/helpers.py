@@ -74,8 +74,8 @@ def committed(bootstrap: str, group: str, topic: str, partition: int = 0) -> int
 class Running:
     """A MonitorService in a thread, stopped (and checked for failure) on exit."""
 
-    def __init__(self, cfg: MonitorConfig, bootstrap: str) -> None:
-        self.service = MonitorService(cfg, bootstrap, log_every_s=5)
+    def __init__(self, cfg: MonitorConfig, bootstrap: str, **kwargs: Any) -> None:
+        self.service = MonitorService(cfg, bootstrap, log_every_s=5, **kwargs)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
 
     def __enter__(self) -> Running:

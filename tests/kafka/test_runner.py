@@ -118,3 +118,31 @@ def test_offsets_are_not_stored_when_outputs_fail_to_deliver(kafka_bootstrap, ru
         run.wait_consumed(len(events) - max(done, 0))  # everything from the committed offset on, again
     assert alerts and orjson.loads(alerts[0].value())["features"][0]["feature"] == "a"
     assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == len(events)
+
+
+def test_prometheus_metrics_report_health_and_figures(kafka_bootstrap, run_id):
+    import socket
+    import urllib.request
+
+    from stream_monitor.exporter import MonitorMetrics
+
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(35)
+    events = make_events(1000, rng) + make_events(2000, rng, start=1000, a_mean=1.0)
+    n = produce(kafka_bootstrap, cfg.topics.predictions, [*events, b"not json"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = MonitorMetrics()
+    metrics.serve(port, "127.0.0.1")
+    with Running(cfg, kafka_bootstrap, metrics=metrics) as run:
+        run.wait_consumed(n)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(lines[f'stream_monitor_messages_total{{topic="{cfg.topics.predictions}"}}']) == n
+    assert float(lines["stream_monitor_dead_letters_total"]) == 1
+    assert float(lines['stream_monitor_windows_total{model="m"}']) == 4
+    assert float(lines['stream_monitor_alerts_total{kind="data_drift",model="m",severity="critical",status="firing"}']) == 1
+    assert float(lines['stream_monitor_drift_value{feature="a",kind="data_drift",model="m",statistic="psi"}']) > 0.25
+    assert float(lines['stream_monitor_drift_value{feature="b",kind="data_drift",model="m",statistic="psi"}']) < 0.1
