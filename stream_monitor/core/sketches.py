@@ -20,6 +20,7 @@ the features' cardinality.
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -329,7 +330,9 @@ class Pane:
             "t_max": self.t_max if np.isfinite(self.t_max) else None,
             "num_counts": self.num_counts.tolist(), "num_missing": self.num_missing.tolist(),
             "num_type_error": self.num_type_error.tolist(), "num_out_of_range": self.num_out_of_range.tolist(),
-            "sample": np.where(np.isnan(self.sample), None, self.sample).tolist(), "seen": self.seen,
+            # the sample is the bulk of a checkpoint: exact float64 bytes, base64, ~2.5x smaller than JSON numbers
+            "sample_b64": base64.b64encode(np.ascontiguousarray(self.sample, dtype="<f8").tobytes()).decode(),
+            "seen": self.seen,
             "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
             "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
             "new_examples": [sorted(e) for e in self.new_examples], "versions": dict(self.versions),
@@ -347,7 +350,7 @@ class Pane:
         p.num_missing = np.asarray(d["num_missing"], dtype=np.int64)
         p.num_type_error = np.asarray(d["num_type_error"], dtype=np.int64)
         p.num_out_of_range = np.asarray(d["num_out_of_range"], dtype=np.int64)
-        p.sample = np.asarray(d["sample"], dtype=np.float64).reshape(-1, k)
+        p.sample = np.frombuffer(base64.b64decode(d["sample_b64"]), dtype="<f8").reshape(-1, k).astype(np.float64)
         p.seen = int(d["seen"])
         p.cat_counts = np.asarray(d["cat_counts"], dtype=np.int64).reshape(p.cat_counts.shape)
         p.cat_missing = np.asarray(d["cat_missing"], dtype=np.int64)

@@ -14,8 +14,9 @@ __all__ = ["STATE_MAX_BYTES", "consumer_config", "ensure_topics", "make_consumer
 
 logger = logging.getLogger(__name__)
 
-#: Reference artifacts (bins, counts and a sample of up to 5,000 rows) exceed Kafka's default 1 MB message.
-STATE_MAX_BYTES = 16 * 1024 * 1024
+#: Reference checkpoints (bins, counts and a sample of up to ``sample_size`` rows of 8-byte values, base64)
+#: exceed Kafka's default 1 MB message: 5,000 rows x 27 columns is ~1.5 MB, x 1,000 columns ~53 MB.
+STATE_MAX_BYTES = 64 * 1024 * 1024
 
 
 def consumer_config(cfg: MonitorConfig, bootstrap: str) -> dict[str, Any]:

@@ -34,7 +34,8 @@ class CompactedTopicReader:
             "group.id": f"stream-monitor-reader-{uuid.uuid4().hex}",  # never committed: assign(), not subscribe()
             "enable.auto.commit": False,
             "enable.partition.eof": False,
-            "fetch.message.max.bytes": 16 * 1024 * 1024,
+            "fetch.message.max.bytes": 64 * 1024 * 1024,
+            "receive.message.max.bytes": 65 * 1024 * 1024 + 1_000_000,
             **(config or {}),
         })
         self._assigned = False
