@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stream_monitor.config import parse_config  # noqa: E402
 from stream_monitor.core.monitor import Monitor  # noqa: E402
+from stream_monitor.kafka.runner import tune_gc  # noqa: E402
 
 NUM = [f"x{i}" for i in range(20)]
 CAT = [f"c{i}" for i in range(5)]
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=5000)
     args = ap.parse_args()
+    tune_gc()  # the running monitor's garbage-collector settings, for both the engine and the baseline
     rng = np.random.default_rng(0)
     batches = [make(args.batch, rng, i) for i in range(0, args.events, args.batch)]
     n = sum(len(b) for b in batches)

@@ -151,8 +151,9 @@ def build_columns(
         else:
             pc, pe = _categorical_matrix(preds, n, 1)
             cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
-    if score:
-        extra_num.append(_numeric_matrix([(ev.get("score"),) for ev in events], n, 1))
+    if score:  # the decoder guarantees a number or null: no type check needed
+        scores = np.fromiter((ev.get("score") for ev in events), dtype=object, count=n).astype(np.float64)
+        extra_num.append((scores.reshape(n, 1), np.zeros((n, 1), dtype=bool)))
     if extra_num:
         num = np.hstack([num, *(m for m, _ in extra_num)])
         num_err = np.hstack([num_err, *(e for _, e in extra_num)])

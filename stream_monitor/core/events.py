@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -87,32 +86,18 @@ def _check_prediction(ev: Any) -> str | None:
     return None
 
 
-def _loads_all(values: list[bytes | None]) -> Iterator[tuple[int, Any, Reject | None]]:
-    """Each message's JSON, or the reject that says why it is not JSON."""
-    loads = orjson.loads
-    for i, raw in enumerate(values):
-        if raw is None:
-            yield i, None, Reject(i, "empty message (no value)")
-            continue
-        try:
-            yield i, loads(raw), None
-        except orjson.JSONDecodeError as exc:
-            yield i, None, Reject(i, f"invalid JSON: {exc}")
-
-
 def _fast_valid_prediction(ev: Any) -> bool:
     """The common, valid event in a few type tests; anything unusual goes to :func:`_check_prediction`."""
     if type(ev) is not dict:
         return False
-    ts = ev.get("timestamp")
-    pred = ev.get("prediction")
-    lat = ev.get("latency_ms")
-    return (type(ev.get("event_id")) is str and type(ev.get("model")) is str
-            and type(ev.get("model_version")) is str and bool(ev["event_id"]) and bool(ev["model"])
-            and bool(ev["model_version"]) and type(ev.get("features")) is dict
+    get = ev.get
+    eid, model, version, ts, pred, lat = (get("event_id"), get("model"), get("model_version"), get("timestamp"),
+                                          get("prediction"), get("latency_ms"))
+    return (type(eid) is str and type(model) is str and type(version) is str and eid != "" and model != ""
+            and version != "" and type(get("features")) is dict and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11
             and type(pred) in _FAST_PREDICTION and (type(pred) is not float or math.isfinite(pred))
-            and type(ev.get("score")) in _FAST_OPTIONAL and type(lat) in _FAST_OPTIONAL and (lat or 0) >= 0
-            and "segment" not in ev and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11)
+            and type(get("score")) in _FAST_OPTIONAL and type(lat) in _FAST_OPTIONAL and (lat is None or lat >= 0)
+            and "segment" not in ev)
 
 
 def _check_label(ev: Any) -> str | None:
@@ -131,9 +116,15 @@ def _decode(values: list[bytes | None], check: Any, fast: Any = None
     events: list[dict[str, Any]] = []
     positions: list[int] = []
     rejects: list[Reject] = []
-    for i, ev, reject in _loads_all(values):
-        if reject is not None:
-            rejects.append(reject)
+    loads = orjson.loads
+    for i, raw in enumerate(values):
+        if raw is None:
+            rejects.append(Reject(i, "empty message (no value)"))
+            continue
+        try:
+            ev = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            rejects.append(Reject(i, f"invalid JSON: {exc}"))
             continue
         if fast is not None and fast(ev):
             ev["timestamp"] = float(ev["timestamp"])
