@@ -136,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  ALERT {alert['status']:8s} {alert['message']}", flush=True)
                 idle_since = None
                 continue
-            if not seen and time.monotonic() - start_wait > 5 and service.stats.messages == 0:
-                _say("waiting for the monitor to join its consumer group...")
+            if time.monotonic() - start_wait > 2 and service.stats.messages < args.events:
                 start_wait = time.monotonic()
+                if service.stats.messages == 0:
+                    _say("waiting for the monitor to join its consumer group...")
+                else:
+                    _say(f"  monitor consumed {service.stats.messages}/{args.events} events, "
+                         f"{service.monitor.counters.windows} windows evaluated")
             done = service.stats.messages >= args.events
             idle_since = idle_since or (time.monotonic() if done else None)
             if done and idle_since and time.monotonic() - idle_since > 3:
