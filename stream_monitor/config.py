@@ -221,7 +221,7 @@ class PerformanceConfig(_Frozen):
     min_coverage: float | None = Field(None, gt=0, le=1)  # label_coverage alert below this share
     thresholds: dict[MetricName, Bound] = Field(default_factory=dict)  # e.g. {accuracy: {min: 0.85}}
     estimate: bool = True  # binary with score: confidence-based estimate of accuracy/F1 while labels lag
-    max_pairs: int = Field(100_000, ge=100)  # joined pairs kept per window (uniform reservoir beyond)
+    max_pairs: int = Field(10_000, ge=100)  # pairs sampled per window for ROC AUC and lag percentiles
 
     @model_validator(mode="after")
     def _check(self) -> PerformanceConfig:

@@ -5,7 +5,10 @@ bounded store: an entry older than ``ttl_s`` of event time expires, and beyond `
 oldest is evicted; both are counted. Duplicate predictions and duplicate labels (also after the join, for
 the last ``max_joined_ids`` ids) are ignored and counted.
 
-:class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time. A window is reported
+:class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time, as running sums
+(confusion counts, log-loss and error sums, the estimate's sums) plus a uniform sample of at most
+``max_pairs`` joined pairs for ROC AUC and lag percentiles, so memory per open window is constant however many
+predictions it holds. A window is reported
 once the watermark passes its end plus ``maturity_s``, so labels that are late but expected are not mistaken
 for a drop. The watermark is the slower of the two streams (largest prediction time, largest label time):
 a consumer catching up on one topic does not report windows before it has read the other's labels; it waits
@@ -21,7 +24,8 @@ classification, absolute error for regression).
 Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/log loss):
 
 - accuracy, precision, recall, F1: on the predicted labels;
-- ROC AUC: Mann-Whitney on the scores (ties get half credit), equal to ``sklearn.metrics.roc_auc_score``;
+- ROC AUC: Mann-Whitney on the scores (ties get half credit), equal to ``sklearn.metrics.roc_auc_score``
+  (on the window's sample of pairs: exact up to ``max_pairs`` labels);
 - log loss: mean of ``-log(p)`` of the true class, scores clipped to [1e-15, 1 - 1e-15];
 - MAE, RMSE (regression).
 
@@ -199,21 +203,40 @@ def estimated_metrics(scores: np.ndarray, predicted_positive: np.ndarray) -> dic
     """Confidence-based performance estimation from calibrated scores (see the module docstring)."""
     if scores.size == 0:
         return {}
-    correct = np.where(predicted_positive, scores, 1 - scores)
-    tp = float(scores[predicted_positive].sum())
-    fp = float((1 - scores[predicted_positive]).sum())
-    fn = float(scores[~predicted_positive].sum())
-    return {"accuracy": _r(correct.mean()), "f1": _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")}
+    pos = scores[predicted_positive]
+    return _estimate(scores.size, float(pos.sum() + (1 - scores[~predicted_positive]).sum()), float(pos.sum()),
+                     float((1 - pos).sum()), float(scores[~predicted_positive].sum()))
+
+
+def _estimate(n: int, correct: float, tp: float, fp: float, fn: float) -> dict[str, float]:
+    """Expected accuracy and F1 from the running sums of P(correct), expected TP, FP and FN."""
+    return {"accuracy": _r(correct / n), "f1": _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")}
 
 
 # -- windows ---------------------------------------------------------------------------------------------------
 @dataclass
 class _PerfWindow:
+    """Running sums of one window: memory per window is constant plus a reservoir of ``max_pairs`` pairs."""
+
     predictions: int = 0
-    scores: list[float] = field(default_factory=list)  # all scores of the window (for the estimate)
-    predicted_positive: list[bool] = field(default_factory=list)
-    pairs: list[JoinedPair] = field(default_factory=list)
+    # the estimate (CBPE), from every scored prediction
+    est_n: int = 0
+    est_correct: float = 0.0
+    est_tp: float = 0.0
+    est_fp: float = 0.0
+    est_fn: float = 0.0
+    # realized, exact, from every joined pair
     seen_pairs: int = 0
+    correct: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    ll_sum: float = 0.0
+    ll_n: int = 0
+    abs_err: float = 0.0
+    sq_err: float = 0.0
+    # a uniform sample of the pairs, for ROC AUC and label-lag percentiles
+    pairs: list[JoinedPair] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -265,8 +288,15 @@ class PerformanceTracker:
             win.predictions += 1
             s = ev.get("score")
             if s is not None and self.positive is not None:
-                win.scores.append(float(s))
-                win.predicted_positive.append(_label_key(ev["prediction"]) == self.positive)
+                s = float(s)
+                win.est_n += 1
+                if _label_key(ev["prediction"]) == self.positive:
+                    win.est_correct += s
+                    win.est_tp += s
+                    win.est_fp += 1.0 - s
+                else:
+                    win.est_correct += 1.0 - s
+                    win.est_fn += s
 
     def add_pairs(self, pairs: list[JoinedPair]) -> None:
         for p in pairs:
@@ -278,12 +308,32 @@ class PerformanceTracker:
                     continue
                 win = self._windows[w] = _PerfWindow()
             win.seen_pairs += 1
+            self._count(win, p)
             if len(win.pairs) < self.cfg.max_pairs:
                 win.pairs.append(p)
             else:  # uniform reservoir over the window's pairs
                 j = int(self.rng.integers(0, win.seen_pairs))
                 if j < self.cfg.max_pairs:
                     win.pairs[j] = p
+
+    def _count(self, win: _PerfWindow, p: JoinedPair) -> None:
+        if self.cfg.task == "regression":
+            err = float(p.prediction) - float(p.label)
+            win.abs_err += abs(err)
+            win.sq_err += err * err
+            return
+        truth, pred = _label_key(p.label), _label_key(p.prediction)
+        win.correct += truth == pred
+        if self.positive is None:
+            return
+        t, q = truth == self.positive, pred == self.positive
+        win.tp += t and q
+        win.fp += (not t) and q
+        win.fn += t and not q
+        if p.score is not None:
+            pc = min(max(p.score if t else 1.0 - p.score, 1e-15), 1 - 1e-15)
+            win.ll_sum -= math.log(pc)
+            win.ll_n += 1
 
     def mature(self, watermark: float) -> list[PerformanceReport]:
         """Report (and forget) every window whose end + maturity_s is at or before ``watermark``."""
@@ -294,27 +344,34 @@ class PerformanceTracker:
         return out
 
     def _report(self, w: int, win: _PerfWindow) -> PerformanceReport:
-        labeled = win.seen_pairs
-        pairs = win.pairs
-        lags = np.array([p.label_time - p.prediction_time for p in pairs])
+        n = win.seen_pairs
+        lags = np.array([p.label_time - p.prediction_time for p in win.pairs])
         metrics: dict[str, float] = {}
-        if len(pairs) >= self.cfg.min_labels and self.cfg.task != "none":
-            if self.cfg.task == "regression":
-                metrics = regression_metrics(np.array([float(p.label) for p in pairs]),
-                                             np.array([float(p.prediction) for p in pairs]))
-            else:
-                y_true = np.array([_label_key(p.label) for p in pairs], dtype=object)
-                y_pred = np.array([_label_key(p.prediction) for p in pairs], dtype=object)
-                scores = (np.array([np.nan if p.score is None else p.score for p in pairs], dtype=np.float64)
-                          if self.positive is not None else None)
-                metrics = classification_metrics(y_true, y_pred, self.positive if self.cfg.task == "binary" else None,
-                                                 scores)
+        if n >= self.cfg.min_labels and self.cfg.task == "regression":
+            metrics = {"mae": _r(win.abs_err / n), "rmse": _r(math.sqrt(win.sq_err / n))}
+        elif n >= self.cfg.min_labels and self.cfg.task in ("binary", "multiclass"):
+            metrics = {"accuracy": _r(win.correct / n)}
+            if self.cfg.task == "binary":
+                tp, fp, fn = win.tp, win.fp, win.fn
+                metrics["precision"] = _r(tp / (tp + fp)) if tp + fp else float("nan")
+                metrics["recall"] = _r(tp / (tp + fn)) if tp + fn else float("nan")
+                metrics["f1"] = _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")
+                if win.ll_n:
+                    metrics["log_loss"] = _r(win.ll_sum / win.ll_n)
+                sample = [p for p in win.pairs if p.score is not None]
+                if sample:  # ROC AUC needs the scores themselves: exact up to max_pairs pairs, sampled beyond
+                    auc = classification_metrics(
+                        np.array([_label_key(p.label) for p in sample], dtype=object),
+                        np.array([_label_key(p.prediction) for p in sample], dtype=object), self.positive,
+                        np.array([p.score for p in sample], dtype=np.float64)).get("roc_auc")
+                    if auc is not None:
+                        metrics["roc_auc"] = auc
         estimated: dict[str, float] = {}
-        if self.cfg.estimate and self.cfg.task == "binary" and win.scores:
-            estimated = estimated_metrics(np.array(win.scores), np.array(win.predicted_positive))
-        coverage = labeled / win.predictions if win.predictions else 0.0
+        if self.cfg.estimate and self.cfg.task == "binary" and win.est_n:
+            estimated = _estimate(win.est_n, win.est_correct, win.est_tp, win.est_fp, win.est_fn)
+        coverage = n / win.predictions if win.predictions else 0.0
         return PerformanceReport(
-            self.model, w * self.cfg.window_s, (w + 1) * self.cfg.window_s, win.predictions, labeled,
+            self.model, w * self.cfg.window_s, (w + 1) * self.cfg.window_s, win.predictions, n,
             _r(min(coverage, 1.0)), _r(np.percentile(lags, 50)) if lags.size else None,
             _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels)
 
