@@ -53,6 +53,7 @@ class TopicsConfig(_Frozen):
     dead_letter: str = "stream-monitor.dead-letter"
     state: str = "stream-monitor.state"  # compacted: references and alert state, restored after a restart
     metrics: str = "stream-monitor.metrics"  # window reports: drift statistics, performance, coverage, latency
+    join: str = "stream-monitor.join"  # compacted changelog of the label join's pending entries
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
 

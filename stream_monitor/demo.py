@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     topics = base.topics.model_copy(update={
         "predictions": f"demo-{run}.predictions", "labels": f"demo-{run}.labels", "alerts": f"demo-{run}.alerts",
         "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "state": f"demo-{run}.state",
-        "metrics": f"demo-{run}.metrics",
+        "metrics": f"demo-{run}.metrics", "join": f"demo-{run}.join",
         "partitions": 1})
     cfg = base.model_copy(update={"topics": topics,
                                   "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})

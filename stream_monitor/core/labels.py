@@ -88,6 +88,32 @@ class LabelJoin:
         self.counters = JoinCounters()
         self.prediction_watermark = -math.inf  # largest prediction event time seen
         self.label_watermark = -math.inf  # largest label event time seen
+        # changelog since take_changes(): key ("p/<event_id>" or "l/<event_id>") -> entry, None when removed
+        self._changes: dict[str, dict[str, Any] | None] = {}
+
+    def take_changes(self) -> dict[str, dict[str, Any] | None]:
+        """Entries stored or removed since the last call, for the compacted join changelog."""
+        out, self._changes = self._changes, {}
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Watermarks and counters (the entries themselves live in the changelog)."""
+        return {"prediction_watermark": _finite(self.prediction_watermark),
+                "label_watermark": _finite(self.label_watermark), "counters": dict(self.counters.__dict__)}
+
+    def restore(self, meta: dict[str, Any] | None, entries: dict[str, dict[str, Any]]) -> LabelJoin:
+        """Rebuild the store from the changelog's latest entries (and the snapshot's watermarks)."""
+        preds = sorted((v["t"], k[2:], v) for k, v in entries.items() if k.startswith("p/"))
+        labels = sorted((v["t"], k[2:], v) for k, v in entries.items() if k.startswith("l/"))
+        for t, eid, v in preds:  # oldest first: eviction order survives the restart
+            self._predictions[eid] = (t, v["prediction"], v.get("score"))
+        for t, eid, v in labels:
+            self._labels[eid] = (t, v["label"])
+        if meta:
+            self.prediction_watermark = _unfinite(meta.get("prediction_watermark"))
+            self.label_watermark = _unfinite(meta.get("label_watermark"))
+            self.counters = JoinCounters(**meta.get("counters", {}))
+        return self
 
     @property
     def watermark(self) -> float:
@@ -114,9 +140,11 @@ class LabelJoin:
             self.prediction_watermark = max(self.prediction_watermark, t)
             early = self._labels.pop(eid, None)
             if early is not None:
+                self._changes["l/" + eid] = None
                 out.append(self._join(eid, t, ev["prediction"], ev.get("score"), *early))
             else:
                 self._predictions[eid] = (t, ev["prediction"], ev.get("score"))
+                self._changes["p/" + eid] = {"t": t, "prediction": ev["prediction"], "score": ev.get("score")}
         self._expire()
         return out
 
@@ -131,9 +159,11 @@ class LabelJoin:
                 continue
             pred = self._predictions.pop(eid, None)
             if pred is not None:
+                self._changes["p/" + eid] = None
                 out.append(self._join(eid, pred[0], pred[1], pred[2], t, ev["label"]))
             else:
                 self._labels[eid] = (t, ev["label"])
+                self._changes["l/" + eid] = {"t": t, "label": ev["label"]}
         self._expire()
         return out
 
@@ -151,17 +181,29 @@ class LabelJoin:
             if t >= horizon:
                 break
             del self._predictions[eid]
+            self._changes["p/" + eid] = None
             self.counters.expired_predictions += 1
         while self._labels:
             eid, (t, _) = next(iter(self._labels.items()))
             if t >= horizon:
                 break
             del self._labels[eid]
+            self._changes["l/" + eid] = None
             self.counters.expired_labels += 1
         while self.pending > self.cfg.max_pending:
-            store = self._predictions if len(self._predictions) >= len(self._labels) else self._labels
-            store.popitem(last=False)
+            side = "p/" if len(self._predictions) >= len(self._labels) else "l/"
+            store = self._predictions if side == "p/" else self._labels
+            eid, _ = store.popitem(last=False)
+            self._changes[side + eid] = None
             self.counters.evicted += 1
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _unfinite(x: float | None) -> float:
+    return -math.inf if x is None else float(x)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------
@@ -315,6 +357,21 @@ class PerformanceTracker:
                 j = int(self.rng.integers(0, win.seen_pairs))
                 if j < self.cfg.max_pairs:
                     win.pairs[j] = p
+
+    def snapshot(self) -> dict[str, Any]:
+        """Open windows' running sums (their pair samples are not kept: a window spanning a restart reports
+        ROC AUC and lag percentiles from the pairs joined after it)."""
+        return {"reported_below": self._reported_below, "late_labels": self.late_labels,
+                "late_predictions": self.late_predictions,
+                "windows": {str(w): {k: v for k, v in win.__dict__.items() if k != "pairs"}
+                            for w, win in self._windows.items()}}
+
+    def restore(self, d: dict[str, Any]) -> PerformanceTracker:
+        self._reported_below = int(d["reported_below"])
+        self.late_labels = int(d["late_labels"])
+        self.late_predictions = int(d["late_predictions"])
+        self._windows = {int(w): _PerfWindow(**v) for w, v in d["windows"].items()}
+        return self
 
     def _count(self, win: _PerfWindow, p: JoinedPair) -> None:
         if self.cfg.task == "regression":

@@ -61,6 +61,7 @@ class BatchOutput:
     alerts: list[Alert] = field(default_factory=list)
     signals: list[BreakerSignal] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # window reports for the metrics topic
+    join_changes: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "<model>/<key>" -> entry
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # key on the state topic -> value
 
 
@@ -308,7 +309,8 @@ class Monitor:
                 if r.skipped is None:
                     self._decide(name, r.model_version, r.window, r.findings, r.reference_id, rate, out)
             matured = self._mature(name, out)
-            if results or matured:
+            joined = self._join_changes(name, out)
+            if results or matured or joined:
                 out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
         self.counters.alerts += len(out.alerts)
         return out
@@ -322,10 +324,32 @@ class Monitor:
                 self.counters.unmonitored[name] += len(evs)
                 continue
             mm.update_labels(evs)
-            if self._mature(name, out):
+            matured = self._mature(name, out)
+            if self._join_changes(name, out) or matured:
                 out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
         self.counters.alerts += len(out.alerts)
         return out
+
+    def _join_changes(self, name: str, out: BatchOutput) -> int:
+        join = self.models[name].join
+        if join is None:
+            return 0
+        changes = join.take_changes()
+        out.join_changes.update({f"{name}/{k}": v for k, v in changes.items()})
+        return len(changes)
+
+    def restore_join(self, entries: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> int:
+        """Rebuild each model's label join from the changelog ("<model>/<key>" -> entry); returns entries."""
+        per_model: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, value in entries.items():
+            model, _, rest = key.partition("/")
+            per_model.setdefault(model, {})[rest] = value
+        n = 0
+        for name, mm in self.models.items():
+            if mm.join is not None:
+                mm.join.restore(meta.get(name), per_model.get(name, {}))
+                n += mm.join.pending
+        return n
 
     def _decide(self, name: str, version: str, window: WindowInfo, findings: list[Finding],
                 reference_id: str | None, rate: float, out: BatchOutput) -> None:
@@ -354,9 +378,11 @@ class Monitor:
 
     def snapshot_model(self, name: str) -> dict[str, Any]:
         breaker = self.breakers.get(name)
-        concept = self.models[name].concept
+        mm = self.models[name]
         return {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None,
-                "concept": concept.snapshot() if concept else None}
+                "concept": mm.concept.snapshot() if mm.concept else None,
+                "join": mm.join.snapshot() if mm.join else None,
+                "performance": mm.performance.snapshot() if mm.performance else None}
 
     def restore(self, checkpoints: dict[str, dict[str, Any]]) -> list[str]:
         """Restore references, alert state and breaker state from the state topic; returns what was restored."""
@@ -371,7 +397,10 @@ class Monitor:
                 self.policy.restore(value.get("policy") or {})
                 if value.get("breaker") and name in self.breakers:
                     self.breakers[name].restore(value["breaker"])
-                if value.get("concept") and self.models[name].concept is not None:
-                    self.models[name].concept.restore(value["concept"])
+                mm = self.models[name]
+                if value.get("concept") and mm.concept is not None:
+                    mm.concept.restore(value["concept"])
+                if value.get("performance") and mm.performance is not None:
+                    mm.performance.restore(value["performance"])
                 restored.append(key)
         return restored

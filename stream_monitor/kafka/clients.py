@@ -65,6 +65,7 @@ def ensure_topics(cfg: MonitorConfig, bootstrap: str, timeout: float = 30.0) -> 
                     "segment.ms": str(3600 * 1000)},
         t.dead_letter: {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
         t.metrics: {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+        t.join: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.2", "delete.retention.ms": "3600000"},
         t.state: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                   "max.message.bytes": str(STATE_MAX_BYTES)},
     }

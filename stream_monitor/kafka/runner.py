@@ -52,6 +52,7 @@ class ServiceStats:
     dead_letters: int = 0
     alerts: int = 0
     signals: int = 0
+    restored_join_entries: int = 0  # pending label-join entries read back from the changelog at start-up
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -168,11 +169,23 @@ class MonitorService:
     def _restore(self) -> None:
         state = CompactedTopicReader(self.bootstrap, self.cfg.topics.state)
         try:
-            restored = self.monitor.restore(state.sync(timeout=60))
+            checkpoints = state.sync(timeout=60)
         finally:
             state.close()
+        restored = self.monitor.restore(checkpoints)
         if restored:
             logger.info("restored from %s: %s", self.cfg.topics.state, ", ".join(sorted(restored)))
+        if any(mm.join is not None for mm in self.monitor.models.values()):
+            changelog = CompactedTopicReader(self.bootstrap, self.cfg.topics.join)
+            try:
+                entries = changelog.sync(timeout=300)
+            finally:
+                changelog.close()
+            meta = {k.partition("/")[2]: (v or {}).get("join") for k, v in checkpoints.items()
+                    if k.startswith("model/")}
+            pending = self.stats.restored_join_entries = self.monitor.restore_join(entries, meta)
+            if pending:
+                logger.info("restored %d pending label-join entries from %s", pending, self.cfg.topics.join)
         self._breakers = CompactedTopicReader(self.bootstrap, self.cfg.topics.breaker)
         for value in self._breakers.sync(timeout=60).values():
             self.monitor.observe_breaker(BreakerSignal.from_dict(value))
@@ -220,6 +233,8 @@ class MonitorService:
             logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
         for report in out.reports:
             self._produce(self.cfg.topics.metrics, report["model"].encode(), orjson.dumps(report))
+        for key, entry in out.join_changes.items():  # None: a tombstone, compaction drops the key
+            self._produce(self.cfg.topics.join, key.encode(), None if entry is None else orjson.dumps(entry))
         for key, value in out.checkpoints.items():
             self._produce(self.cfg.topics.state, key.encode(), orjson.dumps(value))
         self._in_flight.append(batch)
@@ -266,8 +281,8 @@ class MonitorService:
             except KafkaException as exc:  # partitions revoked meanwhile: their new owner re-reads them
                 logger.warning("offsets not stored (rebalanced?): %s", exc)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
-                 ) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
         """Produce one output of the current batch; its delivery report releases the batch's offsets."""
         batch = self._batch
         batch.pending += 1

@@ -177,3 +177,32 @@ def test_latency_regression_alerts_after_consecutive_windows():
     assert len(first_bad) >= 3
     _, alerts, _ = run_labeled(model, pb[:6], lb[:6])
     assert alerts == []
+
+
+def test_join_changelog_restores_pending_entries_after_a_restart():
+    j = LabelJoin(JoinConfig(ttl_s=1000))
+    j.add_predictions([pred("a", 1), pred("b", 2), pred("c", 3)])
+    j.add_labels([label("a", 10), label("z", 11)])  # a joins; z waits for its prediction
+    changes = j.take_changes()
+    assert changes == {"p/b": {"t": 2, "prediction": "1", "score": 0.9}, "p/c": {"t": 3, "prediction": "1", "score": 0.9},
+                       "p/a": None, "l/z": {"t": 11, "label": 1}}
+    latest = {k: v for k, v in changes.items() if v is not None}  # what compaction keeps
+    again = LabelJoin(JoinConfig(ttl_s=1000)).restore(j.snapshot(), latest)
+    assert again.pending == 3 and again.prediction_watermark == 3 and again.label_watermark == 11
+    pairs = again.add_labels([label("b", 20)]) + again.add_predictions([pred("z", 5)])
+    assert sorted(p.event_id for p in pairs) == ["b", "z"]
+    assert again.take_changes() == {"p/b": None, "l/z": None}
+
+
+def test_performance_tracker_restores_open_windows():
+    cfg = PerformanceConfig(task="binary", positive_label="1", window_s=100, maturity_s=0, min_labels=1)
+    tr = PerformanceTracker("m", cfg)
+    j = LabelJoin(JoinConfig())
+    preds = [pred(str(i), float(i)) for i in range(50)]
+    tr.add_predictions(preds)
+    j.add_predictions(preds)
+    tr.add_pairs(j.add_labels([label(str(i), 60.0) for i in range(10)]))
+    again = PerformanceTracker("m", cfg).restore(tr.snapshot())
+    again.add_pairs(j.add_labels([label(str(i), 70.0) for i in range(10, 20)]))
+    (rep,) = again.mature(100.0)
+    assert (rep.predictions, rep.labeled, rep.coverage) == (50, 20, 0.4)

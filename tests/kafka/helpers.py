@@ -20,7 +20,7 @@ def config(run_id: str, models: dict[str, Any], **over: Any) -> MonitorConfig:
         "kafka": {"group_id": f"monitor-{run_id}"},
         "topics": {"predictions": f"pred-{run_id}", "labels": f"labels-{run_id}", "alerts": f"alerts-{run_id}",
                    "breaker": f"breaker-{run_id}", "dead_letter": f"dlq-{run_id}", "state": f"state-{run_id}",
-                   "metrics": f"metrics-{run_id}",
+                   "metrics": f"metrics-{run_id}", "join": f"join-{run_id}",
                    "partitions": 1},
         "batch": {"max_messages": 2000, "timeout_s": 0.2},
         "models": models,
