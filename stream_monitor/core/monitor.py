@@ -1,4 +1,4 @@
-"""The monitoring core: decoded events in, alert events out. No Kafka here.
+"""The monitoring core: decoded events in; alerts, breaker signals, reports and checkpoints out. No Kafka here.
 
 :class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
 calendar reference store. :class:`Monitor` routes a batch of events to the model monitors and runs the alert
@@ -108,7 +108,11 @@ class ModelMonitor:
         """Use a checkpointed warm-up reference instead of warming up again (after a restart)."""
         if self.reference is not None or self.cfg.reference.type == "file":
             return False
-        self._check_reference(ref)
+        try:
+            self._check_reference(ref)
+        except ValueError as exc:  # the features changed since the checkpoint: warm up afresh
+            logger.warning("model %s: checkpointed reference not used: %s", self.cfg.name, exc)
+            return False
         self._warmup, self._warmup_n = [], 0
         self._start(ref)
         return True

@@ -168,3 +168,18 @@ def test_time_window_counts_late_events_and_waits_for_lateness():
 def test_every_numeric_test_can_drive_the_decision(test):
     _, alerts = run(model_config(drift={"numeric_test": test}), stream(np.random.default_rng(25), a_mean=0.7))
     assert firing(alerts) == {("a", test)}
+
+
+def test_checkpoint_restores_the_reference_and_ignores_one_for_other_features():
+    cfg = parse_config({"models": {"m": model_config(reference={"size": 1000})}})
+    mon = Monitor(cfg)
+    rng = np.random.default_rng(26)
+    out = mon.process(make_events(1500, rng))
+    assert set(out.checkpoints) >= {"ref/m"}
+    again = Monitor(cfg)
+    assert "ref/m" in again.restore(out.checkpoints)
+    assert again.models["m"].reference.id == mon.models["m"].reference.id
+    other = parse_config({"models": {"m": model_config(features={"numeric": ["a"]}, reference={"size": 1000})}})
+    fresh = Monitor(other)
+    assert "ref/m" not in fresh.restore(out.checkpoints)  # different features: warm up afresh
+    assert fresh.models["m"].reference is None
