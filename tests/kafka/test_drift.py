@@ -1,0 +1,58 @@
+"""Drift scenarios through the running monitor on a real broker, seeded: right feature only, or nothing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.kafka.helpers import Running, config, create_topic, produce, read_all
+from tests.streams import make_events, model_config
+
+pytestmark = pytest.mark.kafka
+
+SCENARIOS = {
+    "mean shift of 0.5 sigma": ({"a_mean": 0.5}, {("a", "psi")}),
+    "variance change": ({"b_sd": 1.6}, {("b", "psi")}),
+    "categorical frequency shift": ({"k_p": (0.15, 0.25, 0.25, 0.35)}, {("k", "chi2")}),
+    "new category": ({"k_cats": ("x", "y", "z", "unseen")}, {("k", "new_category_rate")}),
+}
+
+
+def run(kafka_bootstrap, cfg, events, settle=1.0):
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    with Running(cfg, kafka_bootstrap) as r:
+        n = produce(kafka_bootstrap, cfg.topics.predictions, events)
+        r.wait_consumed(n, timeout=120)
+        time.sleep(settle)
+        windows = r.service.monitor.counters.windows
+    alerts = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: False,
+                                                        timeout=3)]
+    return alerts, windows
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_drift_is_alerted_on_the_right_feature_only(kafka_bootstrap, run_id, name):
+    drift, expected = SCENARIOS[name]
+    rng = np.random.default_rng(71)
+    events = make_events(5000, rng) + make_events(6000, rng, start=5000, **drift)
+    alerts, _ = run(kafka_bootstrap, config(run_id, {"m": model_config()}), events)
+    firing = {(f["feature"], f["statistic"]) for a in alerts if a["status"] == "firing" for f in a["features"]}
+    assert expected <= firing
+    assert {f for f, _ in firing} == {f for f, _ in expected}  # no other feature
+
+
+def test_long_seasonal_stream_without_drift_raises_nothing_with_a_calendar_reference(kafka_bootstrap, run_id):
+    model = model_config(window={"by": "time", "size": 3600},
+                         reference={"type": "calendar", "size": 2000, "period_s": 86400, "slot_s": 3600,
+                                    "periods": 3})
+    t0 = 1_699_920_000.0  # a midnight (UTC)
+    rng = np.random.default_rng(72)
+    events = []
+    for h in range(8 * 24):  # eight days; feature a follows the hour of day with an amplitude of 1.5 sigma
+        events += make_events(300, rng, t0=t0, dt=12.0, start=h * 300, a_mean=1.5 * np.sin(2 * np.pi * (h % 24) / 24))
+    alerts, windows = run(kafka_bootstrap, config(run_id, {"m": model}), events)
+    assert alerts == []
+    assert windows > 150  # the windows were evaluated (the first day only builds the calendar)
