@@ -49,8 +49,7 @@ from scipy.stats import rankdata
 
 from ..config import DetectorConfig, JoinConfig, PerformanceConfig
 
-__all__ = ["ConceptDriftDetectors", "JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker",
-           "classification_metrics", "regression_metrics", "estimated_metrics"]
+__all__ = ["ConceptDriftDetectors", "JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker", "roc_auc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,43 +210,13 @@ def _r(x: float) -> float:
     return float(round(float(x), 6)) if math.isfinite(x) else float("nan")
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, positive: str | None,
-                           scores: np.ndarray | None = None) -> dict[str, float]:
-    """Accuracy always; with a positive class: precision, recall, F1, and from scores ROC AUC and log loss."""
-    out = {"accuracy": _r(np.mean(y_true == y_pred))}
-    if positive is None:
-        return out
-    t = y_true == positive
-    p = y_pred == positive
-    tp, fp, fn = float(np.sum(t & p)), float(np.sum(~t & p)), float(np.sum(t & ~p))
-    out["precision"] = _r(tp / (tp + fp)) if tp + fp else float("nan")
-    out["recall"] = _r(tp / (tp + fn)) if tp + fn else float("nan")
-    out["f1"] = _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")
-    if scores is not None:
-        ok = ~np.isnan(scores)
-        s, tt = scores[ok], t[ok]
-        n_pos, n_neg = int(tt.sum()), int((~tt).sum())
-        if n_pos and n_neg:
-            ranks = rankdata(s)  # average ranks: ties count one half
-            out["roc_auc"] = _r((ranks[tt].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-        if s.size:
-            pc = np.clip(np.where(tt, s, 1 - s), 1e-15, 1 - 1e-15)
-            out["log_loss"] = _r(-np.mean(np.log(pc)))
-    return out
-
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    err = y_pred - y_true
-    return {"mae": _r(np.mean(np.abs(err))), "rmse": _r(np.sqrt(np.mean(err ** 2)))}
-
-
-def estimated_metrics(scores: np.ndarray, predicted_positive: np.ndarray) -> dict[str, float]:
-    """Confidence-based performance estimation from calibrated scores (see the module docstring)."""
-    if scores.size == 0:
-        return {}
-    pos = scores[predicted_positive]
-    return _estimate(scores.size, float(pos.sum() + (1 - scores[~predicted_positive]).sum()), float(pos.sum()),
-                     float((1 - pos).sum()), float(scores[~predicted_positive].sum()))
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mann-Whitney ROC AUC (ties get half credit); None without both classes."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not (n_pos and n_neg):
+        return None
+    ranks = rankdata(scores)  # average ranks: ties count one half
+    return _r((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _estimate(n: int, correct: float, tp: float, fp: float, fn: float) -> dict[str, float]:
@@ -417,10 +386,8 @@ class PerformanceTracker:
                     metrics["log_loss"] = _r(win.ll_sum / win.ll_n)
                 sample = [p for p in win.pairs if p.score is not None]
                 if sample:  # ROC AUC needs the scores themselves: exact up to max_pairs pairs, sampled beyond
-                    auc = classification_metrics(
-                        np.array([_label_key(p.label) for p in sample], dtype=object),
-                        np.array([_label_key(p.prediction) for p in sample], dtype=object), self.positive,
-                        np.array([p.score for p in sample], dtype=np.float64)).get("roc_auc")
+                    auc = roc_auc(np.array([_label_key(p.label) == self.positive for p in sample]),
+                                  np.array([p.score for p in sample], dtype=np.float64))
                     if auc is not None:
                         metrics["roc_auc"] = auc
         estimated: dict[str, float] = {}

@@ -307,11 +307,6 @@ class Pane:
     def cat_present(self) -> np.ndarray:
         return self.cat_counts.sum(axis=1)
 
-    def sorted_sample(self, j: int) -> np.ndarray:
-        """Feature ``j``'s sample values without missing ones, sorted."""
-        x = self.sorted_matrix()[:, j]
-        return x[~np.isnan(x)]
-
     def sorted_matrix(self) -> np.ndarray:
         """The sample sorted per column (missing values last); cached until the next update, so a fixed
         reference is sorted once."""

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.config import DetectorConfig, JoinConfig, PerformanceConfig, parse_config
-from stream_monitor.core.labels import (
-    ConceptDriftDetectors,
-    LabelJoin,
-    PerformanceTracker,
-    classification_metrics,
-    estimated_metrics,
-    regression_metrics,
-)
+from stream_monitor.core.labels import ConceptDriftDetectors, LabelJoin, PerformanceTracker, roc_auc
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.sketches import LatencySketch
 from tests.streams import classifier_config, labeled_stream
@@ -55,14 +48,25 @@ def brute_auc(t, s):
     return wins / (len(pos) * len(neg))
 
 
+def tracked(task, preds, labels, **cfg):
+    """One window's report from the tracker, fed through the join."""
+    tr = PerformanceTracker("m", PerformanceConfig(task=task, window_s=1e6, min_labels=1, **cfg))
+    j = LabelJoin(JoinConfig())
+    tr.add_predictions(preds)
+    tr.add_pairs(j.add_predictions(preds))
+    tr.add_pairs(j.add_labels(labels))
+    (rep,) = tr.mature(2e6)
+    return rep
+
+
 def test_classification_metrics_by_hand():
     rng = np.random.default_rng(1)
     y = rng.random(300) < 0.4
     s = np.round(np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1), 2)  # rounded: ties
     p = s >= 0.5
-    yt = np.where(y, "1", "0").astype(object)
-    yp = np.where(p, "1", "0").astype(object)
-    m = classification_metrics(yt, yp, "1", s)
+    preds = [pred(str(i), float(i), "1" if p[i] else "0", float(s[i])) for i in range(300)]
+    rep = tracked("binary", preds, [label(str(i), 500.0, int(y[i])) for i in range(300)], positive_label="1")
+    m = rep.metrics
     tp, fp, fn = np.sum(y & p), np.sum(~y & p), np.sum(y & ~p)
     assert m["accuracy"] == pytest.approx(np.mean(y == p), abs=1e-6)
     assert m["precision"] == pytest.approx(tp / (tp + fp), abs=1e-6)
@@ -71,23 +75,24 @@ def test_classification_metrics_by_hand():
     assert m["roc_auc"] == pytest.approx(brute_auc(y, s), abs=1e-6)
     pc = np.clip(np.where(y, s, 1 - s), 1e-15, 1 - 1e-15)
     assert m["log_loss"] == pytest.approx(-np.mean(np.log(pc)), abs=1e-6)
+    assert roc_auc(np.array([True, True]), np.array([0.1, 0.2])) is None  # one class only
 
 
 def test_regression_metrics():
-    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 1.0]))
-    assert m["mae"] == pytest.approx(2.5 / 3)
-    assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 4) / 3))
+    preds = [pred(str(i), float(i), v, None) for i, v in enumerate([1.5, 2.0, 1.0])]
+    rep = tracked("regression", preds, [label(str(i), 10.0, y) for i, y in enumerate([1.0, 2.0, 3.0])])
+    assert rep.metrics["mae"] == pytest.approx(2.5 / 3)
+    assert rep.metrics["rmse"] == pytest.approx(np.sqrt((0.25 + 4) / 3))
 
 
 def test_estimate_matches_realized_on_a_calibrated_stream():
     rng = np.random.default_rng(2)
     s = rng.beta(2, 2, 20000)
     y = rng.random(20000) < s
-    p = s >= 0.5
-    est = estimated_metrics(s, p)
-    real = classification_metrics(np.where(y, "1", "0").astype(object), np.where(p, "1", "0").astype(object), "1")
-    assert est["accuracy"] == pytest.approx(real["accuracy"], abs=0.015)
-    assert est["f1"] == pytest.approx(real["f1"], abs=0.015)
+    preds = [pred(str(i), float(i), "1" if s[i] >= 0.5 else "0", float(s[i])) for i in range(20000)]
+    rep = tracked("binary", preds, [label(str(i), 30000.0, int(y[i])) for i in range(20000)], positive_label="1")
+    assert rep.estimated["accuracy"] == pytest.approx(rep.metrics["accuracy"], abs=0.015)
+    assert rep.estimated["f1"] == pytest.approx(rep.metrics["f1"], abs=0.015)
 
 
 def test_performance_window_reports_coverage_lag_and_waits_for_maturity():
