@@ -25,7 +25,7 @@ test-unit: install           ## pure-core tests only, no broker
 	$(PY) -m pytest -m "not kafka"
 
 demo: install                ## drifting loan-approval workload -> monitor -> alerts
-	$(PY) -m stream_monitor.demo
+	$(PY) -m stream_monitor.kafka.demo
 
 bench: install               ## benchmark figures (see README, "Measured figures")
 	$(PY) bench/drift_engine.py

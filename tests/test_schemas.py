@@ -13,7 +13,7 @@ import pytest
 from stream_monitor.config import parse_config
 from stream_monitor.core.events import decode_predictions
 from stream_monitor.core.monitor import Monitor
-from stream_monitor.demo import loan_events
+from stream_monitor.kafka.demo import loan_events
 from tests.streams import make_events, model_config
 
 

@@ -70,13 +70,13 @@ def _say(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from confluent_kafka import Consumer, Producer
 
-    from .config import load_config
-    from .kafka.broker import kafka_broker
-    from .kafka.router import BreakerClient
-    from .kafka.runner import MonitorService
+    from ..config import load_config
+    from .broker import kafka_broker
+    from .router import BreakerClient
+    from .runner import MonitorService
 
-    ap = argparse.ArgumentParser(prog="python -m stream_monitor.demo")
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "example.yaml"))
+    ap = argparse.ArgumentParser(prog="python -m stream_monitor.kafka.demo")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "config" / "example.yaml"))
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args(argv)
