@@ -83,10 +83,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
         hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
         _, chi_p, _ = stats.chisquare_gof(ref.num_counts, cur.num_counts, valid)
-        ref_sorted = ref.sorted_matrix()
-        ks_d, ks_p_all, w_all = stats.ks_wasserstein_columns(ref_sorted, cur.sample)  # all features at once
-        with np.errstate(invalid="ignore"):
-            spreads = np.nanstd(ref_sorted, axis=0) if ref_sorted.shape[0] > 1 else np.zeros(k)
+        ks_d, ks_p_all, w_all = stats.ks_wasserstein_columns(ref.sorted_matrix(), cur.sample)  # all at once
+        spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         for j, name in enumerate(binning.numeric):
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue

@@ -187,7 +187,7 @@ class Pane:
         self.new_examples: list[set[str]] = [set() for _ in range(c)]
         self.versions: Counter[str] = Counter()
         self.latency = LatencySketch.empty()
-        self._sorted: tuple[int, np.ndarray] | None = None
+        self._sorted: tuple[int, np.ndarray, np.ndarray] | None = None
 
     # -- updates -------------------------------------------------------------------------------------------
     def update(self, cols: Columns, rng: np.random.Generator) -> Pane:
@@ -310,9 +310,18 @@ class Pane:
     def sorted_matrix(self) -> np.ndarray:
         """The sample sorted per column (missing values last); cached until the next update, so a fixed
         reference is sorted once."""
+        return self._sample_stats()[0]
+
+    def sample_std(self) -> np.ndarray:
+        """Per-column standard deviation of the sample (NaN for a column without values); cached likewise."""
+        return self._sample_stats()[1]
+
+    def _sample_stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sorted is None or self._sorted[0] != self.seen:
-            self._sorted = (self.seen, np.sort(self.sample, axis=0))
-        return self._sorted[1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                std = np.nanstd(self.sample, axis=0) if self.sample.shape[0] else np.full(self.sample.shape[1], np.nan)
+            self._sorted = (self.seen, np.sort(self.sample, axis=0), std)
+        return self._sorted[1], self._sorted[2]
 
     @property
     def main_version(self) -> str:
