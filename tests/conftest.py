@@ -6,6 +6,7 @@ testcontainers when a Docker engine answers, else Apache Kafka from Maven jars. 
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with kafka_broker() as bootstrap:
         yield bootstrap
+        gc.collect()  # destroy clients the tests left behind while the broker still answers them
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ class MonitorService:
             finally:
                 consumer.close()  # commits the offsets stored so far
                 self._breakers.close()
+                self.producer = None  # flushed: release the client now, not whenever the service is collected
                 self._log_progress()
         if self.failure is not None:
             raise self.failure
