@@ -164,7 +164,9 @@ class AlertPolicy:
                     c.firing = False
             touched.add(self.incident_key(model, f.kind, key))
         out: list[Alert] = []
-        for ik in sorted(touched | {k for k in self._incidents if k.startswith(model + "/")}):
+        # Only incidents whose conditions this window evaluated: a performance window must not count as a
+        # window of an open drift incident (its repeats and resolution follow its own windows).
+        for ik in sorted(touched):
             out.extend(self._update_incident(ik, model, model_version, window, reference_id, sample_rate,
                                              breaker_open))
         for key in [k for k, c in self._conditions.items()

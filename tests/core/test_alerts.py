@@ -105,3 +105,11 @@ def test_snapshot_is_per_model():
     snap = policy.snapshot("m1")
     assert list(snap["incidents"]) == ["m1/data_drift"]
     assert all(k.startswith("m1/") for k in snap["conditions"])
+
+
+def test_other_kinds_windows_do_not_count_towards_an_incidents_repeats():
+    policy = AlertPolicy(AlertsConfig(repeat_every=2))
+    perf = Finding(None, "performance", "accuracy", 0.9, 0.8, False, None, 500)
+    pattern = [[drift("a", True)], [drift("a", True)], [perf], [perf], [perf], [drift("a", True)]]
+    alerts = [a for w in feed(policy, pattern) for a in w]
+    assert [a.kind for a in alerts] == ["data_drift"]  # fired once; 3 performance windows are not 2 drift windows
