@@ -124,6 +124,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _cluster_id() -> str:
+    """16 random bytes, url-safe base64 without padding; never starting with '-', which the storage tool's
+    argument parser would read as an option (as Kafka's own ``Uuid.randomUuid`` avoids)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _die_with_parent() -> None:
     # Linux only: the broker gets SIGTERM when the Python process that started it dies, even by SIGKILL,
     # so a crashed test run never leaves an orphan broker holding ports and memory.
@@ -206,7 +215,7 @@ class LocalKafka:
         }
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         java = self._java(libs)
         fmt = subprocess.run(
             [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
