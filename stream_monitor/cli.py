@@ -73,7 +73,7 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     events = read_events(args.input)
     ref = build_reference(events, m.name, m.features.numeric, m.features.categorical, m.prediction,
                           m.monitor_score, m.drift.bins, m.drift.max_categories, m.drift.max_known_categories,
-                          m.drift.sample_size, m.seed)
+                          m.drift.sample_size)
     out = ref.save(args.output)
     print(f"reference {ref.id} for model {m.name}: {ref.pane.n} events -> {out}")
     return 0

@@ -19,6 +19,7 @@ __all__ = [
     "AlertsConfig",
     "ConfigError",
     "DriftConfig",
+    "EventsConfig",
     "KafkaConfig",
     "ModelConfig",
     "MonitorConfig",
@@ -41,6 +42,13 @@ class _Frozen(BaseModel):
 class KafkaConfig(_Frozen):
     bootstrap_servers: str | None = None  # overridden by --bootstrap-servers, then KAFKA_BOOTSTRAP_SERVERS
     group_id: str = "stream-monitor"
+    # State, outputs and offsets are committed together in one Kafka transaction every commit_interval_s.
+    commit_interval_s: float = Field(1.0, gt=0, le=60)
+    # Stable name of this instance (e.g. the pod name of a StatefulSet): its transactional.id. A restarted
+    # instance with the same name fences its previous incarnation at once; without one, a crashed instance's
+    # open transaction holds its partitions until transaction_timeout_s passes.
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+    transaction_timeout_s: float = Field(60, ge=1, le=900)
     consumer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka consumer settings
     producer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka producer settings
 
@@ -56,6 +64,14 @@ class TopicsConfig(_Frozen):
     join: str = "stream-monitor.join"  # compacted changelog of the label join's pending entries
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
+
+
+class EventsConfig(_Frozen):
+    """Checks on input events beyond their contract: implausible event times are dead-lettered."""
+
+    max_future_s: float = Field(86400, gt=0)  # event times further ahead of wall-clock time are rejected
+    min_timestamp: float = Field(946684800, ge=0)  # epoch seconds; earlier event times are rejected (2000-01-01)
+    unknown_models: Literal["count", "dead_letter"] = "count"  # events of models not in the config
 
 
 class BatchConfig(_Frozen):
@@ -258,8 +274,12 @@ class LatencyConfig(_Frozen):
     windows: int = Field(3, ge=1)  # ... for this many consecutive windows
 
 
+#: Model names end up in Kafka keys, alert dedup keys and metric labels: no "/" or spaces.
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+
+
 class ModelConfig(_Frozen):
-    name: str
+    name: str = Field(pattern=MODEL_NAME)
     features: FeaturesConfig
     prediction: Literal["categorical", "numeric", "none"] = "categorical"  # monitored as prediction drift
     monitor_score: bool = True
@@ -267,7 +287,6 @@ class ModelConfig(_Frozen):
     reference: ReferenceConfig = ReferenceConfig()
     drift: DriftConfig = DriftConfig()
     sample_rate: float = Field(1.0, gt=0, le=1)  # share of events monitored; cited in every alert
-    seed: int = 0
     breaker: BreakerConfig = BreakerConfig()
     performance: PerformanceConfig = PerformanceConfig()
     join: JoinConfig = JoinConfig()
@@ -314,6 +333,7 @@ class MonitorConfig(_Frozen):
     prometheus: PrometheusConfig = PrometheusConfig()
     topics: TopicsConfig = TopicsConfig()
     batch: BatchConfig = BatchConfig()
+    events: EventsConfig = EventsConfig()
     alerts: AlertsConfig = AlertsConfig()
     models: dict[str, ModelConfig]
 

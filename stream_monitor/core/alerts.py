@@ -102,7 +102,7 @@ class _Condition:
 class _Incident:
     alert_id: str
     kind: str
-    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # condition key -> latest finding
+    members: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # condition key -> latest finding
     since_sent: int = 0
 
 
@@ -119,17 +119,20 @@ class AlertPolicy:
         self._reset()
 
     def _reset(self) -> None:
-        self._conditions: dict[str, _Condition] = {}
-        self._incidents: dict[str, _Incident] = {}
-        self._cooldown: dict[str, float] = {}  # incident key -> event time before which it cannot fire
+        self._conditions: dict[tuple[str, ...], _Condition] = {}
+        self._incidents: dict[tuple[str, ...], _Incident] = {}
+        self._cooldown: dict[tuple[str, ...], float] = {}  # incident key -> event time before which it cannot fire
 
     # -- keys ----------------------------------------------------------------------------------------------
+    # Keys are tuples, never joined strings: model "a" and model "a/b" can never share a condition, an
+    # incident or a breaker. The alert's ``dedup_key`` is the incident key joined with "/" (model names are
+    # validated to contain no "/").
     @staticmethod
-    def condition_key(model: str, f: Finding) -> str:
-        return "/".join([model, f.kind, f.feature or "-", f.statistic])
+    def condition_key(model: str, f: Finding) -> tuple[str, ...]:
+        return (model, f.kind, f.feature or "-", f.statistic)
 
-    def incident_key(self, model: str, kind: str, condition_key: str) -> str:
-        return f"{model}/{kind}" if self.cfg.group else condition_key
+    def incident_key(self, condition_key: tuple[str, ...]) -> tuple[str, ...]:
+        return condition_key[:2] if self.cfg.group else condition_key
 
     def severity(self, kind: str, value: float, threshold: float) -> str:
         base = self.cfg.severity.get(kind, "warning")
@@ -142,9 +145,9 @@ class AlertPolicy:
         if self.cfg.inhibit:
             bad_quality = {f.feature for f in findings if f.kind == "data_quality" and f.over}
             bad_quality |= {c.last.get("feature") for k, c in self._conditions.items()
-                            if c.firing and c.kind == "data_quality" and k.startswith(model + "/")}
+                            if c.firing and c.kind == "data_quality" and k[0] == model}
             findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality)]
-        touched: set[str] = set()
+        touched: set[tuple[str, ...]] = set()
         for f in findings:
             key = self.condition_key(model, f)
             c = self._conditions.get(key)
@@ -162,7 +165,7 @@ class AlertPolicy:
                 c.under_streak, c.over_streak = c.under_streak + 1, 0
                 if c.firing and c.under_streak >= self.cfg.resolve_after:
                     c.firing = False
-            touched.add(self.incident_key(model, f.kind, key))
+            touched.add(self.incident_key(key))
         out: list[Alert] = []
         # Only incidents whose conditions this window evaluated: a performance window must not count as a
         # window of an open drift incident (its repeats and resolution follow its own windows).
@@ -170,16 +173,15 @@ class AlertPolicy:
             out.extend(self._update_incident(ik, model, model_version, window, reference_id, sample_rate,
                                              breaker_open))
         for key in [k for k, c in self._conditions.items()
-                    if not c.firing and c.over_streak == 0 and k.startswith(model + "/")
+                    if not c.firing and c.over_streak == 0 and k[0] == model
                     and not any(k in inc.members for inc in self._incidents.values())]:
             del self._conditions[key]  # cleared and not part of an open incident
         return out
 
-    def _members(self, ik: str) -> dict[str, dict[str, Any]]:
-        return {k: dict(c.last) for k, c in self._conditions.items()
-                if c.firing and self.incident_key(k.split("/", 1)[0], c.kind, k) == ik}
+    def _members(self, ik: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, Any]]:
+        return {k: dict(c.last) for k, c in self._conditions.items() if c.firing and self.incident_key(k) == ik}
 
-    def _update_incident(self, ik: str, model: str, version: str, w: WindowInfo, reference_id: str | None,
+    def _update_incident(self, ik: tuple[str, ...], model: str, version: str, w: WindowInfo, reference_id: str | None,
                          sample_rate: float, breaker_open: bool) -> list[Alert]:
         members = self._members(ik)
         inc = self._incidents.get(ik)
@@ -187,8 +189,8 @@ class AlertPolicy:
             if not members or w.start < self._cooldown.get(ik, float("-inf")):
                 return []
             kind = self._conditions[next(iter(members))].kind
-            inc = self._incidents[ik] = _Incident(hashlib.sha256(f"{ik}@{w.start:.3f}".encode()).hexdigest()[:20],
-                                                  kind, members)
+            inc = self._incidents[ik] = _Incident(
+                hashlib.sha256(f"{'/'.join(ik)}@{w.start:.3f}".encode()).hexdigest()[:20], kind, members)
             return [self._alert(inc, ik, "firing", model, version, w, reference_id, sample_rate)]
         if not members:
             del self._incidents[ik]
@@ -205,7 +207,7 @@ class AlertPolicy:
             return [self._alert(inc, ik, "firing", model, version, w, reference_id, sample_rate)]
         return []
 
-    def _alert(self, inc: _Incident, ik: str, status: str, model: str, version: str, w: WindowInfo,
+    def _alert(self, inc: _Incident, ik: tuple[str, ...], status: str, model: str, version: str, w: WindowInfo,
                reference_id: str | None, sample_rate: float) -> Alert:
         members = sorted(inc.members.values(), key=lambda m: -(m["value"] / m["threshold"] if m["threshold"] else 0))
         worst = members[0]
@@ -224,7 +226,7 @@ class AlertPolicy:
         if sample_rate < 1:
             message += f", sampled at {sample_rate:.0%}"
         return Alert(
-            alert_id=inc.alert_id, dedup_key=ik, status=status, severity=severity, kind=inc.kind, model=model,
+            alert_id=inc.alert_id, dedup_key="/".join(ik), status=status, severity=severity, kind=inc.kind, model=model,
             model_version=version, feature=feature, detector=_DETECTOR.get(inc.kind, inc.kind),
             statistic=worst["statistic"], value=worst["value"], threshold=worst["threshold"],
             p_value=worst["p_value"], window={"index": w.index, "start": w.start, "end": w.end, "events": w.events},
@@ -241,30 +243,53 @@ class AlertPolicy:
         """Firing conditions of ``model`` with the id of the incident they belong to."""
         out = []
         for k, c in self._conditions.items():
-            if c.firing and k.startswith(model + "/"):
-                inc = self._incidents.get(self.incident_key(model, c.kind, k))
+            if c.firing and k[0] == model:
+                inc = self._incidents.get(self.incident_key(k))
                 out.append(ActiveCondition(c.kind, c.last.get("feature"), c.last.get("statistic", ""),
                                            c.last.get("severity", "warning"), inc.alert_id if inc else None))
         return out
 
+    def models(self) -> set[str]:
+        """Models this policy holds state for."""
+        return {k[0] for k in (*self._conditions, *self._incidents, *self._cooldown)}
+
     def firing(self) -> dict[str, str]:
-        """Open incidents: incident key -> alert id."""
-        return {k: inc.alert_id for k, inc in self._incidents.items()}
+        """Open incidents: dedup key -> alert id."""
+        return {"/".join(k): inc.alert_id for k, inc in self._incidents.items()}
 
     # -- checkpoints ---------------------------------------------------------------------------------------
+    FORMAT = 1
+
     def snapshot(self, model: str | None = None) -> dict[str, Any]:
-        def mine(k: str) -> bool:
-            return model is None or k.startswith(model + "/")
+        def mine(k: tuple[str, ...]) -> bool:
+            return model is None or k[0] == model
 
         return {
-            "conditions": {k: asdict(c) for k, c in self._conditions.items() if mine(k)},
-            "incidents": {k: asdict(i) for k, i in self._incidents.items() if mine(k)},
-            "cooldown": {k: t for k, t in self._cooldown.items() if mine(k)},
+            "v": self.FORMAT,
+            "conditions": [[list(k), asdict(c)] for k, c in self._conditions.items() if mine(k)],
+            "incidents": [[list(k), {**asdict(i), "members": [[list(mk), m] for mk, m in i.members.items()]}]
+                          for k, i in self._incidents.items() if mine(k)],
+            "cooldown": [[list(k), t] for k, t in self._cooldown.items() if mine(k)],
         }
 
     def restore(self, state: dict[str, Any]) -> AlertPolicy:
-        """Merge a snapshot (of one model or all) into the current state."""
-        self._conditions.update({k: _Condition(**v) for k, v in state.get("conditions", {}).items()})
-        self._incidents.update({k: _Incident(**v) for k, v in state.get("incidents", {}).items()})
-        self._cooldown.update(state.get("cooldown", {}))
+        """Merge a snapshot (of one model or all) into the current state; raises on a malformed one (and then
+        changes nothing)."""
+        if state.get("v") != self.FORMAT:
+            raise ValueError(f"alert policy snapshot version {state.get('v')!r} is not supported")
+        conditions = {_key(k): _Condition(**v) for k, v in state["conditions"]}
+        incidents = {}
+        for k, v in state["incidents"]:
+            members = {_key(mk): dict(m) for mk, m in v["members"]}
+            incidents[_key(k)] = _Incident(str(v["alert_id"]), str(v["kind"]), members, int(v["since_sent"]))
+        cooldown = {_key(k): float(t) for k, t in state["cooldown"]}
+        self._conditions.update(conditions)
+        self._incidents.update(incidents)
+        self._cooldown.update(cooldown)
         return self
+
+
+def _key(k: Any) -> tuple[str, ...]:
+    if not isinstance(k, list) or not 2 <= len(k) <= 4 or not all(isinstance(x, str) for x in k):
+        raise ValueError(f"alert policy snapshot: malformed key {k!r}")
+    return tuple(k)

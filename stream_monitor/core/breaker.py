@@ -33,6 +33,13 @@ from .alerts import ActiveCondition
 __all__ = ["BreakerSignal", "CircuitBreaker"]
 
 _RANK = {"info": 0, "warning": 1, "critical": 2}
+_STATES = {"closed", "open", "half_open"}
+_NUM = (int, float)
+_FIELD_TYPES: dict[str, Any] = {
+    "model": str, "state": str, "primary_version": str, "fallback_version": str, "primary_share": _NUM,
+    "epoch": int, "reason": str, "alert_ids": list, "decided_at": _NUM, "event_time": (*_NUM, type(None)),
+    "source": str, "override": bool, "schema_version": int}
+_REQUIRED = ("model", "state", "epoch")
 _SHARE = {"closed": 1.0, "open": 0.0}
 
 
@@ -58,7 +65,17 @@ class BreakerSignal:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BreakerSignal:
+    def from_dict(cls, d: Any) -> BreakerSignal:
+        """A record of the breaker topic; raises ``ValueError`` naming the field when it is malformed."""
+        if not isinstance(d, dict):
+            raise ValueError(f"breaker record must be an object, got {type(d).__name__}")
+        for name, types_ in _FIELD_TYPES.items():
+            if name in d and not isinstance(d[name], types_) or name in _REQUIRED and name not in d:
+                raise ValueError(f"breaker record field {name!r}: missing or of the wrong type")
+        if d["state"] not in _STATES:
+            raise ValueError(f"breaker record field 'state': {d['state']!r} is not one of {sorted(_STATES)}")
+        if isinstance(d["epoch"], bool) or "alert_ids" in d and not all(isinstance(a, str) for a in d["alert_ids"]):
+            raise ValueError("breaker record fields 'epoch'/'alert_ids': wrong type")
         fields = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in fields})
 
@@ -182,13 +199,21 @@ class CircuitBreaker:
             self.opened_at = sig.event_time
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "epoch": self.epoch, "opened_at": self.opened_at, "streaks": self.streaks,
-                "healthy": self.healthy, "override": self.override, "reason": self.reason,
+        return {"v": 1, "state": self.state, "epoch": self.epoch, "opened_at": self.opened_at,
+                "streaks": self.streaks, "healthy": self.healthy, "override": self.override, "reason": self.reason,
                 "alert_ids": self.alert_ids, "event_time": self.event_time, "source": self.source}
 
     def restore(self, d: dict[str, Any]) -> CircuitBreaker:
-        for k, v in d.items():
-            setattr(self, k, list(v) if isinstance(v, list) else v)
-        if len(self.streaks) != len(self.cfg.rules):
-            self.streaks = [0] * len(self.cfg.rules)
+        """Restore a :meth:`snapshot`; raises ``ValueError`` (changing nothing) on a malformed one."""
+        if d.get("v") != 1 or d.get("state") not in _STATES or not isinstance(d.get("epoch"), int):
+            raise ValueError("breaker snapshot: unsupported version, state or epoch")
+        streaks = [int(x) for x in d["streaks"]]
+        opened = d["opened_at"]
+        event_time = d["event_time"]
+        state = (d["state"], int(d["epoch"]), None if opened is None else float(opened), int(d["healthy"]),
+                 bool(d["override"]), str(d["reason"]), [str(a) for a in d["alert_ids"]],
+                 None if event_time is None else float(event_time), str(d["source"]))
+        (self.state, self.epoch, self.opened_at, self.healthy, self.override, self.reason, self.alert_ids,
+         self.event_time, self.source) = state
+        self.streaks = streaks if len(streaks) == len(self.cfg.rules) else [0] * len(self.cfg.rules)
         return self

@@ -8,12 +8,15 @@ at once.
 
 from __future__ import annotations
 
+import base64
 import operator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
+
+from .keys import event_keys
 
 __all__ = ["Columns", "build_columns", "column_names", "PREDICTION", "SCORE"]
 
@@ -36,6 +39,7 @@ class Columns:
     categorical_type_error: np.ndarray  # (n, c) bool
     model_version: np.ndarray  # (n,) object
     latency_ms: np.ndarray  # (n,) float64, NaN when absent
+    key: np.ndarray  # (n,) uint64 hash of event_id (see core.keys): the sampling order
 
     @property
     def n(self) -> int:
@@ -45,7 +49,50 @@ class Columns:
         return Columns(
             self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
             self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx], self.latency_ms[idx],
+            self.key[idx],
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (numbers as exact little-endian bytes, base64)."""
+        return {"v": 1, "n": self.n, "event_time": _b64(self.event_time, "<f8"), "numeric": _b64(self.numeric, "<f8"),
+                "numeric_type_error": _b64(self.numeric_type_error, "u1"), "categorical": self.categorical.tolist(),
+                "categorical_type_error": _b64(self.categorical_type_error, "u1"),
+                "model_version": self.model_version.tolist(), "latency_ms": _b64(self.latency_ms, "<f8"),
+                "key": _b64(self.key, "<u8")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], k: int, c: int) -> Columns:
+        """The inverse of :meth:`to_dict` for ``k`` numeric and ``c`` categorical columns; raises on bad data."""
+        if d.get("v") != 1:
+            raise ValueError(f"columns checkpoint version {d.get('v')!r} is not supported")
+        n = int(d["n"])
+        cat = np.empty((n, c), dtype=object)
+        rows = d["categorical"]
+        if len(rows) != n or any(len(r) != c or not all(v is None or type(v) is str for v in r) for r in rows):
+            raise ValueError("columns checkpoint: categorical values are not an (n, c) matrix of strings")
+        if n and c:
+            cat[:, :] = rows
+        versions = d["model_version"]
+        if len(versions) != n or not all(type(v) is str for v in versions):
+            raise ValueError("columns checkpoint: model_version is not n strings")
+        return cls(_unb64(d["event_time"], "<f8", (n,)), _unb64(d["numeric"], "<f8", (n, k)),
+                   _unb64(d["numeric_type_error"], "u1", (n, k)).astype(bool), cat,
+                   _unb64(d["categorical_type_error"], "u1", (n, c)).astype(bool),
+                   np.array(versions, dtype=object).reshape(n), _unb64(d["latency_ms"], "<f8", (n,)),
+                   _unb64(d["key"], "<u8", (n,)))
+
+
+def _b64(a: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def _unb64(s: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode :func:`_b64`; the byte count must match ``shape`` (a wrong record raises, it never reshapes)."""
+    raw = base64.b64decode(s, validate=True)
+    a = np.frombuffer(raw, dtype=dtype)
+    if a.size != int(np.prod(shape)):
+        raise ValueError(f"checkpoint array has {a.size} values, expected shape {shape}")
+    return a.reshape(shape).astype(np.dtype(dtype).newbyteorder("="))
 
 
 def _object_matrix(rows: list[tuple[Any, ...]], n: int, k: int) -> np.ndarray:
@@ -133,11 +180,13 @@ def build_columns(
     categorical: tuple[str, ...],
     prediction: str = "none",
     score: bool = False,
+    keys: np.ndarray | None = None,
 ) -> Columns:
     """Build the column matrices for ``events`` (all of one model).
 
     ``prediction`` ("numeric", "categorical" or "none") and ``score`` append the prediction and the score as
-    the last numeric or categorical columns, named :data:`PREDICTION` and :data:`SCORE`.
+    the last numeric or categorical columns, named :data:`PREDICTION` and :data:`SCORE`. ``keys`` are the
+    events' :func:`~.keys.event_keys` when the caller has them already.
     """
     n = len(events)
     feats = [ev["features"] for ev in events]
@@ -160,4 +209,6 @@ def build_columns(
     t = np.fromiter((ev["timestamp"] for ev in events), dtype=np.float64, count=n)
     versions = np.fromiter((ev["model_version"] for ev in events), dtype=object, count=n)
     latency = np.fromiter((ev.get("latency_ms") for ev in events), dtype=object, count=n).astype(np.float64)
-    return Columns(t, num, num_err, cat, cat_err, versions, latency)
+    if keys is None:
+        keys = event_keys([ev["event_id"] for ev in events])
+    return Columns(t, num, num_err, cat, cat_err, versions, latency, keys)

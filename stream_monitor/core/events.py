@@ -9,13 +9,14 @@ feature is a data-quality fact, counted by the drift engine, not a malformed eve
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
-__all__ = ["Reject", "decode_predictions", "decode_labels", "parse_timestamp"]
+__all__ = ["Reject", "TimeRange", "decode_predictions", "decode_labels", "parse_timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,30 @@ class Reject:
 
     index: int  # position in the batch handed to the decoder
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """Plausible event times: not before ``min_t`` (epoch seconds), not more than ``max_future_s`` ahead of
+    the wall clock. One event stamped in year 9999 would otherwise move every watermark for good."""
+
+    min_t: float = 946684800.0  # 2000-01-01T00:00:00Z
+    max_future_s: float = 86400.0
+
+    def check(self, t: float, now: float) -> str | None:
+        if t < self.min_t:
+            return f"field 'timestamp': {_iso(t)} is before the plausible range (events.min_timestamp {_iso(self.min_t)})"
+        if t > now + self.max_future_s:
+            return (f"field 'timestamp': {_iso(t)} is more than events.max_future_s={self.max_future_s:g}s ahead "
+                    f"of the wall clock ({_iso(now)})")
+        return None
+
+
+def _iso(t: float) -> str:
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return repr(t)
 
 
 _NUMBER = (int, float)
@@ -111,12 +136,14 @@ def _check_label(ev: Any) -> str | None:
     return None
 
 
-def _decode(values: list[bytes | None], check: Any, fast: Any = None
+def _decode(values: list[bytes | None], check: Any, fast: Any, times: TimeRange | None
             ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     events: list[dict[str, Any]] = []
     positions: list[int] = []
     rejects: list[Reject] = []
     loads = orjson.loads
+    now = time.time()
+    lo, hi = (times.min_t, now + times.max_future_s) if times is not None else (-math.inf, math.inf)
     for i, raw in enumerate(values):
         if raw is None:
             rejects.append(Reject(i, "empty message (no value)"))
@@ -127,31 +154,36 @@ def _decode(values: list[bytes | None], check: Any, fast: Any = None
             rejects.append(Reject(i, f"invalid JSON: {exc}"))
             continue
         if fast is not None and fast(ev):
-            ev["timestamp"] = float(ev["timestamp"])
+            t = ev["timestamp"] = float(ev["timestamp"])
         else:
             why = check(ev)
             if why is None:
                 try:
-                    ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
+                    t = ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
                 except ValueError as exc:
                     why = f"field 'timestamp': {exc}" if "timestamp" in ev else "missing field 'timestamp'"
             if why is not None:
                 rejects.append(Reject(i, why))
                 continue
+        if not lo <= t <= hi:
+            rejects.append(Reject(i, times.check(t, now) or "implausible timestamp"))  # type: ignore[union-attr]
+            continue
         events.append(ev)
         positions.append(i)
     return events, positions, rejects
 
 
-def decode_predictions(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
-    """Decode a batch of prediction messages.
+def decode_predictions(values: list[bytes | None], times: TimeRange | None = None
+                       ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
+    """Decode a batch of prediction messages (event times outside ``times`` are rejected).
 
     Returns ``(events, positions, rejects)``: the valid events (with ``timestamp`` normalised to epoch
     seconds), each one's position in ``values``, and the rejects with their reason.
     """
-    return _decode(values, _check_prediction, _fast_valid_prediction)
+    return _decode(values, _check_prediction, _fast_valid_prediction, times)
 
 
-def decode_labels(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
+def decode_labels(values: list[bytes | None], times: TimeRange | None = None
+                  ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``."""
-    return _decode(values, _check_label)
+    return _decode(values, _check_label, None, times)

@@ -18,8 +18,11 @@ binary classifiers with a score, the confidence-based estimate (CBPE) computed f
 scores, so the estimate sits beside the realized value. Labels for an already reported window are counted
 as ``late_labels``.
 
-:class:`ConceptDriftDetectors` feeds river's detectors with the error of each joined pair (0/1 for
-classification, absolute error for regression).
+Both checkpoint exactly: the join's entries (pending predictions and labels, and the recently joined ids
+that catch duplicates) go to a compacted changelog, one record per entry, each with its arrival sequence
+number so eviction order survives a restart; the tracker's open windows (sums and pair samples) are plain
+data. Pair samples keep the pairs with the smallest event keys (:mod:`.keys`), so they do not depend on the
+order in which pairs were joined.
 
 Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/log loss):
 
@@ -37,9 +40,8 @@ predicted positives, FN = sum of ``s`` over predicted negatives; expected F1 = 2
 
 from __future__ import annotations
 
-import base64
+import itertools
 import math
-import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +49,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from ..config import DetectorConfig, JoinConfig, PerformanceConfig
+from ..config import JoinConfig, PerformanceConfig
+from .keys import event_keys
 
-__all__ = ["ConceptDriftDetectors", "JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker", "roc_auc"]
+__all__ = ["JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker", "label_key", "roc_auc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +78,28 @@ class JoinCounters:
 class LabelJoin:
     """Bounded join of predictions and labels on event_id (either may come first)."""
 
+    FORMAT = 1
+
     def __init__(self, cfg: JoinConfig) -> None:
         self.cfg = cfg
         self._reset()
 
     def _reset(self) -> None:
-        # insertion order is arrival order: the first entries are the oldest, for TTL and size eviction
-        self._predictions: OrderedDict[str, tuple[float, Any, float | None]] = OrderedDict()
-        self._labels: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self._joined: OrderedDict[str, None] = OrderedDict()
+        # insertion order is arrival order: the first entries are the oldest, for TTL and size eviction;
+        # every entry carries its arrival sequence number (the changelog keeps it, so order survives restores)
+        self._predictions: OrderedDict[str, tuple[float, Any, float | None, int]] = OrderedDict()
+        self._labels: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
+        self._joined: OrderedDict[str, int] = OrderedDict()
+        self._seq = itertools.count()
         self.counters = JoinCounters()
         self.prediction_watermark = -math.inf  # largest prediction event time seen
         self.label_watermark = -math.inf  # largest label event time seen
-        # changelog since take_changes(): key ("p/<event_id>" or "l/<event_id>") -> entry, None when removed
+        # changelog since take_changes(): key ("p/<id>", "l/<id>", "j/<id>") -> entry, None when removed
         self._changes: dict[str, dict[str, Any] | None] = {}
+
+    def forget(self, keys: list[str]) -> None:
+        """Delete changelog entries this store does not hold (a checkpoint it could not use)."""
+        self._changes.update({k: None for k in keys})
 
     def take_changes(self) -> dict[str, dict[str, Any] | None]:
         """Entries stored or removed since the last call, for the compacted join changelog."""
@@ -96,22 +107,48 @@ class LabelJoin:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """Watermarks and counters (the entries themselves live in the changelog)."""
-        return {"prediction_watermark": _finite(self.prediction_watermark),
-                "label_watermark": _finite(self.label_watermark), "counters": dict(self.counters.__dict__)}
+        """Watermarks, counters and the sequence position (the entries themselves live in the changelog)."""
+        return {"v": self.FORMAT, "prediction_watermark": _finite(self.prediction_watermark),
+                "label_watermark": _finite(self.label_watermark), "counters": dict(self.counters.__dict__),
+                "pending": self.pending, "joined_ids": len(self._joined)}
 
     def restore(self, meta: dict[str, Any] | None, entries: dict[str, dict[str, Any]]) -> LabelJoin:
-        """Rebuild the store from the changelog's latest entries (and the snapshot's watermarks)."""
-        preds = sorted((v["t"], k[2:], v) for k, v in entries.items() if k.startswith("p/"))
-        labels = sorted((v["t"], k[2:], v) for k, v in entries.items() if k.startswith("l/"))
-        for t, eid, v in preds:  # oldest first: eviction order survives the restart
-            self._predictions[eid] = (t, v["prediction"], v.get("score"))
-        for t, eid, v in labels:
-            self._labels[eid] = (t, v["label"])
+        """Rebuild the store from the changelog's latest entries (and the snapshot's watermarks).
+
+        Raises ``ValueError`` when the entries do not match the snapshot (the store is left empty then).
+        """
+        self._reset()
+        preds, labels, joined = [], [], []
+        for k, v in entries.items():
+            side, _, eid = k.partition("/")
+            if side == "p":
+                preds.append((int(v["n"]), eid, float(v["t"]), v["prediction"], v.get("score")))
+            elif side == "l":
+                labels.append((int(v["n"]), eid, float(v["t"]), v["label"]))
+            elif side == "j":
+                joined.append((int(v["n"]), eid))
+        top = -1
+        for n, eid, t, pred, score in sorted(preds):  # arrival order: eviction order survives the restart
+            self._predictions[eid] = (t, pred, None if score is None else float(score), n)
+            top = max(top, n)
+        for n, eid, t, label in sorted(labels):
+            self._labels[eid] = (t, label, n)
+            top = max(top, n)
+        for n, eid in sorted(joined):
+            self._joined[eid] = n
+            top = max(top, n)
+        self._seq = itertools.count(top + 1)
         if meta:
+            if meta.get("v") != self.FORMAT:
+                raise ValueError(f"join snapshot version {meta.get('v')!r} is not supported")
             self.prediction_watermark = _unfinite(meta.get("prediction_watermark"))
             self.label_watermark = _unfinite(meta.get("label_watermark"))
-            self.counters = JoinCounters(**meta.get("counters", {}))
+            self.counters = JoinCounters(**{k: int(v) for k, v in meta.get("counters", {}).items()})
+            if meta.get("pending") != self.pending or meta.get("joined_ids") != len(self._joined):
+                found = (self.pending, len(self._joined))
+                self._reset()
+                raise ValueError(f"join changelog holds {found[0]} pending and {found[1]} joined ids, the "
+                                 f"checkpoint says {meta.get('pending')} and {meta.get('joined_ids')}")
         return self
 
     @property
@@ -140,10 +177,11 @@ class LabelJoin:
             early = self._labels.pop(eid, None)
             if early is not None:
                 self._changes["l/" + eid] = None
-                out.append(self._join(eid, t, ev["prediction"], ev.get("score"), *early))
+                out.append(self._join(eid, t, ev["prediction"], ev.get("score"), early[0], early[1]))
             else:
-                self._predictions[eid] = (t, ev["prediction"], ev.get("score"))
-                self._changes["p/" + eid] = {"t": t, "prediction": ev["prediction"], "score": ev.get("score")}
+                n = next(self._seq)
+                self._predictions[eid] = (t, ev["prediction"], ev.get("score"), n)
+                self._changes["p/" + eid] = {"t": t, "prediction": ev["prediction"], "score": ev.get("score"), "n": n}
         self._expire()
         return out
 
@@ -161,37 +199,41 @@ class LabelJoin:
                 self._changes["p/" + eid] = None
                 out.append(self._join(eid, pred[0], pred[1], pred[2], t, ev["label"]))
             else:
-                self._labels[eid] = (t, ev["label"])
-                self._changes["l/" + eid] = {"t": t, "label": ev["label"]}
+                n = next(self._seq)
+                self._labels[eid] = (t, ev["label"], n)
+                self._changes["l/" + eid] = {"t": t, "label": ev["label"], "n": n}
         self._expire()
         return out
 
     def _join(self, eid: str, tp: float, pred: Any, score: float | None, tl: float, label: Any) -> JoinedPair:
         self.counters.joined += 1
-        self._joined[eid] = None
+        n = next(self._seq)
+        self._joined[eid] = n
+        self._changes["j/" + eid] = {"n": n}
         if len(self._joined) > self.cfg.max_joined_ids:
-            self._joined.popitem(last=False)
+            old, _ = self._joined.popitem(last=False)
+            self._changes["j/" + old] = None
         return JoinedPair(eid, tp, tl, pred, score, label)
 
     def _expire(self) -> None:
         horizon = self.watermark - self.cfg.ttl_s
         while self._predictions:
-            eid, (t, _, _) = next(iter(self._predictions.items()))
-            if t >= horizon:
+            eid, entry = next(iter(self._predictions.items()))
+            if entry[0] >= horizon:
                 break
             del self._predictions[eid]
             self._changes["p/" + eid] = None
             self.counters.expired_predictions += 1
         while self._labels:
-            eid, (t, _) = next(iter(self._labels.items()))
-            if t >= horizon:
+            eid, lentry = next(iter(self._labels.items()))
+            if lentry[0] >= horizon:
                 break
             del self._labels[eid]
             self._changes["l/" + eid] = None
             self.counters.expired_labels += 1
         while self.pending > self.cfg.max_pending:
             side = "p/" if len(self._predictions) >= len(self._labels) else "l/"
-            store = self._predictions if side == "p/" else self._labels
+            store: OrderedDict[str, Any] = self._predictions if side == "p/" else self._labels
             eid, _ = store.popitem(last=False)
             self._changes[side + eid] = None
             self.counters.evicted += 1
@@ -227,7 +269,7 @@ def _estimate(n: int, correct: float, tp: float, fp: float, fn: float) -> dict[s
 # -- windows ---------------------------------------------------------------------------------------------------
 @dataclass
 class _PerfWindow:
-    """Running sums of one window: memory per window is constant plus a reservoir of ``max_pairs`` pairs."""
+    """Running sums of one window: memory per window is constant plus a sample of ``max_pairs`` pairs."""
 
     predictions: int = 0
     # the estimate (CBPE), from every scored prediction
@@ -246,8 +288,9 @@ class _PerfWindow:
     ll_n: int = 0
     abs_err: float = 0.0
     sq_err: float = 0.0
-    # a uniform sample of the pairs, for ROC AUC and label-lag percentiles
-    pairs: list[JoinedPair] = field(default_factory=list)
+    # a uniform sample of the pairs (the smallest event keys), for ROC AUC and label-lag percentiles
+    pairs: list[tuple[int, JoinedPair]] = field(default_factory=list)
+    stamp: int = 0  # changes whenever the window changes (checkpoints rewrite changed windows only)
 
 
 @dataclass(frozen=True)
@@ -271,11 +314,13 @@ class PerformanceReport:
 class PerformanceTracker:
     """Per-window joined pairs and scores of one model; reports mature windows."""
 
-    def __init__(self, model: str, cfg: PerformanceConfig, seed: int = 0) -> None:
+    FORMAT = 1
+    _stamps = itertools.count(1)
+
+    def __init__(self, model: str, cfg: PerformanceConfig) -> None:
         self.model = model
         self.cfg = cfg
-        self.positive = None if cfg.positive_label is None else _label_key(cfg.positive_label)
-        self.rng = np.random.default_rng(seed)
+        self.positive = None if cfg.positive_label is None else label_key(cfg.positive_label)
         self._reset()
 
     def _reset(self) -> None:
@@ -301,7 +346,7 @@ class PerformanceTracker:
             if s is not None and self.positive is not None:
                 s = float(s)
                 win.est_n += 1
-                if _label_key(ev["prediction"]) == self.positive:
+                if label_key(ev["prediction"]) == self.positive:
                     win.est_correct += s
                     win.est_tp += s
                     win.est_fp += 1.0 - s
@@ -310,7 +355,9 @@ class PerformanceTracker:
                     win.est_fn += s
 
     def add_pairs(self, pairs: list[JoinedPair]) -> None:
-        for p in pairs:
+        keys = event_keys([p.event_id for p in pairs]).tolist()
+        touched: set[int] = set()
+        for key, p in zip(keys, pairs):
             w = self._index(p.prediction_time)
             win = self._windows.get(w)
             if win is None:
@@ -320,26 +367,42 @@ class PerformanceTracker:
                 win = self._windows[w] = _PerfWindow()
             win.seen_pairs += 1
             self._count(win, p)
-            if len(win.pairs) < self.cfg.max_pairs:
-                win.pairs.append(p)
-            else:  # uniform reservoir over the window's pairs
-                j = int(self.rng.integers(0, win.seen_pairs))
-                if j < self.cfg.max_pairs:
-                    win.pairs[j] = p
+            win.pairs.append((key, p))
+            touched.add(w)
+        for w in touched:
+            win = self._windows[w]
+            win.stamp = next(self._stamps)
+            if len(win.pairs) > 2 * self.cfg.max_pairs:  # amortised: trim to the smallest keys now and then
+                win.pairs = sorted(win.pairs, key=lambda kp: (kp[0], kp[1].event_id))[: self.cfg.max_pairs]
 
+    # -- checkpoints ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Open windows' running sums (their pair samples are not kept: a window spanning a restart reports
-        ROC AUC and lag percentiles from the pairs joined after it)."""
-        return {"reported_below": self._reported_below, "late_labels": self.late_labels,
+        """Bookkeeping and every open window's running sums (pair samples are :meth:`pieces`)."""
+        return {"v": self.FORMAT, "reported_below": self._reported_below, "late_labels": self.late_labels,
                 "late_predictions": self.late_predictions,
-                "windows": {str(w): {k: v for k, v in win.__dict__.items() if k != "pairs"}
+                "windows": {str(w): {k: v for k, v in win.__dict__.items() if k not in ("pairs", "stamp")}
                             for w, win in self._windows.items()}}
 
-    def restore(self, d: dict[str, Any]) -> PerformanceTracker:
+    def pieces(self) -> Any:
+        """Per open window: (id, stamp, pair sample as plain data)."""
+        for w, win in self._windows.items():
+            yield str(w), win.stamp, (lambda win=win: _pairs_plain(win.pairs[: 2 * self.cfg.max_pairs]))
+
+    def restore(self, d: dict[str, Any], pairs: dict[str, Any] | None = None) -> PerformanceTracker:
+        if d.get("v") != self.FORMAT:
+            raise ValueError(f"performance snapshot version {d.get('v')!r} is not supported")
         self._reported_below = int(d["reported_below"])
         self.late_labels = int(d["late_labels"])
         self.late_predictions = int(d["late_predictions"])
-        self._windows = {int(w): _PerfWindow(**v) for w, v in d["windows"].items()}
+        fields = set(_PerfWindow.__dataclass_fields__) - {"pairs", "stamp"}
+        windows = {}
+        for w, v in d["windows"].items():
+            if set(v) != fields:
+                raise ValueError(f"performance window {w}: fields {sorted(v)} do not match")
+            win = windows[int(w)] = _PerfWindow(**v)
+            win.pairs = _pairs_from_plain((pairs or {}).get(str(int(w)), []))
+            win.stamp = next(self._stamps)
+        self._windows = windows
         return self
 
     def _count(self, win: _PerfWindow, p: JoinedPair) -> None:
@@ -348,7 +411,7 @@ class PerformanceTracker:
             win.abs_err += abs(err)
             win.sq_err += err * err
             return
-        truth, pred = _label_key(p.label), _label_key(p.prediction)
+        truth, pred = label_key(p.label), label_key(p.prediction)
         win.correct += truth == pred
         if self.positive is None:
             return
@@ -371,7 +434,8 @@ class PerformanceTracker:
 
     def _report(self, w: int, win: _PerfWindow) -> PerformanceReport:
         n = win.seen_pairs
-        lags = np.array([p.label_time - p.prediction_time for p in win.pairs])
+        pairs = [p for _, p in sorted(win.pairs, key=lambda kp: (kp[0], kp[1].event_id))[: self.cfg.max_pairs]]
+        lags = np.array([p.label_time - p.prediction_time for p in pairs])
         metrics: dict[str, float] = {}
         if n >= self.cfg.min_labels and self.cfg.task == "regression":
             metrics = {"mae": _r(win.abs_err / n), "rmse": _r(math.sqrt(win.sq_err / n))}
@@ -384,9 +448,9 @@ class PerformanceTracker:
                 metrics["f1"] = _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")
                 if win.ll_n:
                     metrics["log_loss"] = _r(win.ll_sum / win.ll_n)
-                sample = [p for p in win.pairs if p.score is not None]
+                sample = [p for p in pairs if p.score is not None]
                 if sample:  # ROC AUC needs the scores themselves: exact up to max_pairs pairs, sampled beyond
-                    auc = roc_auc(np.array([_label_key(p.label) == self.positive for p in sample]),
+                    auc = roc_auc(np.array([label_key(p.label) == self.positive for p in sample]),
                                   np.array([p.score for p in sample], dtype=np.float64))
                     if auc is not None:
                         metrics["roc_auc"] = auc
@@ -400,77 +464,24 @@ class PerformanceTracker:
             _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels)
 
 
-def _label_key(v: Any) -> str:
+def _pairs_plain(pairs: list[tuple[int, JoinedPair]]) -> list[list[Any]]:
+    return [[k, p.event_id, p.prediction_time, p.label_time, p.prediction, p.score, p.label] for k, p in pairs]
+
+
+def _pairs_from_plain(rows: list[list[Any]]) -> list[tuple[int, JoinedPair]]:
+    out = []
+    for k, eid, tp, tl, pred, score, label in rows:
+        if not isinstance(eid, str) or not all(isinstance(x, (int, float, str)) for x in (pred, label)):
+            raise ValueError("performance pair sample: malformed pair")
+        out.append((int(k), JoinedPair(eid, float(tp), float(tl), pred, None if score is None else float(score),
+                                       label)))
+    return out
+
+
+def label_key(v: Any) -> str:
     """Labels and predictions compare as strings: 1, 1.0, "1" and True are the same class."""
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
-
-
-# -- concept drift ---------------------------------------------------------------------------------------------
-def _make_detector(cfg: DetectorConfig) -> Any:
-    from river import drift
-    from river.drift import binary
-
-    cls = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN, "ddm": binary.DDM,
-           "eddm": binary.EDDM, "hddm_a": binary.HDDMA, "hddm_w": binary.HDDMW}[cfg.type]
-    try:
-        return cls(**cfg.params)
-    except TypeError as exc:
-        raise ValueError(f"concept_drift: {cfg.type} params {cfg.params}: {exc}") from None
-
-
-_BINARY_INPUT = {"ddm", "eddm", "hddm_a", "hddm_w"}
-
-
-class ConceptDriftDetectors:
-    """river detectors over the error of joined pairs; remembers warnings and drifts since the last read."""
-
-    def __init__(self, detectors: tuple[DetectorConfig, ...], task: str) -> None:
-        self.cfgs = detectors
-        self.task = task
-        self._reset()
-
-    def _reset(self) -> None:
-        self.detectors = [_make_detector(c) for c in self.cfgs]
-        self.drifts = [0] * len(self.cfgs)  # since the last take()
-        self.warnings = [0] * len(self.cfgs)
-        self.seen = 0
-
-    def update(self, pairs: list[JoinedPair]) -> None:
-        if not self.detectors or not pairs:
-            return
-        pairs = sorted(pairs, key=lambda p: p.prediction_time)  # the error stream in prediction order
-        if self.task == "regression":
-            errors = [abs(float(p.prediction) - float(p.label)) for p in pairs]
-        else:
-            errors = [0.0 if _label_key(p.prediction) == _label_key(p.label) else 1.0 for p in pairs]
-        self.seen += len(errors)
-        for i, (cfg, det) in enumerate(zip(self.cfgs, self.detectors)):
-            binary_input = cfg.type in _BINARY_INPUT
-            for e in errors:  # river detectors are online: one update per pair
-                det.update(bool(e > 0) if binary_input else e)
-                if det.drift_detected:
-                    self.drifts[i] += 1
-                elif getattr(det, "warning_detected", False):
-                    self.warnings[i] += 1
-
-    def take(self) -> list[tuple[str, int, int]]:
-        """(detector, drifts, warnings) since the last call."""
-        out = [(c.type, d, w) for c, d, w in zip(self.cfgs, self.drifts, self.warnings)]
-        self.drifts = [0] * len(self.cfgs)
-        self.warnings = [0] * len(self.cfgs)
-        return out
-
-    def snapshot(self) -> dict[str, Any]:
-        # river detectors have no public state API; their pickles are small (ADWIN: ~1 kB)
-        return {"types": [c.type for c in self.cfgs], "seen": self.seen,
-                "state": base64.b64encode(pickle.dumps(self.detectors)).decode()}
-
-    def restore(self, d: dict[str, Any]) -> ConceptDriftDetectors:
-        if d.get("types") == [c.type for c in self.cfgs]:
-            self.detectors = pickle.loads(base64.b64decode(d["state"]))  # noqa: S301 - our own checkpoint
-            self.seen = int(d.get("seen", 0))
-        return self

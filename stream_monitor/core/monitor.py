@@ -1,15 +1,25 @@
 """The monitoring core: decoded events in; alerts, breaker signals, reports and checkpoints out. No Kafka here.
 
 :class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
-calendar reference store. :class:`Monitor` routes a batch of events to the model monitors and runs the alert
-policy on what they find. The Kafka edge (``stream_monitor.kafka.runner``) feeds :meth:`Monitor.process`
-with each consumed batch and publishes what it returns.
+calendar reference store, the label join, performance windows and concept-drift detectors.
+:class:`Monitor` routes a batch of events to the model monitors and runs the alert policy on what they find.
+The Kafka edge (``stream_monitor.kafka.runner``) keeps one :class:`Monitor` per input partition, feeds
+:meth:`Monitor.process_batch` with each consumed batch and publishes what it returns.
+
+**Determinism.** Given the same events in the same order, a monitor produces the same windows, alerts (ids
+and statuses), breaker decisions and reports however the stream was cut into batches: samples are keyed by
+event id (:mod:`.keys`), time windows advance their watermark event by event, and nothing draws random
+numbers. **Checkpoints** (:meth:`Monitor.checkpoint`) are plain, versioned data: a small ``core`` record per
+model plus one record per pane, history pane, warm-up chunk and pair sample, each rewritten only when it
+changed (tombstones for the ones that went away); :meth:`Monitor.restore` rebuilds exactly the state they
+describe. A restored monitor continues as if it had never stopped.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +31,22 @@ from .alerts import Alert, AlertPolicy, WindowInfo
 from .breaker import BreakerSignal, CircuitBreaker
 from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_window
-from .labels import ConceptDriftDetectors, LabelJoin, PerformanceReport, PerformanceTracker
-from .sketches import LatencySketch
+from .concept import ConceptDriftDetectors
+from .keys import event_keys, key_fraction
+from .labels import LabelJoin, PerformanceReport, PerformanceTracker
+from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
 from .windows import ClosedWindow, CountWindows, TimeWindows
 
-__all__ = ["BatchOutput", "Monitor", "ModelMonitor", "WindowResult"]
+__all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult"]
 
 logger = logging.getLogger(__name__)
 
 #: Rows kept per calendar slot and cycle (slots * periods of them are kept per model).
 CALENDAR_SLOT_CAP = 250
+
+#: Version of the checkpoint records written by :meth:`ModelMonitor.checkpoint`.
+FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -55,14 +70,30 @@ class WindowResult:
 
 @dataclass
 class BatchOutput:
-    """What one batch produced: evaluated windows, alert events, breaker signals and state checkpoints."""
+    """What one batch produced: evaluated windows, alert events, breaker signals and window reports.
+
+    State is not part of it: :meth:`Monitor.checkpoint` returns what changed since the last checkpoint, so the
+    edge commits state with the outputs and offsets of every batch since then, as one unit.
+    """
 
     results: list[WindowResult] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     signals: list[BreakerSignal] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # window reports for the metrics topic
-    join_changes: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "<model>/<key>" -> entry
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # key on the state topic -> value
+    unknown_predictions: list[int] = field(default_factory=list)  # positions of events of unconfigured models
+    unknown_labels: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    """State records changed since the previous checkpoint: key -> plain value, None to delete the key.
+
+    ``state`` keys are ``<model>/<part>`` (``core``, ``ref``, ``w/<pane>``, ``r/<pane>``, ``c/<slot.cycle>``,
+    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<event_id>``.
+    """
+
+    state: dict[str, Any] = field(default_factory=dict)
+    join: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,10 +103,11 @@ class MonitorCounters:
     unmonitored: Counter[str] = field(default_factory=Counter)
     windows: int = 0
     alerts: int = 0
+    restore_errors: int = 0  # models whose checkpoint was malformed (they start afresh)
 
 
 class ModelMonitor:
-    """One model's drift state.
+    """One model's state.
 
     Parameters
     ----------
@@ -95,27 +127,9 @@ class ModelMonitor:
         if reference is not None:
             self._check_reference(reference)
         self._preloaded = reference
-        self.new_reference = False  # set when a warm-up reference was just built: it is checkpointed
         perf = cfg.performance
         self.labels_enabled = perf.task != "none" or bool(cfg.concept_drift)
-        self.join = LabelJoin(cfg.join) if self.labels_enabled else None
-        self.performance = PerformanceTracker(cfg.name, perf, cfg.seed) if self.labels_enabled else None
-        self.concept = ConceptDriftDetectors(cfg.concept_drift, perf.task) if cfg.concept_drift else None
-        self.last_version = ""
         self._reset()
-
-    def restore_reference(self, ref: Reference) -> bool:
-        """Use a checkpointed warm-up reference instead of warming up again (after a restart)."""
-        if self.reference is not None or self.cfg.reference.type == "file":
-            return False
-        try:
-            self._check_reference(ref)
-        except ValueError as exc:  # the features changed since the checkpoint: warm up afresh
-            logger.warning("model %s: checkpointed reference not used: %s", self.cfg.name, exc)
-            return False
-        self._warmup, self._warmup_n = [], 0
-        self._start(ref)
-        return True
 
     def _check_reference(self, ref: Reference) -> None:
         if ref.binning.numeric != self.numeric or ref.binning.categorical != self.categorical:
@@ -126,13 +140,19 @@ class ModelMonitor:
 
     def _reset(self) -> None:
         cfg = self.cfg
-        self.rng = np.random.default_rng(cfg.seed)
         self.reference: Reference | None = None
-        self._warmup: list[Columns] = []
+        self._warmup: list[tuple[int, Columns]] = []  # (chunk id, columns)
         self._warmup_n = 0
+        self._chunk_id = 0
         self.windows: CountWindows | TimeWindows | None = None
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
+        self.join = LabelJoin(cfg.join) if self.labels_enabled else None
+        self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
+        self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
+        self.last_version = ""
+        self.dirty = False  # changed since the last checkpoint
+        self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
         if self._preloaded is not None:
             self._start(self._preloaded)
 
@@ -141,33 +161,35 @@ class ModelMonitor:
         self.reference = ref
         w, cap = cfg.window, cfg.drift.sample_size
         if w.by == "count":
-            self.windows = CountWindows(int(w.size), int(w.slide) if w.slide else None, ref.binning, cap, self.rng)
+            self.windows = CountWindows(int(w.size), int(w.slide) if w.slide else None, ref.binning, cap)
         else:
-            self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.rng)
+            self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap)
         if cfg.reference.type == "rolling":
             self.rolling = RollingReference(cfg.reference.windows, self.windows.n_panes, cap)
         elif cfg.reference.type == "calendar":
             self.calendar = CalendarReference(cfg.reference.period_s, cfg.reference.slot_s,
                                               cfg.reference.periods, min(cap, CALENDAR_SLOT_CAP))
-        logger.info("model %s: reference %s ready (%d events)", cfg.name, ref.id, ref.pane.n)
 
     @property
     def late_events(self) -> int:
         return self.windows.late_events if self.windows else 0
 
-    def update(self, events: list[dict[str, Any]]) -> list[WindowResult]:
+    def update(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[WindowResult]:
         """Add decoded events of this model; returns the windows that closed, evaluated."""
         cfg = self.cfg
         cols = build_columns(events, cfg.features.numeric, cfg.features.categorical, cfg.prediction,
-                             cfg.monitor_score)
+                             cfg.monitor_score, keys)
+        self.dirty = True
         if self.reference is None:
             need = cfg.reference.size - self._warmup_n
-            self._warmup.append(cols.take(slice(0, need)))
+            self._warmup.append((self._chunk_id, cols.take(slice(0, need))))
+            self._chunk_id += 1
             self._warmup_n += min(need, cols.n)
             if self._warmup_n < cfg.reference.size:
                 return []
             self._start(self._build_warmup_reference())
-            self.new_reference = True
+            logger.info("model %s: warm-up reference %s ready (%d events)", cfg.name, self.reference.id,
+                        self.reference.pane.n)  # type: ignore[union-attr]
             cols = cols.take(slice(need, None))
         assert self.windows is not None
         return [self._evaluate(w) for w in self.windows.update(cols)]
@@ -180,7 +202,8 @@ class ModelMonitor:
 
     def observe_predictions(self, events: list[dict[str, Any]]) -> None:
         """Every prediction (before sampling) enters the label join and the performance windows."""
-        self.last_version = events[-1]["model_version"]
+        self.last_version = clip(events[-1]["model_version"])
+        self.dirty = True
         if self.join is not None and self.performance is not None:
             self.performance.add_predictions(events)
             self._add_pairs(self.join.add_predictions(events))  # labels that arrived first
@@ -188,6 +211,7 @@ class ModelMonitor:
     def update_labels(self, events: list[dict[str, Any]]) -> None:
         """Add decoded label events of this model."""
         if self.join is not None:
+            self.dirty = True
             self._add_pairs(self.join.add_labels(events))
 
     def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
@@ -223,12 +247,12 @@ class ModelMonitor:
 
     def _build_warmup_reference(self) -> Reference:
         cfg = self.cfg
-        parts = self._warmup
+        parts = [c for _, c in self._warmup]
         self._warmup = []
         cols = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
         ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
                                      cfg.drift.max_categories, cfg.drift.max_known_categories,
-                                     cfg.drift.sample_size, self.rng)
+                                     cfg.drift.sample_size)
         if cfg.reference.store_dir:
             path = Path(cfg.reference.store_dir) / f"{cfg.name}-{ref.id.replace(':', '-')}.json"
             ref.save(path)
@@ -242,12 +266,12 @@ class ModelMonitor:
         ref_id: str | None = self.reference.id
         ref_pane = self.reference.pane
         if self.rolling is not None:
-            got = self.rolling.reference_for(self.reference.id, self.rng)
+            got = self.rolling.reference_for(self.reference.id)
             self.rolling.add(w.start, w.end, w.pane)
             ref_id, ref_pane = got if got else (None, None)
         elif self.calendar is not None:
-            got = self.calendar.reference_for(self.reference.id, w.start, self.rng)
-            self.calendar.add(w.start, w.pane, self.rng)
+            got = self.calendar.reference_for(self.reference.id, w.start)
+            self.calendar.add(w.start, w.pane)
             ref_id, ref_pane = got if got else (None, None)
         if ref_pane is None or ref_pane.n < cfg.reference.min_events:
             return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="reference not ready")
@@ -263,16 +287,159 @@ class ModelMonitor:
                                         int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
         return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency)
 
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _pieces(self) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
+        """Every state record but ``core``: (key, stamp, plain value maker); the stamp changes with the value."""
+        if self.reference is not None and self.cfg.reference.type != "file":
+            ref = self.reference
+            yield "ref", ref.id, ref.to_dict
+        for i, cols in self._warmup:
+            yield f"warmup/{i}", i, cols.to_dict
+        for prefix, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
+            if store is not None:
+                for pid, pane in store.pieces():
+                    yield f"{prefix}/{pid}", pane.stamp, pane.snapshot
+        if self.performance is not None:
+            for w, stamp, make in self.performance.pieces():
+                yield f"perf/{w}", stamp, make
 
-def _by_model(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for ev in events:
-        by_model.setdefault(ev["model"], []).append(ev)
+    def _core(self) -> dict[str, Any]:
+        return {
+            "v": FORMAT,
+            "reference": self.reference.id if self.reference is not None else None,
+            "warmup": {"n": self._warmup_n, "chunks": [i for i, _ in self._warmup], "next": self._chunk_id},
+            "last_version": self.last_version,
+            "windows": self.windows.snapshot() if self.windows is not None else None,
+            "rolling": self.rolling.snapshot() if self.rolling is not None else None,
+            "calendar": self.calendar.snapshot() if self.calendar is not None else None,
+            "join": self.join.snapshot() if self.join is not None else None,
+            "performance": self.performance.snapshot() if self.performance is not None else None,
+            "concept": self.concept.snapshot() if self.concept is not None else None,
+        }
+
+    def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Records (key under this model -> plain value, None to delete) changed since the last checkpoint.
+
+        ``extra`` (the alert policy's and the breaker's state of this model) goes into the ``core`` record.
+        """
+        if not self.dirty:
+            return {}
+        out: dict[str, Any] = {}
+        live: dict[str, Any] = {}
+        for key, stamp, make in self._pieces():
+            live[key] = stamp
+            if self._written.get(key) != stamp:
+                out[key] = make()
+        for key in self._written.keys() - live.keys():
+            out[key] = None
+        out["core"] = {**self._core(), **extra}
+        live["core"] = None
+        self._written = live
+        self.dirty = False
+        return out
+
+    def restore(self, records: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild the state that ``records`` (this model's state records, and its join changelog entries
+        under ``join:<key>``) describe; returns the core record ({} when there is none).
+
+        Raises ``ValueError``, ``KeyError``, ``TypeError`` (...) on a malformed or inconsistent checkpoint; the
+        model is then fresh, and its next checkpoint deletes the records it could not use.
+        """
+        state_keys = [k for k in records if not k.startswith("join:")]
+        join_keys = [k[5:] for k in records if k.startswith("join:")]
+        core = records.get("core")
+        try:
+            self._reset()
+            if core is not None:
+                self._restore(core, records)
+        except Exception:
+            self._reset()
+            self._forget(state_keys, join_keys)
+            raise
+        if core is None:
+            self._forget(state_keys, join_keys)
+            return {}
+        self._written = {k: object() for k in state_keys}  # deleted by the next checkpoint unless still live
+        for key, stamp, _ in self._pieces():
+            if key in records:
+                self._written[key] = stamp
+        self._written["core"] = None
+        return core
+
+    def reset(self) -> None:
+        """Start afresh (a checkpoint that restored but did not validate as a whole); the next checkpoint
+        rewrites every record."""
+        keys = list(self._written)
+        self._reset()
+        self._forget(keys, [])
+
+    def _forget(self, state_keys: list[str], join_keys: list[str]) -> None:
+        self._written = {k: object() for k in state_keys}
+        if self.join is not None:
+            self.join.forget(join_keys)
+        self.dirty = True
+
+    def _restore(self, core: dict[str, Any], records: dict[str, Any]) -> None:
+        if not isinstance(core, dict) or core.get("v") != FORMAT:
+            raise ValueError(f"core record version {core.get('v') if isinstance(core, dict) else core!r} "
+                             "is not supported")
+        cfg = self.cfg
+        ref_id = core["reference"]
+        if ref_id is not None and self.reference is None:  # a warm-up (or rolling/calendar) reference
+            ref = Reference.from_dict(records["ref"])
+            if ref.id != ref_id:
+                raise ValueError(f"reference record {ref.id} does not match the checkpoint's {ref_id}")
+            self._check_reference(ref)
+            self._start(ref)
+        if ref_id is not None and self.reference is not None and ref_id == self.reference.id:
+            binning = self.reference.binning
+
+            def panes(prefix: str) -> dict[str, Pane]:
+                return {k[len(prefix):]: Pane.restore(binning, v) for k, v in records.items()
+                        if k.startswith(prefix) and v is not None}
+
+            assert self.windows is not None
+            self.windows.restore(core["windows"], panes("w/"))
+            if self.rolling is not None:
+                self.rolling.restore(core["rolling"], panes("r/"))
+            if self.calendar is not None:
+                self.calendar.restore(core["calendar"], panes("c/"))
+        elif ref_id is not None:
+            logger.warning("model %s: checkpointed windows were built on reference %s, the config now uses %s; "
+                           "windows start afresh", cfg.name, ref_id, self.reference.id if self.reference else None)
+        elif self.reference is None:
+            wu = core["warmup"]
+            k, c = len(self.numeric), len(self.categorical)
+            self._warmup = [(int(i), Columns.from_dict(records[f"warmup/{int(i)}"], k, c)) for i in wu["chunks"]]
+            self._warmup_n = int(wu["n"])
+            self._chunk_id = int(wu["next"])
+            if sum(cols.n for _, cols in self._warmup) != self._warmup_n:
+                raise ValueError("warm-up chunks do not add up to the checkpointed warm-up count")
+        self.last_version = clip(str(core["last_version"]))
+        if self.join is not None and core.get("join") is not None:
+            prefix = "join:"
+            entries = {k[len(prefix):]: v for k, v in records.items() if k.startswith(prefix)}
+            self.join.restore(core["join"], entries)
+        if self.performance is not None and core.get("performance") is not None:
+            pairs = {k[5:]: v for k, v in records.items() if k.startswith("perf/") and v is not None}
+            self.performance.restore(core["performance"], pairs)
+        if self.concept is not None and core.get("concept") is not None:
+            self.concept.restore(core["concept"])
+
+
+def _by_model(events: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Positions of each model's events in the batch, in arrival order."""
+    by_model: dict[str, list[int]] = {}
+    for i, ev in enumerate(events):
+        by_model.setdefault(ev["model"], []).append(i)
     return by_model
 
 
 class Monitor:
-    """All models of a config, one alert policy over them, and a circuit breaker per model that has one."""
+    """All models of a config, one alert policy over them, and a circuit breaker per model that has one.
+
+    The Kafka edge runs one per input partition ("task"); embedded use needs just one.
+    """
 
     def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None) -> None:
         self.cfg = cfg
@@ -281,79 +448,64 @@ class Monitor:
         self.policy = AlertPolicy(cfg.alerts)
         self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
         self.counters = MonitorCounters()
-        self._rng = np.random.default_rng(0)
 
     def process(self, events: list[dict[str, Any]]) -> BatchOutput:
         """Feed one batch of decoded prediction events; returns what to publish."""
-        self.counters.events += len(events)
+        return self.process_batch(events, [])
+
+    def process_labels(self, events: list[dict[str, Any]]) -> BatchOutput:
+        """Feed one batch of decoded label events; returns what to publish."""
+        return self.process_batch([], events)
+
+    def process_batch(self, predictions: list[dict[str, Any]], labels: list[dict[str, Any]]) -> BatchOutput:
+        """Feed one consumed batch: predictions first, then labels; returns everything to publish."""
         out = BatchOutput()
-        for name, evs in _by_model(events).items():
+        self.counters.events += len(predictions)
+        touched: set[str] = set()
+        for name, pos in _by_model(predictions).items():
             mm = self.models.get(name)
             if mm is None:
-                if not self.counters.unmonitored[name]:
-                    logger.warning("events of model %r are not monitored: it is not in the config", name)
-                self.counters.unmonitored[name] += len(evs)
+                self._unknown(name, len(pos), "prediction")
+                out.unknown_predictions.extend(pos)
                 continue
+            evs = [predictions[i] for i in pos]
             mm.observe_predictions(evs)
+            touched.add(name)
+            keys = event_keys([e["event_id"] for e in evs])
             rate = mm.cfg.sample_rate
-            if rate < 1:
-                keep = self._rng.random(len(evs)) < rate
+            if rate < 1:  # a deterministic share: the same events are sampled in every run and instance
+                keep = key_fraction(keys) < rate
                 self.counters.sampled_out += int((~keep).sum())
-                evs = [e for e, k in zip(evs, keep) if k]
+                evs = [e for e, k in zip(evs, keep.tolist()) if k]
+                keys = keys[keep]
             if not evs:
                 continue
-            results = mm.update(evs)
-            if mm.new_reference and mm.reference is not None:
-                mm.new_reference = False
-                out.checkpoints[f"ref/{name}"] = mm.reference.to_dict()
-            for r in results:
+            for r in mm.update(evs, keys):
                 out.results.append(r)
                 out.reports.append(r.to_dict())
                 self.counters.windows += 1
                 if r.skipped is None:
                     self._decide(name, r.model_version, r.window, r.findings, r.reference_id, rate, out)
-            matured = self._mature(name, out)
-            joined = self._join_changes(name, out)
-            if results or matured or joined:
-                out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
-        self.counters.alerts += len(out.alerts)
-        return out
-
-    def process_labels(self, events: list[dict[str, Any]]) -> BatchOutput:
-        """Feed one batch of decoded label events; returns what to publish."""
-        out = BatchOutput()
-        for name, evs in _by_model(events).items():
+        for name, pos in _by_model(labels).items():
             mm = self.models.get(name)
             if mm is None or not mm.labels_enabled:
-                self.counters.unmonitored[name] += len(evs)
+                self._unknown(name, len(pos), "label")
+                out.unknown_labels.extend(pos)
                 continue
-            mm.update_labels(evs)
-            matured = self._mature(name, out)
-            if self._join_changes(name, out) or matured:
-                out.checkpoints[f"model/{name}"] = self.snapshot_model(name)
+            mm.update_labels([labels[i] for i in pos])
+            touched.add(name)
+        for name in sorted(touched):
+            self._mature(name, out)
         self.counters.alerts += len(out.alerts)
         return out
 
-    def _join_changes(self, name: str, out: BatchOutput) -> int:
-        join = self.models[name].join
-        if join is None:
-            return 0
-        changes = join.take_changes()
-        out.join_changes.update({f"{name}/{k}": v for k, v in changes.items()})
-        return len(changes)
-
-    def restore_join(self, entries: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> int:
-        """Rebuild each model's label join from the changelog ("<model>/<key>" -> entry); returns entries."""
-        per_model: dict[str, dict[str, dict[str, Any]]] = {}
-        for key, value in entries.items():
-            model, _, rest = key.partition("/")
-            per_model.setdefault(model, {})[rest] = value
-        n = 0
-        for name, mm in self.models.items():
-            if mm.join is not None:
-                mm.join.restore(meta.get(name), per_model.get(name, {}))
-                n += mm.join.pending
-        return n
+    def _unknown(self, name: str, n: int, what: str) -> None:
+        if not self.counters.unmonitored[name]:
+            logger.warning("%s events of model %r are not monitored: it is not in the config%s. Add it under "
+                           "'models:', or route its events to another topic (further events are counted in "
+                           "stream_monitor_unmonitored_events, not logged)", what, clip(name),
+                           "" if what == "prediction" else " or has no performance/concept_drift")
+        self.counters.unmonitored[name] += n
 
     def _decide(self, name: str, version: str, window: WindowInfo, findings: list[Finding],
                 reference_id: str | None, rate: float, out: BatchOutput) -> None:
@@ -379,32 +531,59 @@ class Monitor:
         breaker = self.breakers.get(sig.model)
         if breaker is not None:
             breaker.observe(sig)
+            if sig.source == "manual":
+                self.models[sig.model].dirty = True
 
-    def snapshot_model(self, name: str) -> dict[str, Any]:
-        breaker = self.breakers.get(name)
-        mm = self.models[name]
-        return {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None,
-                "concept": mm.concept.snapshot() if mm.concept else None,
-                "join": mm.join.snapshot() if mm.join else None,
-                "performance": mm.performance.snapshot() if mm.performance else None}
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        """State changed since the previous checkpoint (see :class:`Checkpoint`)."""
+        cp = Checkpoint()
+        for name, mm in self.models.items():
+            if mm.join is not None:
+                for key, entry in mm.join.take_changes().items():
+                    cp.join[f"{name}/{key}"] = entry
+            breaker = self.breakers.get(name)
+            extra = {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None}
+            for key, value in mm.checkpoint(extra).items():
+                cp.state[f"{name}/{key}"] = value
+        return cp
 
-    def restore(self, checkpoints: dict[str, dict[str, Any]]) -> list[str]:
-        """Restore references, alert state and breaker state from the state topic; returns what was restored."""
+    def restore(self, state: dict[str, Any], join: dict[str, Any] | None = None) -> list[str]:
+        """Rebuild every model from its state records and join changelog entries (keys as in
+        :class:`Checkpoint`); returns the models restored. A model whose records are malformed is logged,
+        counted in ``counters.restore_errors`` and starts afresh; records of other models are ignored."""
+        per_model: dict[str, dict[str, Any]] = {}
+        for key, value in state.items():
+            name, _, rest = key.partition("/")
+            per_model.setdefault(name, {})[rest] = value
+        for key, value in (join or {}).items():
+            name, _, rest = key.partition("/")
+            per_model.setdefault(name, {})["join:" + rest] = value
         restored = []
-        for key, value in checkpoints.items():
-            kind, _, name = key.partition("/")
-            if name not in self.models:
+        for name, records in per_model.items():
+            mm = self.models.get(name)
+            if mm is None:
                 continue
-            if kind == "ref" and self.models[name].restore_reference(Reference.from_dict(value)):
-                restored.append(key)
-            elif kind == "model":
-                self.policy.restore(value.get("policy") or {})
-                if value.get("breaker") and name in self.breakers:
-                    self.breakers[name].restore(value["breaker"])
-                mm = self.models[name]
-                if value.get("concept") and mm.concept is not None:
-                    mm.concept.restore(value["concept"])
-                if value.get("performance") and mm.performance is not None:
-                    mm.performance.restore(value["performance"])
-                restored.append(key)
+            core = {}
+            try:
+                core = mm.restore(records)
+                if core:
+                    self._restore_policy(name, core)
+                    restored.append(name)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                if core:
+                    mm.reset()
+                self.counters.restore_errors += 1
+                logger.error("model %s: checkpoint not usable (%s: %s); the model starts afresh", name,
+                             type(exc).__name__, exc)
         return restored
+
+    def _restore_policy(self, name: str, core: dict[str, Any]) -> None:
+        policy = AlertPolicy(self.cfg.alerts).restore(core["policy"])  # validated before touching our own
+        if policy.models() - {name}:
+            raise ValueError("alert policy snapshot holds conditions of other models")
+        breaker = self.breakers.get(name)
+        if breaker is not None and core.get("breaker"):
+            CircuitBreaker(name, breaker.cfg).restore(core["breaker"])  # validated likewise
+            breaker.restore(core["breaker"])
+        self.policy.restore(core["policy"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,9 @@ class Reference:
     @classmethod
     def from_columns(cls, model: str, source: str, cols: Columns, numeric: tuple[str, ...],
                      categorical: tuple[str, ...], bins: int, max_categories: int, max_known: int,
-                     cap: int, rng: np.random.Generator) -> Reference:
+                     cap: int) -> Reference:
         binning = Binning.fit(cols, numeric, categorical, bins, max_categories, max_known)
-        pane = Pane(binning, cap).update(cols, rng)
+        pane = Pane(binning, cap).update(cols)
         return cls(_content_id(source, binning, pane), model, source, binning, pane)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,18 +82,34 @@ class RollingReference:
         self.windows = windows
         self.step = panes_per_window  # emitted windows overlap when sliding; every step-th one does not
         self.cap = cap
-        self._past: deque[tuple[float, float, Pane]] = deque(maxlen=windows * panes_per_window)
+        self._past: deque[tuple[int, float, float, Pane]] = deque(maxlen=windows * panes_per_window)
+        self._next_id = 0
 
-    def reference_for(self, base_id: str, rng: np.random.Generator) -> tuple[str, Pane] | None:
+    def reference_for(self, base_id: str) -> tuple[str, Pane] | None:
         picked = list(self._past)[::-1][self.step - 1 :: self.step][: self.windows]
         if not picked:
             return None
-        pane = Pane.merge([p for _, _, p in picked], self.cap, rng)
-        start, end = min(s for s, _, _ in picked), max(e for _, e, _ in picked)
+        pane = Pane.merge([p for _, _, _, p in picked], self.cap)
+        start, end = min(s for _, s, _, _ in picked), max(e for _, _, e, _ in picked)
         return f"{base_id}:rolling:{start:.0f}-{end:.0f}", pane
 
     def add(self, start: float, end: float, pane: Pane) -> None:
-        self._past.append((start, end, pane))
+        self._past.append((self._next_id, start, end, pane))
+        self._next_id += 1
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def pieces(self) -> Iterator[tuple[str, Pane]]:
+        for i, _, _, p in self._past:
+            yield str(i), p
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"next": self._next_id, "past": [[i, s, e] for i, s, e, _ in self._past]}
+
+    def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> RollingReference:
+        self._next_id = int(d["next"])
+        self._past = deque(((int(i), float(s), float(e), panes[str(int(i))]) for i, s, e in d["past"]),
+                           maxlen=self._past.maxlen)
+        return self
 
 
 class CalendarReference:
@@ -112,20 +129,35 @@ class CalendarReference:
     def _where(self, t: float) -> tuple[int, int]:
         return int(t // self.period_s), int((t % self.period_s) // self.slot_s)
 
-    def reference_for(self, base_id: str, t: float, rng: np.random.Generator) -> tuple[str, Pane] | None:
+    def reference_for(self, base_id: str, t: float) -> tuple[str, Pane] | None:
         cycle, slot = self._where(t)
         panes = [p for c, p in self._slots.get(slot, ()) if c < cycle]
         if not panes:
             return None
-        return f"{base_id}:calendar:slot{slot}", Pane.merge(panes, self.cap, rng)
+        return f"{base_id}:calendar:slot{slot}", Pane.merge(panes, self.cap)
 
-    def add(self, t: float, pane: Pane, rng: np.random.Generator) -> None:
+    def add(self, t: float, pane: Pane) -> None:
         cycle, slot = self._where(t)
         q = self._slots.setdefault(slot, deque(maxlen=self.periods))
         if q and q[-1][0] == cycle:
-            q[-1] = (cycle, Pane.merge([q[-1][1], pane], self.cap, rng))
+            q[-1] = (cycle, Pane.merge([q[-1][1], pane], self.cap))
         else:
-            q.append((cycle, Pane.merge([pane], self.cap, rng)))
+            q.append((cycle, Pane.merge([pane], self.cap)))
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def pieces(self) -> Iterator[tuple[str, Pane]]:
+        for slot, q in self._slots.items():
+            for cycle, p in q:
+                yield f"{slot}.{cycle}", p
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"slots": {str(slot): [c for c, _ in q] for slot, q in self._slots.items()}}
+
+    def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> CalendarReference:
+        self._slots = {int(slot): deque(((int(c), panes[f"{int(slot)}.{int(c)}"]) for c in cycles),
+                                        maxlen=self.periods)
+                       for slot, cycles in d["slots"].items()}
+        return self
 
 
 def _csv_value(v: str) -> Any:
@@ -168,7 +200,7 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
 
 def build_reference(events: list[dict[str, Any]], model: str, numeric: tuple[str, ...],
                     categorical: tuple[str, ...], prediction: str, score: bool, bins: int,
-                    max_categories: int, max_known: int, cap: int, seed: int = 0,
+                    max_categories: int, max_known: int, cap: int,
                     source: str = "file") -> Reference:
     """A reference from past events of ``model`` (other models' events are ignored)."""
     mine = [e for e in events if e["model"] == model]
@@ -177,4 +209,4 @@ def build_reference(events: list[dict[str, Any]], model: str, numeric: tuple[str
     cols = build_columns(mine, numeric, categorical, prediction, score)
     num_names, cat_names = column_names(numeric, categorical, prediction, score)
     return Reference.from_columns(model, source, cols, num_names, cat_names, bins, max_categories,
-                                  max_known, cap, np.random.default_rng(seed))
+                                  max_known, cap)

@@ -6,8 +6,8 @@ known to the reference (for the new-category rate). It is set once per model, fr
 
 :class:`Pane` summarises a set of events under a binning, for every feature at once:
 
-- numeric: bin counts ``(k, B)``, missing / type-error / out-of-range counts, and a uniform reservoir sample
-  of at most ``cap`` rows (exact for windows up to ``cap`` events; beyond that KS and Wasserstein are computed
+- numeric: bin counts ``(k, B)``, missing / type-error / out-of-range counts, and a uniform (bottom-k by
+  event key) sample of at most ``cap`` rows (exact for windows up to ``cap`` events; beyond that KS and Wasserstein are computed
   on a uniform subsample, whose KS error is at most ``sqrt(ln(2/delta) / (2 * cap))`` with probability
   ``1 - delta`` by the DKW inequality: 0.024 for cap = 5000, delta = 0.01);
 - categorical: counts over tracked categories + "other" ``(c, K + 1)``, missing / type-error / new-category
@@ -21,6 +21,7 @@ the features' cardinality.
 from __future__ import annotations
 
 import base64
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import numpy as np
 
 from .columns import Columns
 
-__all__ = ["Binning", "LatencySketch", "Pane"]
+__all__ = ["Binning", "LatencySketch", "Pane", "clip"]
 
 _MAX_NEW_EXAMPLES = 10
 
@@ -161,7 +162,14 @@ class Binning:
 
 
 class Pane:
-    """Counts and a bounded sample of a set of events, for all features of a model at once."""
+    """Counts and a bounded sample of a set of events, for all features of a model at once.
+
+    The sample is the ``cap`` events with the smallest keys (:mod:`.keys`), sorted by key: the same events
+    whichever way the stream was cut into batches, and two panes merge into the bottom-``cap`` of the union.
+    ``stamp`` changes whenever the pane changes, so a checkpoint rewrites only panes that changed.
+    """
+
+    _stamps = itertools.count(1)
 
     def __init__(self, binning: Binning, cap: int) -> None:
         self.binning = binning
@@ -179,7 +187,8 @@ class Pane:
         self.num_type_error = np.zeros(k, dtype=np.int64)
         self.num_out_of_range = np.zeros(k, dtype=np.int64)
         self.sample = np.empty((0, k))
-        self.seen = 0  # rows offered to the reservoir
+        self.sample_keys = np.empty(0, dtype=np.uint64)
+        self.seen = 0  # rows offered to the sample
         self.cat_counts = np.zeros((c, b.n_cat_slots), dtype=np.int64)
         self.cat_missing = np.zeros(c, dtype=np.int64)
         self.cat_type_error = np.zeros(c, dtype=np.int64)
@@ -188,23 +197,25 @@ class Pane:
         self.versions: Counter[str] = Counter()
         self.latency = LatencySketch.empty()
         self._sorted: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.stamp = next(Pane._stamps)
 
     # -- updates -------------------------------------------------------------------------------------------
-    def update(self, cols: Columns, rng: np.random.Generator) -> Pane:
+    def update(self, cols: Columns) -> Pane:
         """Add a batch of events (all features at once)."""
         n = cols.n
         if n == 0:
             return self
+        self.stamp = next(Pane._stamps)
         self.n += n
         self.t_min = min(self.t_min, float(cols.event_time.min()))
         self.t_max = max(self.t_max, float(cols.event_time.max()))
-        self.versions.update(cols.model_version.tolist())
+        self.versions.update(clip(v) for v in cols.model_version.tolist())
         self.latency += LatencySketch.counts(cols.latency_ms)
-        self._update_numeric(cols, rng)
+        self._update_numeric(cols)
         self._update_categorical(cols)
         return self
 
-    def _update_numeric(self, cols: Columns, rng: np.random.Generator) -> None:
+    def _update_numeric(self, cols: Columns) -> None:
         b = self.binning
         x = cols.numeric
         k = x.shape[1]
@@ -219,24 +230,8 @@ class Pane:
         self.num_type_error += err.sum(axis=0)
         self.num_missing += (~present & ~err).sum(axis=0)
         self.num_out_of_range += ((x < b.lo) | (x > b.hi)).sum(axis=0)
-        self._reservoir(x, rng)
-
-    def _reservoir(self, x: np.ndarray, rng: np.random.Generator) -> None:
-        n = x.shape[0]
-        room = self.cap - self.sample.shape[0]
-        if room > 0:
-            take = min(room, n)
-            self.sample = np.concatenate([self.sample, x[:take]])
-            x = x[take:]
-            self.seen += take
-            n -= take
-        if n == 0:
-            return
-        # Algorithm R, vectorised: row i (overall index seen + i) replaces a random slot with prob cap/(index+1)
-        j = rng.integers(0, self.seen + np.arange(n) + 1)
-        keep = j < self.cap
-        self.sample[j[keep]] = x[keep]
-        self.seen += n
+        self.seen += x.shape[0]
+        self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys), (x, cols.key)])
 
     def _update_categorical(self, cols: Columns) -> None:
         b = self.binning
@@ -259,12 +254,16 @@ class Pane:
                 if v not in known:
                     self.cat_new[j] += c
                     if len(ex) < _MAX_NEW_EXAMPLES:
-                        ex.add(v)
+                        ex.add(clip(v))
 
     # -- merging -------------------------------------------------------------------------------------------
     @classmethod
-    def merge(cls, panes: Sequence[Pane], cap: int, rng: np.random.Generator) -> Pane:
-        """One pane summarising all of ``panes``; the sample is a uniform subsample of at most ``cap`` rows."""
+    def merge(cls, panes: Sequence[Pane], cap: int) -> Pane:
+        """One pane summarising all of ``panes``; its sample is a uniform sample of at most ``cap`` rows.
+
+        A full pane (one that saw more rows than it kept) knows its events only up to its largest kept key;
+        the merged sample keeps rows below the smallest such bound, so it is exactly the bottom of the union.
+        """
         if not panes:
             raise ValueError("panes: need at least one pane to merge")
         out = cls(panes[0].binning, cap)
@@ -281,20 +280,18 @@ class Pane:
             out.cat_type_error += p.cat_type_error
             out.cat_new += p.cat_new
             for ex, px in zip(out.new_examples, p.new_examples):
-                ex.update(list(px)[: max(0, _MAX_NEW_EXAMPLES - len(ex))])
+                ex.update(sorted(px)[: max(0, _MAX_NEW_EXAMPLES - len(ex))])
             out.versions.update(p.versions)
             out.latency += p.latency
-        rows = sum(p.sample.shape[0] for p in panes)
-        if rows <= cap:
-            parts = [p.sample for p in panes]
-        else:  # each pane contributes in proportion to the events it stands for
-            total = sum(p.n for p in panes) or 1
-            parts = []
-            for p in panes:
-                want = min(p.sample.shape[0], int(round(cap * p.n / total)))
-                pick = rng.choice(p.sample.shape[0], size=want, replace=False) if want else []
-                parts.append(p.sample[np.sort(pick)] if want else p.sample[:0])
-        out.sample = np.concatenate(parts) if parts else out.sample
+        bound = min((int(p.sample_keys[-1]) for p in panes if p.seen > p.sample_keys.size), default=None)
+        parts = []
+        for p in panes:
+            if bound is None:
+                parts.append((p.sample, p.sample_keys))
+            else:
+                m = int(np.searchsorted(p.sample_keys, np.uint64(bound), side="right"))  # sorted by key
+                parts.append((p.sample[:m], p.sample_keys[:m]))
+        out.sample, out.sample_keys = _bottom(cap, parts)
         out.seen = sum(p.seen for p in panes)
         return out
 
@@ -336,6 +333,7 @@ class Pane:
             "num_type_error": self.num_type_error.tolist(), "num_out_of_range": self.num_out_of_range.tolist(),
             # the sample is the bulk of a checkpoint: exact float64 bytes, base64, ~2.5x smaller than JSON numbers
             "sample_b64": base64.b64encode(np.ascontiguousarray(self.sample, dtype="<f8").tobytes()).decode(),
+            "sample_keys_b64": base64.b64encode(np.ascontiguousarray(self.sample_keys, dtype="<u8").tobytes()).decode(),
             "seen": self.seen,
             "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
             "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
@@ -345,23 +343,59 @@ class Pane:
 
     @classmethod
     def restore(cls, binning: Binning, d: dict[str, Any]) -> Pane:
+        """The inverse of :meth:`snapshot`; raises ``ValueError``/``KeyError``/``TypeError`` on a bad record."""
         p = cls(binning, int(d["cap"]))
         p.n = int(d["n"])
         p.t_min = np.inf if d["t_min"] is None else float(d["t_min"])
         p.t_max = -np.inf if d["t_max"] is None else float(d["t_max"])
-        k = len(binning.numeric)
-        p.num_counts = np.asarray(d["num_counts"], dtype=np.int64).reshape(p.num_counts.shape)
-        p.num_missing = np.asarray(d["num_missing"], dtype=np.int64)
-        p.num_type_error = np.asarray(d["num_type_error"], dtype=np.int64)
-        p.num_out_of_range = np.asarray(d["num_out_of_range"], dtype=np.int64)
-        p.sample = np.frombuffer(base64.b64decode(d["sample_b64"]), dtype="<f8").reshape(-1, k).astype(np.float64)
+        k, c = len(binning.numeric), len(binning.categorical)
+        p.num_counts = _ints(d["num_counts"], p.num_counts.shape)
+        p.num_missing = _ints(d["num_missing"], (k,))
+        p.num_type_error = _ints(d["num_type_error"], (k,))
+        p.num_out_of_range = _ints(d["num_out_of_range"], (k,))
+        flat = np.frombuffer(base64.b64decode(d["sample_b64"], validate=True), dtype="<f8").astype(np.float64)
+        if "sample_keys_b64" in d:
+            p.sample_keys = np.frombuffer(base64.b64decode(d["sample_keys_b64"], validate=True),
+                                          dtype="<u8").astype(np.uint64)
+        else:  # a reference artifact written before keys existed: its rows are already a uniform sample
+            p.sample_keys = np.arange(flat.size // k if k else 0, dtype=np.uint64)
+        rows = p.sample_keys.size
+        if flat.size != rows * k or rows > p.cap:
+            raise ValueError(f"pane sample has {flat.size} values for {rows} keys of {k} columns (cap {p.cap})")
+        p.sample = flat.reshape(rows, k)
         p.seen = int(d["seen"])
-        p.cat_counts = np.asarray(d["cat_counts"], dtype=np.int64).reshape(p.cat_counts.shape)
-        p.cat_missing = np.asarray(d["cat_missing"], dtype=np.int64)
-        p.cat_type_error = np.asarray(d["cat_type_error"], dtype=np.int64)
-        p.cat_new = np.asarray(d["cat_new"], dtype=np.int64)
-        p.new_examples = [set(e) for e in d["new_examples"]]
-        p.versions = Counter(d["versions"])
-        for i, c in d.get("latency", {}).items():
-            p.latency[int(i)] = c
+        p.cat_counts = _ints(d["cat_counts"], p.cat_counts.shape)
+        p.cat_missing = _ints(d["cat_missing"], (c,))
+        p.cat_type_error = _ints(d["cat_type_error"], (c,))
+        p.cat_new = _ints(d["cat_new"], (c,))
+        if len(d["new_examples"]) != c:
+            raise ValueError("pane new_examples: one list per categorical feature expected")
+        p.new_examples = [{clip(str(v)) for v in e[:_MAX_NEW_EXAMPLES]} for e in d["new_examples"]]
+        p.versions = Counter({clip(str(v)): int(n) for v, n in d["versions"].items()})
+        for i, cnt in d.get("latency", {}).items():
+            p.latency[int(i)] = int(cnt)
         return p
+
+
+def _ints(v: Any, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(v, dtype=np.int64)
+    if a.shape != tuple(shape):
+        raise ValueError(f"checkpoint counts have shape {a.shape}, expected {tuple(shape)}")
+    return a
+
+
+def _bottom(cap: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with the ``cap`` smallest keys of all ``parts``, sorted by key (ties: order of the parts)."""
+    x = np.concatenate([p for p, _ in parts])
+    keys = np.concatenate([k for _, k in parts])
+    order = np.argsort(keys, kind="stable")[:cap]
+    return x[order], keys[order]
+
+
+#: Longest category value or model version kept in examples and version counts (longer ones are cut with
+#: an ellipsis), so that no event can make an alert or a report too large to publish.
+MAX_VALUE_CHARS = 120
+
+
+def clip(v: str) -> str:
+    return v if len(v) <= MAX_VALUE_CHARS else v[: MAX_VALUE_CHARS - 1] + "\u2026"

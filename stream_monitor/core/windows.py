@@ -6,14 +6,21 @@ batch, not one update per window it belongs to.
 
 - :class:`CountWindows`: panes of ``slide`` (or ``size``) events in arrival order.
 - :class:`TimeWindows`: panes of ``slide`` (or ``size``) seconds of event time. A window closes when the
-  watermark (largest event time seen minus ``lateness_s``) passes its end; an event for a pane that has
-  already closed is late: it is counted in ``late_events`` and not added.
+  watermark (largest event time seen minus ``lateness_s``) passes its end. An event is late when the
+  watermark *before it* had already passed its pane's end: it is counted in ``late_events`` and not added.
+  The watermark advances event by event (a running maximum), so which events are late does not depend on
+  how the stream was cut into batches.
+
+Both give the same windows whatever the batching, and both checkpoint exactly: :meth:`snapshot` is the
+bookkeeping, :meth:`pieces` the panes (each under a stable id, rewritten only when it changed).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,15 +41,14 @@ class ClosedWindow:
 
 
 class CountWindows:
-    def __init__(self, size: int, slide: int | None, binning: Binning, cap: int, rng: np.random.Generator) -> None:
+    def __init__(self, size: int, slide: int | None, binning: Binning, cap: int) -> None:
         self.pane_size = int(slide or size)
         self.n_panes = int(size) // self.pane_size
         self.binning = binning
         self.cap = cap
         self.pane_cap = max(50, cap // self.n_panes)
-        self.rng = rng
-        self._panes: deque[Pane] = deque(maxlen=self.n_panes)
-        self._current = Pane(binning, self.pane_cap)
+        self._panes: deque[Pane] = deque(maxlen=self.n_panes)  # completed panes, the last one has id _seq
+        self._current = Pane(binning, self.pane_cap)  # id _seq + 1
         self._seq = 0
         self.late_events = 0
 
@@ -51,49 +57,76 @@ class CountWindows:
         at = 0
         while at < cols.n:
             take = min(self.pane_size - self._current.n, cols.n - at)
-            self._current.update(cols.take(slice(at, at + take)), self.rng)
+            self._current.update(cols.take(slice(at, at + take)))
             at += take
             if self._current.n == self.pane_size:
                 self._panes.append(self._current)
                 self._seq += 1
                 self._current = Pane(self.binning, self.pane_cap)
                 if len(self._panes) == self.n_panes:
-                    pane = Pane.merge(list(self._panes), self.cap, self.rng)
+                    pane = Pane.merge(list(self._panes), self.cap)
                     closed.append(ClosedWindow(self._seq, pane.t_min, pane.t_max, pane))
         return closed
 
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def pieces(self) -> Iterator[tuple[str, Pane]]:
+        first = self._seq - len(self._panes) + 1
+        for i, p in enumerate(self._panes):
+            yield str(first + i), p
+        yield str(self._seq + 1), self._current
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"by": "count", "seq": self._seq, "completed": len(self._panes), "late": self.late_events}
+
+    def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> CountWindows:
+        if d.get("by") != "count":
+            raise ValueError("window checkpoint is not of count windows")
+        self._seq, self.late_events = int(d["seq"]), int(d["late"])
+        completed = int(d["completed"])
+        if not 0 <= completed <= self.n_panes:
+            raise ValueError(f"window checkpoint has {completed} completed panes, the window has {self.n_panes}")
+        first = self._seq - completed + 1
+        self._panes = deque((panes[str(first + i)] for i in range(completed)), maxlen=self.n_panes)
+        self._current = panes[str(self._seq + 1)]
+        if any(p.n != self.pane_size for p in self._panes) or self._current.n >= self.pane_size:
+            raise ValueError("window checkpoint panes do not match the configured pane size")
+        return self
+
 
 class TimeWindows:
-    def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
-                 rng: np.random.Generator) -> None:
+    def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int) -> None:
         self.pane_s = float(slide or size)
         self.n_panes = int(round(size / self.pane_s))
         self.lateness_s = lateness_s
         self.binning = binning
         self.cap = cap
         self.pane_cap = max(50, cap // self.n_panes)
-        self.rng = rng
         self._panes: dict[int, Pane] = {}
         self._max_t = -np.inf
-        self._emitted_through = None  # last window end-pane index evaluated
+        self._emitted_through: int | None = None  # last window end-pane index evaluated
         self.late_events = 0
 
     def update(self, cols: Columns) -> list[ClosedWindow]:
         if cols.n:
-            idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
+            t = cols.event_time
+            idx = np.floor(t / self.pane_s).astype(np.int64)
+            # the watermark each event sees: the largest event time before it (this batch and all earlier)
+            before = np.maximum.accumulate(np.concatenate([[self._max_t], t[:-1]]))
+            with np.errstate(invalid="ignore"):
+                complete = np.floor((before - self.lateness_s) / self.pane_s) - 1  # last pane closed by then
+            late = idx <= complete
             if self._emitted_through is not None:
-                late = idx <= self._emitted_through
-                if late.any():
-                    self.late_events += int(late.sum())
-                    keep = ~late
-                    cols, idx = cols.take(keep), idx[keep]
+                late |= idx <= self._emitted_through
+            if late.any():
+                self.late_events += int(late.sum())
+                keep = ~late
+                cols, idx = cols.take(keep), idx[keep]
             for p in np.unique(idx).tolist():
                 pane = self._panes.get(p)
                 if pane is None:
                     pane = self._panes[p] = Pane(self.binning, self.pane_cap)
-                pane.update(cols.take(idx == p), self.rng)
-            if cols.n:
-                self._max_t = max(self._max_t, float(cols.event_time.max()))
+                pane.update(cols.take(idx == p))
+            self._max_t = max(self._max_t, float(t.max()))
         return self._close()
 
     def _close(self) -> list[ClosedWindow]:
@@ -110,7 +143,7 @@ class TimeWindows:
                 continue
             members = [self._panes[p] for p in range(e - self.n_panes + 1, e + 1) if p in self._panes]
             if members:
-                pane = Pane.merge(members, self.cap, self.rng)
+                pane = Pane.merge(members, self.cap)
                 start = (e - self.n_panes + 1) * self.pane_s
                 closed.append(ClosedWindow(e, start, (e + 1) * self.pane_s, pane))
             self._emitted_through = e
@@ -118,3 +151,22 @@ class TimeWindows:
             for p in [p for p in self._panes if p <= self._emitted_through - self.n_panes + 1]:
                 del self._panes[p]
         return closed
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def pieces(self) -> Iterator[tuple[str, Pane]]:
+        for p, pane in self._panes.items():
+            yield str(p), pane
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"by": "time", "panes": sorted(self._panes), "max_t": float(self._max_t) if np.isfinite(self._max_t)
+                else None, "emitted_through": self._emitted_through, "late": self.late_events}
+
+    def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> TimeWindows:
+        if d.get("by") != "time":
+            raise ValueError("window checkpoint is not of time windows")
+        self._panes = {int(p): panes[str(int(p))] for p in d["panes"]}
+        self._max_t = -np.inf if d["max_t"] is None else float(d["max_t"])
+        et = d["emitted_through"]
+        self._emitted_through = None if et is None else int(et)
+        self.late_events = int(d["late"])
+        return self

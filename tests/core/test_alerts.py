@@ -1,5 +1,7 @@
 """Alert policy: hysteresis, grouping, inhibition, repeat, cooldown, restart."""
 
+import pytest
+
 from stream_monitor.config import AlertsConfig
 from stream_monitor.core.alerts import AlertPolicy, WindowInfo
 from stream_monitor.core.drift import Finding
@@ -103,8 +105,32 @@ def test_snapshot_is_per_model():
     feed(policy, [[drift("a", True)]] * 2, model="m1")
     feed(policy, [[drift("a", True)]] * 2, model="m2")
     snap = policy.snapshot("m1")
-    assert list(snap["incidents"]) == ["m1/data_drift"]
-    assert all(k.startswith("m1/") for k in snap["conditions"])
+    assert [k for k, _ in snap["incidents"]] == [["m1", "data_drift"]]
+    assert all(k[0] == "m1" for k, _ in snap["conditions"])
+
+
+def test_a_model_named_like_a_prefix_of_another_keeps_its_own_incidents():
+    # keys are tuples: "a" and "a/b" (or "a" and "a-b") never share a condition, an incident or a resolution
+    policy = AlertPolicy(AlertsConfig())
+    fired_a = [a for w in feed(policy, [[drift("x", True)]] * 2, model="a") for a in w]
+    fired_ab = [a for w in feed(policy, [[drift("x", True)]] * 2, model="a/b") for a in w]
+    assert len(fired_a) == len(fired_ab) == 1 and fired_a[0].alert_id != fired_ab[0].alert_id
+    resolved = [a for w in feed(policy, [[drift("x", False)]] * 2, start=2, model="a/b") for a in w]
+    assert [(a.model, a.status) for a in resolved] == [("a/b", "resolved")]
+    assert [c.alert_id for c in policy.active("a")] == [fired_a[0].alert_id]  # a is still firing, untouched
+    assert policy.active("a/b") == []
+
+
+def test_malformed_snapshot_is_refused_and_changes_nothing():
+    policy = AlertPolicy(AlertsConfig())
+    feed(policy, [[drift("a", True)]] * 2, model="m")
+    before = policy.snapshot()
+    for bad in ({"v": 99}, {"v": 1, "conditions": [["m", {}]], "incidents": [], "cooldown": []},
+                {"v": 1, "conditions": [[["m", "data_drift", "a", "psi"], {"kind": "x", "evil": 1}]],
+                 "incidents": [], "cooldown": []}):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            policy.restore(bad)
+    assert policy.snapshot() == before
 
 
 def test_other_kinds_windows_do_not_count_towards_an_incidents_repeats():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stream_monitor.config import DetectorConfig, JoinConfig, PerformanceConfig, parse_config
-from stream_monitor.core.labels import ConceptDriftDetectors, LabelJoin, PerformanceTracker, roc_auc
+from stream_monitor.core.concept import ConceptDriftDetectors
+from stream_monitor.core.labels import LabelJoin, PerformanceTracker, roc_auc
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.sketches import LatencySketch
 from tests.streams import classifier_config, labeled_stream
@@ -189,14 +190,25 @@ def test_join_changelog_restores_pending_entries_after_a_restart():
     j.add_predictions([pred("a", 1), pred("b", 2), pred("c", 3)])
     j.add_labels([label("a", 10), label("z", 11)])  # a joins; z waits for its prediction
     changes = j.take_changes()
-    assert changes == {"p/b": {"t": 2, "prediction": "1", "score": 0.9}, "p/c": {"t": 3, "prediction": "1", "score": 0.9},
-                       "p/a": None, "l/z": {"t": 11, "label": 1}}
+    assert changes == {"p/b": {"t": 2, "prediction": "1", "score": 0.9, "n": 1},
+                       "p/c": {"t": 3, "prediction": "1", "score": 0.9, "n": 2},
+                       "p/a": None, "j/a": {"n": 3}, "l/z": {"t": 11, "label": 1, "n": 4}}
     latest = {k: v for k, v in changes.items() if v is not None}  # what compaction keeps
     again = LabelJoin(JoinConfig(ttl_s=1000)).restore(j.snapshot(), latest)
     assert again.pending == 3 and again.prediction_watermark == 3 and again.label_watermark == 11
+    assert again.add_labels([label("a", 12)]) == [] and again.counters.duplicate_labels == 1  # joined ids survive
     pairs = again.add_labels([label("b", 20)]) + again.add_predictions([pred("z", 5)])
     assert sorted(p.event_id for p in pairs) == ["b", "z"]
-    assert again.take_changes() == {"p/b": None, "l/z": None}
+    assert again.take_changes() == {"p/b": None, "j/b": {"n": 5}, "l/z": None, "j/z": {"n": 6}}
+
+
+def test_join_restore_refuses_a_changelog_that_does_not_match_its_snapshot():
+    j = LabelJoin(JoinConfig())
+    j.add_predictions([pred("a", 1), pred("b", 2)])
+    latest = {k: v for k, v in j.take_changes().items() if v is not None}
+    del latest["p/b"]  # a lost entry: the restore must say so, not run on a partial store
+    with pytest.raises(ValueError, match="pending"):
+        LabelJoin(JoinConfig()).restore(j.snapshot(), latest)
 
 
 def test_performance_tracker_restores_open_windows():
@@ -207,7 +219,10 @@ def test_performance_tracker_restores_open_windows():
     tr.add_predictions(preds)
     j.add_predictions(preds)
     tr.add_pairs(j.add_labels([label(str(i), 60.0) for i in range(10)]))
-    again = PerformanceTracker("m", cfg).restore(tr.snapshot())
-    again.add_pairs(j.add_labels([label(str(i), 70.0) for i in range(10, 20)]))
+    again = PerformanceTracker("m", cfg).restore(tr.snapshot(), {w: make() for w, _, make in tr.pieces()})
+    more = j.add_labels([label(str(i), 70.0) for i in range(10, 20)])
+    again.add_pairs(more)
+    tr.add_pairs(more)
     (rep,) = again.mature(100.0)
     assert (rep.predictions, rep.labeled, rep.coverage) == (50, 20, 0.4)
+    assert rep == tr.mature(100.0)[0]  # pair samples too: ROC AUC and lag percentiles span the restart

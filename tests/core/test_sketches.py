@@ -20,7 +20,7 @@ def setup():
 
 def test_quantile_bins_are_equal_mass_on_reference(setup):
     rng, cols, binning = setup
-    pane = Pane(binning, cap=500).update(cols, rng)
+    pane = Pane(binning, cap=500).update(cols)
     assert pane.num_counts.sum() == 2000
     assert np.all(np.abs(pane.num_counts[0] - 200) <= 2)
 
@@ -28,7 +28,7 @@ def test_quantile_bins_are_equal_mass_on_reference(setup):
 def test_top_k_categories_and_other(setup):
     rng, cols, binning = setup
     assert len(binning.categories[0]) == 2
-    pane = Pane(binning, cap=500).update(cols, rng)
+    pane = Pane(binning, cap=500).update(cols)
     assert pane.cat_counts.shape == (1, 3)
     assert pane.cat_counts.sum() == 2000 and pane.cat_counts[0, -1] > 500  # the third value is "other"
     assert pane.cat_new.sum() == 0  # "other" is known, not new
@@ -37,7 +37,7 @@ def test_top_k_categories_and_other(setup):
 def test_new_categories_are_counted_and_named(setup):
     rng, _, binning = setup
     cols = build_columns(events(100, rng, cats=("x", "brand-new")), ("a",), ("k",))
-    pane = Pane(binning, cap=500).update(cols, rng)
+    pane = Pane(binning, cap=500).update(cols)
     assert pane.cat_new[0] == (cols.categorical[:, 0] == "brand-new").sum() > 0
     assert pane.new_examples[0] == {"brand-new"}
 
@@ -46,7 +46,7 @@ def test_reservoir_is_bounded_and_uniform(setup):
     rng, _, binning = setup
     pane = Pane(binning, cap=300)
     for i in range(20):  # 20 batches: the sample must stay a uniform 300 of all 20,000 rows
-        pane.update(build_columns(events(1000, rng, shift=float(i)), ("a",), ("k",)), rng)
+        pane.update(build_columns(events(1000, rng, shift=float(i)), ("a",), ("k",)))
     assert pane.sample.shape == (300, 1)
     assert pane.seen == 20000
     assert abs(np.mean(pane.sample[:, 0]) - 9.5) < 1.0  # mean of shifts 0..19
@@ -59,7 +59,7 @@ def test_missing_and_type_errors_are_counted(setup):
     evs[1]["features"]["a"] = "12"
     del evs[2]["features"]["k"]
     evs[3]["features"]["k"] = 1.5
-    pane = Pane(binning, cap=100).update(build_columns(evs, ("a",), ("k",)), rng)
+    pane = Pane(binning, cap=100).update(build_columns(evs, ("a",), ("k",)))
     assert pane.num_missing[0] == 1 and pane.num_type_error[0] == 1
     assert pane.cat_missing[0] == 1 and pane.cat_type_error[0] == 1
     assert pane.num_counts.sum() == 8 and pane.cat_counts.sum() == 8
@@ -67,10 +67,10 @@ def test_missing_and_type_errors_are_counted(setup):
 
 def test_merge_adds_counts_and_bounds_sample(setup):
     rng, cols, binning = setup
-    a = Pane(binning, cap=400).update(cols.take(slice(0, 1000)), rng)
-    b = Pane(binning, cap=400).update(cols.take(slice(1000, 2000)), rng)
-    m = Pane.merge([a, b], cap=500, rng=rng)
-    whole = Pane(binning, cap=400).update(cols, rng)
+    a = Pane(binning, cap=400).update(cols.take(slice(0, 1000)))
+    b = Pane(binning, cap=400).update(cols.take(slice(1000, 2000)))
+    m = Pane.merge([a, b], cap=500)
+    whole = Pane(binning, cap=400).update(cols)
     assert np.array_equal(m.num_counts, whole.num_counts)
     assert np.array_equal(m.cat_counts, whole.cat_counts)
     assert m.n == 2000 and m.sample.shape[0] == 500
@@ -78,7 +78,7 @@ def test_merge_adds_counts_and_bounds_sample(setup):
 
 def test_snapshot_restore_roundtrip(setup):
     rng, cols, binning = setup
-    pane = Pane(binning, cap=100).update(cols, rng)
+    pane = Pane(binning, cap=100).update(cols)
     again = Pane.restore(Binning.from_dict(binning.to_dict()), pane.snapshot())
     assert np.array_equal(again.num_counts, pane.num_counts)
     assert np.array_equal(again.sample, pane.sample)
@@ -92,5 +92,5 @@ def test_discrete_feature_gets_fewer_bins():
     cols = build_columns(evs, ("a",), ())
     b = Binning.fit(cols, ("a",), (), bins=10)
     assert b.bin_valid[0].sum() <= 3
-    pane = Pane(b, 100).update(cols, rng)
+    pane = Pane(b, 100).update(cols)
     assert pane.num_counts[0][~b.bin_valid[0]].sum() == 0
