@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -26,6 +27,18 @@ def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    stop_requested: list[int] = []
+    service = None
+
+    def _stop(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: committing the current work and stopping", signum)
+        stop_requested.append(signum)
+        if service is not None:
+            service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)  # first: a stop during start-up is a clean stop too
+    signal.signal(signal.SIGINT, _stop)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
     from .exporter import MonitorMetrics
     from .kafka.runner import MonitorService
 
@@ -36,13 +49,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).info("Prometheus metrics on http://%s:%d/metrics", cfg.prometheus.host,
                                          cfg.prometheus.port)
     service = MonitorService(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers), metrics=metrics)
-
-    def _stop(signum: int, _frame: object) -> None:
-        logging.getLogger(__name__).info("signal %d: finishing the current batch and stopping", signum)
-        service.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if stop_requested:
+        return 0
     service.run()
     return 0
 
@@ -85,7 +93,7 @@ def _cmd_alerts_tail(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     consumer = Consumer({"bootstrap.servers": _bootstrap(args, cfg.kafka.bootstrap_servers),
                          "group.id": f"stream-monitor-tail-{os.getpid()}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.subscribe([cfg.topics.alerts])
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
@@ -93,7 +101,10 @@ def _cmd_alerts_tail(args: argparse.Namespace) -> int:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            alert = orjson.loads(msg.value())
+            try:
+                alert = orjson.loads(msg.value())
+            except orjson.JSONDecodeError:
+                continue  # not an alert event: the alert topic is ours, but anyone may write to it
             if args.model and alert.get("model") != args.model:
                 continue
             print(orjson.dumps(alert).decode() if args.json else alert["message"], flush=True)

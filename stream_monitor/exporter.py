@@ -33,8 +33,15 @@ class MonitorMetrics:
         self.batch_seconds = Histogram("stream_monitor_batch_seconds", "Time to process one consumed batch",
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                        registry=r)
-        self.in_flight = Gauge("stream_monitor_batches_in_flight",
-                               "Processed batches whose outputs await acknowledgement", registry=r)
+        self.transaction_aborts = Counter("stream_monitor_transaction_aborts",
+                                          "Transactions aborted (outputs refused, fenced, timed out); their work "
+                                          "was redone from the last commit", registry=r)
+        self.checkpoint_errors = Counter("stream_monitor_checkpoint_errors",
+                                         "Malformed records skipped on the state, join and breaker topics, and "
+                                         "model checkpoints that could not be restored", registry=r)
+        self.unmonitored = Counter("stream_monitor_unmonitored_events",
+                                   "Events of models that are not in the config (or labels of models without "
+                                   "label monitoring)", ["model"], registry=r)
         self.event_time = Gauge("stream_monitor_event_time_seconds", "Largest event time seen per model",
                                 ["model"], registry=r)
         self.windows = Counter("stream_monitor_windows", "Windows evaluated", ["model"], registry=r)
@@ -59,13 +66,14 @@ class MonitorMetrics:
         start_http_server(port, addr=addr, registry=self.registry)
 
     def observe_batch(self, out: BatchOutput, monitor: Monitor, seconds: float, topics: dict[str, int],
-                      dead_letters: int, in_flight: int) -> None:
+                      dead_letters: int, unknown: dict[str, int] | None = None) -> None:
         self.batch_seconds.observe(seconds)
         for topic, n in topics.items():
             self.messages.labels(topic).inc(n)
         if dead_letters:
             self.dead_letters.inc(dead_letters)
-        self.in_flight.set(in_flight)
+        for model, n in (unknown or {}).items():
+            self.unmonitored.labels(model[:120]).inc(n)
         for a in out.alerts:
             self.alerts.labels(a.model, a.kind, a.status, a.severity).inc()
         for rep in out.reports:

@@ -173,6 +173,7 @@ class LocalKafka:
         self.progress = progress
         self.workdir: Path | None = None
         self.bootstrap_servers: str | None = None
+        self._command: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
@@ -223,20 +224,36 @@ class LocalKafka:
         )
         if fmt.returncode != 0:
             raise BrokerError(f"kafka StorageTool format failed:\n{fmt.stdout}\n{fmt.stderr}")
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.progress(f"starting Kafka {self.version} on 127.0.0.1:{broker_port} (log: {self.log_path})")
-        self._proc = subprocess.Popen(
-            [*java, "kafka.Kafka", str(config)],
-            stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-        )
+        self._command = [*java, "kafka.Kafka", str(config)]
         atexit.register(self.stop)
         self.bootstrap_servers = f"127.0.0.1:{broker_port}"
+        self._launch()
+        return self.bootstrap_servers
+
+    def _launch(self) -> None:
+        self._proc = subprocess.Popen(self._command, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                      preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except BaseException:
             self.stop(keep_logs=True)
             raise
-        return self.bootstrap_servers
+
+    def restart(self, down_s: float = 0.0, kill: bool = False) -> None:
+        """Stop the broker process (SIGTERM, or SIGKILL with ``kill``), wait ``down_s``, start it again on the
+        same ports and data: a broker outage as clients see it."""
+        proc = self._proc
+        if proc is None:
+            raise BrokerError("the broker is not running")
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        proc.wait(timeout=60)
+        time.sleep(down_s)
+        self._launch()
 
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient

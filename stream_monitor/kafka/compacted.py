@@ -1,8 +1,13 @@
 """Latest value per key of a compacted topic: read from the beginning to the end offsets, then follow.
 
 Used for the breaker topic (by routers, the CLI and the monitor itself, which must see manual overrides) and
-for the monitor's state topic (references and alert state restored after a restart). No consumer group: every
-reader sees every partition, and nothing is committed.
+for the monitor's state and join topics (restored when a partition is assigned). No consumer group: a reader
+sees every partition (or the ones it is given), and nothing is committed. Readers use ``read_committed``:
+records of aborted transactions are never seen.
+
+A record that is not JSON, not an object or whose key is not UTF-8 is logged, counted in ``skipped`` and
+ignored (a compacted topic keeps a bad record for good: crashing on it would crash at every start).
+``validate`` (optional) is applied to each value; a ``ValueError`` it raises skips the record likewise.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,14 +32,19 @@ _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILAB
 class CompactedTopicReader:
     """Keeps ``latest[key] = decoded value`` (a tombstone removes the key)."""
 
-    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None,
+                 partitions: list[int] | None = None, validate: Callable[[Any], Any] | None = None) -> None:
         self.topic = topic
-        self.latest: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, Any] = {}
+        self.skipped = 0
+        self._partitions = partitions
+        self._validate = validate
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"stream-monitor-reader-{uuid.uuid4().hex}",  # never committed: assign(), not subscribe()
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "isolation.level": "read_committed",
             "fetch.message.max.bytes": 64 * 1024 * 1024,
             "receive.message.max.bytes": 65 * 1024 * 1024 + 1_000_000,
             **(config or {}),
@@ -45,7 +56,9 @@ class CompactedTopicReader:
         meta = md.topics.get(self.topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return []
-        parts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+        wanted = sorted(meta.partitions) if self._partitions is None else sorted(
+            set(self._partitions) & set(meta.partitions))
+        parts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in wanted]
         self._consumer.assign(parts)
         self._assigned = True
         return parts
@@ -103,17 +116,31 @@ class CompactedTopicReader:
             if err.code() != KafkaError._PARTITION_EOF:
                 logger.warning("%s: %s", self.topic, err)
             return None
-        key = (msg.key() or b"").decode()
+        try:
+            key = (msg.key() or b"").decode()
+        except UnicodeDecodeError:
+            return self._skip(msg, "key is not UTF-8")
         if msg.value() is None:
             self.latest.pop(key, None)
             return key, None
         try:
             value = orjson.loads(msg.value())
-        except orjson.JSONDecodeError:
-            logger.warning("%s[%d]@%d: not JSON, ignored", self.topic, msg.partition(), msg.offset())
-            return None
+        except orjson.JSONDecodeError as exc:
+            return self._skip(msg, f"not JSON ({exc})")
+        if not isinstance(value, dict):
+            return self._skip(msg, f"not a JSON object ({type(value).__name__})")
+        if self._validate is not None:
+            try:
+                value = self._validate(value)
+            except ValueError as exc:
+                return self._skip(msg, str(exc))
         self.latest[key] = value
         return key, value
+
+    def _skip(self, msg: Any, why: str) -> None:
+        self.skipped += 1
+        logger.warning("%s[%d]@%d: record skipped: %s", self.topic, msg.partition(), msg.offset(), why)
+        return None
 
     def close(self) -> None:
         self._consumer.close()

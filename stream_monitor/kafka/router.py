@@ -39,7 +39,7 @@ class Route:
 
 class BreakerClient:
     def __init__(self, bootstrap: str, topic: str = "stream-monitor.breaker") -> None:
-        self._reader = CompactedTopicReader(bootstrap, topic)
+        self._reader = CompactedTopicReader(bootstrap, topic, validate=BreakerSignal.from_dict)
         self._signals: dict[str, BreakerSignal] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -53,13 +53,13 @@ class BreakerClient:
     def sync(self, timeout: float = 30.0) -> BreakerClient:
         latest = self._reader.sync(timeout)
         with self._lock:
-            for value in latest.values():
-                self._offer(BreakerSignal.from_dict(value))
+            for sig in latest.values():
+                self._offer(sig)
         return self
 
     def poll(self) -> list[BreakerSignal]:
         """Apply records published since the last call; returns them."""
-        new = [BreakerSignal.from_dict(v) for _, v in self._reader.poll() if v is not None]
+        new = [v for _, v in self._reader.poll() if v is not None]
         with self._lock:
             for sig in new:
                 self._offer(sig)

@@ -1,22 +1,23 @@
-"""The running monitor: consume a batch, hand it to the core, publish, then store offsets.
+"""The running monitor: the Kafka edge. Consume a batch, hand it to the core, publish, commit.
 
-This is the whole Kafka edge of the monitoring path. One loop iteration:
+**Tasks.** Partition N of the predictions topic and partition N of the labels topic (co-partitioned: both
+keyed by model, same partition count) form *task N*. Each task has its own :class:`~..core.monitor.Monitor`
+(its models' windows, references, join, incidents and breakers), restored from the state topic when the
+consumer group assigns the partitions and released when they are revoked. A task's state records are
+written to partition ``N % partitions(state topic)`` under keys ``"N/<model>/<part>"``, so restoring a task
+reads one partition, not the whole topic.
 
-1. ``consume()`` up to ``batch.max_messages`` messages;
-2. decode them once (``core.events``); contract breakers are produced to the dead-letter topic with the reason
-   and their source topic/partition/offset in headers;
-3. ``Monitor.process`` the valid events (numpy columns, all features at once) and produce what it returns:
-   alerts, breaker signals (compacted, key = model) and state checkpoints (compacted: references, alert and
-   breaker state);
-4. :meth:`MonitorService._checkpoint`: a batch's offsets are stored only once **every output it produced has
-   been acknowledged** by the broker, and only after all earlier batches' offsets (batches complete in
-   order). Deliveries are awaited without blocking the next batch (``producer.poll`` serves the delivery
-   reports); at most ``MAX_IN_FLIGHT`` batches wait. A crash anywhere before the store re-delivers the batch:
-   outputs may repeat (alert ids are deterministic, so consumers deduplicate), events are never skipped.
+**Exactly once.** One Kafka transaction carries, for every batch since the previous commit: the outputs
+(alerts, breaker signals, window reports, dead letters), the state records that changed (see
+:class:`~..core.monitor.Checkpoint`) and the consumer offsets (``send_offsets_to_transaction``). It commits
+every ``kafka.commit_interval_s``, before partitions are revoked, and on stop. Readers of the outputs and of
+the state use ``isolation.level=read_committed``, so whatever happens — a crash, a rebalance, a refused output,
+a broker restart — they see each batch's effects once or not at all, and a restarted or new owner of a task
+resumes from state that matches its committed offsets exactly: no event counted twice or lost, the same
+windows, the same alert ids. On a failed commit the transaction is aborted and every task is rewound to its
+last committed state and offsets (the work is redone; nothing was visible).
 
-At start-up the state topic and the breaker topic are read to their end: a restarted monitor keeps its
-references, its open incidents (same alert ids) and its breaker states. The breaker topic is then followed so
-manual overrides (``stream-monitor breaker open|close|release``) reach the breaker state machines.
+**Checkpointer.** :class:`Checkpointer` owns the transactional producer: begin, produce, commit, abort.
 """
 
 from __future__ import annotations
@@ -25,68 +26,30 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException,
+                             Message, Producer, TopicPartition)
 
 from ..config import MonitorConfig
 from ..core.alerts import Alert
-from ..core.events import decode_labels, decode_predictions
-from ..core.monitor import BatchOutput, Monitor
 from ..core.breaker import BreakerSignal
+from ..core.events import TimeRange, decode_labels, decode_predictions
+from ..core.monitor import BatchOutput, Monitor
+from ..core.reference import Reference
 from ..exporter import MonitorMetrics
-from .clients import ensure_topics, make_consumer, make_producer
+from .clients import ensure_topics, make_consumer, producer_config
 from .compacted import CompactedTopicReader
 
-__all__ = ["MonitorService", "ServiceStats"]
+__all__ = ["Checkpointer", "MonitorService", "ServiceStats"]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ServiceStats:
-    messages: int = 0
-    dead_letters: int = 0
-    alerts: int = 0
-    signals: int = 0
-    restored_join_entries: int = 0  # pending label-join entries read back from the changelog at start-up
-    batches: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
-def _next_offsets(msgs: list[Message]) -> list[TopicPartition]:
-    """Per partition, the offset after the last message of the batch (what a commit means)."""
-    last: dict[tuple[str | None, int], Message] = {}
-    for m in msgs:  # a partition's messages arrive in offset order: the last one seen is the highest
-        last[(m.topic(), m.partition())] = m
-    return [TopicPartition(t, p, m.offset() + 1) for (t, p), m in last.items()]
-
-
-class DeliveryError(RuntimeError):
-    """An output could not be written; the batch's offsets were not stored."""
-
-
-class _Batch:
-    """A processed batch whose outputs are in flight: its offsets wait for their delivery reports."""
-
-    __slots__ = ("offsets", "pending", "errors")
-
-    def __init__(self, offsets: list[TopicPartition]) -> None:
-        self.offsets = offsets
-        self.pending = 0
-        self.errors: list[str] = []
-
-    def delivered(self, err: KafkaError | None, msg: Message) -> None:
-        self.pending -= 1
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err}")
-
-
-#: Processed batches whose outputs may be awaiting acknowledgement at once (back-pressure beyond).
-MAX_IN_FLIGHT = 8
+#: Largest output record (alert, report, dead letter headers aside) we produce; bigger ones are trimmed.
+MAX_OUTPUT_BYTES = 900_000
 
 #: Generation-0 threshold of the garbage collector while the monitor runs. A batch allocates hundreds of
 #: thousands of short-lived containers (decoded events); at CPython's default of 700 allocations the cyclic
@@ -102,101 +65,397 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
 
 
-class MonitorService:
-    """Runs a :class:`Monitor` against Kafka until :meth:`stop` (or SIGTERM via the CLI)."""
+@dataclass
+class ServiceStats:
+    messages: int = 0  # processed in committed transactions and the open one
+    dead_letters: int = 0
+    alerts: int = 0
+    signals: int = 0
+    batches: int = 0
+    commits: int = 0
+    aborts: int = 0  # transactions aborted (then rewound and redone)
+    restored_tasks: int = 0
+    skipped_records: int = 0  # malformed records on the compacted topics
+    started: float = field(default_factory=time.monotonic)
 
-    def __init__(self, cfg: MonitorConfig, bootstrap: str, monitor: Monitor | None = None,
-                 log_every_s: float = 10.0, metrics: MonitorMetrics | None = None) -> None:
+
+class CommitFailed(RuntimeError):
+    """The open transaction could not be committed: it was aborted, and the work since the last commit must be
+    redone from the last committed state and offsets."""
+
+
+class Checkpointer:
+    """The transactional producer: outputs, state records and offsets of a unit of work commit as one.
+
+    Deliveries are checked at commit: a record the broker refused (too large, no such topic, not authorised)
+    makes the commit fail, the transaction abort, and the reason reach the log.
+    """
+
+    def __init__(self, cfg: MonitorConfig, bootstrap: str) -> None:
         self.cfg = cfg
         self.bootstrap = bootstrap
-        self.monitor = monitor or Monitor(cfg)
+        self.timeout_s = max(10.0, cfg.kafka.transaction_timeout_s)
+        self.open = False
+        self.errors: list[str] = []
+        self._wedged: list[Producer] = []
+        self._new_producer()
+
+    def _new_producer(self) -> None:
+        conf = producer_config(self.cfg, self.bootstrap, transactional=True)
+        self.producer_id = conf["transactional.id"]
+        self.producer = Producer(conf)
+        self.producer.init_transactions(self.timeout_s)  # fences an earlier incarnation with the same id
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None and len(self.errors) < 20:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        if not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+            self.errors = []
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": self._delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        for _ in range(100):
+            try:
+                self.producer.produce(topic, **kwargs)
+                break
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.5)
+            except KafkaException as exc:  # the transaction is in error (an earlier record was refused)
+                why = "; ".join(self.errors[:3]) or exc.args[0].str()
+                self.abort(exc.args[0])
+                raise CommitFailed(why) from None
+        else:
+            self.abort()
+            raise CommitFailed(f"producer queue stayed full while producing to {topic}")
+        self.producer.poll(0)
+
+    def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+        """Commit the open transaction with ``offsets``; raises :class:`CommitFailed` after aborting it."""
+        if not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+            self.errors = []
+        producer = self.producer
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                if offsets:
+                    producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
+                producer.commit_transaction(self.timeout_s)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome.append(exc)
+
+        # librdkafka's send_offsets_to_transaction() can block past its timeout when the group coordinator
+        # goes away (confluentinc/librdkafka#5456, #5511): a watchdog replaces a wedged producer instead of
+        # waiting for ever. The new producer's init_transactions() fences the old one and aborts its work.
+        worker = threading.Thread(target=run, name="txn-commit", daemon=True)
+        worker.start()
+        worker.join(2 * self.timeout_s + 10)
+        if not outcome:
+            logger.error("transaction commit stuck for %.0fs: replacing the producer (its work is aborted)",
+                         2 * self.timeout_s + 10)
+            self._wedged.append(producer)  # never destroyed under a blocked call
+            self.open = False
+            self._new_producer()
+            raise CommitFailed("commit did not return: producer replaced")
+        exc = outcome[0]
+        if exc is None:
+            self.open = False
+            return
+        if not isinstance(exc, KafkaException):
+            raise exc
+        why = "; ".join(self.errors[:3]) or exc.args[0].str()
+        self.abort(exc.args[0])
+        raise CommitFailed(why) from None
+
+    def abort(self, err: KafkaError | None = None) -> None:
+        """Abort the open transaction (a fenced or fatally failed producer is replaced)."""
+        try:
+            if err is not None and err.fatal():
+                raise KafkaException(err)
+            if self.open:
+                self.producer.abort_transaction(self.timeout_s)
+        except KafkaException as exc:
+            logger.warning("transactional producer unusable (%s): starting a new one", exc.args[0].str())
+            self.producer.flush(0)
+            self._new_producer()
+        self.open = False
+
+    def close(self) -> None:
+        if self.open:
+            self.abort()
+        self.producer.flush(5)
+        self.producer = None  # type: ignore[assignment]  # release the client now, not when collected
+
+
+class MonitorService:
+    """Runs the monitor against Kafka until :meth:`stop` (or SIGTERM via the CLI)."""
+
+    def __init__(self, cfg: MonitorConfig, bootstrap: str, log_every_s: float = 10.0,
+                 metrics: MonitorMetrics | None = None) -> None:
+        self.cfg = cfg
+        self.bootstrap = bootstrap
         self.metrics = metrics
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
+        self.tasks: dict[int, Monitor] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per assigned partition
+        self._committed_by_us: dict[tuple[str, int], int] = {}  # what our last commit said, per partition
+        self._parked: dict[int, Monitor] = {}  # tasks revoked after a commit, reusable if nobody moved on
         self._stop = threading.Event()
-        self._in_flight: deque[_Batch] = deque()
         self._warned_topics: set[str] = set()
+        self._references = {name: Reference.load(m.reference.path) for name, m in cfg.models.items()
+                            if m.reference.type == "file"}  # loaded once, shared by every task
+        self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
+        self._breaker_latest: dict[str, BreakerSignal] = {}
+        self._failures = 0
+        self._unknown_names: set[str] = set()
+        self._breaker_skipped = 0
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
 
     def stop(self) -> None:
         self._stop.set()
 
+    # -- main loop -------------------------------------------------------------------------------------
     def run(self) -> ServiceStats:
         cfg = self.cfg
         tune_gc()
-        ensure_topics(cfg, self.bootstrap)
-        self._restore()
-        self.producer = make_producer(cfg, self.bootstrap)
-        consumer = make_consumer(cfg, self.bootstrap)
+        parts = ensure_topics(cfg, self.bootstrap)
+        self._state_parts = parts.get(cfg.topics.state, 1)
+        self._join_parts = parts.get(cfg.topics.join, 1)
         topics = [cfg.topics.predictions]
-        self._with_labels = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
-        if self._with_labels:
+        with_labels = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
+        if with_labels:
             topics.append(cfg.topics.labels)
-        consumer.subscribe(topics)
-        logger.info("consuming %s as group %s from %s", ", ".join(topics), cfg.kafka.group_id, self.bootstrap)
-        last_log = time.monotonic()
+            np_, nl = parts.get(cfg.topics.predictions), parts.get(cfg.topics.labels)
+            if np_ and nl and np_ != nl:
+                logger.warning("%s has %d partitions and %s %d: a model's labels only join its predictions when "
+                               "both topics have the same partition count and key (the model name)",
+                               cfg.topics.predictions, np_, cfg.topics.labels, nl)
+        self.checkpointer = Checkpointer(cfg, self.bootstrap)
+        self._breakers = CompactedTopicReader(self.bootstrap, cfg.topics.breaker, validate=BreakerSignal.from_dict)
+        for sig in self._breakers.sync(timeout=60).values():
+            self._breaker_latest[sig.model] = sig
+        self.consumer = consumer = make_consumer(cfg, self.bootstrap)
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        logger.info("consuming %s as group %s from %s (exactly-once: transactional.id %s, commit every %.1fs)",
+                    ", ".join(topics), cfg.kafka.group_id, self.bootstrap,
+                    self.checkpointer.producer_id, cfg.kafka.commit_interval_s)
+        last_log = last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
                 msgs = consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
-                self.producer.poll(0)
-                self._store_completed(consumer)
-                for _, value in self._breakers.poll():  # manual overrides (and our own echoes, ignored)
-                    if value is not None:
-                        self.monitor.observe_breaker(BreakerSignal.from_dict(value))
+                self._follow_breakers()
                 if msgs:
-                    self._process(msgs, consumer)
-                if time.monotonic() - last_log >= self.log_every_s:
-                    last_log = time.monotonic()
+                    try:
+                        self._process(msgs)
+                    except CommitFailed as exc:  # an output was refused: aborted; redo from the last commit
+                        self._failed(str(exc))
+                now = time.monotonic()
+                if now - last_commit >= cfg.kafka.commit_interval_s:
+                    self._commit_or_rewind()
+                    last_commit = time.monotonic()
+                if now - last_log >= self.log_every_s:
+                    last_log = now
                     self._log_progress()
         except BaseException as exc:
             self.failure = exc
             raise
         finally:
             try:
-                if self.producer.flush(30) == 0:  # the last batches' outputs, then their offsets
-                    self._store_completed(consumer)
-            except DeliveryError as exc:
-                logger.error("%s", exc)
-                self.failure = self.failure or exc
+                if self.failure is None:
+                    self._commit_or_rewind(final=True)
             finally:
-                consumer.close()  # commits the offsets stored so far
+                consumer.close()  # revokes: nothing open to commit by now
                 self._breakers.close()
-                self.producer = None  # flushed: release the client now, not whenever the service is collected
+                self.checkpointer.close()
                 self._log_progress()
-        if self.failure is not None:
-            raise self.failure
         return self.stats
 
-    def _restore(self) -> None:
-        state = CompactedTopicReader(self.bootstrap, self.cfg.topics.state)
-        try:
-            checkpoints = state.sync(timeout=60)
-        finally:
-            state.close()
-        restored = self.monitor.restore(checkpoints)
-        if restored:
-            logger.info("restored from %s: %s", self.cfg.topics.state, ", ".join(sorted(restored)))
-        if any(mm.join is not None for mm in self.monitor.models.values()):
-            changelog = CompactedTopicReader(self.bootstrap, self.cfg.topics.join)
-            try:
-                entries = changelog.sync(timeout=300)
-            finally:
-                changelog.close()
-            meta = {k.partition("/")[2]: (v or {}).get("join") for k, v in checkpoints.items()
-                    if k.startswith("model/")}
-            pending = self.stats.restored_join_entries = self.monitor.restore_join(entries, meta)
-            if pending:
-                logger.info("restored %d pending label-join entries from %s", pending, self.cfg.topics.join)
-        self._breakers = CompactedTopicReader(self.bootstrap, self.cfg.topics.breaker)
-        for value in self._breakers.sync(timeout=60).values():
-            self.monitor.observe_breaker(BreakerSignal.from_dict(value))
+    # -- rebalances ------------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tasks = sorted({tp.partition for tp in partitions} - set(self.tasks))
+        if not tasks:
+            return
+        committed = self._committed(consumer, partitions)
+        reuse = [t for t in tasks if t in self._parked and all(
+            committed.get((tp.topic, tp.partition)) == self._committed_by_us.get((tp.topic, tp.partition))
+            for tp in partitions if tp.partition == t)]
+        for t in reuse:
+            self.tasks[t] = self._parked.pop(t)
+        self._parked.clear()
+        fresh = [t for t in tasks if t not in reuse]
+        if fresh:
+            self._restore_tasks(fresh)
+        logger.info("assigned %s: tasks %s (%d kept in memory, %d restored)",
+                    ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions), tasks, len(reuse), len(fresh))
 
-    def _process(self, msgs: list[Message], consumer: Any) -> None:
-        good: list[Message] = []
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ok = self._commit_or_rewind(rewind=False)  # before the partitions go: their work must be committed
+        gone = {tp.partition for tp in partitions}
+        if not ok and set(self.tasks) - gone:  # cooperative revoke of some partitions: rewind the others
+            self._rewind_all(consumer, exclude=gone)
+        for t in sorted(gone & set(self.tasks)):
+            mon = self.tasks.pop(t)
+            if ok:
+                self._parked[t] = mon
+        for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
+        logger.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.warning("lost %s (session timed out): their uncommitted work is aborted",
+                       ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        self.checkpointer.abort()
+        self._rewind_all(consumer, exclude={tp.partition for tp in partitions})
+        for tp in partitions:
+            self.tasks.pop(tp.partition, None)
+            self._positions.pop((tp.topic, tp.partition), None)
+        self._parked.clear()
+
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        try:
+            got = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                                     timeout=self.cfg.kafka.transaction_timeout_s + 30)
+        except KafkaException as exc:
+            logger.warning("committed offsets not readable (%s): restoring tasks from the state topic",
+                           exc.args[0].str())
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in got}
+
+    def _restore_tasks(self, tasks: list[int]) -> None:
+        """Build the monitors of ``tasks`` from the state and join topics (read_committed, to their end)."""
+        cfg = self.cfg
+        timeout = cfg.kafka.transaction_timeout_s + 60  # a dead instance's open transaction ends by then
+        state = self._read(cfg.topics.state, sorted({t % self._state_parts for t in tasks}), timeout)
+        need_join = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
+        join = self._read(cfg.topics.join, sorted({t % self._join_parts for t in tasks}), timeout) if need_join else {}
+        per_task: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {t: ({}, {}) for t in tasks}
+        for store, records in ((0, state), (1, join)):
+            for key, value in records.items():
+                head, sep, rest = key.partition("/")
+                if sep and head.isdigit() and int(head) in per_task:
+                    per_task[int(head)][store][rest] = value
+        for t in tasks:
+            mon = Monitor(cfg, self._references)
+            st, jn = per_task[t]
+            restored = mon.restore(st, jn)
+            for sig in self._breaker_latest.values():
+                mon.observe_breaker(sig)
+            self.tasks[t] = mon
+            self.stats.restored_tasks += 1
+            if restored:
+                logger.info("task %d: restored %s from %s", t, ", ".join(restored), cfg.topics.state)
+            if mon.counters.restore_errors and self.metrics is not None:
+                self.metrics.checkpoint_errors.inc(mon.counters.restore_errors)
+
+    def _read(self, topic: str, partitions: list[int], timeout: float) -> dict[str, Any]:
+        reader = CompactedTopicReader(self.bootstrap, topic, partitions=partitions)
+        try:
+            latest = reader.sync(timeout=timeout)
+        finally:
+            reader.close()
+        if reader.skipped:
+            self.stats.skipped_records += reader.skipped
+            if self.metrics is not None:
+                self.metrics.checkpoint_errors.inc(reader.skipped)
+        return latest
+
+    # -- commits ---------------------------------------------------------------------------------------
+    def _commit_or_rewind(self, rewind: bool = True, final: bool = False) -> bool:
+        """Commit outputs, changed state and offsets as one transaction. On failure the transaction is aborted
+        and (``rewind``) every task goes back to its last committed state and offsets; returns success."""
+        cp = self.checkpointer
+        dirty = any(mm.dirty for mon in self.tasks.values() for mm in mon.models.values())
+        if not cp.open and not dirty and self._positions.items() <= self._committed_by_us.items():
+            return True
+        try:
+            for t, mon in self.tasks.items():
+                changes = mon.checkpoint()
+                for key, value in changes.state.items():
+                    cp.produce(self.cfg.topics.state, f"{t}/{key}".encode(),
+                               None if value is None else orjson.dumps(value), partition=t % self._state_parts)
+                for key, value in changes.join.items():
+                    cp.produce(self.cfg.topics.join, f"{t}/{key}".encode(),
+                               None if value is None else orjson.dumps(value), partition=t % self._join_parts)
+            offsets = [TopicPartition(topic, p, off) for (topic, p), off in self._positions.items()]
+            cp.commit(offsets, self.consumer.consumer_group_metadata())
+        except (CommitFailed, KafkaException) as exc:
+            if isinstance(exc, KafkaException):
+                cp.abort(exc.args[0])
+            self._failed(str(exc), rewind=rewind and not final)
+            return False
+        self._failures = 0
+        self.stats.commits += 1
+        self._committed_by_us.update(self._positions)
+        return True
+
+    def _failed(self, why: str, rewind: bool = True) -> None:
+        """A transaction was aborted: count it, say why, and (``rewind``) redo the work from the last commit
+        after a backoff that grows with consecutive failures (an operator may be fixing the cause)."""
+        self.stats.aborts += 1
+        self._failures += 1
+        if self.metrics is not None:
+            self.metrics.transaction_aborts.inc()
+        logger.error("transaction aborted (%s); %s", why, "nothing of it was visible, redoing the work since the "
+                     "last commit" if rewind else "nothing of it was visible")
+        if rewind:
+            self._rewind_all(self.consumer)
+            self._stop.wait(min(30.0, 0.5 * 2 ** min(self._failures - 1, 6)))
+
+    def _rewind_all(self, consumer: Consumer, exclude: set[int] | None = None) -> None:
+        """Every task back to its last committed state; the consumer back to the committed offsets."""
+        assigned = [tp for tp in consumer.assignment() if tp.partition not in (exclude or set())]
+        tasks = sorted({tp.partition for tp in assigned})
+        for t in tasks:
+            self.tasks.pop(t, None)
+        self._positions.clear()
+        self._parked.clear()
+        if not tasks:
+            return
+        self._restore_tasks(tasks)
+        committed = self._committed(consumer, assigned)
+        reset = OFFSET_END if str(self.cfg.kafka.consumer.get("auto.offset.reset", "earliest")) in (
+            "latest", "largest", "end") else OFFSET_BEGINNING
+        for tp in assigned:
+            off = committed.get((tp.topic, tp.partition), OFFSET_INVALID)
+            target = TopicPartition(tp.topic, tp.partition, off if off >= 0 else reset)
+            for attempt in range(20):
+                try:
+                    consumer.seek(target)
+                    break
+                except KafkaException:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1)
+
+    # -- processing ------------------------------------------------------------------------------------
+    def _follow_breakers(self) -> None:
+        for _, sig in self._breakers.poll():  # manual overrides (and our own echoes, ignored)
+            if sig is None:
+                continue
+            self._breaker_latest[sig.model] = sig
+            for mon in self.tasks.values():
+                mon.observe_breaker(sig)
+        if self._breakers.skipped != self._breaker_skipped:
+            self.stats.skipped_records += self._breakers.skipped - self._breaker_skipped
+            if self.metrics is not None:
+                self.metrics.checkpoint_errors.inc(self._breakers.skipped - self._breaker_skipped)
+            self._breaker_skipped = self._breakers.skipped
+
+    def _process(self, msgs: list[Message]) -> None:
+        by_task: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             err = m.error()
             if err is None:
-                good.append(m)
+                by_task[m.partition()].append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif err.fatal():
@@ -207,114 +466,114 @@ class MonitorService:
                     logger.warning("topic %s does not exist yet; waiting for it", m.topic())
             else:
                 logger.warning("consumer error: %s", err)
-        if not good:
-            return
+        for t, good in by_task.items():
+            mon = self.tasks.get(t)
+            if mon is None:  # not ours (a stale fetch around a rebalance): its owner processes it
+                continue
+            self._process_task(mon, good)
+
+    def _process_task(self, mon: Monitor, good: list[Message]) -> None:
         started = time.perf_counter()
         dead_before = self.stats.dead_letters
-        preds, labels = good, []
-        if self._with_labels:
-            topic = self.cfg.topics.labels
-            is_label = [m.topic() == topic for m in good]
-            preds = [m for m, lab in zip(good, is_label) if not lab]
-            labels = [m for m, lab in zip(good, is_label) if lab]
-        batch = _Batch(_next_offsets(good))
-        self._batch = batch
-        out = self._run(preds, decode_predictions, self.monitor.process)
-        if labels:
-            more = self._run(labels, decode_labels, self.monitor.process_labels)
-            out.alerts += more.alerts
-            out.signals += more.signals
-            out.reports += more.reports
-            out.checkpoints.update(more.checkpoints)
-        for a in out.alerts:
-            self._publish_alert(a)
-        for sig in out.signals:
-            self._produce(self.cfg.topics.breaker, sig.model.encode(), orjson.dumps(sig.to_dict()))
-            self.stats.signals += 1
-            logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
-        for report in out.reports:
-            self._produce(self.cfg.topics.metrics, report["model"].encode(), orjson.dumps(report))
-        for key, entry in out.join_changes.items():  # None: a tombstone, compaction drops the key
-            self._produce(self.cfg.topics.join, key.encode(), None if entry is None else orjson.dumps(entry))
-        for key, value in out.checkpoints.items():
-            self._produce(self.cfg.topics.state, key.encode(), orjson.dumps(value))
-        self._in_flight.append(batch)
-        self._checkpoint(consumer)
+        topic_labels = self.cfg.topics.labels
+        pred_msgs = [m for m in good if m.topic() != topic_labels]
+        label_msgs = [m for m in good if m.topic() == topic_labels]
+        preds, pred_pos = self._decode(pred_msgs, decode_predictions)
+        labels, label_pos = self._decode(label_msgs, decode_labels)
+        try:
+            out = mon.process_batch(preds, labels)
+        except Exception as exc:  # a defect must not stop monitoring of every other model
+            logger.exception("processing failed; the batch goes to the dead-letter topic")
+            for i in pred_pos:
+                self._dead_letter(pred_msgs[i], f"processing error: {type(exc).__name__}: {exc}", "process")
+            for i in label_pos:
+                self._dead_letter(label_msgs[i], f"processing error: {type(exc).__name__}: {exc}", "process")
+            out = BatchOutput()
+        if self.cfg.events.unknown_models == "dead_letter":
+            for i in out.unknown_predictions:
+                self._dead_letter(pred_msgs[pred_pos[i]], f"model {preds[i]['model']!r} is not in the config",
+                                  "route")
+            for i in out.unknown_labels:
+                self._dead_letter(label_msgs[label_pos[i]], f"model {labels[i]['model']!r} has no label "
+                                  "monitoring in the config", "route")
+        self._publish(out)
+        for m in good:
+            self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
         self.stats.messages += len(good)
         self.stats.batches += 1
         if self.metrics is not None:
-            topics = {self.cfg.topics.predictions: len(preds)} | ({self.cfg.topics.labels: len(labels)} if labels else {})
-            self.metrics.observe_batch(out, self.monitor, time.perf_counter() - started, topics,
-                                       self.stats.dead_letters - dead_before, len(self._in_flight))
+            topics = {self.cfg.topics.predictions: len(pred_msgs)} | (
+                {topic_labels: len(label_msgs)} if label_msgs else {})
+            unknown: dict[str, int] = {}
+            for evs, pos in ((preds, out.unknown_predictions), (labels, out.unknown_labels)):
+                for i in pos:
+                    name = evs[i]["model"]
+                    if name not in self._unknown_names and len(self._unknown_names) >= 50:
+                        name = "_other"  # a label per unknown model, but bounded: names come from data
+                    else:
+                        self._unknown_names.add(name)
+                    unknown[name] = unknown.get(name, 0) + 1
+            self.metrics.observe_batch(out, mon, time.perf_counter() - started, topics,
+                                       self.stats.dead_letters - dead_before, unknown)
 
-    def _run(self, msgs: list[Message], decode: Any, process: Any) -> BatchOutput:
-        """Decode, dead-letter the rejects, process the rest; a failure parks the batch in the dead letters."""
+    def _decode(self, msgs: list[Message], decode: Any) -> tuple[list[dict[str, Any]], list[int]]:
         if not msgs:
-            return BatchOutput()
-        events, positions, rejects = decode([m.value() for m in msgs])
+            return [], []
+        events, positions, rejects = decode([m.value() for m in msgs], self._times)
         for r in rejects:
             self._dead_letter(msgs[r.index], r.reason)
-        try:
-            return process(events)
-        except Exception as exc:  # a defect must not stop monitoring of every other model
-            logger.exception("processing failed; the batch goes to the dead-letter topic")
-            for i in positions:
-                self._dead_letter(msgs[i], f"processing error: {type(exc).__name__}: {exc}", stage="process")
-            return BatchOutput()
+        return events, positions
 
-    def _checkpoint(self, consumer: Any) -> None:
-        # Order matters: outputs acknowledged first, offsets second. Batches complete in order, so a batch
-        # whose outputs failed stops the store of every later one: after the restart that follows, the
-        # failed batch and everything after it are consumed again.
-        while len(self._in_flight) > MAX_IN_FLIGHT:
-            self.producer.poll(0.1)  # back-pressure: wait for the oldest batch's acknowledgements
-            self._store_completed(consumer)
-        self._store_completed(consumer)
-
-    def _store_completed(self, consumer: Any) -> None:
-        while self._in_flight and self._in_flight[0].pending == 0:
-            batch = self._in_flight.popleft()
-            if batch.errors:
-                self._in_flight.clear()
-                raise DeliveryError(f"outputs of a batch were not delivered, offsets not stored: {batch.errors[:5]}")
-            try:
-                consumer.store_offsets(offsets=batch.offsets)
-            except KafkaException as exc:  # partitions revoked meanwhile: their new owner re-reads them
-                logger.warning("offsets not stored (rebalanced?): %s", exc)
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Produce one output of the current batch; its delivery report releases the batch's offsets."""
-        batch = self._batch
-        batch.pending += 1
-        try:
-            self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=batch.delivered)
-        except BufferError:  # local queue full: serve delivery reports, then retry once
-            self.producer.poll(1.0)
-            self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=batch.delivered)
-        except BaseException:
-            batch.pending -= 1
-            raise
+    def _publish(self, out: BatchOutput) -> None:
+        produce = self.checkpointer.produce
+        for a in out.alerts:
+            produce(self.cfg.topics.alerts, a.dedup_key.encode(), _bounded(a.to_dict()))
+            self.stats.alerts += 1
+            logger.info("%s alert %s: %s", a.status, a.alert_id, a.message)
+        for sig in out.signals:
+            produce(self.cfg.topics.breaker, sig.model.encode(), _bounded(sig.to_dict()))
+            self.stats.signals += 1
+            logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
+        for report in out.reports:
+            produce(self.cfg.topics.metrics, report["model"].encode(), _bounded(report))
 
     def _dead_letter(self, m: Message, reason: str, stage: str = "decode") -> None:
         headers = [
-            ("error.reason", reason.encode()),
+            ("error.reason", reason[:2000].encode()),
             ("error.stage", stage.encode()),
             ("source.topic", (m.topic() or "").encode()),
             ("source.partition", str(m.partition()).encode()),
             ("source.offset", str(m.offset()).encode()),
         ]
-        self._produce(self.cfg.topics.dead_letter, m.key(), m.value(), headers)
+        self.checkpointer.produce(self.cfg.topics.dead_letter, m.key(), m.value(), headers)
         self.stats.dead_letters += 1
-        logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
-
-    def _publish_alert(self, a: Alert) -> None:
-        self._produce(self.cfg.topics.alerts, a.dedup_key.encode(), orjson.dumps(a.to_dict()))
-        self.stats.alerts += 1
-        logger.info("%s alert %s: %s", a.status, a.alert_id, a.message)
+        logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason[:300])
 
     def _log_progress(self) -> None:
         s = self.stats
         elapsed = max(time.monotonic() - s.started, 1e-9)
-        logger.info("consumed %d messages (%.0f/s), %d dead letters, %d alerts, %d windows evaluated",
-                    s.messages, s.messages / elapsed, s.dead_letters, s.alerts, self.monitor.counters.windows)
+        windows = sum(mon.counters.windows for mon in self.tasks.values())
+        logger.info("consumed %d messages (%.0f/s), %d dead letters, %d alerts, %d windows evaluated in %d "
+                    "tasks, %d commits, %d aborts", s.messages, s.messages / elapsed, s.dead_letters, s.alerts,
+                    windows, len(self.tasks), s.commits, s.aborts)
+
+
+def _bounded(record: dict[str, Any]) -> bytes:
+    """JSON of an output record, trimmed of its details when it would exceed :data:`MAX_OUTPUT_BYTES`, so no
+    input can make an output unwritable."""
+    data = orjson.dumps(record)
+    if len(data) <= MAX_OUTPUT_BYTES:
+        return data
+    slim = dict(record)
+    slim["details"] = {"truncated": f"details dropped: the record was {len(data)} bytes"}
+    if isinstance(slim.get("features"), list):
+        slim["features"] = [{k: v for k, v in f.items() if k != "details"} for f in slim["features"][:50]]
+    if isinstance(slim.get("findings"), list):
+        slim["findings"] = slim["findings"][:200]
+    data = orjson.dumps(slim)
+    if len(data) <= MAX_OUTPUT_BYTES:
+        return data
+    keep = {k: slim[k] for k in ("alert_id", "dedup_key", "status", "severity", "kind", "model", "type", "window",
+                                 "statistic", "value", "threshold", "epoch", "state") if k in slim}
+    keep["truncated"] = True
+    return orjson.dumps(keep)

@@ -16,7 +16,12 @@ from stream_monitor.kafka.runner import MonitorService
 
 
 def config(run_id: str, models: dict[str, Any], **over: Any) -> MonitorConfig:
-    raw = {
+    return parse_config(config_dict(run_id, models, **over))
+
+
+def config_dict(run_id: str, models: dict[str, Any], **over: Any) -> dict[str, Any]:
+    """The raw config of a test run (its own topics and group), as a YAML file would hold it."""
+    raw: dict[str, Any] = {
         "kafka": {"group_id": f"monitor-{run_id}"},
         "topics": {"predictions": f"pred-{run_id}", "labels": f"labels-{run_id}", "alerts": f"alerts-{run_id}",
                    "breaker": f"breaker-{run_id}", "dead_letter": f"dlq-{run_id}", "state": f"state-{run_id}",
@@ -25,8 +30,12 @@ def config(run_id: str, models: dict[str, Any], **over: Any) -> MonitorConfig:
         "batch": {"max_messages": 2000, "timeout_s": 0.2},
         "models": models,
     }
-    raw.update(over)
-    return parse_config(raw)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
