@@ -138,6 +138,11 @@ class CompactedTopicReader:
         return key, value
 
     def _skip(self, msg: Any, why: str) -> None:
+        """A malformed record is the key's latest value: the key's older value is stale, so it goes too."""
+        try:
+            self.latest.pop((msg.key() or b"").decode(), None)
+        except UnicodeDecodeError:
+            pass
         self.skipped += 1
         logger.warning("%s[%d]@%d: record skipped: %s", self.topic, msg.partition(), msg.offset(), why)
         return None

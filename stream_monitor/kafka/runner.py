@@ -75,7 +75,9 @@ class ServiceStats:
     commits: int = 0
     aborts: int = 0  # transactions aborted (then rewound and redone)
     restored_tasks: int = 0
+    restored_join_entries: int = 0  # pending label-join entries read back with restored tasks
     skipped_records: int = 0  # malformed records on the compacted topics
+    restore_errors: int = 0  # model checkpoints that could not be used (those models started afresh)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -351,8 +353,10 @@ class MonitorService:
                 mon.observe_breaker(sig)
             self.tasks[t] = mon
             self.stats.restored_tasks += 1
+            self.stats.restored_join_entries += sum(mm.join.pending for mm in mon.models.values() if mm.join)
             if restored:
                 logger.info("task %d: restored %s from %s", t, ", ".join(restored), cfg.topics.state)
+            self.stats.restore_errors += mon.counters.restore_errors
             if mon.counters.restore_errors and self.metrics is not None:
                 self.metrics.checkpoint_errors.inc(mon.counters.restore_errors)
 

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from stream_monitor.core.events import decode_labels, decode_predictions, parse_timestamp
+from stream_monitor.core.events import TimeRange, decode_labels, decode_predictions, parse_timestamp
 
 
 def ev(**over):
@@ -55,3 +55,24 @@ def test_labels_decode():
     events, _, rejects = decode_labels([good, bad])
     assert events[0]["timestamp"] == 1767225600.0
     assert "'label'" in rejects[0].reason
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", 4102444800, "1970-01-02T00:00:00Z", 86400])
+def test_implausible_event_times_are_rejected_with_the_reason(stamp):
+    # one event in year 9999 would move every watermark for good; epoch 0-ish is a default value, not a time
+    times = TimeRange(min_t=946684800.0, max_future_s=86400.0)
+    for decode in (decode_predictions, decode_labels):
+        raw = ev(timestamp=stamp) if decode is decode_predictions else orjson.dumps(
+            {"event_id": "e1", "model": "m", "label": 1, "timestamp": stamp})
+        events, _, rejects = decode([raw], times)
+        assert events == [] and len(rejects) == 1
+        assert "events.max_future_s" in rejects[0].reason or "events.min_timestamp" in rejects[0].reason
+
+
+def test_event_times_within_the_plausible_range_pass():
+    import time
+
+    times = TimeRange(min_t=946684800.0, max_future_s=3600.0)
+    now = time.time()
+    events, _, rejects = decode_predictions([ev(timestamp=now + 1800), ev(timestamp=1.0e9)], times)
+    assert len(events) == 2 and rejects == []

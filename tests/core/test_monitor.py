@@ -1,9 +1,10 @@
 """Drift scenarios on the pure core, seeded: each drift is alerted on the right feature only."""
 
 import numpy as np
+import orjson
 import pytest
 
-from stream_monitor.config import parse_config
+from stream_monitor.config import ConfigError, parse_config
 from stream_monitor.core.monitor import Monitor
 from tests.streams import model_config, make_events
 
@@ -184,3 +185,34 @@ def test_checkpoint_restores_the_reference_and_ignores_one_for_other_features():
     fresh = Monitor(other)
     assert fresh.restore(state) == []  # different features: warm up afresh
     assert fresh.models["m"].reference is None and fresh.counters.restore_errors == 1
+
+
+def test_a_huge_category_value_gives_a_bounded_alert():
+    rng = np.random.default_rng(27)
+    cfg = parse_config({"models": {"m": model_config(reference={"size": 1000})}})
+    mon = Monitor(cfg)
+    mon.process(make_events(1000, rng))
+    alerts = []
+    for i in range(3):  # new, enormous category values in every window: a data-quality alert with examples
+        evs = make_events(1000, rng, start=1000 + i * 1000)
+        for j, e in enumerate(evs[:200]):
+            e["features"]["k"] = f"{j}-" + "x" * 200_000
+            e["model_version"] = "v" * 150_000
+        alerts += mon.process(evs).alerts
+    assert alerts, "new categories at 20 % must alert"
+    for a in alerts:
+        assert len(orjson.dumps(a.to_dict())) < 20_000
+    assert any("\u2026" in str(a.to_dict()) for a in alerts)  # examples are cut, and say so
+
+
+def test_events_of_a_model_named_like_a_prefix_are_not_monitored_as_that_model():
+    rng = np.random.default_rng(28)
+    with pytest.raises(ConfigError, match="models.a/b.name"):
+        parse_config({"models": {"a": model_config(), "a/b": model_config()}})
+    cfg = parse_config({"models": {"a": model_config(reference={"size": 1000})}})
+    mon = Monitor(cfg)
+    mon.process(make_events(3000, rng, model="a"))
+    out = mon.process(make_events(3000, rng, model="a/b", a_mean=2.0))
+    assert out.alerts == [] and len(out.unknown_predictions) == 3000
+    assert mon.counters.unmonitored["a/b"] == 3000 and mon.models["a"].windows is not None
+    assert mon.policy.active("a") == []

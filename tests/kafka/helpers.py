@@ -58,7 +58,8 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes | dict[str, Any]]
 def read_all(bootstrap: str, topic: str, until: Callable[[list[Message]], bool], timeout: float = 60) -> list[Message]:
     """Read ``topic`` from the beginning until ``until(messages)`` holds or the timeout passes."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})  # the outputs' contract: transactions
     c.subscribe([topic])
     out: list[Message] = []
     deadline = time.monotonic() + timeout

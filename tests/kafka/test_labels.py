@@ -151,3 +151,27 @@ def test_labels_join_predictions_read_before_a_restart(kafka_bootstrap, run_id):
         in_win = [p for p in preds if r["start"] <= p["timestamp"] < r["end"]]
         assert r["predictions"] == len(in_win)  # the open windows' sums were restored too
         assert 0.85 < r["coverage"] < 0.95  # labels joined predictions read by the previous process
+
+
+def test_labels_that_arrive_before_their_predictions_survive_a_restart(kafka_bootstrap, run_id):
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 1800, "min_labels": 50}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf)
+    preds, labels = stream(8, 57)
+    early_ids = {p["event_id"] for p in preds[:2400]}
+    early_labels = [lab for lab in labels if lab["event_id"] in early_ids]
+    with Running(cfg, kafka_bootstrap) as r:  # the first process sees labels whose predictions come later
+        n = produce_in_time_order(kafka_bootstrap, cfg, [], early_labels)
+        r.wait_consumed(n)
+    rest = [lab for lab in labels if lab["event_id"] not in early_ids]
+    with Running(cfg, kafka_bootstrap) as r:
+        n = produce_in_time_order(kafka_bootstrap, cfg, preds, rest)
+        r.wait_consumed(n, timeout=120)
+        time.sleep(1)
+    assert r.service.stats.restored_join_entries == len(early_labels)  # the waiting labels were checkpointed
+    reports = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.metrics, lambda ms: False,
+                                                         timeout=5)]
+    first = [r for r in reports if r["type"] == "performance" and r["end"] <= preds[2399]["timestamp"]]
+    assert first, "no matured window for the early predictions"
+    for rep in first:
+        in_win = {p["event_id"] for p in preds if rep["start"] <= p["timestamp"] < rep["end"]}
+        assert rep["labeled"] == sum(lab["event_id"] in in_win for lab in labels)  # early labels joined too

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import orjson
 import pytest
 
+from stream_monitor.kafka.runner import MonitorService
 from tests.kafka.helpers import Running, committed, config, create_topic, produce, read_all
 from tests.streams import make_events, model_config
 
@@ -90,36 +93,6 @@ def test_monitor_creates_the_topics_it_owns_with_compaction_for_the_breaker(kafk
     assert conf["cleanup.policy"].value == "compact"
 
 
-def test_offsets_are_not_stored_when_outputs_fail_to_deliver(kafka_bootstrap, run_id):
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
-
-    from stream_monitor.kafka.runner import DeliveryError, MonitorService
-
-    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
-    create_topic(kafka_bootstrap, cfg.topics.predictions)
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    # an alert topic whose broker refuses every alert (records over 200 bytes)
-    admin.create_topics([NewTopic(cfg.topics.alerts, 1, 1, config={"max.message.bytes": "200"})])[
-        cfg.topics.alerts].result(30)
-    rng = np.random.default_rng(34)
-    events = make_events(1000, rng) + make_events(3000, rng, start=1000, a_mean=1.0)
-    produce(kafka_bootstrap, cfg.topics.predictions, events)
-    with pytest.raises(DeliveryError):
-        MonitorService(cfg, kafka_bootstrap).run()  # stops at the batch whose alert is refused
-    # the alert fires on the window ending with event 1999: that event's offset was never committed
-    done = committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions)
-    assert done <= 1999
-    # fix the topic and restart: the batch is consumed again and its alert is delivered
-    res = ConfigResource(ConfigResource.Type.TOPIC, cfg.topics.alerts, incremental_configs=[
-        ConfigEntry("max.message.bytes", "1048576", incremental_operation=AlterConfigOpType.SET)])
-    list(admin.incremental_alter_configs([res]).values())[0].result(30)
-    with Running(cfg, kafka_bootstrap) as run:
-        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1)
-        run.wait_consumed(len(events) - max(done, 0))  # everything from the committed offset on, again
-    assert alerts and orjson.loads(alerts[0].value())["features"][0]["feature"] == "a"
-    assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == len(events)
-
-
 def test_prometheus_metrics_report_health_and_figures(kafka_bootstrap, run_id):
     import socket
     import urllib.request
@@ -146,3 +119,85 @@ def test_prometheus_metrics_report_health_and_figures(kafka_bootstrap, run_id):
     assert float(lines['stream_monitor_alerts_total{kind="data_drift",model="m",severity="critical",status="firing"}']) == 1
     assert float(lines['stream_monitor_drift_value{feature="a",kind="data_drift",model="m",statistic="psi"}']) > 0.25
     assert float(lines['stream_monitor_drift_value{feature="b",kind="data_drift",model="m",statistic="psi"}']) < 0.1
+
+
+def test_a_state_topic_that_is_not_compacted_is_refused_with_a_clear_message(kafka_bootstrap, run_id):
+    from stream_monitor.kafka.clients import TopicConfigError
+
+    cfg = config(run_id, {"m": model_config()})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    create_topic(kafka_bootstrap, cfg.topics.state)  # as a broker auto-creates it: cleanup.policy=delete
+    with pytest.raises(TopicConfigError, match=f"{cfg.topics.state} \\(cleanup.policy=delete\\)"):
+        MonitorService(cfg, kafka_bootstrap).run()
+
+
+def test_hostile_and_malformed_records_on_the_compacted_topics_are_skipped(kafka_bootstrap, run_id, tmp_path):
+    import base64
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000},
+                                            concept_drift=[{"type": "adwin"}],
+                                            performance={"task": "binary", "positive_label": "yes"})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    create_topic(kafka_bootstrap, cfg.topics.labels)
+    with Running(cfg, kafka_bootstrap):  # creates the compacted topics
+        pass
+    payload = base64.b64encode(pickle.dumps([Evil()])).decode()
+    junk: list[tuple[str, bytes | None, bytes]] = [
+        (cfg.topics.state, b"0/m/core", orjson.dumps({"v": 1, "concept": {"types": ["adwin"], "state": payload}})),
+        (cfg.topics.state, b"\xff\xfe", b"{}"),
+        (cfg.topics.state, b"0/m/w/1", b"[1, 2, 3]"),
+        (cfg.topics.join, b"0/m/p/x", b"{\"t\": \"yesterday\"}"),
+        (cfg.topics.join, b"0/m/l/y", b"nope"),
+        (cfg.topics.breaker, b"m", b"{\"model\": \"m\", \"state\": \"melted\", \"epoch\": 1}"),
+        (cfg.topics.breaker, b"m", b"[]"),
+    ]
+    for topic, key, value in junk:
+        produce(kafka_bootstrap, topic, [value], key=key)
+    rng = np.random.default_rng(36)
+    events = make_events(1000, rng) + make_events(2000, rng, start=1000, a_mean=1.0)
+    with Running(cfg, kafka_bootstrap) as run:
+        produce(kafka_bootstrap, cfg.topics.predictions, events)
+        run.wait_consumed(len(events))
+        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1)
+    assert not marker.exists()
+    assert alerts, "the monitor must work on despite the junk"
+    assert run.service.stats.skipped_records >= 5  # not JSON, not an object, bad key, bad breaker records
+    assert run.service.stats.restore_errors == 1  # the core record with a pickle inside: model m starts afresh
+
+
+def test_unknown_models_are_counted_and_optionally_dead_lettered(kafka_bootstrap, run_id):
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})},
+                 events={"unknown_models": "dead_letter"})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(37)
+    stray = make_events(30, rng, model="fraud/eu")
+    n = produce(kafka_bootstrap, cfg.topics.predictions, make_events(600, rng) + stray)
+    with Running(cfg, kafka_bootstrap) as run:
+        run.wait_consumed(n)
+    dlq = read_all(kafka_bootstrap, cfg.topics.dead_letter, lambda ms: len(ms) >= 30)
+    assert [orjson.loads(m.value())["event_id"] for m in dlq] == [e["event_id"] for e in stray]
+    assert all(b"not in the config" in dict(m.headers())["error.reason"] for m in dlq)
+
+
+def test_an_event_from_year_9999_is_dead_lettered_and_moves_no_watermark(kafka_bootstrap, run_id):
+    cfg = config(run_id, {"m": model_config(window={"by": "time", "size": 500}, reference={"size": 1000})})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(38)
+    events = make_events(1000, rng)
+    poison = {**make_events(1, rng, start=1000)[0], "timestamp": "9999-12-31T23:59:59Z"}
+    after = make_events(3000, rng, start=1001)
+    n = produce(kafka_bootstrap, cfg.topics.predictions, events + [poison] + after)
+    with Running(cfg, kafka_bootstrap) as run:
+        run.wait_consumed(n)
+        dlq = read_all(kafka_bootstrap, cfg.topics.dead_letter, lambda ms: len(ms) >= 1)
+        mon = run.service.tasks[0]
+        assert mon.models["m"].late_events == 0  # the watermark never jumped: later events all counted
+        assert mon.counters.windows >= 5
+    assert len(dlq) == 1 and b"max_future_s" in dict(dlq[0].headers())["error.reason"]
