@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say("waiting for the monitor to join its consumer group...")
                 else:
                     _say(f"  monitor consumed {service.stats.messages}/{args.events} events, "
-                         f"{service.monitor.counters.windows} windows evaluated")
+                         f"{service.stats.windows} windows evaluated")
             done = service.stats.messages >= args.events
             idle_since = idle_since or (time.monotonic() if done else None)
             if done and idle_since and time.monotonic() - idle_since > 3:

@@ -72,6 +72,7 @@ class ServiceStats:
     alerts: int = 0
     signals: int = 0
     batches: int = 0
+    windows: int = 0  # drift windows evaluated (again after a rewind)
     commits: int = 0
     aborts: int = 0  # transactions aborted (then rewound and redone)
     restored_tasks: int = 0
@@ -220,6 +221,7 @@ class MonitorService:
         self._failures = 0
         self._unknown_names: set[str] = set()
         self._breaker_skipped = 0
+        self._discard = False  # set when run() fails: nothing more is committed
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
 
     def stop(self) -> None:
@@ -274,6 +276,9 @@ class MonitorService:
             try:
                 if self.failure is None:
                     self._commit_or_rewind(final=True)
+                else:  # a batch may be half processed: its state must not be committed, abort it all
+                    self._discard = True
+                    self.checkpointer.abort()
             finally:
                 consumer.close()  # revokes: nothing open to commit by now
                 self._breakers.close()
@@ -300,7 +305,8 @@ class MonitorService:
                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions), tasks, len(reuse), len(fresh))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        ok = self._commit_or_rewind(rewind=False)  # before the partitions go: their work must be committed
+        # before the partitions go, their work must be committed (unless it is being thrown away)
+        ok = False if self._discard else self._commit_or_rewind(rewind=False)
         gone = {tp.partition for tp in partitions}
         if not ok and set(self.tasks) - gone:  # cooperative revoke of some partitions: rewind the others
             self._rewind_all(consumer, exclude=gone)
@@ -322,15 +328,25 @@ class MonitorService:
             self._positions.pop((tp.topic, tp.partition), None)
         self._parked.clear()
 
-    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        try:
-            got = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
-                                     timeout=self.cfg.kafka.transaction_timeout_s + 30)
-        except KafkaException as exc:
-            logger.warning("committed offsets not readable (%s): restoring tasks from the state topic",
-                           exc.args[0].str())
-            return {}
-        return {(tp.topic, tp.partition): tp.offset for tp in got}
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition],
+                   required: bool = False) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (stable: pending transactional commits are waited for). ``required``:
+        retry until the transaction timeout, then raise; else {} on failure."""
+        deadline = time.monotonic() + self.cfg.kafka.transaction_timeout_s + 30
+        while True:
+            try:
+                got = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                                         timeout=max(1.0, deadline - time.monotonic()))
+                return {(tp.topic, tp.partition): tp.offset for tp in got}
+            except KafkaException as exc:
+                if not required:
+                    logger.warning("committed offsets not readable (%s): restoring tasks from the state topic",
+                                   exc.args[0].str())
+                    return {}
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("committed offsets not readable yet (%s); retrying", exc.args[0].str())
+                time.sleep(1.0)
 
     def _restore_tasks(self, tasks: list[int]) -> None:
         """Build the monitors of ``tasks`` from the state and join topics (read_committed, to their end)."""
@@ -424,8 +440,8 @@ class MonitorService:
         self._parked.clear()
         if not tasks:
             return
+        committed = self._committed(consumer, assigned, required=True)  # never guess where to resume
         self._restore_tasks(tasks)
-        committed = self._committed(consumer, assigned)
         reset = OFFSET_END if str(self.cfg.kafka.consumer.get("auto.offset.reset", "earliest")) in (
             "latest", "largest", "end") else OFFSET_BEGINNING
         for tp in assigned:
@@ -505,6 +521,7 @@ class MonitorService:
             self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
         self.stats.messages += len(good)
         self.stats.batches += 1
+        self.stats.windows += len(out.results)
         if self.metrics is not None:
             topics = {self.cfg.topics.predictions: len(pred_msgs)} | (
                 {topic_labels: len(label_msgs)} if label_msgs else {})

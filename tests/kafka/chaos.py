@@ -26,7 +26,10 @@ from stream_monitor.core.monitor import Monitor
 
 
 class MonitorProcess:
-    """``stream-monitor run`` in a child process, its log in a file."""
+    """``stream-monitor run`` in a child process, its log in a file. ``MonitorProcess.reap()`` kills every one
+    still running (a test's teardown, whatever happened in the test)."""
+
+    running: list[MonitorProcess] = []
 
     def __init__(self, raw_config: dict[str, Any], bootstrap: str, workdir: Path, name: str) -> None:
         self.path = workdir / f"{name}.yaml"
@@ -45,7 +48,16 @@ class MonitorProcess:
              self.bootstrap], stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         fh.close()
         self.starts += 1
+        MonitorProcess.running.append(self)
         return self
+
+    @classmethod
+    def reap(cls) -> None:
+        for p in cls.running:
+            if p.alive():
+                p.proc.kill()  # type: ignore[union-attr]
+                p.proc.wait(30)  # type: ignore[union-attr]
+        cls.running.clear()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -26,6 +26,12 @@ BREAKER = {"enabled": True, "primary_version": "v1", "fallback_version": "v0", "
            "close_after": 2, "rules": [{"kinds": ["data_drift"], "severity": "warning", "windows": 2}]}
 
 
+@pytest.fixture(autouse=True)
+def _reap_monitors():
+    yield
+    MonitorProcess.reap()
+
+
 def eos_config(run_id: str, models: dict[str, Any], partitions: int = 1, instance: str | None = "a",
                **over: Any) -> dict[str, Any]:
     kafka = {"commit_interval_s": 0.3, "transaction_timeout_s": 10,
