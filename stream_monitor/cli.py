@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import faulthandler
 import logging
 import os
@@ -10,10 +12,19 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
-from .config import ConfigError, load_config
+from .config import ConfigError, MonitorConfig, load_config
+
+if TYPE_CHECKING:
+    from .kafka.clients import Connection
+
+
+class UsageError(ValueError):
+    """A command cannot do what it was asked: one line, exit 2."""
+
 
 __all__ = ["main"]
 
@@ -24,6 +35,15 @@ def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
         raise SystemExit("no broker: pass --bootstrap-servers, set KAFKA_BOOTSTRAP_SERVERS or kafka.bootstrap_servers"
                          " (or start one with `stream-monitor broker`)")
     return b
+
+
+def _connection(args: argparse.Namespace, cfg: MonitorConfig) -> Connection:
+    """The checked connection of a command: one clear line and exit 3 when Kafka cannot be reached."""
+    from .kafka.clients import Connection
+
+    conn = Connection.from_config(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers))
+    conn.check()
+    return conn
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,14 +58,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)  # first: a stop during start-up is a clean stop too
     signal.signal(signal.SIGINT, _stop)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # no real stderr (embedded): no dump
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
     from .exporter import MonitorMetrics
     from .kafka.runner import MonitorService
 
     cfg = load_config(args.config)
     metrics = MonitorMetrics()
     if cfg.prometheus.port is not None:
-        metrics.serve(cfg.prometheus.port, cfg.prometheus.host)
+        try:
+            metrics.serve(cfg.prometheus.port, cfg.prometheus.host)
+        except OSError as exc:
+            raise UsageError(f"prometheus.port {cfg.prometheus.port} on {cfg.prometheus.host} is not available "
+                             f"({exc.strerror}; another monitor on this host?): set prometheus.port to a free port, "
+                             "or null for no endpoint") from None
         logging.getLogger(__name__).info("Prometheus metrics on http://%s:%d/metrics", cfg.prometheus.host,
                                          cfg.prometheus.port)
     service = MonitorService(cfg, _bootstrap(args, cfg.kafka.bootstrap_servers), metrics=metrics)
@@ -56,7 +82,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from .core.monitor import load_references
+
     cfg = load_config(args.config)
+    try:
+        load_references(cfg)  # reference files load and fit; detectors construct: what `run` would hit
+    except ValueError as exc:
+        raise ConfigError("\n".join(f"{args.config}: {line}" for line in str(exc).splitlines())) from None
     print(f"{args.config}: OK, {len(cfg.models)} model(s): {', '.join(cfg.models)}")
     return 0
 
@@ -88,12 +120,10 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_alerts_tail(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer
-
     cfg = load_config(args.config)
-    consumer = Consumer({"bootstrap.servers": _bootstrap(args, cfg.kafka.bootstrap_servers),
-                         "group.id": f"stream-monitor-tail-{os.getpid()}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    conn = _connection(args, cfg)
+    consumer = conn.consumer({"group.id": f"stream-monitor-tail-{os.getpid()}", "auto.offset.reset": "earliest",
+                              "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.subscribe([cfg.topics.alerts])
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
@@ -119,7 +149,7 @@ def _cmd_breaker_status(args: argparse.Namespace) -> int:
     from .kafka.router import BreakerClient
 
     cfg = load_config(args.config)
-    client = BreakerClient(_bootstrap(args, cfg.kafka.bootstrap_servers), cfg.topics.breaker).sync()
+    client = BreakerClient(_connection(args, cfg), cfg.topics.breaker).sync()
     try:
         models = [args.model] if args.model else sorted(set(cfg.models) | set(client.signals()))
         for name in models:
@@ -134,15 +164,21 @@ def _cmd_breaker_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_breaker_set(args: argparse.Namespace) -> int:
-    from confluent_kafka import Producer
+def _unknown_model(model: str, cfg: MonitorConfig) -> str:
+    hint = difflib.get_close_matches(model, list(cfg.models), n=1)
+    return (f"model {model!r} is not in the config (models: {', '.join(cfg.models)})"
+            + (f"; did you mean {hint[0]!r}?" if hint else "") + " Use --force to publish anyway.")
 
+
+def _cmd_breaker_set(args: argparse.Namespace) -> int:
     from .core.breaker import BreakerSignal
     from .kafka.router import BreakerClient
 
     cfg = load_config(args.config)
-    bootstrap = _bootstrap(args, cfg.kafka.bootstrap_servers)
-    client = BreakerClient(bootstrap, cfg.topics.breaker).sync()
+    if args.model not in cfg.models and not args.force:
+        raise UsageError(_unknown_model(args.model, cfg))
+    conn = _connection(args, cfg)
+    client = BreakerClient(conn, cfg.topics.breaker).sync()
     last = client.signal(args.model)
     client.close()
     m = cfg.models.get(args.model)
@@ -158,10 +194,13 @@ def _cmd_breaker_set(args: argparse.Namespace) -> int:
     share = {"open": 0.0, "closed": 1.0}.get(state, last.primary_share if last else 1.0)
     sig = BreakerSignal(args.model, state, primary, fallback, share, (last.epoch if last else 0) + 1,
                         f"manual: {reason}", [], time.time(), None, "manual", override)
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p = conn.producer({"acks": "all", "enable.idempotence": True})
     p.produce(cfg.topics.breaker, key=args.model.encode(), value=orjson.dumps(sig.to_dict()))
-    if p.flush(30):
-        raise SystemExit("could not publish the breaker record")
+    if p.flush(conn.timeout_s):
+        from .kafka.clients import KafkaConnectError
+
+        raise KafkaConnectError(f"could not publish the breaker record to {cfg.topics.breaker} within "
+                                f"{conn.timeout_s:.0f}s: check that the topic exists and this user may write to it")
     print(f"{args.model}: {state} (epoch {sig.epoch}, {'override held' if override else 'released'})")
     return 0
 
@@ -218,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         b.add_argument("--bootstrap-servers")
         b.add_argument("--model", required=True)
         b.add_argument("--reason", required=action != "release", default="released by operator")
+        b.add_argument("--force", action="store_true", help="publish even for a model that is not in the config")
         b.set_defaults(func=_cmd_breaker_set, action=action)
 
     args = parser.parse_args(argv)
@@ -228,16 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # UsageError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from .kafka.clients import TopicConfigError
+        from .kafka.clients import KafkaConnectError, TopicConfigError
 
-        if not isinstance(exc, TopicConfigError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, KafkaConnectError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        if isinstance(exc, TopicConfigError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ back to a default. ``config/example.yaml`` documents every key.
 from __future__ import annotations
 
 import copy
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,9 +41,24 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: librdkafka properties that say where and how to connect: they belong in ``kafka.connection`` (shared by
+#: every client), never in one role's section only.
+CONNECTION_PREFIXES = ("security.protocol", "sasl.", "ssl.", "ssl_", "enable.ssl", "client.dns.lookup",
+                       "socket.", "broker.address.family", "client.id", "bootstrap.servers")
+
+#: librdkafka properties whose values never reach a log line or an error message.
+SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+               "ssl_key", "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config",
+               "sasl.oauthbearer.extensions", "sasl.kerberos.keytab")
+
+
 class KafkaConfig(_Frozen):
     bootstrap_servers: str | None = None  # overridden by --bootstrap-servers, then KAFKA_BOOTSTRAP_SERVERS
     group_id: str = "stream-monitor"
+    # Connection and security properties (security.protocol, sasl.*, ssl.*), merged into every client the
+    # monitor and its commands build: consumers, producers, admin clients, compacted-topic readers, routers.
+    connection: dict[str, Any] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(30, gt=0, le=600)  # give up with one clear line when Kafka cannot be reached
     # State, outputs and offsets are committed together in one Kafka transaction every commit_interval_s.
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     # Stable name of this instance (e.g. the pod name of a StatefulSet): its transactional.id. A restarted
@@ -49,6 +66,18 @@ class KafkaConfig(_Frozen):
     # open transaction holds its partitions until transaction_timeout_s passes.
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
     transaction_timeout_s: float = Field(60, ge=1, le=900)
+
+    @model_validator(mode="after")
+    def _connection_settings_are_shared(self) -> KafkaConfig:
+        for role in ("consumer", "producer"):
+            for key in getattr(self, role):
+                if key.startswith(CONNECTION_PREFIXES):
+                    raise ValueError(f"{role}.{key}: connection and security settings go under kafka.connection, "
+                                     "which every client uses (admin, readers and the CLI too)")
+        for key, value in self.connection.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"connection.{key}: expected a string, number or boolean")
+        return self
     consumer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka consumer settings
     producer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka producer settings
 
@@ -297,6 +326,12 @@ class ModelConfig(_Frozen):
     def _check(self) -> ModelConfig:
         if not self.features.numeric and not self.features.categorical:
             raise ValueError("features: list at least one numeric or categorical feature")
+        known = [*self.features.numeric, *self.features.categorical, "prediction", "score"]
+        for i, rule in enumerate(self.breaker.rules):
+            for f in rule.features:
+                if f not in known:
+                    raise ValueError(f"breaker.rules.{i}.features: {f!r} is not a feature of this model"
+                                     + _did_you_mean(f, known) + " (a rule on it could never hold)")
         return self
 
 
@@ -355,11 +390,42 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _did_you_mean(word: str, choices: Any) -> str:
+    hint = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config object at ``loc`` (a path of keys from the top), for "did you mean" hints."""
+    cls: Any = MonitorConfig
+    path = list(loc)
+    while path:
+        key = path.pop(0)
+        field = cls.model_fields.get(key) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = typing.get_args(ann)
+        if typing.get_origin(ann) is dict and args and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            if not path:
+                return []
+            path.pop(0)  # the dict key (a model name)
+            cls = args[1]
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return []
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and e["loc"]:
+            parent = tuple(p for p in e["loc"][:-1] if not str(p).startswith("function-after"))
+            msg = "unknown key" + _did_you_mean(str(e["loc"][-1]), [f for f in _fields_at(parent) if f != "name"])
         if ": " in msg and loc and not msg.startswith(("Input", "Field")):
             key, _, rest = msg.partition(": ")  # our own validators name the sub-key first
             if " " not in key:

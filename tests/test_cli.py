@@ -72,3 +72,47 @@ def test_reference_build_names_the_bad_line(tmp_path, capsys):
     assert main(["reference", "build", "--config", str(cfg_path), "--model", "m", "--input", str(past),
                  "--output", str(tmp_path / "r.json")]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_check_config_catches_what_run_would_with_hints(tmp_path, capsys):
+    cases = [
+        ({"windw": {"size": 3}}, "models.m.windw: unknown key (did you mean 'window'?)"),
+        ({"reference": {"type": "file", "path": "missing.json"}}, "models.m.reference.path: cannot read"),
+        ({"concept_drift": [{"type": "adwin", "params": {"delt": 0.01}}],
+          "performance": {"task": "binary", "positive_label": 1}},
+         "models.m.concept_drift.0.params.delt: adwin has no parameter 'delt' (did you mean 'delta'?)"),
+        ({"breaker": {"enabled": True, "primary_version": "v1", "fallback_version": "v0",
+                      "rules": [{"kinds": ["data_drift"], "features": ["b_"]}]}},
+         "models.m.breaker.rules.0.features: 'b_' is not a feature of this model (did you mean 'b'?)"),
+    ]
+    for extra, message in cases:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"models": {"m": {**model_config(), **extra}}}))
+        assert main(["check-config", "--config", str(path)]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+
+
+def test_connection_settings_outside_kafka_connection_are_refused(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"consumer": {"sasl.password": "hunter2"}},
+                                    "models": {"m": model_config()}}))
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "kafka.consumer.sasl.password: connection and security settings go under kafka.connection" in err
+    assert "hunter2" not in err
+
+
+def test_a_prometheus_port_in_use_is_named(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": "127.0.0.1:1"},
+                                        "prometheus": {"port": port, "host": "127.0.0.1"},
+                                        "models": {"m": model_config()}}))
+        assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"prometheus.port {port} on 127.0.0.1 is not available" in err and "another monitor" in err

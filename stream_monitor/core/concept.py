@@ -15,6 +15,8 @@ that detector has: no constructor, class or function is ever named by the data.
 from __future__ import annotations
 
 import base64
+import difflib
+import inspect
 import random
 import types
 from collections import deque
@@ -30,15 +32,22 @@ _SCALARS = (bool, int, float, str, type(None))
 
 
 def make_detector(cfg: DetectorConfig) -> Any:
+    """The river detector of ``cfg``; a ``ValueError`` names a parameter it does not take (with a hint)."""
     from river import drift
     from river.drift import binary
 
     cls = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN, "ddm": binary.DDM,
            "eddm": binary.EDDM, "hddm_a": binary.HDDMA, "hddm_w": binary.HDDMW}[cfg.type]
+    takes = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    for name in cfg.params:
+        if name not in takes:
+            hint = difflib.get_close_matches(name, takes, n=1)
+            raise ValueError(f"params.{name}: {cfg.type} has no parameter {name!r}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; it takes {', '.join(takes)}")
     try:
         return cls(**cfg.params)
-    except TypeError as exc:
-        raise ValueError(f"concept_drift: {cfg.type} params {cfg.params}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"params: {cfg.type} refused {cfg.params}: {exc}") from None
 
 
 def _is_native(v: Any) -> bool:
@@ -122,7 +131,12 @@ class ConceptDriftDetectors:
         self._reset()
 
     def _reset(self) -> None:
-        self.detectors = [make_detector(c) for c in self.cfgs]
+        self.detectors = []
+        for i, c in enumerate(self.cfgs):
+            try:
+                self.detectors.append(make_detector(c))
+            except ValueError as exc:
+                raise ValueError(f"concept_drift.{i}.{exc}") from None
         self.drifts = [0] * len(self.cfgs)  # since the last take()
         self.warnings = [0] * len(self.cfgs)
         self.seen = 0

@@ -38,7 +38,7 @@ from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
 from .windows import ClosedWindow, CountWindows, TimeWindows
 
-__all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult"]
+__all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
 logger = logging.getLogger(__name__)
 
@@ -425,6 +425,31 @@ class ModelMonitor:
             self.performance.restore(core["performance"], pairs)
         if self.concept is not None and core.get("concept") is not None:
             self.concept.restore(core["concept"])
+
+
+def load_references(cfg: MonitorConfig) -> dict[str, Reference]:
+    """Every model's file reference, loaded once and checked: a model with a missing or unreadable file, a
+    reference of other features, or a concept-drift detector that cannot be built is an error naming its key
+    (all problems at once), so ``check-config`` catches what ``run`` would."""
+    refs: dict[str, Reference] = {}
+    problems = []
+    for name, m in cfg.models.items():
+        try:
+            if m.reference.type == "file":
+                try:
+                    refs[name] = Reference.load(m.reference.path)  # type: ignore[arg-type]
+                except OSError as exc:
+                    raise ValueError(f"reference.path: cannot read {m.reference.path}: {exc.strerror}") from None
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"reference.path: {m.reference.path} is not a reference artifact: {exc}") \
+                        from None
+            ModelMonitor(m, refs.get(name))
+        except ValueError as exc:
+            msg = str(exc)
+            problems.append(msg if msg.startswith("models.") else f"models.{name}.{msg}")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return refs
 
 
 def _by_model(events: list[dict[str, Any]]) -> dict[str, list[int]]:

@@ -165,14 +165,17 @@ class LocalKafka:
         startup_timeout: float = 120.0,
         keep_logs: bool = False,
         progress: Progress = _say,
+        sasl_users: dict[str, str] | None = None,
     ) -> None:
         self.version = version
+        self.sasl_users = sasl_users  # set: the client listener requires SASL/PLAIN with these users
         self.heap = heap
         self.startup_timeout = startup_timeout
         self.keep_logs = keep_logs
         self.progress = progress
         self.workdir: Path | None = None
         self.bootstrap_servers: str | None = None
+        self.internal_bootstrap: str | None = None  # a PLAINTEXT listener for the broker's own checks
         self._command: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
@@ -214,6 +217,23 @@ class LocalKafka:
             "auto.create.topics.enable": "true",
             "log.cleaner.backoff.ms": "1000",
         }
+        internal_port = broker_port
+        if self.sasl_users:  # clients must authenticate (SASL/PLAIN); the broker talks to itself in plaintext
+            sasl_port, internal_port = broker_port, _free_port()
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in {"admin": "admin-secret", **self.sasl_users}.items())
+            props.update({
+                "listeners": f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller_port},"
+                             f"INTERNAL://127.0.0.1:{internal_port}",
+                "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},INTERNAL://127.0.0.1:{internal_port}",
+                "inter.broker.listener.name": "INTERNAL",
+                "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,"
+                                                  "INTERNAL:PLAINTEXT",
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                    'org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" '
+                    f'password="admin-secret" {users};',
+            })
+        self.internal_bootstrap = f"127.0.0.1:{internal_port}"
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         cluster_id = _cluster_id()
@@ -259,7 +279,7 @@ class LocalKafka:
         from confluent_kafka.admin import AdminClient
 
         assert self._proc is not None
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": self.internal_bootstrap, "log_level": 0})
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from .clients import Connection
 
 __all__ = ["CompactedTopicReader"]
 
@@ -32,22 +34,20 @@ _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILAB
 class CompactedTopicReader:
     """Keeps ``latest[key] = decoded value`` (a tombstone removes the key)."""
 
-    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None,
-                 partitions: list[int] | None = None, validate: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, conn: Connection, topic: str, partitions: list[int] | None = None,
+                 validate: Callable[[Any], Any] | None = None) -> None:
         self.topic = topic
         self.latest: dict[str, Any] = {}
         self.skipped = 0
         self._partitions = partitions
         self._validate = validate
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
+        self._consumer = conn.consumer({
             "group.id": f"stream-monitor-reader-{uuid.uuid4().hex}",  # never committed: assign(), not subscribe()
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "isolation.level": "read_committed",
             "fetch.message.max.bytes": 64 * 1024 * 1024,
             "receive.message.max.bytes": 65 * 1024 * 1024 + 1_000_000,
-            **(config or {}),
         })
         self._assigned = False
 

@@ -68,8 +68,6 @@ def _say(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from confluent_kafka import Consumer, Producer
-
     from ..config import load_config
     from .broker import kafka_broker
     from .router import BreakerClient
@@ -92,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = base.model_copy(update={"topics": topics,
                                   "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})
     with kafka_broker() as bootstrap:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import NewTopic
 
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        from .clients import Connection
+
+        conn = Connection.from_config(cfg, bootstrap)
+        admin = conn.admin()
         for fut in admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1)
                                         for t in (topics.predictions, topics.labels)]).values():
             fut.result(30)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(7)
         t0 = time.time() - args.events * 0.05  # event times: the last args.events * 50 ms up to now
         drift_from = int(args.events * 0.6)
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+        producer = conn.producer({"linger.ms": 10})
         _say(f"producing {args.events} loan-approval events to {topics.predictions}; inputs drift from event "
              f"{drift_from} on (income, credit_score, new purpose 'crypto', region mix)")
         for start in range(0, args.events, 1000):
@@ -115,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 producer.poll(0)
             producer.flush()
             _say(f"  produced {start + n}/{args.events}")
-        tail = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-tail-{run}",
-                         "auto.offset.reset": "earliest"})
+        tail = conn.consumer({"group.id": f"demo-tail-{run}", "auto.offset.reset": "earliest",
+                              "isolation.level": "read_committed"})
         tail.subscribe([topics.alerts])
         del producer
-        router = BreakerClient(bootstrap, topics.breaker)
+        router = BreakerClient(conn, topics.breaker)
         _say(f"alerts on {topics.alerts}, breaker decisions on {topics.breaker}:")
         deadline = time.monotonic() + args.timeout
         start_wait = time.monotonic()

@@ -1,6 +1,8 @@
 """A small client for traffic routers: which version should serve model X, and with what share.
 
-    client = BreakerClient("kafka:9092", "stream-monitor.breaker")
+    client = BreakerClient("kafka:9092", "stream-monitor.breaker",
+                           connection={"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                       "sasl.username": "router", "sasl.password": "..."})
     client.sync()                      # latest state of every model: read the compacted topic to its end
     route = client.route("loan-approval")
     route.primary_share                # 1.0 closed, 0.0 open, probe share when half-open
@@ -13,9 +15,12 @@ than the one already seen are ignored; on equal epochs a manual record wins.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.breaker import BreakerSignal
+from .clients import Connection
 from .compacted import CompactedTopicReader
 
 __all__ = ["BreakerClient", "Route"]
@@ -38,8 +43,13 @@ class Route:
 
 
 class BreakerClient:
-    def __init__(self, bootstrap: str, topic: str = "stream-monitor.breaker") -> None:
-        self._reader = CompactedTopicReader(bootstrap, topic, validate=BreakerSignal.from_dict)
+    """Follows the breaker topic. ``bootstrap`` is an address (with ``connection``: security properties such
+    as ``{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", ...}``) or a :class:`Connection`."""
+
+    def __init__(self, bootstrap: str | Connection, topic: str = "stream-monitor.breaker",
+                 connection: Mapping[str, Any] | None = None) -> None:
+        conn = bootstrap if isinstance(bootstrap, Connection) else Connection(bootstrap, dict(connection or {}))
+        self._reader = CompactedTopicReader(conn, topic, validate=BreakerSignal.from_dict)
         self._signals: dict[str, BreakerSignal] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

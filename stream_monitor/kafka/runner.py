@@ -32,16 +32,14 @@ from typing import Any
 
 import orjson
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException,
-                             Message, Producer, TopicPartition)
+                             Message, Producer, TopicPartition)  # types only: clients come from .clients
 
 from ..config import MonitorConfig
-from ..core.alerts import Alert
 from ..core.breaker import BreakerSignal
 from ..core.events import TimeRange, decode_labels, decode_predictions
-from ..core.monitor import BatchOutput, Monitor
-from ..core.reference import Reference
+from ..core.monitor import BatchOutput, Monitor, load_references
 from ..exporter import MonitorMetrics
-from .clients import ensure_topics, make_consumer, producer_config
+from .clients import Connection, ensure_topics, make_consumer, producer_config
 from .compacted import CompactedTopicReader
 
 __all__ = ["Checkpointer", "MonitorService", "ServiceStats"]
@@ -94,9 +92,9 @@ class Checkpointer:
     makes the commit fail, the transaction abort, and the reason reach the log.
     """
 
-    def __init__(self, cfg: MonitorConfig, bootstrap: str) -> None:
+    def __init__(self, cfg: MonitorConfig, conn: Connection) -> None:
         self.cfg = cfg
-        self.bootstrap = bootstrap
+        self.conn = conn
         self.timeout_s = max(10.0, cfg.kafka.transaction_timeout_s)
         self.open = False
         self.errors: list[str] = []
@@ -104,9 +102,9 @@ class Checkpointer:
         self._new_producer()
 
     def _new_producer(self) -> None:
-        conf = producer_config(self.cfg, self.bootstrap, transactional=True)
+        conf = producer_config(self.cfg, transactional=True)
         self.producer_id = conf["transactional.id"]
-        self.producer = Producer(conf)
+        self.producer = self.conn.producer(conf)
         self.producer.init_transactions(self.timeout_s)  # fences an earlier incarnation with the same id
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -205,6 +203,7 @@ class MonitorService:
                  metrics: MonitorMetrics | None = None) -> None:
         self.cfg = cfg
         self.bootstrap = bootstrap
+        self.conn = Connection.from_config(cfg, bootstrap)
         self.metrics = metrics
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
@@ -214,8 +213,7 @@ class MonitorService:
         self._parked: dict[int, Monitor] = {}  # tasks revoked after a commit, reusable if nobody moved on
         self._stop = threading.Event()
         self._warned_topics: set[str] = set()
-        self._references = {name: Reference.load(m.reference.path) for name, m in cfg.models.items()
-                            if m.reference.type == "file"}  # loaded once, shared by every task
+        self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
         self._breaker_latest: dict[str, BreakerSignal] = {}
         self._failures = 0
@@ -231,7 +229,8 @@ class MonitorService:
     def run(self) -> ServiceStats:
         cfg = self.cfg
         tune_gc()
-        parts = ensure_topics(cfg, self.bootstrap)
+        self.conn.check()  # one clear line and a non-zero exit when Kafka cannot be reached
+        parts = ensure_topics(cfg, self.conn)
         self._state_parts = parts.get(cfg.topics.state, 1)
         self._join_parts = parts.get(cfg.topics.join, 1)
         topics = [cfg.topics.predictions]
@@ -243,11 +242,11 @@ class MonitorService:
                 logger.warning("%s has %d partitions and %s %d: a model's labels only join its predictions when "
                                "both topics have the same partition count and key (the model name)",
                                cfg.topics.predictions, np_, cfg.topics.labels, nl)
-        self.checkpointer = Checkpointer(cfg, self.bootstrap)
-        self._breakers = CompactedTopicReader(self.bootstrap, cfg.topics.breaker, validate=BreakerSignal.from_dict)
+        self.checkpointer = Checkpointer(cfg, self.conn)
+        self._breakers = CompactedTopicReader(self.conn, cfg.topics.breaker, validate=BreakerSignal.from_dict)
         for sig in self._breakers.sync(timeout=60).values():
             self._breaker_latest[sig.model] = sig
-        self.consumer = consumer = make_consumer(cfg, self.bootstrap)
+        self.consumer = consumer = make_consumer(cfg, self.conn)
         consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         logger.info("consuming %s as group %s from %s (exactly-once: transactional.id %s, commit every %.1fs)",
                     ", ".join(topics), cfg.kafka.group_id, self.bootstrap,
@@ -377,7 +376,7 @@ class MonitorService:
                 self.metrics.checkpoint_errors.inc(mon.counters.restore_errors)
 
     def _read(self, topic: str, partitions: list[int], timeout: float) -> dict[str, Any]:
-        reader = CompactedTopicReader(self.bootstrap, topic, partitions=partitions)
+        reader = CompactedTopicReader(self.conn, topic, partitions=partitions)
         try:
             latest = reader.sync(timeout=timeout)
         finally:
