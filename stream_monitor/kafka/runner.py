@@ -22,6 +22,7 @@ last committed state and offsets (the work is redone; nothing was visible).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -83,6 +84,10 @@ class ServiceStats:
 class CommitFailed(RuntimeError):
     """The open transaction could not be committed: it was aborted, and the work since the last commit must be
     redone from the last committed state and offsets."""
+
+
+class ConsumerFailed(RuntimeError):
+    """The consumer reported a fatal error: it must be replaced."""
 
 
 class Checkpointer:
@@ -246,21 +251,23 @@ class MonitorService:
         self._breakers = CompactedTopicReader(self.conn, cfg.topics.breaker, validate=BreakerSignal.from_dict)
         for sig in self._breakers.sync(timeout=60).values():
             self._breaker_latest[sig.model] = sig
-        self.consumer = consumer = make_consumer(cfg, self.conn)
-        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._topics = topics
+        self._new_consumer()
         logger.info("consuming %s as group %s from %s (exactly-once: transactional.id %s, commit every %.1fs)",
                     ", ".join(topics), cfg.kafka.group_id, self.bootstrap,
                     self.checkpointer.producer_id, cfg.kafka.commit_interval_s)
         last_log = last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
+                msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 self._follow_breakers()
                 if msgs:
                     try:
                         self._process(msgs)
                     except CommitFailed as exc:  # an output was refused: aborted; redo from the last commit
                         self._failed(str(exc))
+                    except ConsumerFailed as exc:
+                        self._replace_consumer(str(exc))
                 now = time.monotonic()
                 if now - last_commit >= cfg.kafka.commit_interval_s:
                     self._commit_or_rewind()
@@ -279,11 +286,33 @@ class MonitorService:
                     self._discard = True
                     self.checkpointer.abort()
             finally:
-                consumer.close()  # revokes: nothing open to commit by now
+                self.consumer.close()  # revokes: nothing open to commit by now
                 self._breakers.close()
                 self.checkpointer.close()
                 self._log_progress()
         return self.stats
+
+    def _new_consumer(self) -> None:
+        self.consumer = make_consumer(self.cfg, self.conn)
+        self.consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    def _replace_consumer(self, why: str) -> None:
+        """A consumer in a fatal state (e.g. fenced after a coordinator moved) is closed and replaced; its
+        uncommitted work is aborted and redone by the new one from the committed state and offsets."""
+        logger.error("consumer failed (%s): replacing it; work since the last commit is redone", why)
+        self._discard = True
+        try:
+            self.checkpointer.abort()
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self.consumer.close()
+        finally:
+            self._discard = False
+        self.tasks.clear()
+        self._positions.clear()
+        self._parked.clear()
+        self.stats.aborts += 1
+        self._new_consumer()
 
     # -- rebalances ------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -477,8 +506,8 @@ class MonitorService:
                 by_task[m.partition()].append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
-            elif err.fatal():
-                raise KafkaException(err)
+            elif err.fatal() or err.code() == KafkaError._FATAL:
+                raise ConsumerFailed(err.str())
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 if m.topic() not in self._warned_topics:
                     self._warned_topics.add(m.topic() or "")
