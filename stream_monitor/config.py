@@ -192,6 +192,7 @@ class DriftConfig(_Frozen):
     max_known_categories: int = Field(10000, ge=1)  # remembered for the new-category rate
     min_window_events: int = Field(100, gt=0)  # windows with fewer events are not evaluated
     new_category_rate: float = Field(0.01, gt=0, le=1)
+    new_category_min_count: int = Field(5, ge=1)  # fewer never-seen values in a window never alert
     missing_rate_increase: float = Field(0.05, gt=0, le=1)
     type_error_rate: float = Field(0.01, gt=0, le=1)
     out_of_range_rate: float = Field(0.05, gt=0, le=1)
@@ -263,10 +264,14 @@ class PerformanceConfig(_Frozen):
     positive_label: str | int | float | bool | None = None  # binary: the positive class (score is its probability)
     window_s: float = Field(3600, gt=0)  # windows over prediction event time
     maturity_s: float = Field(0, ge=0)  # report a window this long after its end, when its labels have landed
-    min_labels: int = Field(30, ge=1)  # fewer joined pairs: metrics are not computed
+    min_labels: int = Field(30, ge=1)  # fewer joined pairs: metrics are not computed ("insufficient labels")
+    # A bound is crossed only when the metric's confidence interval lies wholly beyond it: a window of 50
+    # labels at 0.62 accuracy is not evidence of accuracy under 0.65.
+    confidence: float = Field(0.99, gt=0.5, lt=1)
     min_coverage: float | None = Field(None, gt=0, le=1)  # label_coverage alert below this share
     thresholds: dict[MetricName, Bound] = Field(default_factory=dict)  # e.g. {accuracy: {min: 0.85}}
     estimate: bool = True  # binary with score: confidence-based estimate of accuracy/F1 while labels lag
+    calibration_pairs: int = Field(5000, ge=0)  # first labeled pairs that calibrate the estimate's scores
     max_pairs: int = Field(10_000, ge=100)  # pairs sampled per window for ROC AUC and lag percentiles
 
     @model_validator(mode="after")
@@ -296,6 +301,7 @@ class DetectorConfig(_Frozen):
 
     type: Literal["adwin", "ddm", "eddm", "hddm_a", "hddm_w", "page_hinkley", "kswin"]
     params: dict[str, Any] = Field(default_factory=dict)  # passed to the river constructor
+    page_warnings: bool = False  # warnings are in the window report; only drifts page unless this is set
 
 
 class LatencyConfig(_Frozen):

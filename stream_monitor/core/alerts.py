@@ -16,7 +16,8 @@ kind form one incident, so a drift burst on twenty features is one alert listing
 - **resolves** with the same id when its last member clears; it cannot fire again for ``cooldown_s``.
 
 **Inhibition** (``inhibit: true``): while a feature has a data-quality finding over threshold or firing, its
-drift findings are ignored: a broken pipeline pages once, as data quality, not again as drift.
+drift findings under ``critical_factor`` x threshold are ignored: a broken pipeline pages once, as data
+quality, not again as drift; a large shift is never hidden.
 
 State is a plain dict (:meth:`AlertPolicy.snapshot`) so it is checkpointed and restored after a restart.
 """
@@ -146,7 +147,10 @@ class AlertPolicy:
             bad_quality = {f.feature for f in findings if f.kind == "data_quality" and f.over}
             bad_quality |= {c.last.get("feature") for k, c in self._conditions.items()
                             if c.firing and c.kind == "data_quality" and k[0] == model}
-            findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality)]
+            # a large shift (critical: factor x threshold) is never hidden: a broken pipeline that also moves
+            # the distribution far pages as drift too, and breaker rules on data_drift see it
+            findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality
+                                                     and f.value < self.cfg.critical_factor * f.threshold)]
         touched: set[tuple[str, ...]] = set()
         for f in findings:
             key = self.condition_key(model, f)

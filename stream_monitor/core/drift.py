@@ -82,7 +82,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         psi_floor = stats.psi_null_threshold(n_ref, n_cur, bins)
         js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
         hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
-        _, chi_p, _ = stats.chisquare_gof(ref.num_counts, cur.num_counts, valid)
+        _, chi_p, _ = stats.chi2_homogeneity(ref.num_counts, cur.num_counts, valid)
         ks_d, ks_p_all, w_all = stats.ks_wasserstein_columns(ref.sorted_matrix(), cur.sample)  # all at once
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         for j, name in enumerate(binning.numeric):
@@ -119,9 +119,14 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     if c:
         valid = binning.cat_valid
         n_ref, n_cur = ref.cat_present, cur.cat_present
-        chi, chi_p, w = stats.chisquare_gof(ref.cat_counts, cur.cat_counts, valid)
+        chi, chi_p, w = stats.chi2_homogeneity(ref.cat_counts, cur.cat_counts, valid)
         psi = stats.psi(ref.cat_counts, cur.cat_counts, valid)
         slots = valid.sum(axis=1)
+        w_floor = stats.w_null_threshold(n_ref, n_cur, slots)
+        unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
+        # a new category is unusual when more events carry never-seen values than the reference's unseen mass
+        # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
+        new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1)))
         psi_p = stats.psi_pvalue(psi, n_ref, n_cur, slots)
         psi_floor = stats.psi_null_threshold(n_ref, n_cur, slots)
         js = stats.js_distance(ref.cat_counts, cur.cat_counts, valid)
@@ -130,7 +135,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue
             figures = {
-                "chi2": (_r(w[j]), float(chi_p[j]), th.chi2),
+                "chi2": (_r(w[j]), float(chi_p[j]), max(th.chi2, float(w_floor[j]))),
                 "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
                 "js": (_r(js[j]), float(chi_p[j]), th.js),
                 "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
@@ -143,10 +148,14 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 | {"chi2_statistic": _r(chi[j])},
             })
             rate = cur.cat_new[j] / max(n_cur[j], 1)
+            count = int(cur.cat_new[j])
+            over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
+                    and float(new_p[j]) <= cfg.family_alpha / c)
             new_findings.append(Finding(
                 name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate,
-                bool(rate >= cfg.new_category_rate), None, int(n_cur[j]),
-                {"new_categories": sorted(cur.new_examples[j]), "new_count": int(cur.cat_new[j])},
+                bool(over), float(new_p[j]), int(n_cur[j]),
+                {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
+                 "reference_unseen_mass": _r(unseen[j])},
             ))
         quality += _quality(binning.categorical, ref, cur, cfg, {
             "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),

@@ -32,10 +32,13 @@ Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/
 - log loss: mean of ``-log(p)`` of the true class, scores clipped to [1e-15, 1 - 1e-15];
 - MAE, RMSE (regression).
 
-Estimated (CBPE, calibrated scores assumed): with ``s`` the probability of the positive class and
-``yhat`` the predicted class, ``P(correct) = s`` if ``yhat`` is positive else ``1 - s``; expected accuracy is
-the mean of ``P(correct)``; expected TP = sum of ``s`` over predicted positives, FP = sum of ``1 - s`` over
-predicted positives, FN = sum of ``s`` over predicted negatives; expected F1 = 2TP / (2TP + FP + FN).
+Estimated (CBPE): with ``c(s)`` the calibrated probability of the positive class for score ``s`` and ``yhat``
+the predicted class, ``P(correct) = c(s)`` if ``yhat`` is positive else ``1 - c(s)``; expected accuracy is the
+mean of ``P(correct)``; expected TP = sum of ``c(s)`` over predicted positives, FP = sum of ``1 - c(s)`` over
+predicted positives, FN = sum of ``c(s)`` over predicted negatives; expected F1 = 2TP / (2TP + FP + FN).
+``c`` is fitted on the first ``calibration_pairs`` labeled pairs (the reference): per score bin (50 bins), the
+observed positive rate shrunk toward the raw score by 5 pseudo-pairs, so scores need not be calibrated. A
+window keeps score histograms, not sums, so its estimate uses the calibration known when it is reported.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import special
 from scipy.stats import rankdata
 
 from ..config import JoinConfig, PerformanceConfig
@@ -261,8 +265,42 @@ def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     return _r((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _estimate(n: int, correct: float, tp: float, fp: float, fn: float) -> dict[str, float]:
-    """Expected accuracy and F1 from the running sums of P(correct), expected TP, FP and FN."""
+#: Score bins of the estimate: a window keeps how many scored predictions of each class fell in each bin, so the
+#: estimate can use the calibration known at report time (labels arrive after the predictions they calibrate).
+SCORE_BINS = 20
+def _score_bin(s: float) -> int:
+    return min(int(s * SCORE_BINS), SCORE_BINS - 1) if s == s else 0
+
+
+def calibrated(pairs: list[int], positives: list[int]) -> np.ndarray:
+    """P(positive) per score bin from the reference pairs: isotonic (pool-adjacent-violators) over the bins'
+    positive rates, weighted by their pairs; bins without pairs take their neighbours' value. Without any
+    pair, the raw scores (bin midpoints) stand."""
+    n = np.asarray(pairs, dtype=np.float64)
+    if n.sum() == 0:
+        return (np.arange(SCORE_BINS) + 0.5) / SCORE_BINS
+    used = np.flatnonzero(n > 0)
+    blocks: list[list[float]] = []  # [positives, pairs, first bin index]
+    for i in used.tolist():
+        blocks.append([float(positives[i]), n[i], i])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            pos, cnt, _ = blocks.pop()
+            blocks[-1][0] += pos
+            blocks[-1][1] += cnt
+    value = np.empty(SCORE_BINS)
+    starts = [int(b[2]) for b in blocks] + [SCORE_BINS]
+    for b, lo, hi in zip(blocks, starts, starts[1:]):
+        value[lo:hi] = b[0] / b[1]
+    value[: starts[0]] = value[starts[0]]
+    return value
+
+
+def _estimate(pos: list[int], neg: list[int], cal: np.ndarray) -> dict[str, float]:
+    """Expected accuracy and F1 from a window's score histograms (predicted positive / negative) and P(y=1)."""
+    p, q = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    n = p.sum() + q.sum()
+    tp, fp, fn = float(p @ cal), float(p @ (1 - cal)), float(q @ cal)
+    correct = tp + float(q @ (1 - cal))
     return {"accuracy": _r(correct / n), "f1": _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")}
 
 
@@ -272,12 +310,10 @@ class _PerfWindow:
     """Running sums of one window: memory per window is constant plus a sample of ``max_pairs`` pairs."""
 
     predictions: int = 0
-    # the estimate (CBPE), from every scored prediction
+    # the estimate (CBPE), from every scored prediction: score histograms of predicted positives and negatives
     est_n: int = 0
-    est_correct: float = 0.0
-    est_tp: float = 0.0
-    est_fp: float = 0.0
-    est_fn: float = 0.0
+    est_pos: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
+    est_neg: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
     # realized, exact, from every joined pair
     seen_pairs: int = 0
     correct: int = 0
@@ -306,6 +342,9 @@ class PerformanceReport:
     metrics: dict[str, float]
     estimated: dict[str, float]
     late_labels: int
+    # per metric, its confidence interval at ``performance.confidence`` (sampling error of the window's labels)
+    interval: dict[str, list[float]] = field(default_factory=dict)
+    insufficient_labels: bool = False  # fewer than min_labels joined pairs: no metrics, nothing alerted
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "performance", **self.__dict__}
@@ -324,6 +363,9 @@ class PerformanceTracker:
         self._reset()
 
     def _reset(self) -> None:
+        self._cal_pairs = [0] * SCORE_BINS
+        self._cal_pos = [0] * SCORE_BINS
+        self._cal_n = 0
         self._windows: dict[int, _PerfWindow] = {}
         self._reported_below = -(2 ** 62)  # windows with a smaller index were reported
         self.late_labels = 0
@@ -344,20 +386,19 @@ class PerformanceTracker:
             win.predictions += 1
             s = ev.get("score")
             if s is not None and self.positive is not None:
-                s = float(s)
                 win.est_n += 1
-                if label_key(ev["prediction"]) == self.positive:
-                    win.est_correct += s
-                    win.est_tp += s
-                    win.est_fp += 1.0 - s
-                else:
-                    win.est_correct += 1.0 - s
-                    win.est_fn += s
+                hist = win.est_pos if label_key(ev["prediction"]) == self.positive else win.est_neg
+                hist[_score_bin(float(s))] += 1
 
     def add_pairs(self, pairs: list[JoinedPair]) -> None:
         keys = event_keys([p.event_id for p in pairs]).tolist()
         touched: set[int] = set()
         for key, p in zip(keys, pairs):
+            if p.score is not None and self.positive is not None and self._cal_n < self.cfg.calibration_pairs:
+                b = _score_bin(float(p.score))  # the first labeled pairs calibrate the estimate (the reference)
+                self._cal_pairs[b] += 1
+                self._cal_pos[b] += label_key(p.label) == self.positive
+                self._cal_n += 1
             w = self._index(p.prediction_time)
             win = self._windows.get(w)
             if win is None:
@@ -380,6 +421,7 @@ class PerformanceTracker:
         """Bookkeeping and every open window's running sums (pair samples are :meth:`pieces`)."""
         return {"v": self.FORMAT, "reported_below": self._reported_below, "late_labels": self.late_labels,
                 "late_predictions": self.late_predictions,
+                "calibration": {"n": self._cal_n, "pairs": self._cal_pairs, "positives": self._cal_pos},
                 "windows": {str(w): {k: v for k, v in win.__dict__.items() if k not in ("pairs", "stamp")}
                             for w, win in self._windows.items()}}
 
@@ -394,12 +436,20 @@ class PerformanceTracker:
         self._reported_below = int(d["reported_below"])
         self.late_labels = int(d["late_labels"])
         self.late_predictions = int(d["late_predictions"])
+        cal = d["calibration"]
+        self._cal_pairs = [int(x) for x in cal["pairs"]]
+        self._cal_pos = [int(x) for x in cal["positives"]]
+        self._cal_n = int(cal["n"])
+        if len(self._cal_pairs) != SCORE_BINS or len(self._cal_pos) != SCORE_BINS:
+            raise ValueError("performance snapshot: calibration histogram of the wrong size")
         fields = set(_PerfWindow.__dataclass_fields__) - {"pairs", "stamp"}
         windows = {}
         for w, v in d["windows"].items():
             if set(v) != fields:
                 raise ValueError(f"performance window {w}: fields {sorted(v)} do not match")
             win = windows[int(w)] = _PerfWindow(**v)
+            if len(win.est_pos) != SCORE_BINS or len(win.est_neg) != SCORE_BINS:
+                raise ValueError(f"performance window {w}: score histograms of the wrong size")
             win.pairs = _pairs_from_plain((pairs or {}).get(str(int(w)), []))
             win.stamp = next(self._stamps)
         self._windows = windows
@@ -437,6 +487,7 @@ class PerformanceTracker:
         pairs = [p for _, p in sorted(win.pairs, key=lambda kp: (kp[0], kp[1].event_id))[: self.cfg.max_pairs]]
         lags = np.array([p.label_time - p.prediction_time for p in pairs])
         metrics: dict[str, float] = {}
+        sample: list[JoinedPair] = []
         if n >= self.cfg.min_labels and self.cfg.task == "regression":
             metrics = {"mae": _r(win.abs_err / n), "rmse": _r(math.sqrt(win.sq_err / n))}
         elif n >= self.cfg.min_labels and self.cfg.task in ("binary", "multiclass"):
@@ -454,14 +505,62 @@ class PerformanceTracker:
                                   np.array([p.score for p in sample], dtype=np.float64))
                     if auc is not None:
                         metrics["roc_auc"] = auc
+        interval = _intervals(self.cfg.task, win, n, metrics, sample if metrics and self.cfg.task == "binary" and
+                              "roc_auc" in metrics else [], self.positive, self.cfg.confidence)
         estimated: dict[str, float] = {}
         if self.cfg.estimate and self.cfg.task == "binary" and win.est_n:
-            estimated = _estimate(win.est_n, win.est_correct, win.est_tp, win.est_fp, win.est_fn)
+            estimated = _estimate(win.est_pos, win.est_neg, calibrated(self._cal_pairs, self._cal_pos))
         coverage = n / win.predictions if win.predictions else 0.0
         return PerformanceReport(
             self.model, w * self.cfg.window_s, (w + 1) * self.cfg.window_s, win.predictions, n,
             _r(min(coverage, 1.0)), _r(np.percentile(lags, 50)) if lags.size else None,
-            _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels)
+            _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels, interval,
+            n < self.cfg.min_labels)
+
+
+def _wilson(k: float, n: float, z: float) -> list[float]:
+    """Wilson score interval of a proportion k / n: honest at small n and near 0 or 1."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [_r(max(0.0, mid - half)), _r(min(1.0, mid + half))]
+
+
+def _intervals(task: str, win: _PerfWindow, n: int, metrics: dict[str, float], scored: list[JoinedPair],
+               positive: str | None, confidence: float) -> dict[str, list[float]]:
+    """Confidence intervals of the window's metrics: Wilson for accuracy, precision, recall and F1 (as a
+    proportion of tp + fp + fn), Hanley-McNeil for ROC AUC, the normal interval of a mean for MAE. RMSE and
+    log loss have none (their decisions use the point value)."""
+    if not metrics:
+        return {}
+    z = float(special.ndtri(0.5 + confidence / 2))
+    out: dict[str, list[float]] = {}
+    if task == "regression":
+        mae = win.abs_err / n
+        var = max(win.sq_err / n - mae * mae, 0.0)
+        half = z * math.sqrt(var / n)
+        return {"mae": [_r(max(0.0, mae - half)), _r(mae + half)]}
+    out["accuracy"] = _wilson(win.correct, n, z)
+    if task == "binary":
+        tp, fp, fn = win.tp, win.fp, win.fn
+        if tp + fp:
+            out["precision"] = _wilson(tp, tp + fp, z)
+        if tp + fn:
+            out["recall"] = _wilson(tp, tp + fn, z)
+        if tp + fp + fn:
+            out["f1"] = _wilson(2 * tp, 2 * tp + fp + fn, z)
+        if scored and "roc_auc" in metrics:
+            a = metrics["roc_auc"]
+            n_pos = sum(label_key(p.label) == positive for p in scored)
+            n_neg = len(scored) - n_pos
+            q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+            var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
+            half = z * math.sqrt(max(var, 0.0))
+            out["roc_auc"] = [_r(max(0.0, a - half)), _r(min(1.0, a + half))]
+    return out
 
 
 def _pairs_plain(pairs: list[tuple[int, JoinedPair]]) -> list[list[Any]]:

@@ -226,20 +226,23 @@ class ModelMonitor:
                 v = rep.metrics.get(metric)
                 if v is None or v != v:  # not computed (too few labels) or undefined
                     continue
-                low = bound.min is not None and v < bound.min
-                high = bound.max is not None and v > bound.max
-                thr = bound.min if bound.min is not None and (low or bound.max is None) else bound.max
+                lo, hi = rep.interval.get(metric, [v, v])  # sampling error: the whole interval must be beyond
+                low = bound.min is not None and hi < bound.min
+                high = bound.max is not None and lo > bound.max
+                thr = bound.min if bound.min is not None and (v < bound.min or bound.max is None) else bound.max
                 findings.append(Finding(None, "performance", metric, v, float(thr), bool(low or high), None,
-                                        rep.labeled, {"estimated": rep.estimated, "coverage": rep.coverage}))
+                                        rep.labeled, {"estimated": rep.estimated, "coverage": rep.coverage,
+                                                      "interval": [lo, hi], "confidence": perf.confidence}))
             if perf.min_coverage is not None and rep.predictions:
                 findings.append(Finding(None, "label_coverage", "coverage", rep.coverage, perf.min_coverage,
                                         rep.coverage < perf.min_coverage, None, rep.predictions,
                                         {"lag_p50_s": rep.lag_p50_s, "lag_p95_s": rep.lag_p95_s},
                                         severity=None))
             if self.concept is not None:
-                for name, drifts, warnings in self.concept.take():
+                for dcfg, (name, drifts, warnings) in zip(self.cfg.concept_drift, self.concept.take()):
                     level = 2.0 if drifts else (1.0 if warnings else 0.0)
-                    findings.append(Finding(None, "concept_drift", name, level, 1.0, level >= 1.0, None, rep.labeled,
+                    pages = drifts > 0 or (warnings > 0 and dcfg.page_warnings)  # warnings are reported
+                    findings.append(Finding(None, "concept_drift", name, level, 1.0, pages, None, rep.labeled,
                                             {"drifts": drifts, "warnings": warnings}, consecutive=1,
                                             severity="critical" if drifts else "warning"))
             out.append((rep, findings))

@@ -31,7 +31,7 @@ import numpy as np
 
 from .columns import Columns
 
-__all__ = ["Binning", "LatencySketch", "Pane", "clip"]
+__all__ = ["Binning", "LatencySketch", "Pane", "bin_edges", "clip"]
 
 _MAX_NEW_EXAMPLES = 10
 
@@ -81,6 +81,7 @@ class Binning:
     hi: np.ndarray  # (k,) reference maximum
     categories: tuple[tuple[str, ...], ...]  # per categorical feature, tracked categories in index order
     known: tuple[frozenset[str], ...]  # per categorical feature, categories seen in the reference
+    unseen_mass: tuple[float, ...] = ()  # per categorical feature, Good-Turing share of never-seen values
     _vocab: tuple[dict[str, int], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,33 +108,39 @@ class Binning:
     @classmethod
     def fit(cls, cols: Columns, numeric: Sequence[str], categorical: Sequence[str], bins: int = 10,
             max_categories: int = 50, max_known: int = 10000) -> Binning:
-        """Quantile edges and category vocabularies from reference columns."""
+        """Bin edges and category vocabularies from reference columns (see :func:`bin_edges`)."""
         k = len(numeric)
         edges = np.full((k, bins - 1), np.inf)
         valid = np.zeros((k, bins), dtype=bool)
         lo = np.full(k, -np.inf)
         hi = np.full(k, np.inf)
-        qs = np.linspace(0, 1, bins + 1)[1:-1]
         for j in range(k):
             x = cols.numeric[:, j]
             x = x[~np.isnan(x)]
             if x.size == 0:
                 valid[j, 0] = True
                 continue
-            e = np.unique(np.quantile(x, qs))
-            e = e[e > x.min()]  # bins are [edge, next edge): an edge at the minimum would make an empty bin
+            e = bin_edges(x, bins)
             edges[j, : e.size] = e
             valid[j, : e.size + 1] = True
             lo[j], hi[j] = x.min(), x.max()
         cats: list[tuple[str, ...]] = []
         known: list[frozenset[str]] = []
+        unseen: list[float] = []
         for j in range(len(categorical)):
             col = cols.categorical[:, j]
             counts = Counter(v for v in col if v is not None)
             ranked = [v for v, _ in counts.most_common()]
             cats.append(tuple(ranked[:max_categories]))
             known.append(frozenset(ranked[:max_known]))
-        return cls(tuple(numeric), tuple(categorical), edges, valid, lo, hi, tuple(cats), tuple(known))
+            n = sum(counts.values())
+            # Good-Turing: the share of the reference's events whose value it saw once estimates the share of
+            # events with a value it never saw; values beyond max_known count as unseen too
+            singletons = sum(1 for v in ranked[:max_known] if counts[v] == 1)
+            dropped = sum(counts[v] for v in ranked[max_known:])
+            unseen.append((singletons + dropped) / n if n else 0.0)
+        return cls(tuple(numeric), tuple(categorical), edges, valid, lo, hi, tuple(cats), tuple(known),
+                   tuple(unseen))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +152,7 @@ class Binning:
             "hi": [float(v) if np.isfinite(v) else None for v in self.hi],
             "categories": [list(c) for c in self.categories],
             "known": [sorted(k) for k in self.known],
+            "unseen_mass": list(self.unseen_mass),
         }
 
     @classmethod
@@ -157,8 +165,36 @@ class Binning:
             valid[j, : len(row) + 1] = True
         lo = np.array([-np.inf if v is None else v for v in d["lo"]], dtype=np.float64)
         hi = np.array([np.inf if v is None else v for v in d["hi"]], dtype=np.float64)
+        unseen = tuple(float(u) for u in d.get("unseen_mass", [0.0] * len(d["categorical"])))
         return cls(tuple(d["numeric"]), tuple(d["categorical"]), edges, valid, lo, hi,
-                   tuple(tuple(c) for c in d["categories"]), tuple(frozenset(k) for k in d["known"]))
+                   tuple(tuple(c) for c in d["categories"]), tuple(frozenset(k) for k in d["known"]), unseen)
+
+
+def bin_edges(x: np.ndarray, bins: int) -> np.ndarray:
+    """Interior edges (bins are ``[edge, next edge)``) for reference values ``x``, at most ``bins - 1`` of them.
+
+    - at most ``bins`` distinct values (a flag, a small count): one bin per value;
+    - otherwise every *mass point* (a value holding more than ``1 / bins`` of the events, e.g. the zeros of a
+      zero-inflated feature) gets a bin of its own, and the remaining edges are equal-mass quantiles of the
+      other values. Plain quantile edges would merge a mass point with its neighbours, and a flag's deciles
+      are all equal: one bin, PSI always 0, a shift from 5 % to 30 % ones invisible.
+    """
+    uniq, counts = np.unique(x, return_counts=True)
+    if uniq.size <= bins:
+        return uniq[1:]
+    heavy = uniq[counts > x.size / bins]
+    edges: set[float] = set()
+    for v in heavy.tolist():  # [v, next float after v) holds exactly v
+        edges.add(v)
+        edges.add(float(np.nextafter(v, np.inf)))
+    room = bins - 1 - len(edges)
+    rest = x[~np.isin(x, heavy)] if heavy.size else x
+    if room > 0 and rest.size:
+        qs = np.linspace(0, 1, room + 2)[1:-1]
+        edges.update(np.quantile(rest, qs).tolist())
+    e = np.array(sorted(edges))
+    e = e[e > x.min()]  # an edge at the minimum would make an empty bin
+    return e[: bins - 1]
 
 
 class Pane:

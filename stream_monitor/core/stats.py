@@ -15,7 +15,7 @@ ks             Kolmogorov-Smirnov D                        0.1        Smirnov li
 wasserstein    W1 / reference standard deviation           0.1        binned chi-square homogeneity
 js             Jensen-Shannon distance, base 2             0.1        binned chi-square homogeneity
 hellinger      Hellinger distance                          0.1        binned chi-square homogeneity
-chi2           Cohen's w = sqrt(chi2 / n)                  0.1        chi-square goodness of fit
+chi2           Cohen's w (two-sample), noise floor         0.1        chi-square homogeneity
 =============  ==========================================  =========  ============================
 """
 
@@ -25,7 +25,8 @@ import numpy as np
 from scipy import special
 
 __all__ = [
-    "chisquare_gof",
+    "binomial_sf",
+    "chi2_homogeneity",
     "hellinger",
     "js_distance",
     "ks_2samp",
@@ -34,6 +35,7 @@ __all__ = [
     "psi",
     "psi_null_threshold",
     "psi_pvalue",
+    "w_null_threshold",
     "wasserstein",
 ]
 
@@ -103,24 +105,52 @@ def hellinger(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray 
     return np.sqrt(np.clip(1.0 - bc, 0.0, None))
 
 
-def chisquare_gof(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None,
-                  alpha: float = SMOOTHING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chi-square goodness of fit of the window's counts to the reference's (smoothed) proportions.
+def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chi-square test of homogeneity of the reference's and the window's counts: both are samples.
 
-    Returns ``(statistic, p_value, cohens_w)``; equals ``scipy.stats.chisquare(cur, f_exp=expected)``
-    with ``expected = n_cur * proportions(ref)``.
+    (A goodness-of-fit test against the reference's proportions treats the reference as exact and inflates the
+    statistic by about ``1 + n_cur / n_ref``: at windows as large as the reference it rejects most of the
+    time under no drift.) Returns ``(statistic, p_value, w)``. The statistic and p-value equal
+    ``scipy.stats.chi2_contingency([ref, cur], correction=False)`` on the bins either side has events in;
+    ``w = sqrt(statistic * N / (n_ref * n_cur))`` estimates Cohen's w between the two distributions on the same
+    scale as a goodness-of-fit w (it is ``sqrt(sum((q - p)^2 / m))`` with ``m`` the pooled proportions).
     """
+    ref = np.asarray(ref_counts, dtype=np.float64)
     cur = np.asarray(cur_counts, dtype=np.float64)
     v = np.ones_like(cur, dtype=bool) if valid is None else valid
-    n = np.where(v, cur, 0.0).sum(axis=-1)
-    expected = proportions(ref_counts, v, alpha) * n[..., None]
+    ref, cur = np.where(v, ref, 0.0), np.where(v, cur, 0.0)
+    n_ref, n_cur = ref.sum(axis=-1), cur.sum(axis=-1)
+    total = n_ref + n_cur
+    col = ref + cur
+    used = v & (col > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(v & (expected > 0), (cur - expected) ** 2 / expected, 0.0)
+        share = np.where(used, col / total[..., None], 0.0)
+        e_ref, e_cur = share * n_ref[..., None], share * n_cur[..., None]
+        terms = np.where(used & (e_ref > 0), (ref - e_ref) ** 2 / e_ref, 0.0) + \
+            np.where(used & (e_cur > 0), (cur - e_cur) ** 2 / e_cur, 0.0)
     stat = terms.sum(axis=-1)
-    dof = np.maximum(v.sum(axis=-1) - 1, 1)
-    p = special.chdtrc(dof, stat)
-    w = np.sqrt(np.divide(stat, n, out=np.zeros_like(stat), where=n > 0))
-    return stat, p, w
+    dof = np.maximum(used.sum(axis=-1) - 1, 1)
+    both = (n_ref > 0) & (n_cur > 0)
+    p = np.where(both, special.chdtrc(dof, stat), 1.0)
+    scale = np.divide(total, n_ref * n_cur, out=np.zeros_like(total), where=both)
+    return stat, p, np.sqrt(stat * scale)
+
+
+def w_null_threshold(n_ref: np.ndarray, n_cur: np.ndarray, bins: np.ndarray, q: float = 0.999) -> np.ndarray:
+    """The Cohen's w that sampling noise alone exceeds with probability ``1 - q``: ``sqrt(chi2_q(B-1) *
+    (1/n_ref + 1/n_cur))``. Under no drift ``w^2 ~ (B - 1)(1/n_ref + 1/n_cur)``, so a fixed w of 0.1 is met by
+    noise for features with many levels; the engine uses ``max(threshold, this)``."""
+    scale = 1.0 / np.maximum(n_ref, 1) + 1.0 / np.maximum(n_cur, 1)
+    return np.sqrt(special.chdtri(np.maximum(np.asarray(bins) - 1, 1), 1.0 - q) * scale)
+
+
+def binomial_sf(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(X >= k) for X ~ Binomial(n, p) (a C ufunc): the test of a new-category count against the reference's
+    unseen mass."""
+    k = np.asarray(k, dtype=np.int64)
+    n = np.maximum(np.asarray(n, dtype=np.int64), 1)
+    return np.where(k <= 0, 1.0, special.bdtrc(np.maximum(k - 1, 0), n, np.clip(p, 1e-12, 1.0)))
 
 
 def ks_2samp(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[float, float]:

@@ -51,7 +51,8 @@ def test_ungrouped_alerts_are_one_per_condition():
 
 def test_data_quality_inhibits_drift_on_the_same_feature_only():
     policy = AlertPolicy(AlertsConfig())
-    alerts = [a for w in feed(policy, [[quality("a", True), drift("a", True), drift("b", True)]] * 2) for a in w]
+    alerts = [a for w in feed(policy, [[quality("a", True), drift("a", True, value=0.2), drift("b", True)]] * 2)
+              for a in w]
     kinds = {a.kind: a for a in alerts}
     assert set(kinds) == {"data_quality", "data_drift"}
     assert [m["feature"] for m in kinds["data_drift"].features] == ["b"]
@@ -59,6 +60,14 @@ def test_data_quality_inhibits_drift_on_the_same_feature_only():
     off = AlertPolicy(AlertsConfig(inhibit=False))
     alerts = [a for w in feed(off, [[quality("a", True), drift("a", True)]] * 2) for a in w]
     assert {m["feature"] for a in alerts if a.kind == "data_drift" for m in a.features} == {"a"}
+
+
+def test_data_quality_never_hides_a_large_shift_on_the_same_feature():
+    # values pushed out of the reference's range (out_of_range_rate) and a PSI of 4.99: both page
+    policy = AlertPolicy(AlertsConfig())
+    alerts = [a for w in feed(policy, [[quality("a", True), drift("a", True, value=4.99)]] * 2) for a in w]
+    assert {a.kind for a in alerts} == {"data_quality", "data_drift"}
+    assert [c.kind for c in policy.active("m")].count("data_drift") == 1  # breaker rules on data_drift see it
 
 
 def test_severity_per_kind_and_escalation():

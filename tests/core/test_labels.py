@@ -226,3 +226,42 @@ def test_performance_tracker_restores_open_windows():
     (rep,) = again.mature(100.0)
     assert (rep.predictions, rep.labeled, rep.coverage) == (50, 20, 0.4)
     assert rep == tr.mature(100.0)[0]  # pair samples too: ROC AUC and lag percentiles span the restart
+
+
+def test_estimate_is_calibrated_on_reference_labels_when_scores_are_not():
+    # an overconfident model: scores sigmoid(3x), truth P(y=1) = sigmoid(x). Raw-score CBPE is far off;
+    # calibrated on the first labeled pairs it tracks the expected accuracy of every window
+    rng = np.random.default_rng(7)
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 600, "min_labels": 50,
+            "calibration_pairs": 5000}
+    mon = Monitor(parse_config({"models": {"clf": classifier_config(performance=perf)}}))
+    expected_acc: dict[int, list[float]] = {}
+    errors, raw_errors = [], []
+    t0 = 1.7e9
+    for i in range(18):
+        n = 1200
+        x = rng.normal(0.0, 1.0, n) + (0.4 if i >= 8 else 0.0)  # inputs move later: accuracy changes
+        truth = 1 / (1 + np.exp(-x))
+        score = 1 / (1 + np.exp(-3 * x))
+        y = rng.random(n) < truth
+        preds, labels = [], []
+        for j in range(n):
+            t = t0 + (i * n + j) * 0.5
+            eid = f"e{i}-{j}"
+            preds.append({"event_id": eid, "model": "clf", "model_version": "v1", "timestamp": t,
+                          "features": {"x": float(x[j]), "z": 0.0}, "prediction": "1" if score[j] >= 0.5 else "0",
+                          "score": float(score[j])})
+            labels.append({"event_id": eid, "model": "clf", "label": int(y[j]), "timestamp": t + 30})
+            w = int(t // 600)
+            p_correct = truth[j] if score[j] >= 0.5 else 1 - truth[j]
+            expected_acc.setdefault(w, []).append(float(p_correct))
+        for r in mon.process_batch(preds, labels).reports:
+            if r["type"] == "performance" and r["estimated"] and int(r["start"] // 600) in expected_acc:
+                truth_acc = float(np.mean(expected_acc[int(r["start"] // 600)]))
+                if r["start"] >= t0 + 3000:  # after the calibration pairs
+                    errors.append(abs(r["estimated"]["accuracy"] - truth_acc))
+    raw_acc = float(np.mean(np.maximum(score, 1 - score)))  # what raw scores claim for the last window
+    raw_errors.append(abs(raw_acc - float(np.mean(expected_acc[max(expected_acc)]))))
+    assert len(errors) >= 10
+    assert float(np.mean(errors)) <= 0.01, errors
+    assert raw_errors[0] > 0.08  # uncalibrated, the estimate would be useless

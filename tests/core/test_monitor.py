@@ -216,3 +216,66 @@ def test_events_of_a_model_named_like_a_prefix_are_not_monitored_as_that_model()
     assert out.alerts == [] and len(out.unknown_predictions) == 3000
     assert mon.counters.unmonitored["a/b"] == 3000 and mon.models["a"].windows is not None
     assert mon.policy.active("a") == []
+
+
+def flag_stream(rng, n, p_one, start=0):
+    evs = make_events(n, rng, start=start)
+    flags = rng.random(n) < p_one
+    for e, f in zip(evs, flags):
+        e["features"]["flag"] = int(f)
+        e["features"]["spend"] = 0.0 if rng.random() < 0.6 else float(rng.exponential(50))
+    return evs
+
+
+def test_a_binary_flag_and_a_zero_inflated_feature_get_bins_that_can_show_a_shift():
+    rng = np.random.default_rng(29)
+    cfg = model_config(features={"numeric": ["a", "flag", "spend"], "categorical": ["k"]},
+                       reference={"size": 5000})
+    batches = [flag_stream(rng, 1000, 0.05, start=i * 1000) for i in range(10)]
+    batches += [flag_stream(rng, 1000, 0.30, start=10_000 + i * 1000) for i in range(4)]
+    mon, alerts = run(cfg, batches)
+    assert mon.models["m"].reference.binning.bin_valid[1].sum() == 2  # 0 and 1: a bin each
+    assert mon.models["m"].reference.binning.edges[2][0] > 0  # the zeros of spend have a bin of their own
+    assert ("flag", "psi") in firing(alerts)
+    assert all(f != "spend" for f, _ in firing(alerts))
+
+
+def test_a_rare_unseen_value_in_a_small_window_of_a_long_tail_does_not_page():
+    rng = np.random.default_rng(30)
+    levels = [f"v{i}" for i in range(200)]
+    probs = 1 / np.arange(1, 201) ** 1.1
+    probs /= probs.sum()
+    cfg = model_config(window={"size": 100}, reference={"size": 5000}, drift={"min_window_events": 50})
+    batches = []
+    for i in range(60):
+        evs = make_events(1000, rng, start=i * 1000)
+        for e, v in zip(evs, rng.choice(levels, 1000, p=probs)):
+            e["features"]["k"] = str(v)
+        batches.append(evs)
+    _, alerts = run(cfg, batches)
+    assert [a for a in alerts if a.statistic == "new_category_rate"] == []
+
+
+def test_accuracy_under_its_bound_by_sampling_error_alone_does_not_page():
+    from tests.streams import classifier_config, labeled_stream
+
+    perf = {"task": "binary", "positive_label": "1", "window_s": 300, "maturity_s": 0, "min_labels": 30,
+            "thresholds": {"accuracy": {"min": 0.74}}}
+    mon = Monitor(parse_config({"models": {"clf": classifier_config(performance=perf)}}))
+    rng = np.random.default_rng(31)
+    alerts, reports = [], []
+    for i in range(40):  # ~50 labels per 5-minute window; true accuracy 0.78, observed often under 0.74
+        p, lab = labeled_stream(60, rng, start=i * 60, dt=5.0, lag_mean_s=20, missing=0.1)
+        out = mon.process_batch(p, lab)
+        alerts += out.alerts
+        reports += [r for r in out.reports if r["type"] == "performance"]
+    assert any(r["metrics"].get("accuracy", 1) < 0.74 for r in reports), "the stream must dip under the bound"
+    assert all(lo <= r["metrics"]["accuracy"] <= hi for r in reports if r["metrics"]
+               for lo, hi in [r["interval"]["accuracy"]])
+    assert [a for a in alerts if a.kind == "performance"] == []
+    flipped = Monitor(parse_config({"models": {"clf": classifier_config(performance=perf)}}))
+    alerts = []
+    for i in range(40):  # the relation flips: accuracy ~0.2, far under the bound, pages
+        p, lab = labeled_stream(60, rng, start=i * 60, dt=5.0, lag_mean_s=20, missing=0.1, flip=i >= 10)
+        alerts += flipped.process_batch(p, lab).alerts
+    assert any(a.kind == "performance" and a.status == "firing" for a in alerts)

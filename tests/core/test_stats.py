@@ -86,15 +86,39 @@ def test_js_distance_matches_scipy():
         assert ours[j] == pytest.approx(jensenshannon(ref[j], cur[j], base=2), abs=1e-12)
 
 
-def test_chisquare_matches_scipy():
-    ref = np.array([[500, 300, 150, 50]])
-    cur = np.array([[80, 70, 30, 20]])
-    stat, p, w = stats.chisquare_gof(ref, cur)
-    expected = stats.proportions(ref)[0] * cur.sum()
-    sref = sps.chisquare(cur[0], f_exp=expected)
+@pytest.mark.parametrize(("ref", "cur"), [
+    ([500, 300, 150, 50], [80, 70, 30, 20]),
+    ([5000, 3, 0, 12], [4000, 0, 0, 40]),  # an empty column on both sides: not a degree of freedom
+])
+def test_chi2_homogeneity_matches_scipy_contingency(ref, cur):
+    stat, p, w = stats.chi2_homogeneity(np.array([ref]), np.array([cur]))
+    table = np.array([ref, cur])
+    table = table[:, table.sum(axis=0) > 0]
+    sref = sps.chi2_contingency(table, correction=False)
     assert stat[0] == pytest.approx(sref.statistic)
     assert p[0] == pytest.approx(sref.pvalue)
-    assert w[0] == pytest.approx(np.sqrt(sref.statistic / cur.sum()))
+    n1, n2 = sum(ref), sum(cur)
+    assert w[0] == pytest.approx(np.sqrt(sref.statistic * (n1 + n2) / (n1 * n2)))
+
+
+def test_chi2_homogeneity_is_calibrated_where_goodness_of_fit_is_not():
+    # reference 5,000 and window 10,000 from the same 200-level long tail: a homogeneity test rejects ~1 %
+    rng = np.random.default_rng(12)
+    probs = 1 / np.arange(1, 201) ** 1.1
+    probs /= probs.sum()
+    rejections = over_floor = 0
+
+    def tracked(counts):  # as a pane counts them: the top 50 levels and "other"
+        return np.concatenate([counts[:50], [counts[50:].sum()]])
+
+    for _ in range(300):
+        ref = tracked(rng.multinomial(5000, probs))
+        cur = tracked(rng.multinomial(10000, probs))
+        _, p, w = stats.chi2_homogeneity(ref[None], cur[None])
+        rejections += p[0] < 0.01
+        over_floor += w[0] >= stats.w_null_threshold(5000, 10000, 51)[()]
+    assert rejections <= 9  # 1 % of 300 is 3; a goodness-of-fit test rejected 100 % here
+    assert over_floor <= 1  # the noise floor is the 99.9 % quantile of w under no drift
 
 
 def test_hellinger_bounds():
