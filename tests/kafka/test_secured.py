@@ -25,7 +25,7 @@ from stream_monitor.cli import main
 from stream_monitor.config import parse_config
 from stream_monitor.kafka.clients import Connection, KafkaConnectError
 from stream_monitor.kafka.router import BreakerClient
-from tests.kafka.chaos import MonitorProcess, produce_partitioned, wait_committed
+from tests.kafka.chaos import MonitorProcess
 from tests.kafka.helpers import config_dict
 from tests.streams import make_events, model_config
 
