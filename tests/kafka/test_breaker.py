@@ -168,21 +168,29 @@ def test_drift_burst_on_twenty_features_is_one_grouped_alert(kafka_bootstrap, ru
     assert sorted(f["feature"] for f in alerts[0]["features"]) == sorted(f"f{j}" for j in range(20))
 
 
-def test_data_quality_alert_inhibits_drift_alert_on_the_same_feature(kafka_bootstrap, run_id):
-    cfg = config(run_id, {"m": model_config(window={"size": 1000}, reference={"size": 2000})})
-    create_topic(kafka_bootstrap, cfg.topics.predictions)
+def test_data_quality_alert_inhibits_drift_alert_on_the_same_feature_unless_the_shift_is_large(kafka_bootstrap,
+                                                                                                 run_id):
     stream = Stream(46)
-    # c: 40 % missing (a broken pipeline) and what is left is shifted; a: a real drift
+    # c: 40 % missing (a broken pipeline) and what is left is shifted far; a: a real drift
     events = stream(3000) + stream(3000, missing_c=0.4, a_mean=1.0)
     for ev in events[3000:]:
         if ev["features"]["c"] is not None:
             ev["features"]["c"] += 5.0
-    with Running(cfg, kafka_bootstrap) as run:
-        produce(kafka_bootstrap, cfg.topics.predictions, events)
-        run.wait_consumed(len(events))
-        time.sleep(1)
-    alerts = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 2)]
-    by_kind = {a["kind"]: a for a in alerts}
-    assert set(by_kind) == {"data_quality", "data_drift"}
-    assert {f["feature"] for f in by_kind["data_quality"]["features"]} == {"c"}
-    assert {f["feature"] for f in by_kind["data_drift"]["features"]} == {"a"}  # c's drift is inhibited
+    drifting = {}
+    for factor in (100.0, 2.5):  # 100: every shift counts as moderate; 2.5 (default): c's shift is large
+        rid = f"{run_id}{int(factor)}"
+        cfg = config(rid, {"m": model_config(window={"size": 1000}, reference={"size": 2000})},
+                     alerts={"critical_factor": factor})
+        create_topic(kafka_bootstrap, cfg.topics.predictions)
+        with Running(cfg, kafka_bootstrap) as run:
+            produce(kafka_bootstrap, cfg.topics.predictions, events)
+            run.wait_consumed(len(events))
+            time.sleep(1)
+        alerts = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.alerts,
+                                                            lambda ms: len(ms) >= 2)]
+        by_kind = {a["kind"]: a for a in alerts}
+        assert set(by_kind) == {"data_quality", "data_drift"}
+        assert {f["feature"] for f in by_kind["data_quality"]["features"]} == {"c"}
+        drifting[factor] = {f["feature"] for f in by_kind["data_drift"]["features"]}
+    assert drifting[100.0] == {"a"}  # c's moderate drift is inhibited: the broken pipeline pages once
+    assert drifting[2.5] == {"a", "c"}  # a large shift is never hidden behind data quality
