@@ -17,7 +17,8 @@ resumes from state that matches its committed offsets exactly: no event counted 
 windows, the same alert ids. On a failed commit the transaction is aborted and every task is rewound to its
 last committed state and offsets (the work is redone; nothing was visible).
 
-**Checkpointer.** :class:`Checkpointer` owns the transactional producer: begin, produce, commit, abort.
+**Checkpointer.** :class:`~.checkpoint.Checkpointer` owns the transactional producer: begin, produce, commit,
+abort.
 """
 
 from __future__ import annotations
@@ -33,17 +34,18 @@ from typing import Any
 
 import orjson
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException,
-                             Message, Producer, TopicPartition)  # types only: clients come from .clients
+                             Message, TopicPartition)  # types only: clients come from .clients
 
 from ..config import MonitorConfig
 from ..core.breaker import BreakerSignal
 from ..core.events import TimeRange, decode_labels, decode_predictions
 from ..core.monitor import BatchOutput, Monitor, load_references
 from ..exporter import MonitorMetrics
-from .clients import Connection, ensure_topics, make_consumer, producer_config
+from .checkpoint import Checkpointer, CommitFailed
+from .clients import Connection, ensure_topics, make_consumer
 from .compacted import CompactedTopicReader
 
-__all__ = ["Checkpointer", "MonitorService", "ServiceStats"]
+__all__ = ["MonitorService", "ServiceStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,124 +83,8 @@ class ServiceStats:
     started: float = field(default_factory=time.monotonic)
 
 
-class CommitFailed(RuntimeError):
-    """The open transaction could not be committed: it was aborted, and the work since the last commit must be
-    redone from the last committed state and offsets."""
-
-
 class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: it must be replaced."""
-
-
-class Checkpointer:
-    """The transactional producer: outputs, state records and offsets of a unit of work commit as one.
-
-    Deliveries are checked at commit: a record the broker refused (too large, no such topic, not authorised)
-    makes the commit fail, the transaction abort, and the reason reach the log.
-    """
-
-    def __init__(self, cfg: MonitorConfig, conn: Connection) -> None:
-        self.cfg = cfg
-        self.conn = conn
-        self.timeout_s = max(10.0, cfg.kafka.transaction_timeout_s)
-        self.open = False
-        self.errors: list[str] = []
-        self._wedged: list[Producer] = []
-        self._new_producer()
-
-    def _new_producer(self) -> None:
-        conf = producer_config(self.cfg, transactional=True)
-        self.producer_id = conf["transactional.id"]
-        self.producer = self.conn.producer(conf)
-        self.producer.init_transactions(self.timeout_s)  # fences an earlier incarnation with the same id
-
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None and len(self.errors) < 20:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
-
-    def produce(self, topic: str, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
-        if not self.open:
-            self.producer.begin_transaction()
-            self.open = True
-            self.errors = []
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": self._delivered}
-        if partition is not None:
-            kwargs["partition"] = partition
-        for _ in range(100):
-            try:
-                self.producer.produce(topic, **kwargs)
-                break
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.5)
-            except KafkaException as exc:  # the transaction is in error (an earlier record was refused)
-                why = "; ".join(self.errors[:3]) or exc.args[0].str()
-                self.abort(exc.args[0])
-                raise CommitFailed(why) from None
-        else:
-            self.abort()
-            raise CommitFailed(f"producer queue stayed full while producing to {topic}")
-        self.producer.poll(0)
-
-    def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
-        """Commit the open transaction with ``offsets``; raises :class:`CommitFailed` after aborting it."""
-        if not self.open:
-            self.producer.begin_transaction()
-            self.open = True
-            self.errors = []
-        producer = self.producer
-        outcome: list[BaseException | None] = []
-
-        def run() -> None:
-            try:
-                if offsets:
-                    producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
-                producer.commit_transaction(self.timeout_s)
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                outcome.append(exc)
-
-        # librdkafka's send_offsets_to_transaction() can block past its timeout when the group coordinator
-        # goes away (confluentinc/librdkafka#5456, #5511): a watchdog replaces a wedged producer instead of
-        # waiting for ever. The new producer's init_transactions() fences the old one and aborts its work.
-        worker = threading.Thread(target=run, name="txn-commit", daemon=True)
-        worker.start()
-        worker.join(2 * self.timeout_s + 10)
-        if not outcome:
-            logger.error("transaction commit stuck for %.0fs: replacing the producer (its work is aborted)",
-                         2 * self.timeout_s + 10)
-            self._wedged.append(producer)  # never destroyed under a blocked call
-            self.open = False
-            self._new_producer()
-            raise CommitFailed("commit did not return: producer replaced")
-        exc = outcome[0]
-        if exc is None:
-            self.open = False
-            return
-        if not isinstance(exc, KafkaException):
-            raise exc
-        why = "; ".join(self.errors[:3]) or exc.args[0].str()
-        self.abort(exc.args[0])
-        raise CommitFailed(why) from None
-
-    def abort(self, err: KafkaError | None = None) -> None:
-        """Abort the open transaction (a fenced or fatally failed producer is replaced)."""
-        try:
-            if err is not None and err.fatal():
-                raise KafkaException(err)
-            if self.open:
-                self.producer.abort_transaction(self.timeout_s)
-        except KafkaException as exc:
-            logger.warning("transactional producer unusable (%s): starting a new one", exc.args[0].str())
-            self.producer.flush(0)
-            self._new_producer()
-        self.open = False
-
-    def close(self) -> None:
-        if self.open:
-            self.abort()
-        self.producer.flush(5)
-        self.producer = None  # type: ignore[assignment]  # release the client now, not when collected
 
 
 class MonitorService:
