@@ -151,6 +151,7 @@ class ModelMonitor:
         self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
+        self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
         if self._preloaded is not None:
@@ -198,7 +199,18 @@ class ModelMonitor:
         assert self.performance is not None
         self.performance.add_pairs(pairs)
         if self.concept is not None:
-            self.concept.update(pairs)
+            self.detections += self.concept.update(pairs)
+
+    def take_detections(self) -> list[Finding]:
+        """Concept drifts detected since the last call, as findings to alert on now (not at maturity)."""
+        out = []
+        for i, pair in self.detections:
+            name = self.cfg.concept_drift[i].type
+            out.append(Finding(None, "concept_drift", name, 2.0, 1.0, True, None, 1,
+                               {"detected_at_prediction_time": pair.prediction_time, "event_id": pair.event_id,
+                                "label_time": pair.label_time}, consecutive=1, severity="critical"))
+        self.detections = []
+        return out
 
     def observe_predictions(self, events: list[dict[str, Any]]) -> None:
         """Every prediction (before sampling) enters the label join and the performance windows."""
@@ -523,6 +535,7 @@ class Monitor:
             mm.update_labels([labels[i] for i in pos])
             touched.add(name)
         for name in sorted(touched):
+            self._concept_now(name, out)
             self._mature(name, out)
         self.counters.alerts += len(out.alerts)
         return out
@@ -544,6 +557,15 @@ class Monitor:
             sig = breaker.update(window.end, self.policy.active(name))
             if sig is not None:
                 out.signals.append(sig)
+
+    def _concept_now(self, name: str, out: BatchOutput) -> None:
+        """A detector that fires pages now, citing the prediction time of the pair that tipped it (the window
+        of the alert is that instant); the matured performance window's evaluation later keeps or resolves it."""
+        mm = self.models[name]
+        for f in mm.take_detections():
+            t = f.details["detected_at_prediction_time"]
+            info = WindowInfo(int(t // mm.cfg.performance.window_s), t, t, 1)
+            self._decide(name, mm.last_version, info, [f], None, mm.cfg.sample_rate, out)
 
     def _mature(self, name: str, out: BatchOutput) -> int:
         mm = self.models[name]

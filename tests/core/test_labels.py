@@ -265,3 +265,40 @@ def test_estimate_is_calibrated_on_reference_labels_when_scores_are_not():
     assert len(errors) >= 10
     assert float(np.mean(errors)) <= 0.01, errors
     assert raw_errors[0] > 0.08  # uncalibrated, the estimate would be useless
+
+
+def test_concept_drift_pages_when_the_detector_fires_citing_the_detecting_pair():
+    # maturity of 70,000 s: performance windows report a day later, the concept-drift page must not wait for it
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 70000, "min_labels": 50}
+    mon = Monitor(parse_config({"models": {"clf": classifier_config(
+        performance=perf, concept_drift=[{"type": "adwin"}, {"type": "hddm_a"}])}}))
+    rng = np.random.default_rng(8)
+    t0, flip_at = 1.7e9, 1.7e9 + 8 * 1200 * 0.5
+    first = None
+    for i in range(14):
+        p, lab = labeled_stream(1200, rng, start=i * 1200, flip=i >= 8, lag_mean_s=60, missing=0.0)
+        for a in mon.process_batch(p, lab).alerts:
+            if a.kind == "concept_drift" and a.status == "firing" and first is None:
+                first = (a, max(x["timestamp"] for x in lab))
+    assert first is not None, "the flip must be detected"
+    alert, label_clock = first
+    assert alert.statistic == "adwin" and alert.severity == "critical"
+    assert flip_at <= alert.window["start"] == alert.details["detected_at_prediction_time"] < flip_at + 1800
+    assert label_clock < flip_at + 3600  # paged within an hour of labels, not at maturity (70,000 s)
+
+
+def test_concept_drift_warnings_are_reported_not_paged():
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 0, "min_labels": 50}
+    mon = Monitor(parse_config({"models": {"clf": classifier_config(
+        performance=perf, concept_drift=[{"type": "hddm_a", "params": {"drift_confidence": 1e-12}}])}}))
+    detectors = mon.models["clf"].concept
+    taken = []
+    original = detectors.take
+    detectors.take = lambda: taken.extend(original()) or taken[-1:]  # record what each window saw
+    rng = np.random.default_rng(9)
+    alerts = []
+    for i in range(30):  # stationary: HDDM_A warns now and then on noise; with a tiny drift confidence it never drifts
+        p, lab = labeled_stream(1200, rng, start=i * 1200, lag_mean_s=30, missing=0.0)
+        alerts += mon.process_batch(p, lab).alerts
+    assert sum(w for _, _, w in taken) > 0 and sum(d for _, d, _ in taken) == 0, taken
+    assert [a for a in alerts if a.kind == "concept_drift"] == []

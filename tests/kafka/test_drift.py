@@ -56,3 +56,32 @@ def test_long_seasonal_stream_without_drift_raises_nothing_with_a_calendar_refer
     alerts, windows = run(kafka_bootstrap, config(run_id, {"m": model}), events)
     assert alerts == []
     assert windows > 150  # the windows were evaluated (the first day only builds the calendar)
+
+
+def long_tail(events, rng, levels=200):
+    probs = 1 / np.arange(1, levels + 1) ** 1.1
+    probs /= probs.sum()
+    for e, v in zip(events, rng.choice(levels, len(events), p=probs)):
+        e["features"]["k"] = f"level-{v}"
+    return events
+
+
+def test_a_stationary_200_level_long_tail_at_windows_of_10000_raises_nothing(kafka_bootstrap, run_id):
+    # a goodness-of-fit chi-square (the reference taken as exact) was in permanent alert here
+    rng = np.random.default_rng(73)
+    events = long_tail(make_events(65000, rng), rng)
+    cfg = config(run_id, {"m": model_config(window={"size": 10000}, reference={"size": 5000})})
+    alerts, windows = run(kafka_bootstrap, cfg, events)
+    assert windows == 6
+    assert alerts == []
+
+
+def test_a_rare_binary_flag_going_from_5_to_30_percent_is_alerted(kafka_bootstrap, run_id):
+    rng = np.random.default_rng(74)
+    events = make_events(11000, rng)
+    for i, e in enumerate(events):
+        e["features"]["flag"] = int(rng.random() < (0.05 if i < 6000 else 0.30))
+    cfg = config(run_id, {"m": model_config(features={"numeric": ["a", "b", "flag"], "categorical": ["k"]})})
+    alerts, _ = run(kafka_bootstrap, cfg, events)
+    firing = {(f["feature"], f["statistic"]) for a in alerts if a["status"] == "firing" for f in a["features"]}
+    assert firing == {("flag", "psi")}
