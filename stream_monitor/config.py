@@ -43,8 +43,7 @@ class _Frozen(BaseModel):
 
 #: librdkafka properties that say where and how to connect: they belong in ``kafka.connection`` (shared by
 #: every client), never in one role's section only.
-CONNECTION_PREFIXES = ("security.protocol", "sasl.", "ssl.", "ssl_", "enable.ssl", "client.dns.lookup",
-                       "socket.", "broker.address.family", "client.id", "bootstrap.servers")
+CONNECTION_PREFIXES = ("security.protocol", "sasl.", "ssl.", "ssl_", "enable.ssl", "bootstrap.servers")
 
 #: librdkafka properties whose values never reach a log line or an error message.
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
