@@ -18,7 +18,8 @@ import numpy as np
 
 from .keys import event_keys
 
-__all__ = ["Columns", "build_columns", "column_names", "PREDICTION", "SCORE"]
+__all__ = ["Columns", "build_columns", "column_names", "decode_array", "encode_array", "PREDICTION",
+           "SCORE"]
 
 #: Pseudo-feature names under which the prediction and the score are monitored.
 PREDICTION = "prediction"
@@ -54,11 +55,13 @@ class Columns:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (numbers as exact little-endian bytes, base64)."""
-        return {"v": 1, "n": self.n, "event_time": _b64(self.event_time, "<f8"), "numeric": _b64(self.numeric, "<f8"),
-                "numeric_type_error": _b64(self.numeric_type_error, "u1"), "categorical": self.categorical.tolist(),
-                "categorical_type_error": _b64(self.categorical_type_error, "u1"),
-                "model_version": self.model_version.tolist(), "latency_ms": _b64(self.latency_ms, "<f8"),
-                "key": _b64(self.key, "<u8")}
+        return {"v": 1, "n": self.n, "event_time": encode_array(self.event_time, "<f8"),
+                "numeric": encode_array(self.numeric, "<f8"),
+                "numeric_type_error": encode_array(self.numeric_type_error, "u1"),
+                "categorical": self.categorical.tolist(),
+                "categorical_type_error": encode_array(self.categorical_type_error, "u1"),
+                "model_version": self.model_version.tolist(), "latency_ms": encode_array(self.latency_ms, "<f8"),
+                "key": encode_array(self.key, "<u8")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], k: int, c: int) -> Columns:
@@ -75,24 +78,25 @@ class Columns:
         versions = d["model_version"]
         if len(versions) != n or not all(type(v) is str for v in versions):
             raise ValueError("columns checkpoint: model_version is not n strings")
-        return cls(_unb64(d["event_time"], "<f8", (n,)), _unb64(d["numeric"], "<f8", (n, k)),
-                   _unb64(d["numeric_type_error"], "u1", (n, k)).astype(bool), cat,
-                   _unb64(d["categorical_type_error"], "u1", (n, c)).astype(bool),
-                   np.array(versions, dtype=object).reshape(n), _unb64(d["latency_ms"], "<f8", (n,)),
-                   _unb64(d["key"], "<u8", (n,)))
+        return cls(decode_array(d["event_time"], "<f8", (n,)), decode_array(d["numeric"], "<f8", (n, k)),
+                   decode_array(d["numeric_type_error"], "u1", (n, k)).astype(bool), cat,
+                   decode_array(d["categorical_type_error"], "u1", (n, c)).astype(bool),
+                   np.array(versions, dtype=object).reshape(n), decode_array(d["latency_ms"], "<f8", (n,)),
+                   decode_array(d["key"], "<u8", (n,)))
 
 
-def _b64(a: np.ndarray, dtype: str) -> str:
+def encode_array(a: np.ndarray, dtype: str) -> str:
+    """An array as exact bytes of ``dtype`` (e.g. ``"<f8"``), base64: how checkpoints carry numbers."""
     return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
 
 
-def _unb64(s: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode :func:`_b64`; the byte count must match ``shape`` (a wrong record raises, it never reshapes)."""
-    raw = base64.b64decode(s, validate=True)
-    a = np.frombuffer(raw, dtype=dtype)
-    if a.size != int(np.prod(shape)):
+def decode_array(s: str, dtype: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Decode :func:`encode_array` into a writable native array; with ``shape`` the byte count must match it
+    (a wrong record raises, it never reshapes), without it the array is 1-D."""
+    a = np.frombuffer(base64.b64decode(s, validate=True), dtype=dtype)
+    if shape is not None and a.size != int(np.prod(shape)):
         raise ValueError(f"checkpoint array has {a.size} values, expected shape {shape}")
-    return a.reshape(shape).astype(np.dtype(dtype).newbyteorder("="))
+    return a.reshape(shape if shape is not None else -1).astype(np.dtype(dtype).newbyteorder("="))
 
 
 def _object_matrix(rows: list[tuple[Any, ...]], n: int, k: int) -> np.ndarray:

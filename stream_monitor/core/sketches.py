@@ -20,7 +20,6 @@ the features' cardinality.
 
 from __future__ import annotations
 
-import base64
 import itertools
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .columns import Columns
+from .columns import Columns, decode_array, encode_array
 
 __all__ = ["Binning", "LatencySketch", "Pane", "bin_edges", "clip"]
 
@@ -368,8 +367,8 @@ class Pane:
             "num_counts": self.num_counts.tolist(), "num_missing": self.num_missing.tolist(),
             "num_type_error": self.num_type_error.tolist(), "num_out_of_range": self.num_out_of_range.tolist(),
             # the sample is the bulk of a checkpoint: exact float64 bytes, base64, ~2.5x smaller than JSON numbers
-            "sample_b64": base64.b64encode(np.ascontiguousarray(self.sample, dtype="<f8").tobytes()).decode(),
-            "sample_keys_b64": base64.b64encode(np.ascontiguousarray(self.sample_keys, dtype="<u8").tobytes()).decode(),
+            "sample_b64": encode_array(self.sample, "<f8"),
+            "sample_keys_b64": encode_array(self.sample_keys, "<u8"),
             "seen": self.seen,
             "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
             "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
@@ -389,10 +388,9 @@ class Pane:
         p.num_missing = _ints(d["num_missing"], (k,))
         p.num_type_error = _ints(d["num_type_error"], (k,))
         p.num_out_of_range = _ints(d["num_out_of_range"], (k,))
-        flat = np.frombuffer(base64.b64decode(d["sample_b64"], validate=True), dtype="<f8").astype(np.float64)
+        flat = decode_array(d["sample_b64"], "<f8")
         if "sample_keys_b64" in d:
-            p.sample_keys = np.frombuffer(base64.b64decode(d["sample_keys_b64"], validate=True),
-                                          dtype="<u8").astype(np.uint64)
+            p.sample_keys = decode_array(d["sample_keys_b64"], "<u8")
         else:  # a reference artifact written before keys existed: its rows are already a uniform sample
             p.sample_keys = np.arange(flat.size // k if k else 0, dtype=np.uint64)
         rows = p.sample_keys.size
