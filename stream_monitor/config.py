@@ -327,6 +327,11 @@ class ModelConfig(_Frozen):
     concept_drift: tuple[DetectorConfig, ...] = ()
     latency: LatencyConfig = LatencyConfig()
 
+    @property
+    def uses_labels(self) -> bool:
+        """Whether label events of this model are joined (performance or concept drift configured)."""
+        return self.performance.task != "none" or bool(self.concept_drift)
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if not self.features.numeric and not self.features.categorical:

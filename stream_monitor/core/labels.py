@@ -414,7 +414,7 @@ class PerformanceTracker:
             win = self._windows[w]
             win.stamp = next(self._stamps)
             if len(win.pairs) > 2 * self.cfg.max_pairs:  # amortised: trim to the smallest keys now and then
-                win.pairs = sorted(win.pairs, key=lambda kp: (kp[0], kp[1].event_id))[: self.cfg.max_pairs]
+                win.pairs = _smallest_keys(win.pairs, self.cfg.max_pairs)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -484,7 +484,7 @@ class PerformanceTracker:
 
     def _report(self, w: int, win: _PerfWindow) -> PerformanceReport:
         n = win.seen_pairs
-        pairs = [p for _, p in sorted(win.pairs, key=lambda kp: (kp[0], kp[1].event_id))[: self.cfg.max_pairs]]
+        pairs = [p for _, p in _smallest_keys(win.pairs, self.cfg.max_pairs)]
         lags = np.array([p.label_time - p.prediction_time for p in pairs])
         metrics: dict[str, float] = {}
         sample: list[JoinedPair] = []
@@ -561,6 +561,12 @@ def _intervals(task: str, win: _PerfWindow, n: int, metrics: dict[str, float], s
             half = z * math.sqrt(max(var, 0.0))
             out["roc_auc"] = [_r(max(0.0, a - half)), _r(min(1.0, a + half))]
     return out
+
+
+def _smallest_keys(pairs: list[tuple[int, JoinedPair]], k: int) -> list[tuple[int, JoinedPair]]:
+    """The ``k`` pairs with the smallest event keys (ties by event id): the window's sample, whatever order
+    the pairs were joined in."""
+    return sorted(pairs, key=lambda kp: (kp[0], kp[1].event_id))[:k]
 
 
 def _pairs_plain(pairs: list[tuple[int, JoinedPair]]) -> list[list[Any]]:

@@ -127,8 +127,7 @@ class ModelMonitor:
         if reference is not None:
             self._check_reference(reference)
         self._preloaded = reference
-        perf = cfg.performance
-        self.labels_enabled = perf.task != "none" or bool(cfg.concept_drift)
+        self.labels_enabled = cfg.uses_labels
         self._reset()
 
     def _check_reference(self, ref: Reference) -> None:

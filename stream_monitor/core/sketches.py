@@ -244,7 +244,8 @@ class Pane:
         self.n += n
         self.t_min = min(self.t_min, float(cols.event_time.min()))
         self.t_max = max(self.t_max, float(cols.event_time.max()))
-        self.versions.update(clip(v) for v in cols.model_version.tolist())
+        for v, count in Counter(cols.model_version.tolist()).items():  # counted in C; clipped per distinct value
+            self.versions[clip(v)] += count
         self.latency += LatencySketch.counts(cols.latency_ms)
         self._update_numeric(cols)
         self._update_categorical(cols)

@@ -55,12 +55,21 @@ class Checkpointer:
         if err is not None and len(self.errors) < 20:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+    def _begin(self) -> None:
         if not self.open:
             self.producer.begin_transaction()
             self.open = True
             self.errors = []
+
+    def _abort_with(self, exc: KafkaException) -> CommitFailed:
+        """Abort after ``exc``; the error to raise names the refused records when there were any."""
+        why = "; ".join(self.errors[:3]) or exc.args[0].str()
+        self.abort(exc.args[0])
+        return CommitFailed(why)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        self._begin()
         kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": self._delivered}
         if partition is not None:
             kwargs["partition"] = partition
@@ -71,9 +80,7 @@ class Checkpointer:
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.5)
             except KafkaException as exc:  # the transaction is in error (an earlier record was refused)
-                why = "; ".join(self.errors[:3]) or exc.args[0].str()
-                self.abort(exc.args[0])
-                raise CommitFailed(why) from None
+                raise self._abort_with(exc) from None
         else:
             self.abort()
             raise CommitFailed(f"producer queue stayed full while producing to {topic}")
@@ -81,10 +88,7 @@ class Checkpointer:
 
     def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
         """Commit the open transaction with ``offsets``; raises :class:`CommitFailed` after aborting it."""
-        if not self.open:
-            self.producer.begin_transaction()
-            self.open = True
-            self.errors = []
+        self._begin()
         producer = self.producer
         outcome: list[BaseException | None] = []
 
@@ -116,9 +120,7 @@ class Checkpointer:
             return
         if not isinstance(exc, KafkaException):
             raise exc
-        why = "; ".join(self.errors[:3]) or exc.args[0].str()
-        self.abort(exc.args[0])
-        raise CommitFailed(why) from None
+        raise self._abort_with(exc) from None
 
     def abort(self, err: KafkaError | None = None) -> None:
         """Abort the open transaction (a fenced or fatally failed producer is replaced)."""

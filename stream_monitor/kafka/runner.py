@@ -105,6 +105,7 @@ class MonitorService:
         self._stop = threading.Event()
         self._warned_topics: set[str] = set()
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
+        self._with_labels = any(m.uses_labels for m in cfg.models.values())  # labels and the join changelog
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
         self._breaker_latest: dict[str, BreakerSignal] = {}
         self._failures = 0
@@ -125,8 +126,7 @@ class MonitorService:
         self._state_parts = parts.get(cfg.topics.state, 1)
         self._join_parts = parts.get(cfg.topics.join, 1)
         topics = [cfg.topics.predictions]
-        with_labels = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
-        if with_labels:
+        if self._with_labels:
             topics.append(cfg.topics.labels)
             np_, nl = parts.get(cfg.topics.predictions), parts.get(cfg.topics.labels)
             if np_ and nl and np_ != nl:
@@ -197,8 +197,8 @@ class MonitorService:
         self.tasks.clear()
         self._positions.clear()
         self._parked.clear()
-        self.stats.aborts += 1
-        self._new_consumer()
+        self._failed(f"consumer replaced: {why}", rewind=False)  # counted like any abort; the new consumer's
+        self._new_consumer()                                    # assignment restores the tasks
 
     # -- rebalances ------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -267,8 +267,8 @@ class MonitorService:
         cfg = self.cfg
         timeout = cfg.kafka.transaction_timeout_s + 60  # a dead instance's open transaction ends by then
         state = self._read(cfg.topics.state, sorted({t % self._state_parts for t in tasks}), timeout)
-        need_join = any(m.performance.task != "none" or m.concept_drift for m in cfg.models.values())
-        join = self._read(cfg.topics.join, sorted({t % self._join_parts for t in tasks}), timeout) if need_join else {}
+        join = (self._read(cfg.topics.join, sorted({t % self._join_parts for t in tasks}), timeout)
+                if self._with_labels else {})
         per_task: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {t: ({}, {}) for t in tasks}
         for store, records in ((0, state), (1, join)):
             for key, value in records.items():
@@ -296,11 +296,15 @@ class MonitorService:
             latest = reader.sync(timeout=timeout)
         finally:
             reader.close()
-        if reader.skipped:
-            self.stats.skipped_records += reader.skipped
-            if self.metrics is not None:
-                self.metrics.checkpoint_errors.inc(reader.skipped)
+        self._count_skipped(reader.skipped)
         return latest
+
+    def _count_skipped(self, n: int) -> None:
+        """Malformed records skipped on a compacted topic: in the stats and in /metrics."""
+        if n:
+            self.stats.skipped_records += n
+            if self.metrics is not None:
+                self.metrics.checkpoint_errors.inc(n)
 
     # -- commits ---------------------------------------------------------------------------------------
     def _commit_or_rewind(self, rewind: bool = True, final: bool = False) -> bool:
@@ -313,12 +317,11 @@ class MonitorService:
         try:
             for t, mon in self.tasks.items():
                 changes = mon.checkpoint()
-                for key, value in changes.state.items():
-                    cp.produce(self.cfg.topics.state, f"{t}/{key}".encode(),
-                               None if value is None else orjson.dumps(value), partition=t % self._state_parts)
-                for key, value in changes.join.items():
-                    cp.produce(self.cfg.topics.join, f"{t}/{key}".encode(),
-                               None if value is None else orjson.dumps(value), partition=t % self._join_parts)
+                for topic, parts, records in ((self.cfg.topics.state, self._state_parts, changes.state),
+                                              (self.cfg.topics.join, self._join_parts, changes.join)):
+                    for key, value in records.items():  # None: a tombstone, compaction drops the key
+                        cp.produce(topic, f"{t}/{key}".encode(), None if value is None else orjson.dumps(value),
+                                   partition=t % parts)
             offsets = [TopicPartition(topic, p, off) for (topic, p), off in self._positions.items()]
             cp.commit(offsets, self.consumer.consumer_group_metadata())
         except (CommitFailed, KafkaException) as exc:
@@ -378,11 +381,8 @@ class MonitorService:
             self._breaker_latest[sig.model] = sig
             for mon in self.tasks.values():
                 mon.observe_breaker(sig)
-        if self._breakers.skipped != self._breaker_skipped:
-            self.stats.skipped_records += self._breakers.skipped - self._breaker_skipped
-            if self.metrics is not None:
-                self.metrics.checkpoint_errors.inc(self._breakers.skipped - self._breaker_skipped)
-            self._breaker_skipped = self._breakers.skipped
+        self._count_skipped(self._breakers.skipped - self._breaker_skipped)
+        self._breaker_skipped = self._breakers.skipped
 
     def _process(self, msgs: list[Message]) -> None:
         by_task: dict[int, list[Message]] = defaultdict(list)
@@ -487,10 +487,9 @@ class MonitorService:
     def _log_progress(self) -> None:
         s = self.stats
         elapsed = max(time.monotonic() - s.started, 1e-9)
-        windows = sum(mon.counters.windows for mon in self.tasks.values())
         logger.info("consumed %d messages (%.0f/s), %d dead letters, %d alerts, %d windows evaluated in %d "
                     "tasks, %d commits, %d aborts", s.messages, s.messages / elapsed, s.dead_letters, s.alerts,
-                    windows, len(self.tasks), s.commits, s.aborts)
+                    s.windows, len(self.tasks), s.commits, s.aborts)
 
 
 def _bounded(record: dict[str, Any]) -> bytes:

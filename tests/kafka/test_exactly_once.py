@@ -51,16 +51,24 @@ def drifting(model: str, rng: np.random.Generator, segments: int, seg: int = 250
     return events
 
 
+def drifting_on_broker(bootstrap: str, run_id: str, seed: int, segments: int
+                       ) -> tuple[dict[str, Any], Any, dict[int, list[dict[str, Any]]]]:
+    """One breaker-enabled model (windows of 500, warm-up of 2,000) and its drifting stream, produced to a fresh
+    predictions topic: (raw config, config, events by partition)."""
+    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)})
+    cfg = parse_config(raw)
+    create_topic(bootstrap, cfg.topics.predictions)
+    events = {0: drifting("m", np.random.default_rng(seed), segments)}
+    produce_partitioned(bootstrap, cfg.topics.predictions, events)
+    return raw, cfg, events
+
+
 def with_instance(raw: dict[str, Any], instance: str) -> dict[str, Any]:
     return {**raw, "kafka": {**raw["kafka"], "instance_id": instance}}
 
 
 def test_an_uninterrupted_run_publishes_what_the_core_computes(kafka_bootstrap, run_id, tmp_path):
-    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)})
-    cfg = parse_config(raw)
-    create_topic(kafka_bootstrap, cfg.topics.predictions)
-    events = {0: drifting("m", np.random.default_rng(40), 6)}
-    produce_partitioned(kafka_bootstrap, cfg.topics.predictions, events)
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 40, 6)
     proc = MonitorProcess(raw, kafka_bootstrap, tmp_path, "m").start()
     try:
         wait_committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions, {0: len(events[0])}, 120, [proc])
@@ -72,11 +80,7 @@ def test_an_uninterrupted_run_publishes_what_the_core_computes(kafka_bootstrap, 
 
 
 def test_sigkills_at_random_points_of_a_fast_stream_change_nothing(kafka_bootstrap, run_id, tmp_path):
-    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)})
-    cfg = parse_config(raw)
-    create_topic(kafka_bootstrap, cfg.topics.predictions)
-    events = {0: drifting("m", np.random.default_rng(41), 100)}
-    produce_partitioned(kafka_bootstrap, cfg.topics.predictions, events)
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 41, 100)
     rng = np.random.default_rng(42)
     proc = MonitorProcess(raw, kafka_bootstrap, tmp_path, "m")
     progress = []
@@ -182,14 +186,10 @@ def test_a_second_instance_killed_mid_stream_hands_its_tasks_over_exactly(kafka_
 
 
 def test_an_output_topic_that_refuses_writes_then_is_fixed_loses_no_page(kafka_bootstrap, run_id):
-    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)})
-    cfg = parse_config(raw)
-    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 46, 6)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(cfg.topics.alerts, 1, 1, config={"max.message.bytes": "200"})])[
-        cfg.topics.alerts].result(30)  # every alert is refused
-    events = {0: drifting("m", np.random.default_rng(46), 6)}
-    produce_partitioned(kafka_bootstrap, cfg.topics.predictions, events)
+        cfg.topics.alerts].result(30)  # every alert is refused (the monitor starts after this)
     with Running(cfg, kafka_bootstrap) as run:
         deadline = time.monotonic() + 60
         while run.service.stats.aborts < 2 and time.monotonic() < deadline:
@@ -214,12 +214,7 @@ def test_a_broker_restart_mid_stream_changes_nothing(run_id, tmp_path):
     broker = LocalKafka()
     bootstrap = broker.start()
     try:
-        raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000},
-                                                    breaker=BREAKER)})
-        cfg = parse_config(raw)
-        create_topic(bootstrap, cfg.topics.predictions)
-        events = {0: drifting("m", np.random.default_rng(47), 60)}
-        produce_partitioned(bootstrap, cfg.topics.predictions, events)
+        raw, cfg, events = drifting_on_broker(bootstrap, run_id, 47, 60)
         proc = MonitorProcess(raw, bootstrap, tmp_path, "m").start()
         before = -1
         deadline = time.monotonic() + 60
