@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import yaml
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from stream_monitor.config import parse_config
 from stream_monitor.core.monitor import Monitor
@@ -151,6 +151,21 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: dict[int, int],
     raise AssertionError(f"committed {got}, expected {ends} within {timeout:.0f}s\n{logs}")
 
 
+def _high_watermark(c: Consumer, tp: TopicPartition, deadline: float) -> int:
+    """The end offset; a topic the monitor created a moment ago may have no leader yet (retryable)."""
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=5)[1]
+        except KafkaException as exc:
+            err = exc.args[0]
+            transient = err.retriable() or err.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                          KafkaError.LEADER_NOT_AVAILABLE,
+                                                          KafkaError.UNKNOWN_TOPIC_OR_PART)
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]:
     """Every record of ``topic`` a read_committed consumer sees, to the current end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{time.monotonic_ns()}",
@@ -160,7 +175,7 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]
         md = c.list_topics(topic, timeout=30).topics[topic]
         parts = sorted(md.partitions)
         c.assign([TopicPartition(topic, p, 0) for p in parts])
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        ends = {p: _high_watermark(c, TopicPartition(topic, p), time.monotonic() + 30) for p in parts}
         eof: set[int] = {p for p, e in ends.items() if e == 0}
         out = []
         deadline = time.monotonic() + timeout
