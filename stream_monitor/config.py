@@ -187,6 +187,9 @@ class DriftConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     family_alpha: float = Field(0.01, gt=0, lt=1)  # Holm correction across a model's features per window
     sample_size: int = Field(5000, ge=50)  # exact samples kept per window for KS/Wasserstein
+    # KS and Wasserstein (on the exact samples) are computed when they decide, and for features over threshold;
+    # true computes them for every feature of every window report (slower: see README, "Measured figures")
+    report_all_statistics: bool = False
     max_categories: int = Field(50, ge=1)  # tracked categories per feature; the rest count as "other"
     max_known_categories: int = Field(10000, ge=1)  # remembered for the new-category rate
     min_window_events: int = Field(100, gt=0)  # windows with fewer events are not evaluated

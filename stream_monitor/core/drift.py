@@ -83,30 +83,38 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
         hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
         _, chi_p, _ = stats.chi2_homogeneity(ref.num_counts, cur.num_counts, valid)
-        ks_d, ks_p_all, w_all = stats.ks_wasserstein_columns(ref.sorted_matrix(), cur.sample)  # all at once
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
-        for j, name in enumerate(binning.numeric):
-            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
-                continue
-            d, ks_p, w = float(ks_d[j]), float(ks_p_all[j]), float(w_all[j])
-            spread = float(spreads[j])
-            w_norm = w / spread if spread > 0 else (0.0 if w == 0 else float("inf"))
-            figures = {
-                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
-                "ks": (_r(d), ks_p, th.ks),
-                "wasserstein": (_r(w_norm), float(chi_p[j]), th.wasserstein),
-                "js": (_r(js[j]), float(chi_p[j]), th.js),
-                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
-            }
+        tests = []
+        for j in range(k):
             test = cfg.numeric_test
             if test == "auto":  # PSI needs ~5 events per bin to be stable; below that, KS
                 test = "psi" if n_cur[j] >= 5 * bins[j] else "ks"
-            value, p, thr = figures[test]
+            tests.append(test)
+        ks_d = ks_p_all = w_all = np.full(k, np.nan)
+        # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when
+        # every statistic is reported; otherwise only for the features over threshold (for the alert)
+        sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not cfg.report_all_statistics \
+            else list(range(k))
+        if sampled:
+            ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
+        for j, name in enumerate(binning.numeric):
+            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
+                continue
+            figures = {
+                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
+                "ks": (_r(ks_d[j]), float(ks_p_all[j]), th.ks),
+                "wasserstein": (_r(_w_norm(w_all[j], spreads[j])), float(chi_p[j]), th.wasserstein),
+                "js": (_r(js[j]), float(chi_p[j]), th.js),
+                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
+            }
+            value, p, thr = figures[tests[j]]
             drift.append({
-                "feature": name, "kind": kind_of(name), "statistic": test, "value": value, "p": p,
-                "threshold": thr, "n": int(n_cur[j]),
-                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-                | {"wasserstein_raw": _r(w), "reference_std": _r(spread)},
+                "feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
+                "threshold": thr, "n": int(n_cur[j]), "column": j,
+                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
+                            if v == v or s not in _SAMPLE_TESTS}
+                | {"reference_std": _r(spreads[j])} | ({"wasserstein_raw": _r(w_all[j])} if w_all[j] == w_all[j]
+                                                       else {}),
             })
         quality += _quality(binning.numeric, ref, cur, cfg, {
             "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
@@ -163,12 +171,45 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
 
     # ---- one Holm family per model and window ----
     rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
+    over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
+    late = sorted({d["column"] for d, o in zip(drift, over) if o and "column" in d and "ks" not in d["details"]})
+    if late:  # an alert shows every statistic of the features it names
+        spreads = np.nan_to_num(ref.sample_std())
+        ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, late, k)
+        for d in drift:
+            j = d.get("column")
+            if j in late:
+                d["details"] |= {"ks": {"value": _r(ks_d[j]), "p_value": float(ks_p_all[j])},
+                                 "wasserstein": {"value": _r(_w_norm(w_all[j], spreads[j])),
+                                                 "p_value": d["details"]["js"]["p_value"]},
+                                 "wasserstein_raw": _r(w_all[j])}
     out = [
-        Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]),
-                bool(rej and d["value"] >= d["threshold"]), d["p"], d["n"], d["details"])
-        for d, rej in zip(drift, rejected)
+        Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
+                d["details"])
+        for d, o in zip(drift, over)
     ]
     return out + new_findings + quality
+
+
+_SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
+
+
+def _w_norm(w: float, spread: float) -> float:
+    """Wasserstein distance in units of the reference's standard deviation."""
+    if w != w:
+        return w
+    return float(w / spread) if spread > 0 else (0.0 if w == 0 else float("inf"))
+
+
+def _sample_statistics(ref: Pane, cur: Pane, columns: list[int], k: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """KS D, KS p-value and W1 of the given numeric columns (NaN elsewhere), on the panes' exact samples."""
+    d, p, w = (np.full(k, np.nan) for _ in range(3))
+    idx = np.asarray(columns)
+    got = stats.ks_wasserstein_columns(ref.sorted_matrix()[:, idx], cur.sample[:, idx])
+    for out, vals in zip((d, p, w), got):
+        out[idx] = vals
+    return d, p, w
 
 
 def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,

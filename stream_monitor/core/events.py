@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from itertools import chain
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
+import msgspec
+import numpy as np
 import orjson
 
-__all__ = ["Reject", "TimeRange", "decode_predictions", "decode_labels", "parse_timestamp"]
+from .columns import Columns, _categorical_matrix, _numeric_matrix, _object_matrix, build_columns
+from .keys import event_keys
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+__all__ = ["ModelEvents", "PredictionBatch", "PredictionDecoder", "Reject", "TimeRange", "decode_labels",
+           "decode_predictions", "parse_timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +199,205 @@ def decode_labels(values: list[bytes | None], times: TimeRange | None = None
                   ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``."""
     return _decode(values, _check_label, None, times)
+
+
+# ---- the fast path: typed decoding straight into columns -------------------------------------------------
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+_Latency = Annotated[float, msgspec.Meta(ge=0)]
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, TypeError)
+
+
+@dataclass(slots=True)
+class ModelEvents:
+    """One model's valid prediction events of a batch, already as columns."""
+
+    positions: list[int]  # each event's position in the decoded batch
+    cols: Columns
+    _events: list[dict[str, Any]] | None = None
+    _envelopes: tuple[tuple[Any, ...], ...] | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events as dicts of their envelope fields (``features`` omitted when decoded by the fast path):
+        what the label join needs. Built on first use, so models without labels never pay for it."""
+        if self._events is None:
+            assert self._envelopes is not None
+            ids, versions, preds, scores = self._envelopes
+            self._events = [{"event_id": i, "model_version": v, "timestamp": t, "prediction": p, "score": s}
+                            for i, v, t, p, s in zip(ids, versions, self.cols.event_time.tolist(), preds, scores)]
+        return self._events
+
+
+@dataclass(slots=True)
+class PredictionBatch:
+    """A decoded batch of prediction events: per configured model its columns, the positions of events of
+    models that are not configured, and the rejects."""
+
+    models: dict[str, ModelEvents]
+    unknown: dict[int, str]  # position -> model name, for models without a config
+    rejects: list[Reject]
+    count: int  # valid events, monitored or not
+
+    @classmethod
+    def from_events(cls, events: list[dict[str, Any]], models: Mapping[str, ModelConfig]) -> PredictionBatch:
+        """Group already decoded (dict) events by model and build their columns: the embedded path."""
+        by_model: dict[str, list[int]] = {}
+        for i, ev in enumerate(events):
+            by_model.setdefault(ev["model"], []).append(i)
+        out: dict[str, ModelEvents] = {}
+        unknown: dict[int, str] = {}
+        for name, pos in by_model.items():
+            m = models.get(name)
+            if m is None:
+                unknown.update(dict.fromkeys(pos, name))
+                continue
+            evs = [events[i] for i in pos]
+            out[name] = ModelEvents(pos, build_columns(evs, m.features.numeric, m.features.categorical,
+                                                       m.prediction, m.monitor_score), evs)
+        return cls(out, unknown, [], len(events))
+
+
+class PredictionDecoder:
+    """Decodes prediction messages of the configured models straight into columns.
+
+    Each model's events are decoded by msgspec into a typed structure, selected by the ``model`` field, that
+    holds only the configured features, with the contract's checks in the same pass (no dict per event, no
+    Python-level validation). A message that does not fit (an unconfigured model, a value of an unexpected type
+    in a feature — a data-quality fact, not a reject —, an ISO timestamp string, a broken contract) takes the
+    general path (:func:`decode_predictions` and :func:`build_columns`), which decides, with the same result
+    as if the whole batch had taken it.
+    """
+
+    def __init__(self, models: Mapping[str, ModelConfig], times: TimeRange | None = None) -> None:
+        self.models = dict(models)
+        self.times = times
+        self._types: dict[type, tuple[str, Any, Any]] = {}
+        structs = []
+        for i, (name, m) in enumerate(self.models.items()):
+            fields = [(f, float | None, None) for f in m.features.numeric]
+            fields += [(f, str | None, None) for f in m.features.categorical]
+            feats = msgspec.defstruct(f"Features{i}", fields)
+            struct = msgspec.defstruct(
+                f"Prediction{i}",
+                [("event_id", _NonEmpty), ("model_version", _NonEmpty), ("timestamp", float),
+                 ("features", feats), ("prediction", int | float | str), ("score", float | None, None),
+                 ("latency_ms", _Latency | None, None), ("segment", dict[str, str] | None, None)],
+                tag_field="model", tag=name)
+            structs.append(struct)
+            num_get = attrgetter(*m.features.numeric) if m.features.numeric else None
+            cat_get = attrgetter(*m.features.categorical) if m.features.categorical else None
+            self._types[struct] = (name, num_get, cat_get)
+        self._decode = msgspec.json.Decoder(Union[tuple(structs)]).decode if structs else None  # noqa: UP007
+
+    def decode(self, values: list[bytes | None]) -> PredictionBatch:
+        decode = self._decode
+        fast: list[Any] = []
+        slow: list[int] = []
+        if decode is not None:
+            try:
+                fast = list(map(decode, values))
+            except _DECODE_ERRORS:  # some message needs the general path: sort them out one by one
+                fast = []
+                for i, raw in enumerate(values):
+                    try:
+                        fast.append(decode(raw))
+                    except _DECODE_ERRORS:
+                        slow.append(i)
+                        fast.append(None)
+        else:
+            slow = list(range(len(values)))
+        batch = PredictionBatch({}, {}, [], 0)
+        groups: dict[type, list[int]] = {}
+        if not slow and len(set(map(type, fast))) == 1:
+            groups[type(fast[0])] = list(range(len(values)))
+        else:
+            for i, s in enumerate(fast):
+                if s is not None:
+                    groups.setdefault(type(s), []).append(i)
+        per_model: dict[str, list[tuple[list[int], Columns, Any]]] = {}
+        for struct, pos in groups.items():
+            name, num_get, cat_get = self._types[struct]
+            part = self._columns(name, [fast[i] for i in pos], pos, num_get, cat_get, slow)
+            if part is not None:
+                batch.count += part[1].n
+                per_model.setdefault(name, []).append(part)
+        if slow:
+            slow.sort()
+            evs, where, rejects = decode_predictions([values[i] for i in slow], self.times)
+            batch.rejects += [Reject(slow[r.index], r.reason) for r in rejects]
+            general = PredictionBatch.from_events(evs, self.models)
+            batch.count += general.count
+            batch.unknown = {slow[where[i]]: name for i, name in general.unknown.items()}
+            for name, me in general.models.items():
+                pos = [slow[where[i]] for i in me.positions]
+                per_model.setdefault(name, []).append((pos, me.cols, me.events()))
+        for name, parts in per_model.items():
+            batch.models[name] = _merge(parts)
+        batch.rejects.sort(key=lambda r: r.index)
+        return batch
+
+    def _columns(self, name: str, structs: list[Any], pos: list[int], num_get: Any, cat_get: Any,
+                 slow: list[int]) -> tuple[list[int], Columns, Any] | None:
+        m = self.models[name]
+        n = len(structs)
+        ids, versions, times, preds, scores, latency = zip(*map(_ENVELOPE, structs))
+        t = np.fromiter(times, dtype=np.float64, count=n)
+        lo, hi = 0.0, 1e11  # beyond: milliseconds sent by mistake, or nonsense
+        if self.times is not None:
+            lo, hi = max(lo, self.times.min_t), min(hi, time.time() + self.times.max_future_s)
+        bad = (t < lo) | (t > hi)
+        if bad.any():  # rare: the general path rejects them, with its reasons
+            slow += [pos[i] for i in np.flatnonzero(bad).tolist()]
+            keep = np.flatnonzero(~bad).tolist()
+            if not keep:
+                return None
+            return self._columns(name, [structs[i] for i in keep], [pos[i] for i in keep], num_get, cat_get, slow)
+        feats = [s.features for s in structs]
+        k, c = len(m.features.numeric), len(m.features.categorical)
+        num = _floats([num_get(f) for f in feats] if k > 1 else [(num_get(f),) for f in feats], n, k) if k \
+            else np.empty((n, 0))
+        if c:
+            cat = _object_matrix([cat_get(f) for f in feats] if c > 1 else [(cat_get(f),) for f in feats], n, c)
+        else:
+            cat = np.empty((n, 0), dtype=object)
+        num_err = np.zeros(num.shape, dtype=bool)
+        cat_err = np.zeros(cat.shape, dtype=bool)
+        extra_num: list[tuple[np.ndarray, np.ndarray]] = []
+        if m.prediction == "numeric":
+            extra_num.append(_numeric_matrix([(p,) for p in preds], n, 1))
+        elif m.prediction == "categorical":
+            pc, pe = _categorical_matrix([(p,) for p in preds], n, 1)
+            cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
+        if m.monitor_score:
+            extra_num.append((_floats(scores, n, 1), np.zeros((n, 1), dtype=bool)))
+        if extra_num:
+            num = np.hstack([num, *(a for a, _ in extra_num)])
+            num_err = np.hstack([num_err, *(e for _, e in extra_num)])
+        cols = Columns(t, num, num_err, cat, cat_err, np.array(versions, dtype=object),
+                       _floats(latency, n, 1).reshape(n), event_keys(ids))
+        return pos, cols, (ids, versions, preds, scores)
+
+
+_ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
+
+
+def _floats(rows: Sequence[Any], n: int, k: int) -> np.ndarray:
+    """An ``(n, k)`` float matrix from rows of ``k`` numbers or None (NaN), or from ``n`` values when k == 1."""
+    flat = chain.from_iterable(rows) if k > 1 or (n and type(rows[0]) is tuple) else rows
+    try:
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+    except TypeError:  # None somewhere: numpy turns None into NaN in the slower constructor
+        return np.array(rows, dtype=np.float64).reshape(n, k)
+
+
+def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
+    """One model's events from the fast and the general path, back in batch order."""
+    if len(parts) == 1:
+        pos, cols, extra = parts[0]
+        return ModelEvents(pos, cols, extra) if type(extra) is list else ModelEvents(pos, cols, None, extra)
+    events = [e for _, cols, extra in parts for e in (extra if type(extra) is list else ModelEvents(
+        [], cols, None, extra).events())]
+    pos = [p for ps, _, _ in parts for p in ps]
+    cols = Columns(*(np.concatenate([getattr(c, f) for _, c, _ in parts]) for f in Columns.__slots__))
+    order = np.argsort(np.asarray(pos), kind="stable")
+    return ModelEvents([pos[i] for i in order.tolist()], cols.take(order), [events[i] for i in order.tolist()])

@@ -32,7 +32,8 @@ from .breaker import BreakerSignal, CircuitBreaker
 from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_window
 from .concept import ConceptDriftDetectors
-from .keys import event_keys, key_fraction
+from .events import ModelEvents, PredictionBatch
+from .keys import key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
@@ -177,8 +178,13 @@ class ModelMonitor:
     def update(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[WindowResult]:
         """Add decoded events of this model; returns the windows that closed, evaluated."""
         cfg = self.cfg
-        cols = build_columns(events, cfg.features.numeric, cfg.features.categorical, cfg.prediction,
-                             cfg.monitor_score, keys)
+        return self.update_columns(build_columns(events, cfg.features.numeric, cfg.features.categorical,
+                                                 cfg.prediction, cfg.monitor_score, keys))
+
+    def update_columns(self, cols: Columns) -> list[WindowResult]:
+        """Add this model's events as columns (:func:`~.columns.build_columns`); returns the windows that
+        closed, evaluated."""
+        cfg = self.cfg
         self.dirty = True
         if self.reference is None:
             need = cfg.reference.size - self._warmup_n
@@ -211,11 +217,12 @@ class ModelMonitor:
         self.detections = []
         return out
 
-    def observe_predictions(self, events: list[dict[str, Any]]) -> None:
+    def observe_predictions(self, batch: ModelEvents) -> None:
         """Every prediction (before sampling) enters the label join and the performance windows."""
-        self.last_version = clip(events[-1]["model_version"])
+        self.last_version = clip(batch.cols.model_version[-1])
         self.dirty = True
         if self.join is not None and self.performance is not None:
+            events = batch.events()
             self.performance.add_predictions(events)
             self._add_pairs(self.join.add_predictions(events))  # labels that arrived first
 
@@ -496,30 +503,39 @@ class Monitor:
         """Feed one batch of decoded label events; returns what to publish."""
         return self.process_batch([], events)
 
-    def process_batch(self, predictions: list[dict[str, Any]], labels: list[dict[str, Any]]) -> BatchOutput:
-        """Feed one consumed batch: predictions first, then labels; returns everything to publish."""
+    def process_batch(self, predictions: list[dict[str, Any]] | PredictionBatch,
+                      labels: list[dict[str, Any]]) -> BatchOutput:
+        """Feed one consumed batch: predictions first, then labels; returns everything to publish.
+
+        ``predictions`` are decoded events (dicts), or a :class:`~.events.PredictionBatch` from a
+        :class:`~.events.PredictionDecoder` (the Kafka edge's fast path); ``unknown_predictions`` of the output
+        are positions in it.
+        """
         out = BatchOutput()
-        self.counters.events += len(predictions)
+        batch = predictions if isinstance(predictions, PredictionBatch) else \
+            PredictionBatch.from_events(predictions, self.cfg.models)
+        self.counters.events += batch.count
         touched: set[str] = set()
-        for name, pos in _by_model(predictions).items():
-            mm = self.models.get(name)
-            if mm is None:
-                self._unknown(name, len(pos), "prediction")
-                out.unknown_predictions.extend(pos)
-                continue
-            evs = [predictions[i] for i in pos]
-            mm.observe_predictions(evs)
+        unknown: dict[str, int] = {}
+        for pos, name in batch.unknown.items():
+            unknown[name] = unknown.get(name, 0) + 1
+            out.unknown_predictions.append(pos)
+        for name, n in unknown.items():
+            self._unknown(name, n, "prediction")
+        out.unknown_predictions.sort()
+        for name, me in batch.models.items():
+            mm = self.models[name]
+            mm.observe_predictions(me)
             touched.add(name)
-            keys = event_keys([e["event_id"] for e in evs])
+            cols = me.cols
             rate = mm.cfg.sample_rate
             if rate < 1:  # a deterministic share: the same events are sampled in every run and instance
-                keep = key_fraction(keys) < rate
+                keep = key_fraction(cols.key) < rate
                 self.counters.sampled_out += int((~keep).sum())
-                evs = [e for e, k in zip(evs, keep.tolist()) if k]
-                keys = keys[keep]
-            if not evs:
+                cols = cols.take(keep)
+            if not cols.n:
                 continue
-            for r in mm.update(evs, keys):
+            for r in mm.update_columns(cols):
                 out.results.append(r)
                 out.reports.append(r.to_dict())
                 self.counters.windows += 1

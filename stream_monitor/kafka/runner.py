@@ -38,7 +38,7 @@ from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consu
 
 from ..config import MonitorConfig
 from ..core.breaker import BreakerSignal
-from ..core.events import TimeRange, decode_labels, decode_predictions
+from ..core.events import PredictionBatch, PredictionDecoder, TimeRange, decode_labels
 from ..core.monitor import BatchOutput, Monitor, load_references
 from ..exporter import MonitorMetrics
 from .checkpoint import Checkpointer, CommitFailed
@@ -107,6 +107,7 @@ class MonitorService:
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
         self._with_labels = any(m.uses_labels for m in cfg.models.values())  # labels and the join changelog
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
+        self._predictions = PredictionDecoder(cfg.models, self._times)
         self._breaker_latest: dict[str, BreakerSignal] = {}
         self._failures = 0
         self._unknown_names: set[str] = set()
@@ -412,21 +413,21 @@ class MonitorService:
         topic_labels = self.cfg.topics.labels
         pred_msgs = [m for m in good if m.topic() != topic_labels]
         label_msgs = [m for m in good if m.topic() == topic_labels]
-        preds, pred_pos = self._decode(pred_msgs, decode_predictions)
-        labels, label_pos = self._decode(label_msgs, decode_labels)
+        preds = self._decode_predictions(pred_msgs)
+        labels, label_pos = self._decode_labels(label_msgs)
         try:
             out = mon.process_batch(preds, labels)
         except Exception as exc:  # a defect must not stop monitoring of every other model
             logger.exception("processing failed; the batch goes to the dead-letter topic")
-            for i in pred_pos:
+            valid = sorted([p for me in preds.models.values() for p in me.positions] + list(preds.unknown))
+            for i in valid:
                 self._dead_letter(pred_msgs[i], f"processing error: {type(exc).__name__}: {exc}", "process")
             for i in label_pos:
                 self._dead_letter(label_msgs[i], f"processing error: {type(exc).__name__}: {exc}", "process")
             out = BatchOutput()
         if self.cfg.events.unknown_models == "dead_letter":
             for i in out.unknown_predictions:
-                self._dead_letter(pred_msgs[pred_pos[i]], f"model {preds[i]['model']!r} is not in the config",
-                                  "route")
+                self._dead_letter(pred_msgs[i], f"model {preds.unknown[i]!r} is not in the config", "route")
             for i in out.unknown_labels:
                 self._dead_letter(label_msgs[label_pos[i]], f"model {labels[i]['model']!r} has no label "
                                   "monitoring in the config", "route")
@@ -440,21 +441,27 @@ class MonitorService:
             topics = {self.cfg.topics.predictions: len(pred_msgs)} | (
                 {topic_labels: len(label_msgs)} if label_msgs else {})
             unknown: dict[str, int] = {}
-            for evs, pos in ((preds, out.unknown_predictions), (labels, out.unknown_labels)):
-                for i in pos:
-                    name = evs[i]["model"]
-                    if name not in self._unknown_names and len(self._unknown_names) >= 50:
-                        name = "_other"  # a label per unknown model, but bounded: names come from data
-                    else:
-                        self._unknown_names.add(name)
-                    unknown[name] = unknown.get(name, 0) + 1
+            names = [preds.unknown[i] for i in out.unknown_predictions] + [labels[i]["model"]
+                                                                          for i in out.unknown_labels]
+            for name in names:
+                if name not in self._unknown_names and len(self._unknown_names) >= 50:
+                    name = "_other"  # a label per unknown model, but bounded: names come from data
+                else:
+                    self._unknown_names.add(name)
+                unknown[name] = unknown.get(name, 0) + 1
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, topics,
                                        self.stats.dead_letters - dead_before, unknown)
 
-    def _decode(self, msgs: list[Message], decode: Any) -> tuple[list[dict[str, Any]], list[int]]:
+    def _decode_predictions(self, msgs: list[Message]) -> PredictionBatch:
+        batch = self._predictions.decode([m.value() for m in msgs])
+        for r in batch.rejects:
+            self._dead_letter(msgs[r.index], r.reason)
+        return batch
+
+    def _decode_labels(self, msgs: list[Message]) -> tuple[list[dict[str, Any]], list[int]]:
         if not msgs:
             return [], []
-        events, positions, rejects = decode([m.value() for m in msgs], self._times)
+        events, positions, rejects = decode_labels([m.value() for m in msgs], self._times)
         for r in rejects:
             self._dead_letter(msgs[r.index], r.reason)
         return events, positions

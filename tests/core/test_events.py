@@ -76,3 +76,99 @@ def test_event_times_within_the_plausible_range_pass():
     now = time.time()
     events, _, rejects = decode_predictions([ev(timestamp=now + 1800), ev(timestamp=1.0e9)], times)
     assert len(events) == 2 and rejects == []
+
+
+# ---- the typed fast path decides exactly as the general path ------------------------------------------------
+
+def _models():
+    from stream_monitor.config import parse_config
+
+    return parse_config({"models": {
+        "m": {"features": {"numeric": ["a", "b"], "categorical": ["c"]}, "prediction": "categorical",
+              "monitor_score": True},
+        "r": {"features": {"numeric": ["a"]}, "prediction": "numeric"},
+    }}).models
+
+
+def _mixed_batch(rng):
+    import numpy as np
+
+    odd = [
+        lambda i: ev(event_id=f"x{i}", features={"a": True, "b": 1}),  # a bool in a numeric feature: type error
+        lambda i: ev(event_id=f"x{i}", features={"a": 1, "c": 7}),  # an integer category code
+        lambda i: ev(event_id=f"x{i}", features={"a": "12", "c": None}),  # a string in a numeric feature
+        lambda i: ev(event_id=f"x{i}", timestamp="2023-11-14T22:13:20Z"),  # ISO time
+        lambda i: ev(event_id=f"x{i}", model="nobody"),  # an unconfigured model
+        lambda i: ev(event_id=f"x{i}", score=True),  # reject
+        lambda i: ev(event_id=f"x{i}", latency_ms=-3),  # reject
+        lambda i: ev(event_id=f"x{i}", timestamp=5.0),  # implausible time: reject
+        lambda i: ev(event_id=f"x{i}", timestamp=1700000000000),  # milliseconds: reject
+        lambda i: ev(event_id=f"x{i}", event_id_=None) if False else b"{broken",
+        lambda i: None,
+        lambda i: ev(event_id="", model="m"),
+        lambda i: ev(event_id=f"x{i}", segment={"country": "nl"}),
+        lambda i: ev(event_id=f"x{i}", segment={"country": 3}),  # reject
+        lambda i: ev(event_id=f"x{i}", model="r", prediction=2.5, features={"a": None}),
+        lambda i: ev(event_id=f"x{i}", model="r", prediction="high", features={}),  # type error, not reject
+        lambda i: ev(event_id=f"x{i}", features={"a": 1, "b": 2.5, "c": "u", "extra": [1, {"z": 2}]}),
+        lambda i: ev(event_id=f"x{i}", prediction=1, score=None, latency_ms=None),
+    ]
+    out = []
+    for i in range(400):
+        if rng.random() < 0.3:
+            out.append(odd[int(rng.integers(len(odd)))](i))
+        else:
+            out.append(ev(event_id=f"e{i}", features={"a": float(rng.normal()), "b": int(rng.integers(9)),
+                                                      "c": str(rng.choice(["p", "q"]))},
+                          latency_ms=float(rng.gamma(2.0, 3.0))))
+    return out
+
+
+def _same_columns(x, y):
+    import numpy as np
+
+    for f in x.__slots__:
+        a, b = getattr(x, f), getattr(y, f)
+        assert a.shape == b.shape, f
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(a, b, err_msg=f)
+        else:
+            assert a.tolist() == b.tolist(), f
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_typed_decoder_decides_as_the_general_path(seed):
+    import numpy as np
+
+    from stream_monitor.core.events import PredictionBatch, PredictionDecoder
+
+    models = _models()
+    values = _mixed_batch(np.random.default_rng(seed))
+    times = TimeRange(946684800.0, 86400.0)
+    fast = PredictionDecoder(models, times).decode(values)
+    events, positions, rejects = decode_predictions(values, times)
+    general = PredictionBatch.from_events(events, models)
+    assert [(r.index, r.reason) for r in fast.rejects] == [(r.index, r.reason) for r in rejects]
+    assert fast.unknown == {positions[i]: name for i, name in general.unknown.items()}
+    assert fast.count == len(events)
+    assert sorted(fast.models) == sorted(general.models)
+    for name, me in general.models.items():
+        assert fast.models[name].positions == [positions[i] for i in me.positions]
+        _same_columns(fast.models[name].cols, me.cols)
+        keep = ("event_id", "model_version", "timestamp", "prediction", "score")
+        assert [{k: e[k] for k in keep} for e in fast.models[name].events()] == \
+               [{k: e.get(k) for k in keep} for e in me.events()]
+
+
+def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(monkeypatch):
+    from stream_monitor.core import events as mod
+
+    models = _models()
+    calls = []
+    real = mod.decode_predictions
+    monkeypatch.setattr(mod, "decode_predictions", lambda v, t=None: calls.append(len(v)) or real(v, t))
+    dec = mod.PredictionDecoder(models)
+    batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)])
+    assert calls == [] and batch.models["m"].positions == list(range(50))
+    batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)] + [b"{broken"])
+    assert calls == [1] and len(batch.rejects) == 1 and batch.models["m"].cols.n == 50
