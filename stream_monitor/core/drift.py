@@ -221,8 +221,13 @@ def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
     for statistic, (ref_counts, cur_counts, increase) in rates.items():
         ref_rate = ref_counts / (ref.n or 1)
         rate = cur_counts / (cur.n or 1)
-        for j, name in enumerate(names):
-            threshold = ref_rate[j] + increase
-            out.append(Finding(name, "data_quality", statistic, _r(rate[j]), _r(threshold),
-                               bool(rate[j] >= threshold), None, cur.n, {"reference_rate": _r(ref_rate[j])}))
+        threshold = ref_rate + increase
+        over = (rate >= threshold).tolist()
+        out += [Finding(name, "data_quality", statistic, r, t, o, None, cur.n, {"reference_rate": rr})
+                for name, r, t, o, rr in zip(names, _rounded(rate), _rounded(threshold), over, _rounded(ref_rate))]
     return out
+
+
+def _rounded(x: np.ndarray) -> list[float]:
+    """Values rounded to 6 decimals, as :func:`_r` does one by one."""
+    return [round(v, 6) for v in np.asarray(x, dtype=np.float64).tolist()]

@@ -352,12 +352,12 @@ class PredictionDecoder:
             if not keep:
                 return None
             return self._columns(name, [structs[i] for i in keep], [pos[i] for i in keep], num_get, cat_get, slow)
-        feats = [s.features for s in structs]
+        feats = list(map(_FEATURES, structs))
         k, c = len(m.features.numeric), len(m.features.categorical)
-        num = _floats([num_get(f) for f in feats] if k > 1 else [(num_get(f),) for f in feats], n, k) if k \
-            else np.empty((n, 0))
+        num = _float_rows(num_get, feats, n, k) if k else np.empty((n, 0))
         if c:
-            cat = _object_matrix([cat_get(f) for f in feats] if c > 1 else [(cat_get(f),) for f in feats], n, c)
+            flat = chain.from_iterable(map(cat_get, feats)) if c > 1 else map(cat_get, feats)
+            cat = np.fromiter(flat, dtype=object, count=n * c).reshape(n, c)
         else:
             cat = np.empty((n, 0), dtype=object)
         num_err = np.zeros(num.shape, dtype=bool)
@@ -379,6 +379,16 @@ class PredictionDecoder:
 
 
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
+_FEATURES = attrgetter("features")
+
+
+def _float_rows(get: Any, items: list[Any], n: int, k: int) -> np.ndarray:
+    """The ``(n, k)`` float matrix of ``get(item)`` (k numbers or None each; a number when k == 1)."""
+    try:  # straight from the values into the array: no row tuples kept
+        flat = chain.from_iterable(map(get, items)) if k > 1 else map(get, items)
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+    except TypeError:  # None somewhere: numpy turns None into NaN in the slower constructor
+        return np.array(list(map(get, items)), dtype=np.float64).reshape(n, k)
 
 
 def _floats(rows: Sequence[Any], n: int, k: int) -> np.ndarray:

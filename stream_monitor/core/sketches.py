@@ -259,8 +259,13 @@ class Pane:
             return
         present = ~np.isnan(x)
         bins = self.num_counts.shape[1]
-        idx = (x[:, :, None] >= b.edges[None, :, :]).sum(axis=2)  # bin per value, all features at once
-        flat = (idx + np.arange(k) * bins)[present]
+        # bin per value: the number of edges <= the value (+inf padding never counts); one binary search per
+        # column, written straight into the flat bin index of all features
+        idx = np.empty(x.shape, dtype=np.intp)
+        for j in range(k):
+            idx[:, j] = np.searchsorted(b.edges[j], x[:, j], side="right")
+        idx += np.arange(k) * bins
+        flat = idx[present]
         self.num_counts += np.bincount(flat, minlength=k * bins).reshape(k, bins)
         err = cols.numeric_type_error
         self.num_type_error += err.sum(axis=0)
