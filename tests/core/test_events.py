@@ -90,7 +90,7 @@ def _models():
     }}).models
 
 
-def _mixed_batch(rng):
+def _mixed_batch(rng, n=400):
     import numpy as np
 
     odd = [
@@ -114,7 +114,7 @@ def _mixed_batch(rng):
         lambda i: ev(event_id=f"x{i}", prediction=1, score=None, latency_ms=None),
     ]
     out = []
-    for i in range(400):
+    for i in range(n):
         if rng.random() < 0.3:
             out.append(odd[int(rng.integers(len(odd)))](i))
         else:
@@ -136,14 +136,14 @@ def _same_columns(x, y):
             assert a.tolist() == b.tolist(), f
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_typed_decoder_decides_as_the_general_path(seed):
+@pytest.mark.parametrize(("seed", "n"), [(0, 400), (1, 400), (2, 3000)])
+def test_the_typed_decoder_decides_as_the_general_path(seed, n):
     import numpy as np
 
     from stream_monitor.core.events import PredictionBatch, PredictionDecoder
 
     models = _models()
-    values = _mixed_batch(np.random.default_rng(seed))
+    values = _mixed_batch(np.random.default_rng(seed), n)
     times = TimeRange(946684800.0, 86400.0)
     fast = PredictionDecoder(models, times).decode(values)
     events, positions, rejects = decode_predictions(values, times)
@@ -172,3 +172,6 @@ def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(
     assert calls == [] and batch.models["m"].positions == list(range(50))
     batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)] + [b"{broken"])
     assert calls == [1] and len(batch.rejects) == 1 and batch.models["m"].cols.n == 50
+    batch = dec.decode([ev(event_id=f"e{i}") for i in range(3000)])  # several chunks, one model
+    assert batch.models["m"].positions == list(range(3000))
+    assert [e["event_id"] for e in batch.models["m"].events()] == [f"e{i}" for i in range(3000)]

@@ -279,3 +279,26 @@ def test_accuracy_under_its_bound_by_sampling_error_alone_does_not_page():
         p, lab = labeled_stream(60, rng, start=i * 60, dt=5.0, lag_mean_s=20, missing=0.1, flip=i >= 10)
         alerts += flipped.process_batch(p, lab).alerts
     assert any(a.kind == "performance" and a.status == "firing" for a in alerts)
+
+
+def test_sample_statistics_are_computed_for_decisions_and_alerts_or_when_asked():
+    batches = list(stream(np.random.default_rng(11), a_mean=0.5))
+    mon, alerts = run(model_config(), batches)
+    a = next(x for x in alerts if x.feature == "a")
+    assert a.details["ks"]["value"] > 0.1 and "wasserstein_raw" in a.details  # the alert shows them
+    quiet = [f for r in Monitor(parse_config({"models": {"m": model_config()}})).process(
+        [e for b in batches for e in b]).results for f in r.findings if f.feature == "b" and f.kind == "data_drift"]
+    assert quiet and all("ks" not in f.details and "psi" in f.details for f in quiet)
+    cfg = model_config()
+    cfg["drift"] = {"report_all_statistics": True}
+    every = [f for r in Monitor(parse_config({"models": {"m": cfg}})).process(
+        [e for b in batches for e in b]).results for f in r.findings if f.feature == "b" and f.kind == "data_drift"]
+    assert every and all("ks" in f.details and "wasserstein" in f.details for f in every)
+    assert [f.over for f in every] == [f.over for f in quiet]  # decisions do not depend on it
+
+
+def test_ks_decides_when_asked_and_is_always_computed_then():
+    cfg = model_config()
+    cfg["drift"] = {"numeric_test": "ks"}
+    _, alerts = run(cfg, stream(np.random.default_rng(11), a_mean=0.5))
+    assert firing(alerts) == {("a", "ks")}
