@@ -1,22 +1,27 @@
 """End-to-end throughput and memory of the running monitor on a real broker, against a bare consumer.
 
-Produces N prediction events (20 numeric + 5 categorical features) to one topic, then, in the same run:
+Produces prediction events of the benchmark model (``workload.py``: 22 numeric features including a binary flag
+and an integer count, 6 categorical including a 200-level one, prediction and score; ~780 bytes each) to one
+topic, then, per window size, in the same run:
 
 - baseline: a bare confluent-kafka loop that only consumes the topic in batches and orjson-decodes each value;
-- stream-monitor: the full monitor (decode, validate, columns, sketches, every drift statistic, alerts,
-  window reports) on the same topic, from the beginning, in a fresh consumer group, with the exactly-once
+- stream-monitor: the full monitor (decode, validate, columns, sketches, drift decisions, alerts, window
+  reports) on the same topic, from the beginning, in a fresh consumer group, with the exactly-once
   path on: outputs, changed state and offsets committed in one Kafka transaction every ``--commit-interval``
-  seconds (default 1, as in production);
+  seconds (default 1, as in production), and where its time went per stage (consume, decode, core, publish,
+  commit) in microseconds per event;
 - the cost of exactly-once: the same monitor committing only once at the end of the pass (``--commit-interval
   30``: one transaction), so the difference between the two is what the transactions and state writes cost.
 
-Both passes run with the monitor's garbage-collector settings (``runner.tune_gc``), which speed up the bare
-loop too. After one discarded warm-up read of the topic (the first read is always slower), the two passes alternate
-for ``--rounds`` rounds (the broker shares the machine, so single runs are noisy);
-each round's ratio and the median are printed (the house bar is >= 0.8), with the monitor's RSS sampled
-along the stream (memory must stay flat however long the stream runs).
+Both loops are timed from their first batch (group join excluded) and run with the monitor's garbage-collector
+settings (``runner.tune_gc``), which speed up the bare loop too. After one discarded warm-up read of the topic
+(the first read is always slower), the passes alternate for ``--rounds`` rounds (the broker shares the machine,
+so single runs are noisy); each round's ratio and the median are printed (the house bar is >= 0.8). A final
+long pass samples the monitor's RSS (memory must stay flat however long the stream runs). ``--pin 0:1`` puts
+the broker on CPU 0 and this process on CPU 1, as ``taskset`` would.
 
-    python bench/kafka_throughput.py [--events 200000] [--window 5000] [--rounds 3] [--commit-interval 1]
+    python bench/kafka_throughput.py [--events 200000] [--windows 1000 5000 100] [--rounds 3]
+                                     [--commit-interval 1] [--rss-events 1000000] [--pin 0:1]
 """
 
 from __future__ import annotations
@@ -119,34 +124,75 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
     return (n - first) / dt, samples, svc
 
 
+def pin(spec: str) -> str:
+    """``--pin B:M``: the broker's threads on CPU B, this process (monitor, bare loop, librdkafka) on CPU M."""
+    broker_cpu, our_cpu = (int(x) for x in spec.split(":"))
+    pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_broker(int(d))]
+    if not pids:
+        raise SystemExit("--pin: no local broker process found (it pins the broker this script starts)")
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), {broker_cpu})
+            except OSError:
+                pass  # a thread that ended meanwhile
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {our_cpu})  # threads started later (librdkafka's) inherit it
+    return f"broker pid {pids} on CPU {broker_cpu}, this process on CPU {our_cpu}"
+
+
+def _is_broker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"kafka.Kafka" in fh.read()
+    except OSError:
+        return False
+
+
+def stage_line(svc: MonitorService, n: int) -> str:
+    return " | ".join(f"{k} {v / n * 1e6:.2f}" for k, v in svc.stats.seconds.items()) + " (us per event)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=200_000, help="events per measured pass")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=1)
-    ap.add_argument("--window", type=int, default=5000, help="events per tumbling window")
+    ap.add_argument("--windows", type=int, nargs="+", default=[1000, 5000, 100],
+                    help="events per tumbling window, one set of rounds each")
     ap.add_argument("--commit-interval", type=float, default=1.0, help="kafka.commit_interval_s of the monitor")
+    ap.add_argument("--rss-events", type=int, default=1_000_000,
+                    help="events of the final long pass that samples the monitor's RSS (0: skip it)")
+    ap.add_argument("--pin", metavar="BROKER_CPU:MONITOR_CPU", help="pin the local broker and this process "
+                    "to separate CPUs (as taskset would), e.g. 0:1")
     args = ap.parse_args()
     tune_gc()  # the monitor's garbage-collector settings, for both passes: the baseline gets them too
     with kafka_broker() as bootstrap:
+        if args.pin:
+            print(pin(args.pin), flush=True)
         topic = f"bench-{uuid.uuid4().hex[:8]}"
-        produce(bootstrap, topic, args.events, args.partitions)
+        produce(bootstrap, topic, max(args.events, args.rss_events), args.partitions)
         bare(bootstrap, topic, args.events)  # warm-up pass, discarded: the first read of a topic is cold
-        ratios, costs = [], []
-        for r in range(args.rounds):
-            base = bare(bootstrap, topic, args.events)
-            rate, samples, svc = monitored(bootstrap, topic, args.events, args.window, args.commit_interval)
-            once, _, _ = monitored(bootstrap, topic, args.events, args.window, 30.0)
-            ratios.append(rate / base)
-            costs.append(1 - rate / once)
-            print(f"round {r + 1}: bare consume + orjson.loads {base:9,.0f} events/s | stream-monitor (full path, "
-                  f"window {args.window}, commit every {args.commit_interval:g}s) {rate:9,.0f} events/s | "
-                  f"ratio {rate / base:.2f} | one commit per pass {once:9,.0f} events/s", flush=True)
-        print(f"median ratio: {float(np.median(ratios)):.2f} (bar: >= 0.80); {svc.stats.windows} windows per pass; "
-              f"{svc.stats.commits} transactions per pass")
-        print(f"exactly-once cost (transactions every {args.commit_interval:g}s vs one per pass): median "
-              f"{100 * float(np.median(costs)):.0f} % of throughput")
-        print("monitor RSS along the last pass: " + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
+        for window in args.windows:
+            ratios, costs = [], []
+            for r in range(args.rounds):
+                base = bare(bootstrap, topic, args.events)
+                rate, _, svc = monitored(bootstrap, topic, args.events, window, args.commit_interval)
+                once, _, _ = monitored(bootstrap, topic, args.events, window, 30.0)
+                ratios.append(rate / base)
+                costs.append(1 - rate / once)
+                print(f"window {window} round {r + 1}: bare consume + orjson.loads {base:9,.0f} events/s | "
+                      f"stream-monitor (full path, commit every {args.commit_interval:g}s) {rate:9,.0f} events/s | "
+                      f"ratio {rate / base:.2f} | one commit per pass {once:9,.0f} events/s", flush=True)
+                print(f"  where the monitor's time went: {stage_line(svc, args.events)}", flush=True)
+            print(f"window {window}: median ratio {float(np.median(ratios)):.2f} (bar: >= 0.80); "
+                  f"{svc.stats.windows} windows and {svc.stats.commits} transactions per pass; exactly-once cost "
+                  f"(transactions every {args.commit_interval:g}s vs one per pass) median "
+                  f"{100 * float(np.median(costs)):.0f} % of throughput", flush=True)
+        if args.rss_events:
+            rate, samples, _ = monitored(bootstrap, topic, args.rss_events, args.windows[0], args.commit_interval)
+            print(f"monitor RSS along {args.rss_events:,} events (window {args.windows[0]}, {rate:,.0f} events/s): "
+                  + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
 
 
 if __name__ == "__main__":

@@ -421,7 +421,7 @@ def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
         events = [e for _, c, extra in parts for e in (extra if type(extra) is list else
                                                        ModelEvents([], c, None, extra).events())]
         me = ModelEvents(pos, cols, events)
-    if all(a < b for a, b in zip(pos, pos[1:])):
+    if all(a[0][-1] < b[0][0] for a, b in zip(parts, parts[1:])):  # each part is in order: check the seams
         return me
     order = np.argsort(np.asarray(pos), kind="stable")
     return ModelEvents([pos[i] for i in order.tolist()], cols.take(order), [me.events()[i] for i in order.tolist()])

@@ -81,6 +81,11 @@ class ServiceStats:
     skipped_records: int = 0  # malformed records on the compacted topics
     restore_errors: int = 0  # model checkpoints that could not be used (those models started afresh)
     started: float = field(default_factory=time.monotonic)
+    # wall time per stage of the loop (consume, decode, core, publish, commit): where a batch's time goes
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+STAGES = ("consume", "decode", "core", "publish", "commit")
 
 
 class ConsumerFailed(RuntimeError):
@@ -144,9 +149,12 @@ class MonitorService:
                     ", ".join(topics), cfg.kafka.group_id, self.bootstrap,
                     self.checkpointer.producer_id, cfg.kafka.commit_interval_s)
         last_log = last_commit = time.monotonic()
+        seconds = self.stats.seconds
         try:
             while not self._stop.is_set():
+                t0 = time.perf_counter()
                 msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
+                seconds["consume"] += time.perf_counter() - t0
                 self._follow_breakers()
                 if msgs:
                     try:
@@ -157,7 +165,9 @@ class MonitorService:
                         self._replace_consumer(str(exc))
                 now = time.monotonic()
                 if now - last_commit >= cfg.kafka.commit_interval_s:
+                    t0 = time.perf_counter()
                     self._commit_or_rewind()
+                    seconds["commit"] += time.perf_counter() - t0
                     last_commit = time.monotonic()
                 if now - last_log >= self.log_every_s:
                     last_log = now
@@ -415,6 +425,8 @@ class MonitorService:
         label_msgs = [m for m in good if m.topic() == topic_labels]
         preds = self._decode_predictions(pred_msgs)
         labels, label_pos = self._decode_labels(label_msgs)
+        decoded = time.perf_counter()
+        self.stats.seconds["decode"] += decoded - started
         try:
             out = mon.process_batch(preds, labels)
         except Exception as exc:  # a defect must not stop monitoring of every other model
@@ -431,7 +443,10 @@ class MonitorService:
             for i in out.unknown_labels:
                 self._dead_letter(label_msgs[label_pos[i]], f"model {labels[i]['model']!r} has no label "
                                   "monitoring in the config", "route")
+        published = time.perf_counter()
+        self.stats.seconds["core"] += published - decoded
         self._publish(out)
+        self.stats.seconds["publish"] += time.perf_counter() - published
         for m in good:
             self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
         self.stats.messages += len(good)

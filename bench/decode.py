@@ -1,0 +1,85 @@
+"""The decode stage alone: bytes of prediction events into validated columns, against ``orjson.loads``.
+
+Same bytes, same run, the benchmark model of ``workload.py`` (~780-byte events, 30 features), batches of 5,000
+as the monitor consumes them, best of ``--repeat`` passes each (the machine is shared):
+
+- ``orjson.loads`` of every value, results dropped (the bare loop's per-event work);
+- ``json.loads`` of the standard library, for scale;
+- the general path: ``decode_predictions`` (orjson, the contract checked in Python) + ``build_columns``;
+- the monitor's path: ``PredictionDecoder`` (typed msgspec structures per model, checks fused, columns filled
+  from them), which is what ``stream-monitor run`` uses.
+
+    python bench/decode.py [--events 100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from workload import make, model_config  # noqa: E402
+
+from stream_monitor.config import parse_config  # noqa: E402
+from stream_monitor.core.events import PredictionBatch, PredictionDecoder, decode_predictions  # noqa: E402
+from stream_monitor.kafka.runner import tune_gc  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    tune_gc()
+    rng = np.random.default_rng(0)
+    values = [orjson.dumps(e) for e in make(args.events, rng, 0)]
+    batches = [values[i:i + 5000] for i in range(0, len(values), 5000)]
+    cfg = parse_config({"models": {"bench": model_config(1000)}})
+    decoder = PredictionDecoder(cfg.models)
+
+    def orjson_loads() -> None:
+        loads = orjson.loads
+        for b in batches:
+            for v in b:
+                loads(v)
+
+    def stdlib_json() -> None:
+        for b in batches:
+            for v in b:
+                json.loads(v)
+
+    def general_path() -> None:
+        for b in batches:
+            PredictionBatch.from_events(decode_predictions(b)[0], cfg.models)
+
+    def monitor_path() -> None:
+        for b in batches:
+            decoder.decode(b)
+
+    cases = [orjson_loads, stdlib_json, general_path, monitor_path]
+    best = {f.__name__: float("inf") for f in cases}
+    for _ in range(args.repeat):  # interleaved, so a busy moment of the machine hits every case alike
+        for f in cases:
+            t = time.perf_counter()
+            f()
+            best[f.__name__] = min(best[f.__name__], time.perf_counter() - t)
+    base = best["orjson_loads"]
+    print(f"{args.events:,} events of {np.mean([len(v) for v in values]):.0f} bytes, batches of 5,000, "
+          f"best of {args.repeat}")
+    labels = {"orjson_loads": "orjson.loads (dicts, dropped)", "stdlib_json": "json.loads (stdlib)",
+              "general_path": "general path -> columns", "monitor_path": "monitor's decoder -> columns"}
+    for name, secs in best.items():
+        print(f"{labels[name]:32s} {args.events / secs:10,.0f} events/s  {secs / args.events * 1e6:5.2f} us/event  "
+              f"{base / secs:4.2f}x orjson.loads")
+
+
+if __name__ == "__main__":
+    main()
