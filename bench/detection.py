@@ -7,8 +7,8 @@ false alert) or shifted from a change point (a *shift*: the first firing alert o
 detection, its delay counted in events after the change).
 
 Printed per window size: scenario | reference | detection rate over the seeds | median delay in events |
-false alerts per 10^6 events (null streams: file, warm-up and rolling references; calendar references are not
-in this bench yet). With ``--peers``, the same warm-up reference and the same windows (the first
+false alerts per 10^6 events (null streams: file, warm-up, rolling and calendar references; events are one
+second apart, so a calendar reference is the same hour of the previous two days). With ``--peers``, the same warm-up reference and the same windows (the first
 ``--peer-windows`` of each stream) also go through Evidently's default data-drift preset (one Report per
 window) and NannyML's univariate drift (chunk size = window); a peer's alert is a window in which it flags a
 column (they have no hysteresis), its delay the end of the first window flagging the shifted feature. The peers
@@ -106,6 +106,8 @@ def model_cfg(kind: str, window: int, reference: str) -> dict[str, Any]:
     ref: dict[str, Any] = {"type": reference if reference != "file" else "file", "size": REF}
     if reference == "rolling":
         ref["windows"] = max(1, REF // window)
+    if reference == "calendar":  # events are 1 s apart: the same hour of the previous days
+        ref |= {"period_s": 86400, "slot_s": 3600, "periods": 2}
     if reference == "file":
         ref["path"] = "unused"  # the reference is passed in built
     return {"features": {"numeric": numeric, "categorical": categorical}, "prediction": "none",
@@ -231,7 +233,7 @@ def main() -> None:
         print(f"\nwindow {window:,}   (each: detected/seeds, median delay in events, false alerts per 10^6 events)")
         print(f"{'scenario':28s} {'ref':7s} " + " ".join(f"{c:>32s}" for c in cols))
         for name, kind, shift in SCENARIOS:
-            refs: tuple[str, ...] = ("file", "warmup", "rolling") if shift is None else ("warmup",)
+            refs: tuple[str, ...] = ("file", "warmup", "rolling", "calendar") if shift is None else ("warmup",)
             for reference in refs:
                 seeds = 1 if shift is None else args.seeds
                 res: dict[str, list] = {c: [[], 0, 0] for c in cols}  # delays, false alerts, events

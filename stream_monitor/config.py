@@ -168,12 +168,16 @@ class ReferenceConfig(_Frozen):
 
 
 class Thresholds(_Frozen):
-    psi: float = Field(0.1, gt=0)
-    ks: float = Field(0.1, gt=0, le=1)
+    """Smallest effect worth an alert, per statistic (the p-value and the size-aware noise floor decide too).
+
+    Chosen from ``bench/detection.py``: a 0.1 sd mean shift is a PSI of ~0.01, a 0.2 sd one ~0.04."""
+
+    psi: float = Field(0.008, gt=0)
+    ks: float = Field(0.05, gt=0, le=1)
     wasserstein: float = Field(0.1, gt=0)
-    js: float = Field(0.1, gt=0, le=1)
-    hellinger: float = Field(0.1, gt=0, le=1)
-    chi2: float = Field(0.1, gt=0)
+    js: float = Field(0.05, gt=0, le=1)
+    hellinger: float = Field(0.05, gt=0, le=1)
+    chi2: float = Field(0.05, gt=0)  # Cohen's w
 
 
 NumericTest = Literal["auto", "psi", "ks", "wasserstein", "js", "hellinger"]
@@ -190,6 +194,9 @@ class DriftConfig(_Frozen):
     # KS and Wasserstein (on the exact samples) are computed when they decide, and for features over threshold;
     # true computes them for every feature of every window report (slower: see README, "Measured figures")
     report_all_statistics: bool = False
+    # Evidence across windows (file and warm-up references): each window's binned decision statistic is also
+    # computed on its last 4 and 16 windows together, so a small shift that persists is caught (see README)
+    evidence_windows: tuple[int, ...] = (4, 16)
     max_categories: int = Field(50, ge=1)  # tracked categories per feature; the rest count as "other"
     max_known_categories: int = Field(10000, ge=1)  # remembered for the new-category rate
     min_window_events: int = Field(100, gt=0)  # windows with fewer events are not evaluated
@@ -198,6 +205,13 @@ class DriftConfig(_Frozen):
     missing_rate_increase: float = Field(0.05, gt=0, le=1)
     type_error_rate: float = Field(0.01, gt=0, le=1)
     out_of_range_rate: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_evidence(self) -> DriftConfig:
+        spans = self.evidence_windows
+        if any(s < 2 or s > 256 for s in spans) or len(set(spans)) != len(spans):
+            raise ValueError(f"evidence_windows: distinct window counts between 2 and 256 expected, got {list(spans)}")
+        return self
 
 
 class FeaturesConfig(_Frozen):
@@ -359,7 +373,7 @@ class AlertsConfig(_Frozen):
     consecutive: int = Field(2, gt=0)  # windows over threshold before an alert fires
     resolve_after: int = Field(2, gt=0)  # windows back under threshold before it resolves
     repeat_every: int = Field(0, ge=0)  # re-send a firing alert every N windows (0: never)
-    critical_factor: float = Field(2.5, ge=1)  # value >= factor * threshold escalates to critical
+    critical_factor: float = Field(10, ge=1)  # value >= factor * threshold escalates to critical (PSI 0.08)
     severity: dict[AlertKind, Severity] = Field(default_factory=_default_severity)  # base severity per kind
     cooldown_s: float = Field(0, ge=0)  # after resolving, the same alert cannot fire again this soon (event time)
     group: bool = True  # one alert per model, kind and window, listing the features

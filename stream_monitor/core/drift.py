@@ -62,9 +62,15 @@ def _r(x: float) -> float:
 
 
 def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
-                    prediction_features: frozenset[str] = frozenset()) -> list[Finding]:
-    """All drift and quality findings of window ``cur`` against reference ``ref``."""
+                    prediction_features: frozenset[str] = frozenset(),
+                    evidence: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> list[Finding]:
+    """All drift and quality findings of window ``cur`` against reference ``ref``.
+
+    ``evidence`` maps a span ``s`` to the bin counts (numeric, categorical) of the last ``s`` non-overlapping
+    windows, this one included: a small shift that persists is tested on them too (see :func:`_evidence`).
+    """
     th = cfg.thresholds
+    evidence = evidence or {}
     drift: list[dict[str, Any]] = []  # candidates for the Holm family
     quality: list[Finding] = []
 
@@ -108,14 +114,16 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
             }
             value, p, thr = figures[tests[j]]
-            drift.append({
-                "feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
-                "threshold": thr, "n": int(n_cur[j]), "column": j,
+            d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
+                 "threshold": thr, "n": int(n_cur[j]), "column": j}
+            drift.append(d | {
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
                             if v == v or s not in _SAMPLE_TESTS}
                 | {"reference_std": _r(spreads[j])} | ({"wasserstein_raw": _r(w_all[j])} if w_all[j] == w_all[j]
                                                        else {}),
             })
+        if evidence:
+            _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts, valid, th)
         quality += _quality(binning.numeric, ref, cur, cfg, {
             "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
             "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
@@ -151,7 +159,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
             value, p, thr = figures[cfg.categorical_test]
             drift.append({
                 "feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
-                "p": p, "threshold": thr, "n": int(n_cur[j]),
+                "p": p, "threshold": thr, "n": int(n_cur[j]), "cat_column": j,
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
                 | {"chi2_statistic": _r(chi[j])},
             })
@@ -165,6 +173,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
                  "reference_unseen_mass": _r(unseen[j])},
             ))
+        if evidence:
+            _evidence(drift, "cat_column", [(s, e[1]) for s, e in evidence.items()], ref.cat_counts, valid, th)
         quality += _quality(binning.categorical, ref, cur, cfg, {
             "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
             "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
@@ -192,6 +202,50 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
 
 
 _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
+
+
+def _binned_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, p-value, threshold) of a binned decision statistic for every feature at once."""
+    n_ref, n_cur, bins = ref_counts.sum(axis=1), cur_counts.sum(axis=1), valid.sum(axis=1)
+    _, chi_p, w = stats.chi2_homogeneity(ref_counts, cur_counts, valid)
+    if test == "psi":
+        v = stats.psi(ref_counts, cur_counts, valid)
+        return v, stats.psi_pvalue(v, n_ref, n_cur, bins), np.maximum(th.psi, stats.psi_null_threshold(
+            n_ref, n_cur, bins))
+    if test == "chi2":
+        return w, chi_p, np.maximum(th.chi2, stats.w_null_threshold(n_ref, n_cur, bins))
+    if test == "js":
+        return stats.js_distance(ref_counts, cur_counts, valid), chi_p, np.full(w.shape, th.js)
+    return stats.hellinger(ref_counts, cur_counts, valid), chi_p, np.full(w.shape, th.hellinger)
+
+
+def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.ndarray]], ref_counts: np.ndarray,
+              valid: np.ndarray, th: Any) -> None:
+    """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
+    last ``s`` windows for each span ``s``, and the feature is decided on the most significant candidate that
+    reaches its effect threshold, its p-value multiplied by the number of candidates and by its span (weighted
+    Bonferroni within the feature; Holm across features follows). A shift too small for one window (0.1 sd is a PSI of ~0.01) is
+    caught once enough windows show it; a one-window blip is unchanged: it is only one of the candidates."""
+    mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
+    tests = {d["statistic"] for d in mine}
+    per_span = {(s, t): _binned_test(t, ref_counts, counts, valid, th) for s, counts in spans for t in tests}
+    events = {s: counts.sum(axis=1) for s, counts in spans}
+    for d in mine:
+        j = d[key]
+        cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
+        for s, _ in spans:
+            v, p, t = per_span[(s, d["statistic"])]
+            cands.append((s, _r(v[j]), float(p[j]), float(t[j]), int(events[s][j])))
+        # a span-s candidate is re-tested on overlapping data for s windows, so the windows-in-a-row rule
+        # does not confirm it: it gets 1/s of the feature's share of alpha
+        # and a candidate counts only while this window alone still shows at least half its effect: after a
+        # large shift ends, the windows it spans do not keep the incident open
+        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] >= 0.5 * c[1])] or cands[:1]
+        span, v, p, t, n = min(ok, key=lambda c: (c[2] * c[0], c[0]))
+        d.update(value=v, p=min(1.0, p * span * len(cands)), threshold=t, n=n)
+        d["details"] = d["details"] | {"windows": span, "evidence": {
+            str(s): {"value": cv, "p_value": cp, "threshold": _r(ct), "events": cn} for s, cv, cp, ct, cn in cands}}
 
 
 def _w_norm(w: float, spread: float) -> float:

@@ -37,7 +37,7 @@ from .keys import key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
-from .windows import ClosedWindow, CountWindows, TimeWindows
+from .windows import ClosedWindow, CountWindows, TimeWindows, WindowHistory
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -147,6 +147,7 @@ class ModelMonitor:
         self.windows: CountWindows | TimeWindows | None = None
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
+        self.history: WindowHistory | None = None
         self.join = LabelJoin(cfg.join) if self.labels_enabled else None
         self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
@@ -165,6 +166,10 @@ class ModelMonitor:
             self.windows = CountWindows(int(w.size), int(w.slide) if w.slide else None, ref.binning, cap)
         else:
             self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap)
+        if cfg.drift.evidence_windows and cfg.reference.type in ("file", "warmup"):
+            # (a rolling or calendar reference is made of recent or past windows: summing windows would test
+            # data against itself)
+            self.history = WindowHistory(cfg.drift.evidence_windows, self.windows.n_panes)
         if cfg.reference.type == "rolling":
             self.rolling = RollingReference(cfg.reference.windows, self.windows.n_panes, cap)
         elif cfg.reference.type == "calendar":
@@ -298,7 +303,12 @@ class ModelMonitor:
             return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="reference not ready")
         if w.pane.n < cfg.drift.min_window_events:
             return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small")
-        findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features)
+        evidence = None
+        if self.history is not None:
+            evidence = self.history.evidence(w.pane)
+            self.history.add(w.pane)
+        findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features,
+                                   evidence)
         latency = None
         if w.pane.latency.sum():
             latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}
@@ -316,6 +326,8 @@ class ModelMonitor:
             yield "ref", ref.id, ref.to_dict
         for i, cols in self._warmup:
             yield f"warmup/{i}", i, cols.to_dict
+        if self.history is not None:
+            yield "evidence", self.history.stamp, self.history.snapshot
         for prefix, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
             if store is not None:
                 for pid, pane in store.pieces():
@@ -421,6 +433,9 @@ class ModelMonitor:
 
             assert self.windows is not None
             self.windows.restore(core["windows"], panes("w/"))
+            if self.history is not None and records.get("evidence") is not None:
+                ref_pane = self.reference.pane
+                self.history.restore(records["evidence"], ref_pane.num_counts.shape, ref_pane.cat_counts.shape)
             if self.rolling is not None:
                 self.rolling.restore(core["rolling"], panes("r/"))
             if self.calendar is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from .columns import Columns
 from .sketches import Binning, Pane
 
-__all__ = ["ClosedWindow", "CountWindows", "TimeWindows"]
+__all__ = ["ClosedWindow", "CountWindows", "TimeWindows", "WindowHistory"]
 
 
 @dataclass(frozen=True)
@@ -169,4 +169,60 @@ class TimeWindows:
         et = d["emitted_through"]
         self._emitted_through = None if et is None else int(et)
         self.late_events = int(d["late"])
+        return self
+
+
+class WindowHistory:
+    """Bin counts of the last windows, for evidence across windows (:func:`~.drift.evaluate_window`).
+
+    Keeps the numeric and categorical bin counts of the last ``(longest - 1) * step`` windows (a few hundred
+    integers each: memory is bounded however long the stream runs). With sliding windows (``step`` > 1 panes
+    per window) only every ``step``-th past window does not overlap the current one, so only those are summed.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, spans: tuple[int, ...], step: int) -> None:
+        self.spans = tuple(sorted(spans))
+        self.step = step
+        self._past: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=(max(self.spans) - 1) * step)
+        self.stamp = 0  # changes with the content: the checkpoint rewrites the record only then
+
+    def evidence(self, pane: Pane) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Span -> summed (numeric, categorical) counts of ``pane`` and the span's previous windows; spans the
+        history is not long enough for yet are left out."""
+        picked = list(self._past)[::-1][self.step - 1 :: self.step]
+        out = {}
+        num, cat = pane.num_counts.copy(), pane.cat_counts.copy()
+        done = 1
+        for s in self.spans:
+            if len(picked) < s - 1:
+                break
+            for n_, c_ in picked[done - 1 : s - 1]:
+                num += n_
+                cat += c_
+            done = s
+            out[s] = (num.copy(), cat.copy())
+        return out
+
+    def add(self, pane: Pane) -> None:
+        self._past.append((pane.num_counts.copy(), pane.cat_counts.copy()))
+        self.stamp += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"v": self.FORMAT, "stamp": self.stamp,
+                "past": [[n.tolist(), c.tolist()] for n, c in self._past]}
+
+    def restore(self, d: dict[str, Any], num_shape: tuple[int, int], cat_shape: tuple[int, int]) -> WindowHistory:
+        if d.get("v") != self.FORMAT:
+            raise ValueError(f"window history version {d.get('v')!r} is not supported")
+        past = []
+        for n_, c_ in d["past"]:
+            num = np.array(n_, dtype=np.int64).reshape(num_shape)
+            cat = np.array(c_, dtype=np.int64).reshape(cat_shape)
+            if (num < 0).any() or (cat < 0).any():
+                raise ValueError("window history: negative counts")
+            past.append((num, cat))
+        self._past = deque(past, maxlen=self._past.maxlen)
+        self.stamp = int(d["stamp"])
         return self

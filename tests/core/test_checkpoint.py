@@ -223,3 +223,30 @@ def test_sample_rate_keeps_the_same_events_in_every_run():
     assert a.counters.sampled_out == b.counters.sampled_out
     assert 0.65 < a.counters.sampled_out / 5000 < 0.75
     assert a.models["m"].reference.id == b.models["m"].reference.id
+
+
+def test_window_history_round_trips_and_rejects_malformed_records():
+    import numpy as np
+    import pytest
+
+    from stream_monitor.core.sketches import Binning, Pane
+    from stream_monitor.core.windows import WindowHistory
+    from tests.streams import make_events
+    from stream_monitor.core.columns import build_columns
+
+    rng = np.random.default_rng(3)
+    cols = build_columns(make_events(2000, rng), ("a", "b"), ("k",))
+    binning = Binning.fit(cols, ("a", "b"), ("k",), 10, 50, 1000)
+    h = WindowHistory((4, 16), 1)
+    panes = [Pane(binning, 100).update(cols.take(slice(i * 100, (i + 1) * 100))) for i in range(20)]
+    for p in panes[:-1]:
+        h.add(p)
+    got = WindowHistory((4, 16), 1).restore(h.snapshot(), panes[0].num_counts.shape, panes[0].cat_counts.shape)
+    want, back = h.evidence(panes[-1]), got.evidence(panes[-1])
+    assert sorted(want) == sorted(back) == [4, 16]
+    assert all((want[s][0] == back[s][0]).all() and (want[s][1] == back[s][1]).all() for s in want)
+    assert int(want[16][0].sum()) == 16 * int(panes[-1].num_counts.sum())  # 16 windows of 100 events
+    bad = h.snapshot()
+    bad["past"][0][0] = [[1, 2]]
+    with pytest.raises(ValueError):
+        WindowHistory((4, 16), 1).restore(bad, panes[0].num_counts.shape, panes[0].cat_counts.shape)

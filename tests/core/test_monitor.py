@@ -302,3 +302,33 @@ def test_ks_decides_when_asked_and_is_always_computed_then():
     cfg["drift"] = {"numeric_test": "ks"}
     _, alerts = run(cfg, stream(np.random.default_rng(11), a_mean=0.5))
     assert firing(alerts) == {("a", "ks")}
+
+
+def test_a_small_persistent_shift_is_caught_by_evidence_across_windows_and_not_by_single_windows():
+    def batches():
+        return list(stream(np.random.default_rng(21), n_after=24_000, a_mean=0.15))
+
+    single = model_config()
+    single["drift"] = {"evidence_windows": []}
+    _, alerts = run(single, batches())
+    assert firing(alerts) == set()  # 0.15 sd: a PSI of ~0.02, below one window's noise floor
+    _, alerts = run(model_config(), batches())
+    assert firing(alerts) == {("a", "psi")}
+    a = next(x for x in alerts if x.status == "firing")
+    assert a.details["windows"] in (4, 16) and a.details["evidence"]["1"]["events"] == 1000
+
+
+def test_evidence_does_not_keep_an_ended_shift_open():
+    rng = np.random.default_rng(22)
+    batches = list(stream(rng, n_after=6000, a_mean=1.0))
+    batches += [make_events(1000, rng, start=20_000 + i * 1000) for i in range(3)]
+    _, alerts = run(model_config(), batches)
+    assert [(a.status, a.feature) for a in alerts] == [("firing", "a"), ("resolved", "a")]
+    assert alerts[1].window["index"] - alerts[0].window["index"] <= 8
+
+
+def test_evidence_windows_are_validated():
+    cfg = model_config()
+    cfg["drift"] = {"evidence_windows": [1, 4]}
+    with pytest.raises(ConfigError, match="evidence_windows"):
+        parse_config({"models": {"m": cfg}})
