@@ -80,15 +80,15 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     # ---- numeric: binned statistics for all features at once ----
     k = len(binning.numeric)
     if k:
-        valid = binning.bin_valid
         n_ref, n_cur = ref.num_present, cur.num_present
+        rc, cc, valid = stats.pool_sparse(ref.num_counts, cur.num_counts, binning.bin_valid)
         bins = valid.sum(axis=1)
-        psi = stats.psi(ref.num_counts, cur.num_counts, valid)
+        psi = stats.psi(rc, cc, valid)
         psi_p = stats.psi_pvalue(psi, n_ref, n_cur, bins)
         psi_floor = stats.psi_null_threshold(n_ref, n_cur, bins)
-        js = stats.js_distance(ref.num_counts, cur.num_counts, valid)
-        hel = stats.hellinger(ref.num_counts, cur.num_counts, valid)
-        _, chi_p, _ = stats.chi2_homogeneity(ref.num_counts, cur.num_counts, valid)
+        js = stats.js_distance(rc, cc, valid)
+        hel = stats.hellinger(rc, cc, valid)
+        _, chi_p, _ = stats.chi2_homogeneity(rc, cc, valid)
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         tests = []
         for j in range(k):
@@ -123,7 +123,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                                                        else {}),
             })
         if evidence:
-            _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts, valid, th)
+            _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts,
+                      binning.bin_valid, th)
         quality += _quality(binning.numeric, ref, cur, cfg, {
             "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
             "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
@@ -133,10 +134,10 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     c = len(binning.categorical)
     new_findings: list[Finding] = []
     if c:
-        valid = binning.cat_valid
         n_ref, n_cur = ref.cat_present, cur.cat_present
-        chi, chi_p, w = stats.chi2_homogeneity(ref.cat_counts, cur.cat_counts, valid)
-        psi = stats.psi(ref.cat_counts, cur.cat_counts, valid)
+        rc, cc, valid = stats.pool_sparse(ref.cat_counts, cur.cat_counts, binning.cat_valid)
+        chi, chi_p, w = stats.chi2_homogeneity(rc, cc, valid)
+        psi = stats.psi(rc, cc, valid)
         slots = valid.sum(axis=1)
         w_floor = stats.w_null_threshold(n_ref, n_cur, slots)
         unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
@@ -145,8 +146,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1)))
         psi_p = stats.psi_pvalue(psi, n_ref, n_cur, slots)
         psi_floor = stats.psi_null_threshold(n_ref, n_cur, slots)
-        js = stats.js_distance(ref.cat_counts, cur.cat_counts, valid)
-        hel = stats.hellinger(ref.cat_counts, cur.cat_counts, valid)
+        js = stats.js_distance(rc, cc, valid)
+        hel = stats.hellinger(rc, cc, valid)
         for j, name in enumerate(binning.categorical):
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue
@@ -174,7 +175,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                  "reference_unseen_mass": _r(unseen[j])},
             ))
         if evidence:
-            _evidence(drift, "cat_column", [(s, e[1]) for s, e in evidence.items()], ref.cat_counts, valid, th)
+            _evidence(drift, "cat_column", [(s, e[1]) for s, e in evidence.items()], ref.cat_counts,
+                      binning.cat_valid, th)
         quality += _quality(binning.categorical, ref, cur, cfg, {
             "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
             "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
@@ -207,6 +209,7 @@ _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
 def _binned_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, p-value, threshold) of a binned decision statistic for every feature at once."""
+    ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
     n_ref, n_cur, bins = ref_counts.sum(axis=1), cur_counts.sum(axis=1), valid.sum(axis=1)
     _, chi_p, w = stats.chi2_homogeneity(ref_counts, cur_counts, valid)
     if test == "psi":
@@ -224,8 +227,9 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
               valid: np.ndarray, th: Any) -> None:
     """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
     last ``s`` windows for each span ``s``, and the feature is decided on the most significant candidate that
-    reaches its effect threshold, its p-value multiplied by the number of candidates and by its span (weighted
-    Bonferroni within the feature; Holm across features follows). A shift too small for one window (0.1 sd is a PSI of ~0.01) is
+    reaches its effect threshold, its p-value multiplied by the number of candidates and, for a span, by the
+    span and by 1,000 / the window's events when smaller (weighted Bonferroni within the feature; Holm across
+    features follows). A shift too small for one window (0.1 sd is a PSI of ~0.01) is
     caught once enough windows show it; a one-window blip is unchanged: it is only one of the candidates."""
     mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
     tests = {d["statistic"] for d in mine}
@@ -241,9 +245,13 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
         # does not confirm it: it gets 1/s of the feature's share of alpha
         # and a candidate counts only while this window alone still shows at least half its effect: after a
         # large shift ends, the windows it spans do not keep the incident open
+        # Its alpha is also spent per 1,000 events rather than per window, so that small windows (many per
+        # million events) do not multiply false alarms.
         ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] >= 0.5 * c[1])] or cands[:1]
-        span, v, p, t, n = min(ok, key=lambda c: (c[2] * c[0], c[0]))
-        d.update(value=v, p=min(1.0, p * span * len(cands)), threshold=t, n=n)
+        per_events = max(1.0, 1000.0 / max(d["n"], 1))
+        weight = {c[0]: len(cands) * (1.0 if c[0] == 1 else c[0] * per_events) for c in cands}
+        span, v, p, t, n = min(ok, key=lambda c: (c[2] * weight[c[0]], c[0]))
+        d.update(value=v, p=min(1.0, p * weight[span]), threshold=t, n=n)
         d["details"] = d["details"] | {"windows": span, "evidence": {
             str(s): {"value": cv, "p_value": cp, "threshold": _r(ct), "events": cn} for s, cv, cp, ct, cn in cands}}
 

@@ -31,6 +31,7 @@ __all__ = [
     "js_distance",
     "ks_2samp",
     "ks_wasserstein_columns",
+    "pool_sparse",
     "proportions",
     "psi",
     "psi_null_threshold",
@@ -50,6 +51,32 @@ def proportions(counts: np.ndarray, valid: np.ndarray | None = None, alpha: floa
     c = np.where(v, c + alpha, 0.0)
     total = c.sum(axis=-1, keepdims=True)
     return np.divide(c, total, out=np.zeros_like(c), where=total > 0)
+
+
+#: Bins a test expects fewer events in (on the smaller side) are pooled into one: the chi-square approximation
+#: behind every binned p-value needs about 5 expected per bin, and sparse bins make it reject too often.
+MIN_EXPECTED = 5.0
+
+
+def pool_sparse(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray,
+                min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts and valid mask with each row's sparse bins (pooled proportion x the smaller sample size below
+    ``min_expected``) summed into one extra last bin; rows without sparse bins are unchanged (the extra bin is
+    invalid there)."""
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    cur = np.asarray(cur_counts, dtype=np.float64)
+    n_small = np.minimum(np.where(valid, ref, 0).sum(axis=-1), np.where(valid, cur, 0).sum(axis=-1))
+    pooled = np.where(valid, ref + cur, 0.0)
+    total = pooled.sum(axis=-1, keepdims=True)
+    share = np.divide(pooled, total, out=np.zeros_like(pooled), where=total > 0)
+    sparse = valid & (share * n_small[..., None] < min_expected)
+    if not sparse.any():
+        return ref, cur, valid
+    keep = valid & ~sparse
+    extra = sparse.any(axis=-1, keepdims=True)
+    return (np.concatenate([np.where(keep, ref, 0.0), np.where(sparse, ref, 0.0).sum(-1, keepdims=True)], -1),
+            np.concatenate([np.where(keep, cur, 0.0), np.where(sparse, cur, 0.0).sum(-1, keepdims=True)], -1),
+            np.concatenate([keep, extra], -1))
 
 
 def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None,
