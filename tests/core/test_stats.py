@@ -156,3 +156,30 @@ def test_column_wise_ks_and_wasserstein_equal_the_one_column_versions():
         assert w[j] == pytest.approx(sps.wasserstein_distance(aj, bj), rel=1e-9)
         assert d[j] == pytest.approx(sps.ks_2samp(aj, bj).statistic, abs=1e-12)
     assert np.isnan(d[4]) and np.isnan(w[4])
+
+
+def test_pooling_sparse_bins_keeps_small_window_tests_calibrated():
+    # windows of 100 events from a 200-level long tail (51 tracked slots, most expecting < 1 event): without
+    # pooling the chi-square approximation rejects several times too often; pooled it stays near nominal
+    rng = np.random.default_rng(5)
+    probs = 1 / np.arange(1, 201) ** 1.1
+    probs /= probs.sum()
+    ref = rng.multinomial(5000, probs)
+    ref = np.concatenate([ref[:50], [ref[50:].sum()]])
+    cur = rng.multinomial(100, probs, size=3000)
+    cur = np.concatenate([cur[:, :50], cur[:, 50:].sum(axis=1, keepdims=True)], axis=1)
+    refs = np.repeat(ref[None], 3000, axis=0)
+    valid = np.ones(refs.shape, dtype=bool)
+    _, raw_p, _ = stats.chi2_homogeneity(refs, cur, valid)
+    rc, cc, v = stats.pool_sparse(refs, cur, valid)
+    _, pooled_p, _ = stats.chi2_homogeneity(rc, cc, v)
+    assert np.mean(pooled_p < 0.01) <= 0.02
+    assert np.mean(raw_p < 0.001) > 2 * np.mean(pooled_p < 0.001)
+    assert (rc.sum(axis=1) == refs.sum(axis=1)).all() and (cc.sum(axis=1) == cur.sum(axis=1)).all()
+
+
+def test_pooling_leaves_well_filled_bins_alone():
+    ref, cur = np.array([[500, 500, 0]]), np.array([[50, 50, 0]])
+    valid = np.array([[True, True, False]])
+    rc, cc, v = stats.pool_sparse(ref, cur, valid)
+    assert v.tolist() == valid.tolist() and rc.tolist() == ref.tolist() and cc.tolist() == cur.tolist()
