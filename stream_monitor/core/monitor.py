@@ -147,7 +147,8 @@ class ModelMonitor:
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
         self.join = LabelJoin(cfg.join) if self.labels_enabled else None
-        self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
+        self.performance = (PerformanceTracker(cfg.name, cfg.performance, cfg.join.sample_rate)
+                            if self.labels_enabled else None)
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
@@ -211,19 +212,32 @@ class ModelMonitor:
         self.detections = []
         return out
 
-    def observe_predictions(self, events: list[dict[str, Any]]) -> None:
-        """Every prediction (before sampling) enters the label join and the performance windows."""
+    def observe_predictions(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> None:
+        """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
+        performance windows."""
         self.last_version = clip(events[-1]["model_version"])
         self.dirty = True
         if self.join is not None and self.performance is not None:
+            if keys is None:
+                keys = event_keys([e["event_id"] for e in events])
+            events, keys = self.join.sample(events, keys, "p")
             self.performance.add_predictions(events)
-            self._add_pairs(self.join.add_predictions(events))  # labels that arrived first
+            self._add_pairs(self.join.add_predictions(events, keys))  # labels that arrived first
 
     def update_labels(self, events: list[dict[str, Any]]) -> None:
-        """Add decoded label events of this model."""
-        if self.join is not None:
-            self.dirty = True
-            self._add_pairs(self.join.add_labels(events))
+        """Add decoded label events of this model: outside ``join.sample_rate`` they are counted and dropped
+        without a lookup; a label that carries its prediction is a pair at once (and its prediction counts in
+        its performance window)."""
+        if self.join is None or self.performance is None:
+            return
+        self.dirty = True
+        events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
+        pairs = self.join.add_labels(events, keys)
+        carried = [p for p in pairs if p.carried]
+        if carried:
+            self.performance.add_predictions([{"timestamp": p.prediction_time, "prediction": p.prediction,
+                                               "score": p.score} for p in carried])
+        self._add_pairs(pairs)
 
     def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
         """Performance windows whose labels have matured, each with its findings for the alert policy."""
@@ -508,9 +522,9 @@ class Monitor:
                 out.unknown_predictions.extend(pos)
                 continue
             evs = [predictions[i] for i in pos]
-            mm.observe_predictions(evs)
-            touched.add(name)
             keys = event_keys([e["event_id"] for e in evs])
+            mm.observe_predictions(evs, keys)
+            touched.add(name)
             rate = mm.cfg.sample_rate
             if rate < 1:  # a deterministic share: the same events are sampled in every run and instance
                 keep = key_fraction(keys) < rate

@@ -190,25 +190,30 @@ def test_join_changelog_restores_pending_entries_after_a_restart():
     j.add_predictions([pred("a", 1), pred("b", 2), pred("c", 3)])
     j.add_labels([label("a", 10), label("z", 11)])  # a joins; z waits for its prediction
     changes = j.take_changes()
-    assert changes == {"p/b": {"t": 2, "prediction": "1", "score": 0.9, "n": 1},
-                       "p/c": {"t": 3, "prediction": "1", "score": 0.9, "n": 2},
-                       "p/a": None, "j/a": {"n": 3}, "l/z": {"t": 11, "label": 1, "n": 4}}
+    assert sorted(changes) == ["j/s/0", "l/s/0", "p/s/0"]  # one segment record per store, not one per entry
+    assert (changes["p/s/0"]["n"], changes["l/s/0"]["n"], changes["j/s/0"]["n"]) == (2, 1, 1)  # b, c; z; a
     latest = {k: v for k, v in changes.items() if v is not None}  # what compaction keeps
     again = LabelJoin(JoinConfig(ttl_s=1000)).restore(j.snapshot(), latest)
     assert again.pending == 3 and again.prediction_watermark == 3 and again.label_watermark == 11
     assert again.add_labels([label("a", 12)]) == [] and again.counters.duplicate_labels == 1  # joined ids survive
     pairs = again.add_labels([label("b", 20)]) + again.add_predictions([pred("z", 5)])
-    assert sorted(p.event_id for p in pairs) == ["b", "z"]
-    assert again.take_changes() == {"p/b": None, "j/b": {"n": 5}, "l/z": None, "j/z": {"n": 6}}
+    assert [(p.event_id, p.prediction_time, p.label_time, p.prediction, p.score, p.label) for p in pairs] == [
+        ("b", 2.0, 20.0, "1", 0.9, 1), ("z", 5, 11.0, "1", 0.9, 1)]
+    changes = again.take_changes()  # the open segments are rewritten with what is left in them
+    assert changes["l/s/0"] is None and changes["p/s/0"]["n"] == 1 and changes["j/s/0"]["n"] == 3
 
 
 def test_join_restore_refuses_a_changelog_that_does_not_match_its_snapshot():
     j = LabelJoin(JoinConfig())
     j.add_predictions([pred("a", 1), pred("b", 2)])
     latest = {k: v for k, v in j.take_changes().items() if v is not None}
-    del latest["p/b"]  # a lost entry: the restore must say so, not run on a partial store
-    with pytest.raises(ValueError, match="pending"):
+    del latest["p/s/0"]  # a lost segment: the restore must say so, not run on a partial store
+    with pytest.raises(ValueError, match="live entries"):
         LabelJoin(JoinConfig()).restore(j.snapshot(), latest)
+    for bad in ({**latest, "p/s/0": {"v": 1, "n": 2, "key": "AAAA"}}, {**latest, "p/x": {}},
+                {**latest, "p/s/0": {"v": 9}}):
+        with pytest.raises(ValueError, match="join"):
+            LabelJoin(JoinConfig()).restore(j.snapshot(), bad)
 
 
 def test_performance_tracker_restores_open_windows():
