@@ -310,6 +310,9 @@ class LabelJoin:
             found[i] = JoinedPair(ev["event_id"], ev.get("prediction_timestamp", ev["timestamp"]), ev["timestamp"],
                                   ev["prediction"], _score(ev), ev["label"], carried=True)
         self.counters.carried += len(carried)
+        if carried:  # their predictions are read now: a model whose labels carry them all needs no other stream
+            self.prediction_watermark = max(self.prediction_watermark,
+                                            max(found[i].prediction_time for i in carried))
         if found:
             joined = np.zeros(len(evs), dtype=bool)
             joined[list(found)] = True

@@ -132,6 +132,8 @@ class EntryStore:
     ----------
     payload
         Whether entries carry a time, a value and a score (False: keys only).
+    segment
+        Entries per changelog segment.
 
     Examples
     --------
@@ -142,8 +144,11 @@ class EntryStore:
     [1, -1]
     """
 
-    def __init__(self, payload: bool = True) -> None:
+    def __init__(self, payload: bool = True, segment: int = SEGMENT_ENTRIES) -> None:
+        if not 1 <= segment <= SEGMENT_ENTRIES:
+            raise ValueError(f"segment must be in [1, {SEGMENT_ENTRIES}], got {segment}")
         self.payload = payload
+        self.segment = segment
         self._reset()
 
     def _reset(self) -> None:
@@ -370,8 +375,8 @@ class EntryStore:
         self._dirty.clear()
         if self._open_dirty:
             self._squeeze_open()
-            while self._n - self._open_lo >= SEGMENT_ENTRIES:
-                a, b = self._open_lo, self._open_lo + SEGMENT_ENTRIES
+            while self._n - self._open_lo >= self.segment:
+                a, b = self._open_lo, self._open_lo + self.segment
                 out[f"s/{self._open_id}"] = self._record(a, b)
                 self._closed.append(_Segment(self._open_id, a, np.ones(b - a, dtype=bool)))
                 self._closed_lo = np.append(self._closed_lo, a)
@@ -470,7 +475,7 @@ class EntryStore:
 
     def _decode(self, sid: int, rec: Any, mask: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if not isinstance(rec, dict) or rec.get("v") != _RECORD or type(rec.get("n")) is not int \
-                or not 0 < rec["n"] <= SEGMENT_ENTRIES:
+                or not 0 < rec["n"] <= self.segment:
             raise ValueError(f"join segment {sid}: not a version {_RECORD} segment record")
         n = rec["n"]
         fields = {"key": "<u8", "t": "<f8", "val": "<f4", "score": "<f4"} if self.payload else {"key": "<u8"}
