@@ -34,9 +34,17 @@ SEGMENT_ENTRIES = 8192
 
 _EMPTY = np.int32(-1)  # a slot never used since the last rebuild
 _GONE = np.int32(-2)  # a slot whose entry was removed (probing continues past it)
-_MAX_LOAD = 0.8  # rebuild the table when live + removed slots exceed this share
-_BUILD_LOAD = 0.6  # table load right after a rebuild
+_MAX_LOAD = 0.85  # rebuild the table when live + removed slots exceed this share
+_BUILD_LOAD = 0.7  # table load right after a rebuild
 _RECORD = 1  # version of segment and bitmap records
+
+
+def _prime_above(n: int) -> int:
+    """The smallest prime >= n (table sizes: a few thousand trial divisions, once per rebuild)."""
+    n |= 1
+    while any(n % d == 0 for d in range(3, math.isqrt(n) + 1, 2)):
+        n += 2
+    return n
 
 
 def store_keys(keys: np.ndarray) -> np.ndarray:
@@ -47,7 +55,20 @@ def store_keys(keys: np.ndarray) -> np.ndarray:
 def shortest_floats(a: np.ndarray) -> list[float]:
     """float32 values as the shortest decimals that round-trip in float32 (0.9f reads back as 0.9, not
     0.8999999761581421): a value with at most 7 significant digits comes back exactly."""
-    return a.astype(str).astype(np.float64).tolist() if a.size else []
+    x = a.astype(np.float64)
+    out = x.copy()
+    todo = np.isfinite(x) & (x != 0)
+    mag = np.floor(np.log10(np.abs(np.where(todo, x, 1.0))))
+    for digits in range(1, 10):  # significant digits, fewest first
+        if not todo.any():
+            break
+        scale = 10.0 ** (digits - 1 - mag[todo])
+        r = np.round(x[todo] * scale) / scale
+        ok = r.astype(np.float32) == a[todo]
+        idx = np.flatnonzero(todo)[ok]
+        out[idx] = r[ok]
+        todo[idx] = False
+    return out.tolist()
 
 
 class ValueCodes:
@@ -67,6 +88,20 @@ class ValueCodes:
     def encode(self, values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         """float32 codes of ``values`` and which of them could be stored (a new string beyond :attr:`MAX`
         distinct values cannot)."""
+        types = set(map(type, values))
+        if types <= {float, int, bool}:  # the common batches: numbers only, or strings only
+            x = np.array(values, dtype=np.float64)
+            if int not in types or not (np.abs(x) >= 2 ** 24).any():
+                return x.astype(np.float32), np.ones(len(values), dtype=bool)
+        elif types == {str}:
+            get = self._index.get
+            codes = [get((str, v), -1) for v in values]
+            if -1 not in codes:
+                out = (self._NAN | np.array(codes, dtype=np.uint32)).view(np.float32)
+                return out, np.ones(len(values), dtype=bool)
+        return self._encode_each(values)
+
+    def _encode_each(self, values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty(len(values), dtype=np.float32)
         ok = np.ones(len(values), dtype=bool)
         bits = out.view(np.uint32)
@@ -160,7 +195,7 @@ class EntryStore:
         self._score = np.zeros(size, dtype=np.float32)
         self.live = 0
         self._head = 0  # no live entry before this position
-        self._table = np.full(2048, _EMPTY, dtype=np.int32)
+        self._table = np.full(_prime_above(2048), _EMPTY, dtype=np.int32)
         self._used = 0  # table slots not empty (live and removed)
         self._closed: list[_Segment] = []
         self._closed_lo = np.zeros(0, dtype=np.int64)
@@ -189,12 +224,19 @@ class EntryStore:
         self._advance_head()
         return float(self._t[self._head]) if self.live else math.inf
 
+    def _start(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First slot and probe step of each key (double hashing over a prime-sized table: every step
+        visits every slot, and keys that collide once part ways)."""
+        size = np.uint64(self._table.size)
+        return (keys % size).astype(np.int64), (np.uint64(1) + (keys >> np.uint64(32)) % (size - np.uint64(1))
+                                                 ).astype(np.int64)
+
     def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = keys.size
         pos = np.full(m, -1, dtype=np.int64)
         slots = np.full(m, -1, dtype=np.int64)
-        size = np.uint64(self._table.size)
-        slot = (keys % size).astype(np.int64)
+        size = self._table.size
+        slot, step = self._start(keys)
         todo = np.arange(m)
         table, stored = self._table, self._key
         while todo.size:
@@ -206,26 +248,29 @@ class EntryStore:
             slots[todo[hit]] = s[hit]
             more = ~hit & (p != _EMPTY)
             todo = todo[more]
-            slot[todo] = (s[more] + 1) % self._table.size
+            slot[todo] = (s[more] + step[todo]) % size
         return pos, slots
 
-    def _insert(self, keys: np.ndarray, pos: np.ndarray) -> None:
-        """Index ``keys`` (absent and distinct) at ``pos``."""
+    def _insert(self, keys: np.ndarray, pos: np.ndarray, check: bool = False) -> None:
+        """Index ``keys`` (absent and distinct; with ``check``, a key met twice raises ``ValueError``)."""
         size = self._table.size
-        slot = (keys % np.uint64(size)).astype(np.int64)
+        slot, step = self._start(keys)
         todo = np.arange(keys.size)
         table = self._table
         while todo.size:
             s = slot[todo]
-            free = table[s] == _EMPTY
-            cand, cs = todo[free], s[free]
-            _, first = np.unique(cs, return_index=True)  # one winner per free slot
-            win = cand[first]
-            table[slot[win]] = pos[win]
-            placed = np.zeros(keys.size, dtype=bool)
-            placed[win] = True
-            todo = todo[~placed[todo]]
-            slot[todo] = (slot[todo] + 1) % size
+            p = table[s]
+            free = p == _EMPTY
+            if check and (self._key[p[~free]] == keys[todo[~free]]).any():
+                raise ValueError("join changelog holds a key twice")
+            table[s[free]] = pos[todo[free]]  # several may claim one slot: one write lands, the others move on
+            placed = np.zeros(todo.size, dtype=bool)
+            placed[free] = table[s[free]] == pos[todo[free]]
+            lost = free & ~placed
+            if check and (self._key[table[s[lost]]] == keys[todo[lost]]).any():
+                raise ValueError("join changelog holds a key twice")
+            todo = todo[~placed]
+            slot[todo] = (slot[todo] + step[todo]) % size
         self._used += keys.size
 
     # -- changing ----------------------------------------------------------------------------------------
@@ -310,7 +355,7 @@ class EntryStore:
             self._compact()
         need = self._n + m
         if need > self._key.size:
-            cap = max(need, int(self._key.size * 1.25))
+            cap = max(need, int(self._key.size * 1.125))
             self._resize(cap)
 
     def _resize(self, cap: int) -> None:
@@ -342,21 +387,20 @@ class EntryStore:
             arr[idx.size: n] = 0
         self._n = idx.size
         self._head = 0
-        cap = max(1024, int(self._n * 1.1) + 1024)
+        cap = max(1024, int(self._n * 1.02) + 1024)
         if cap < self._key.size:
             for name in ("_key", "_t", "_val", "_score") if self.payload else ("_key",):
                 setattr(self, name, getattr(self, name)[:cap].copy())
         self._rebuild_table()
 
-    def _rebuild_table(self) -> None:
+    def _rebuild_table(self, check: bool = False) -> None:
         if self._n - self.live > self.live // 4 and self._n > 1024:
             self._compact()
             return
-        size = max(2048, int(self.live / _BUILD_LOAD) + 1)
-        self._table = np.full(size, _EMPTY, dtype=np.int32)
+        self._table = np.full(_prime_above(max(2048, int(self.live / _BUILD_LOAD))), _EMPTY, dtype=np.int32)
         self._used = 0
         pos = np.flatnonzero(self._key[: self._n] != 0)
-        self._insert(self._key[pos], pos)
+        self._insert(self._key[pos], pos, check)
 
     # -- changelog ---------------------------------------------------------------------------------------
     def take_changes(self) -> dict[str, dict[str, Any] | None]:
@@ -444,7 +488,7 @@ class EntryStore:
         total = sum(int(live.sum()) for _, _, live in parts)
         if total != int(meta["live"]):
             raise ValueError(f"join changelog holds {total} live entries, the checkpoint says {meta['live']}")
-        cap = max(1024, int(total * 1.1) + 1024)
+        cap = max(1024, int(total * 1.02) + 1024)
         self._key = np.zeros(cap, dtype=np.uint64)
         if self.payload:
             self._t = np.zeros(cap, dtype=np.float64)
@@ -468,9 +512,7 @@ class EntryStore:
         self._open_id = open_id
         self._closed_lo = np.array([s.lo for s in self._closed], dtype=np.int64)
         self._n = self.live = n
-        if np.unique(self._key[:n]).size != n or (n and not self._key[:n].all()):
-            raise ValueError("join changelog holds repeated or zero keys")
-        self._rebuild_table()
+        self._rebuild_table(check=True)
         return self, stray
 
     def _decode(self, sid: int, rec: Any, mask: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:

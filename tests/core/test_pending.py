@@ -74,6 +74,8 @@ def test_restore_rejects_malformed_segments():
                 {"s/0": "text"}, {"s/0": {**records["s/0"], "v": 2}}, {"x/0": {}}, {"s/9": records["s/0"]}):
         with pytest.raises(ValueError, match="join"):
             EntryStore().restore(meta, bad)
+    with pytest.raises(ValueError, match="twice"):  # the same entries in two segments
+        EntryStore().restore({"live": 4, "open": 1}, {"s/0": records["s/0"], "s/1": records["s/0"]})
 
 
 def test_value_codes_round_trip_numbers_and_strings():
