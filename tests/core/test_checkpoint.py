@@ -223,3 +223,20 @@ def test_sample_rate_keeps_the_same_events_in_every_run():
     assert a.counters.sampled_out == b.counters.sampled_out
     assert 0.65 < a.counters.sampled_out / 5000 < 0.75
     assert a.models["m"].reference.id == b.models["m"].reference.id
+
+
+@pytest.mark.parametrize("bad", ["not json-like", {"v": 1, "n": 3, "key": "AAAA"}, {"v": 7}])
+def test_a_malformed_join_segment_is_counted_and_the_model_starts_afresh(bad):
+    cfg = parse_config({"models": {"clf": classifier_config()}})
+    mon = Monitor(cfg)
+    rng = np.random.default_rng(12)
+    mon.process_batch(*labeled_stream(3000, rng))
+    cp = mon.checkpoint()
+    state = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.state.items()}
+    join = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.join.items() if v is not None}
+    assert "clf/p/s/0" in join
+    again = Monitor(cfg)
+    again.restore(state, {**join, "clf/p/s/0": bad})  # never raises
+    assert again.counters.restore_errors == 1 and again.models["clf"].join.pending == 0
+    cp2 = again.checkpoint()
+    assert all(k in cp2.join and cp2.join[k] is None for k in join)  # the unusable records are deleted
