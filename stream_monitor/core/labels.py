@@ -3,7 +3,10 @@
 :class:`LabelJoin` pairs predictions and labels on ``event_id`` whichever arrives first. Both sides wait in a
 bounded store: an entry older than ``ttl_s`` of event time expires, and beyond ``max_pending`` entries the
 oldest is evicted; both are counted. Duplicate predictions and duplicate labels (also after the join, for
-the last ``max_joined_ids`` ids) are ignored and counted.
+the last ``max_joined_ids`` ids) are ignored and counted. The store is compact (:mod:`.pending`: the event
+id's 64-bit key, time, value and score in arrays, about 31 bytes an entry); with ``join.sample_rate`` below 1
+only the events whose key falls in the sample take part, on both sides. A label that carries its
+``prediction`` is a pair at once.
 
 :class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time, as running sums
 (confusion counts, log-loss and error sums, the estimate's sums) plus a uniform sample of at most
@@ -19,9 +22,8 @@ scores, so the estimate sits beside the realized value. Labels for an already re
 as ``late_labels``.
 
 Both checkpoint exactly: the join's entries (pending predictions and labels, and the recently joined ids
-that catch duplicates) go to a compacted changelog, one record per entry, each with its arrival sequence
-number so eviction order survives a restart; the tracker's open windows (sums and pair samples) are plain
-data. Pair samples keep the pairs with the smallest event keys (:mod:`.keys`), so they do not depend on the
+that catch duplicates) go to a compacted changelog in segments of consecutive arrivals (:mod:`.pending`), so
+eviction order survives a restart; the tracker's open windows (sums and pair samples) are plain data. Pair samples keep the pairs with the smallest event keys (:mod:`.keys`), so they do not depend on the
 order in which pairs were joined.
 
 Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/log loss):

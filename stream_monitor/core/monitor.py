@@ -89,7 +89,7 @@ class Checkpoint:
     """State records changed since the previous checkpoint: key -> plain value, None to delete the key.
 
     ``state`` keys are ``<model>/<part>`` (``core``, ``ref``, ``w/<pane>``, ``r/<pane>``, ``c/<slot.cycle>``,
-    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<event_id>``.
+    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<s|m>/<segment>`` (see :mod:`.pending`).
     """
 
     state: dict[str, Any] = field(default_factory=dict)

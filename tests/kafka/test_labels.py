@@ -241,3 +241,20 @@ def test_labels_thirty_days_late_on_a_sampled_join_survive_a_restart(kafka_boots
     lo, hi = rep["interval"]["accuracy"]
     assert lo <= truth <= hi, (truth, rep["metrics"]["accuracy"], lo, hi)
     assert hi - lo < 0.06  # ~2,600 sampled labels
+
+
+def test_labels_carrying_their_prediction_are_reported_without_prediction_events(kafka_bootstrap, run_id):
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 1800, "min_labels": 50}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf)
+    preds, labels = stream(8, 59)
+    by_id = {p["event_id"]: p for p in preds}
+    carried = [{**lab, "prediction": by_id[lab["event_id"]]["prediction"], "score": by_id[lab["event_id"]]["score"],
+                "prediction_timestamp": by_id[lab["event_id"]]["timestamp"]} for lab in labels]
+    reports, _ = run(kafka_bootstrap, cfg, [], carried)  # the labels topic only
+    perf_reports = [r for r in reports if r["type"] == "performance"]
+    assert len(perf_reports) >= 4
+    for r in perf_reports:
+        pairs = [lab for lab in carried if r["start"] <= lab["prediction_timestamp"] < r["end"]]
+        assert r["predictions"] == r["labeled"] == len(pairs) and r["coverage"] == 1.0
+        truth = np.mean([(lab["label"] == 1) == (lab["prediction"] == "1") for lab in pairs])
+        assert r["metrics"]["accuracy"] == pytest.approx(truth, abs=1e-6)
