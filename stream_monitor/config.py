@@ -310,6 +310,9 @@ class JoinConfig(_Frozen):
     # Windows mature on the slower of the two streams' event time (so a consumer catching up on one topic
     # does not report windows before the other topic's labels are read), but never wait more than this.
     label_stall_s: float = Field(86400, ge=0)
+    # Share of events joined, chosen by the key of event_id (the same events on both sides and in every
+    # instance): pending entries = prediction rate x label delay x sample_rate.
+    sample_rate: float = Field(1.0, gt=0, le=1)
 
 
 class DetectorConfig(_Frozen):

@@ -59,7 +59,8 @@ class MonitorMetrics:
                               ["model"], registry=r)
         self.join_pending = Gauge("stream_monitor_join_pending", "Predictions and labels waiting to join",
                                   ["model"], registry=r)
-        self.join_dropped = Gauge("stream_monitor_join_dropped", "Join entries expired or evicted (cumulative)",
+        self.join_dropped = Gauge("stream_monitor_join_dropped",
+                                  "Join entries expired or evicted, and labels outside join.sample_rate (cumulative)",
                                   ["model", "reason"], registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
@@ -84,6 +85,7 @@ class MonitorMetrics:
                 c = mm.join.counters
                 self.join_dropped.labels(name, "expired").set(c.expired_predictions + c.expired_labels)
                 self.join_dropped.labels(name, "evicted").set(c.evicted)
+                self.join_dropped.labels(name, "sampled_out").set(c.sampled_out_labels)
         for name, b in monitor.breakers.items():
             self.breaker.labels(name).set(_BREAKER_STATE[b.state])
 

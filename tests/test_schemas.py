@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream_monitor.config import parse_config
-from stream_monitor.core.events import decode_predictions
+from stream_monitor.core.events import decode_labels, decode_predictions
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.kafka.demo import loan_events
 from tests.streams import make_events, model_config
@@ -48,6 +48,18 @@ def test_schema_and_decoder_reject_the_same_events(bad):
 def test_label_example_follows_the_contract():
     jsonschema.validate({"event_id": "e1", "model": "m", "label": 1, "timestamp": "2026-01-01T00:00:00Z"},
                         schema("label"))
+
+
+def test_labels_carrying_their_prediction_follow_the_contract_and_the_decoder_agrees():
+    base = {"event_id": "e1", "model": "m", "label": 1, "timestamp": 1767225600}
+    v = jsonschema.Draft202012Validator(schema("label"))
+    good = {**base, "prediction": "1", "score": 0.7, "prediction_timestamp": 1764547200}
+    v.validate(good)
+    assert not decode_labels([orjson.dumps(good)])[2]
+    for bad in ({**base, "score": 0.7}, {**base, "prediction_timestamp": 1}, {**base, "prediction": [1]},
+                {**base, "prediction": "1", "score": "x"}):
+        assert not v.is_valid(bad)
+        assert len(decode_labels([orjson.dumps(bad)])[2]) == 1
 
 
 def test_alert_events_follow_the_alert_contract():

@@ -145,6 +145,20 @@ def _check_label(ev: Any) -> str | None:
             return f"missing or non-string field '{key}'"
     if not isinstance(ev.get("label"), (int, float, str)):
         return "missing field 'label' (a number or a string)"
+    if "prediction" in ev:  # a label that carries its prediction skips the join
+        pred = ev["prediction"]
+        if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
+            return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
+        score = ev.get("score")
+        if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
+            return f"field 'score' must be a number, got {type(score).__name__}"
+        if "prediction_timestamp" in ev:
+            try:
+                ev["prediction_timestamp"] = parse_timestamp(ev["prediction_timestamp"])
+            except ValueError as exc:
+                return f"field 'prediction_timestamp': {exc}"
+    elif "score" in ev or "prediction_timestamp" in ev:
+        return "fields 'score' and 'prediction_timestamp' of a label need its 'prediction'"
     return None
 
 
@@ -197,7 +211,8 @@ def decode_predictions(values: list[bytes | None], times: TimeRange | None = Non
 
 def decode_labels(values: list[bytes | None], times: TimeRange | None = None
                   ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
-    """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``."""
+    """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``; optionally the
+    ``prediction`` it judges (then also ``score`` and ``prediction_timestamp``), which skips the join."""
     return _decode(values, _check_label, None, times)
 
 

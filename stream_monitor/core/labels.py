@@ -3,7 +3,10 @@
 :class:`LabelJoin` pairs predictions and labels on ``event_id`` whichever arrives first. Both sides wait in a
 bounded store: an entry older than ``ttl_s`` of event time expires, and beyond ``max_pending`` entries the
 oldest is evicted; both are counted. Duplicate predictions and duplicate labels (also after the join, for
-the last ``max_joined_ids`` ids) are ignored and counted.
+the last ``max_joined_ids`` ids) are ignored and counted. The store is compact (:mod:`.pending`: the event
+id's 64-bit key, time, value and score in arrays, about 31 bytes an entry); with ``join.sample_rate`` below 1
+only the events whose key falls in the sample take part, on both sides. A label that carries its
+``prediction`` is a pair at once.
 
 :class:`PerformanceTracker` keeps one window per ``window_s`` of **prediction** time, as running sums
 (confusion counts, log-loss and error sums, the estimate's sums) plus a uniform sample of at most
@@ -19,9 +22,8 @@ scores, so the estimate sits beside the realized value. Labels for an already re
 as ``late_labels``.
 
 Both checkpoint exactly: the join's entries (pending predictions and labels, and the recently joined ids
-that catch duplicates) go to a compacted changelog, one record per entry, each with its arrival sequence
-number so eviction order survives a restart; the tracker's open windows (sums and pair samples) are plain
-data. Pair samples keep the pairs with the smallest event keys (:mod:`.keys`), so they do not depend on the
+that catch duplicates) go to a compacted changelog in segments of consecutive arrivals (:mod:`.pending`), so
+eviction order survives a restart; the tracker's open windows (sums and pair samples) are plain data. Pair samples keep the pairs with the smallest event keys (:mod:`.keys`), so they do not depend on the
 order in which pairs were joined.
 
 Metrics (classification uses ``positive_label`` for precision/recall/F1/ROC AUC/log loss):
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,8 @@ from scipy import special
 from scipy.stats import rankdata
 
 from ..config import JoinConfig, PerformanceConfig
-from .keys import event_keys
+from .keys import event_keys, key_fraction
+from .pending import EntryStore, ValueCodes, shortest_floats, store_keys
 
 __all__ = ["JoinedPair", "LabelJoin", "PerformanceReport", "PerformanceTracker", "label_key", "roc_auc"]
 
@@ -67,6 +69,7 @@ class JoinedPair:
     prediction: Any
     score: float | None
     label: Any
+    carried: bool = False  # the label carried its prediction (no prediction event was joined)
 
 
 @dataclass
@@ -77,83 +80,127 @@ class JoinCounters:
     expired_predictions: int = 0
     expired_labels: int = 0
     evicted: int = 0
+    sampled_out_predictions: int = 0  # outside join.sample_rate: neither stored nor looked up
+    sampled_out_labels: int = 0
+    carried: int = 0  # labels that carried their prediction and skipped the join
+    unstored: int = 0  # distinct string values beyond the store's vocabulary: not kept (see ValueCodes)
 
 
 class LabelJoin:
-    """Bounded join of predictions and labels on event_id (either may come first)."""
+    """Bounded join of predictions and labels on event_id (either may come first).
 
-    FORMAT = 1
+    Pending predictions, early labels and the recently joined ids live in compact stores
+    (:class:`~.pending.EntryStore`) keyed by the 64-bit key of the event id: 24 bytes a pending entry plus
+    its share of the hash index.
+    With ``sample_rate`` below 1 only the events whose key falls in the sample (:func:`~.keys.key_fraction`)
+    take part, so both sides (and every instance) agree on the sample without a lookup.
+    """
+
+    FORMAT = 2
+    _SIDES = ("p", "l", "j")
 
     def __init__(self, cfg: JoinConfig) -> None:
         self.cfg = cfg
         self._reset()
 
     def _reset(self) -> None:
-        # insertion order is arrival order: the first entries are the oldest, for TTL and size eviction;
-        # every entry carries its arrival sequence number (the changelog keeps it, so order survives restores)
-        self._predictions: OrderedDict[str, tuple[float, Any, float | None, int]] = OrderedDict()
-        self._labels: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
-        self._joined: OrderedDict[str, int] = OrderedDict()
-        self._seq = itertools.count()
+        # arrival order is the stores' order: the first entries are the oldest, for TTL and size eviction
+        self._stores = {"p": EntryStore(), "l": EntryStore(), "j": EntryStore(payload=False)}
+        self._codes = ValueCodes()
         self.counters = JoinCounters()
         self.prediction_watermark = -math.inf  # largest prediction event time seen
         self.label_watermark = -math.inf  # largest label event time seen
-        # changelog since take_changes(): key ("p/<id>", "l/<id>", "j/<id>") -> entry, None when removed
-        self._changes: dict[str, dict[str, Any] | None] = {}
+        self._stale: dict[str, None] = {}  # changelog keys to delete (a checkpoint this store could not use)
 
     def forget(self, keys: list[str]) -> None:
-        """Delete changelog entries this store does not hold (a checkpoint it could not use)."""
-        self._changes.update({k: None for k in keys})
+        """Delete changelog records this store does not hold (a checkpoint it could not use)."""
+        self._stale.update({k: None for k in keys})
 
     def take_changes(self) -> dict[str, dict[str, Any] | None]:
-        """Entries stored or removed since the last call, for the compacted join changelog."""
-        out, self._changes = self._changes, {}
+        """Records written or deleted since the last call, for the compacted join changelog (keys
+        ``<p|l|j>/s/<segment>`` and ``<p|l|j>/m/<segment>``, see :mod:`.pending`)."""
+        out: dict[str, dict[str, Any] | None] = self._stale
+        self._stale = {}
+        for side, store in self._stores.items():
+            for k, v in store.take_changes().items():
+                out[f"{side}/{k}"] = v
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """Watermarks, counters and the sequence position (the entries themselves live in the changelog)."""
+        """Watermarks, counters, the value vocabulary and each store's size and open segment (the entries
+        themselves live in the changelog)."""
         return {"v": self.FORMAT, "prediction_watermark": _finite(self.prediction_watermark),
                 "label_watermark": _finite(self.label_watermark), "counters": dict(self.counters.__dict__),
-                "pending": self.pending, "joined_ids": len(self._joined)}
+                "values": self._codes.snapshot(), "stores": {k: s.meta() for k, s in self._stores.items()},
+                "pending": self.pending, "joined_ids": self._stores["j"].live}
 
     def restore(self, meta: dict[str, Any] | None, entries: dict[str, dict[str, Any]]) -> LabelJoin:
-        """Rebuild the store from the changelog's latest entries (and the snapshot's watermarks).
+        """Rebuild the stores from the changelog's latest records and the snapshot ``meta``.
 
-        Raises ``ValueError`` when the entries do not match the snapshot (the store is left empty then).
+        Raises ``ValueError`` when a record is malformed or the records do not match the snapshot (the store
+        is left empty then). A version 1 checkpoint (one record per entry) is read and its records deleted at
+        the next checkpoint, which writes segments instead.
         """
         self._reset()
-        preds, labels, joined = [], [], []
-        for k, v in entries.items():
-            side, _, eid = k.partition("/")
-            if side == "p":
-                preds.append((int(v["n"]), eid, float(v["t"]), v["prediction"], v.get("score")))
-            elif side == "l":
-                labels.append((int(v["n"]), eid, float(v["t"]), v["label"]))
-            elif side == "j":
-                joined.append((int(v["n"]), eid))
-        top = -1
-        for n, eid, t, pred, score in sorted(preds):  # arrival order: eviction order survives the restart
-            self._predictions[eid] = (t, pred, None if score is None else float(score), n)
-            top = max(top, n)
-        for n, eid, t, label in sorted(labels):
-            self._labels[eid] = (t, label, n)
-            top = max(top, n)
-        for n, eid in sorted(joined):
-            self._joined[eid] = n
-            top = max(top, n)
-        self._seq = itertools.count(top + 1)
-        if meta:
+        try:
+            if not isinstance(meta, dict):
+                raise ValueError("join snapshot missing")
+            if meta.get("v") == 1:
+                self._restore_v1(meta, entries)
+                return self
             if meta.get("v") != self.FORMAT:
                 raise ValueError(f"join snapshot version {meta.get('v')!r} is not supported")
-            self.prediction_watermark = _unfinite(meta.get("prediction_watermark"))
-            self.label_watermark = _unfinite(meta.get("label_watermark"))
-            self.counters = JoinCounters(**{k: int(v) for k, v in meta.get("counters", {}).items()})
-            if meta.get("pending") != self.pending or meta.get("joined_ids") != len(self._joined):
-                found = (self.pending, len(self._joined))
-                self._reset()
-                raise ValueError(f"join changelog holds {found[0]} pending and {found[1]} joined ids, the "
-                                 f"checkpoint says {meta.get('pending')} and {meta.get('joined_ids')}")
+            self._codes.restore(meta["values"])
+            per_side: dict[str, dict[str, Any]] = {k: {} for k in self._SIDES}
+            for k, v in entries.items():
+                side, _, rest = k.partition("/")
+                if side not in per_side:
+                    raise ValueError(f"join changelog key {k!r} is not of a store")
+                per_side[side][rest] = v
+            for side, store in self._stores.items():
+                _, stray = store.restore(meta["stores"][side], per_side[side])
+                self.forget([f"{side}/{k}" for k in stray])
+            self._restore_meta(meta)
+        except (KeyError, TypeError) as exc:
+            self._reset()
+            raise ValueError(f"join checkpoint malformed: {type(exc).__name__}: {exc}") from None
+        except ValueError:
+            self._reset()
+            raise
         return self
+
+    def _restore_meta(self, meta: dict[str, Any]) -> None:
+        self.prediction_watermark = _unfinite(meta.get("prediction_watermark"))
+        self.label_watermark = _unfinite(meta.get("label_watermark"))
+        self.counters = JoinCounters(**{k: int(v) for k, v in meta.get("counters", {}).items()})
+        if meta.get("pending") != self.pending or meta.get("joined_ids") != self._stores["j"].live:
+            raise ValueError(f"join changelog holds {self.pending} pending and {self._stores['j'].live} joined "
+                             f"ids, the checkpoint says {meta.get('pending')} and {meta.get('joined_ids')}")
+
+    def _restore_v1(self, meta: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+        """One record per entry (``p/<event_id>``, ``l/<event_id>``, ``j/<event_id>``, each with its arrival
+        number ``n``): added in arrival order, the old records deleted at the next checkpoint."""
+        rows: dict[str, list[tuple[int, str, dict[str, Any]]]] = {k: [] for k in self._SIDES}
+        for k, v in entries.items():
+            side, _, eid = k.partition("/")
+            if side in rows:
+                rows[side].append((int(v["n"]), eid, v))
+        for side, items in rows.items():
+            items.sort(key=lambda r: r[0])
+            if not items:
+                continue
+            keys = store_keys(event_keys([eid for _, eid, _ in items]))
+            if side == "j":
+                self._stores["j"].add(keys)
+                continue
+            what = "prediction" if side == "p" else "label"
+            codes, ok = self._codes.encode([v[what] for _, _, v in items])
+            score = np.array([np.nan if v.get("score") is None else float(v["score"]) for _, _, v in items],
+                             dtype=np.float32)
+            t = np.array([float(v["t"]) for _, _, v in items])
+            self._stores[side].add(keys[ok], t[ok], codes[ok], score[ok])
+        self.forget(list(entries))
+        self._restore_meta(meta)
 
     @property
     def watermark(self) -> float:
@@ -167,80 +214,151 @@ class LabelJoin:
 
     @property
     def pending(self) -> int:
-        return len(self._predictions) + len(self._labels)
+        return self._stores["p"].live + self._stores["l"].live
 
-    def add_predictions(self, events: list[dict[str, Any]]) -> list[JoinedPair]:
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the three stores."""
+        return sum(s.nbytes for s in self._stores.values())
+
+    def sample(self, events: list[dict[str, Any]], keys: np.ndarray, side: str
+               ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The events (and their keys) inside ``join.sample_rate``; the others are counted and dropped."""
+        rate = self.cfg.sample_rate
+        if rate >= 1 or not events:
+            return events, keys
+        keep = key_fraction(keys) < rate
+        out = int(keep.size - keep.sum())
+        if side == "p":
+            self.counters.sampled_out_predictions += out
+        else:
+            self.counters.sampled_out_labels += out
+        return [e for e, k in zip(events, keep.tolist()) if k], keys[keep]
+
+    def _fresh(self, keys: np.ndarray, *stores: str) -> np.ndarray:
+        """Positions (in the batch, ascending) of the first occurrence of each key not held by ``stores``."""
+        _, first = np.unique(keys, return_index=True)
+        first.sort()
+        held = np.zeros(first.size, dtype=bool)
+        for name in stores:
+            held |= self._stores[name].find(keys[first]) >= 0
+        return first[~held]
+
+    def add_predictions(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[JoinedPair]:
+        """Store predictions (or join the labels that came first); returns the pairs joined, in event order."""
+        if not events:
+            return []
+        keys = store_keys(event_keys([ev["event_id"] for ev in events]) if keys is None else keys)
+        new = self._fresh(keys, "p", "j")
+        self.counters.duplicate_predictions += len(events) - new.size
+        if not new.size:
+            self._expire()
+            return []
+        evs = [events[i] for i in new.tolist()]
+        nk = keys[new]
+        t = np.fromiter((ev["timestamp"] for ev in evs), dtype=np.float64, count=len(evs))
+        self.prediction_watermark = max(self.prediction_watermark, float(t.max()))
+        labels = self._stores["l"]
+        lpos = labels.find(nk)
+        early = lpos >= 0
         out = []
-        for ev in events:
-            eid = ev["event_id"]
-            if eid in self._predictions or eid in self._joined:
-                self.counters.duplicate_predictions += 1
-                continue
-            t = ev["timestamp"]
-            self.prediction_watermark = max(self.prediction_watermark, t)
-            early = self._labels.pop(eid, None)
-            if early is not None:
-                self._changes["l/" + eid] = None
-                out.append(self._join(eid, t, ev["prediction"], ev.get("score"), early[0], early[1]))
-            else:
-                n = next(self._seq)
-                self._predictions[eid] = (t, ev["prediction"], ev.get("score"), n)
-                self._changes["p/" + eid] = {"t": t, "prediction": ev["prediction"], "score": ev.get("score"), "n": n}
+        if early.any():
+            at = lpos[early]
+            lt, lval, _ = labels.values(at)
+            for ev, tl, y in zip([e for e, m in zip(evs, early.tolist()) if m], lt.tolist(), self._decode(lval)):
+                out.append(JoinedPair(ev["event_id"], ev["timestamp"], tl, ev["prediction"], _score(ev), y))
+            labels.remove(at)
+            self._add_joined(nk[early])
+        wait = ~early
+        if wait.any():
+            rest = [e for e, m in zip(evs, wait.tolist()) if m]
+            codes, ok = self._codes.encode([e["prediction"] for e in rest])
+            score = np.array([np.nan if e.get("score") is None else e["score"] for e in rest], dtype=np.float32)
+            self.counters.unstored += int(ok.size - ok.sum())
+            self._stores["p"].add(nk[wait][ok], t[wait][ok], codes[ok], score[ok])
         self._expire()
         return out
 
-    def add_labels(self, events: list[dict[str, Any]]) -> list[JoinedPair]:
-        out = []
-        for ev in events:
-            eid = ev["event_id"]
-            t = ev["timestamp"]
-            self.label_watermark = max(self.label_watermark, t)
-            if eid in self._joined or eid in self._labels:
-                self.counters.duplicate_labels += 1
-                continue
-            pred = self._predictions.pop(eid, None)
-            if pred is not None:
-                self._changes["p/" + eid] = None
-                out.append(self._join(eid, pred[0], pred[1], pred[2], t, ev["label"]))
-            else:
-                n = next(self._seq)
-                self._labels[eid] = (t, ev["label"], n)
-                self._changes["l/" + eid] = {"t": t, "label": ev["label"], "n": n}
+    def add_labels(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[JoinedPair]:
+        """Join labels to stored predictions (or store them until their prediction comes); a label that carries
+        its ``prediction`` becomes a pair at once. Returns the pairs, in event order."""
+        if not events:
+            return []
+        keys = store_keys(event_keys([ev["event_id"] for ev in events]) if keys is None else keys)
+        self.label_watermark = max(self.label_watermark, max(ev["timestamp"] for ev in events))
+        new = self._fresh(keys, "l", "j")
+        self.counters.duplicate_labels += len(events) - new.size
+        if not new.size:
+            self._expire()
+            return []
+        evs = [events[i] for i in new.tolist()]
+        nk = keys[new]
+        preds = self._stores["p"]
+        ppos = preds.find(nk)
+        hit = ppos >= 0
+        found: dict[int, JoinedPair] = {}
+        if hit.any():
+            at = ppos[hit]
+            pt, pval, pscore = preds.values(at)
+            idx = np.flatnonzero(hit).tolist()
+            scores = shortest_floats(pscore)
+            for i, tp, p, s in zip(idx, pt.tolist(), self._decode(pval), scores):
+                ev = evs[i]
+                found[i] = JoinedPair(ev["event_id"], tp, ev["timestamp"], p, None if s != s else s, ev["label"])
+            preds.remove(at)
+        carried = [i for i in np.flatnonzero(~hit).tolist() if "prediction" in evs[i]]
+        for i in carried:
+            ev = evs[i]
+            found[i] = JoinedPair(ev["event_id"], ev.get("prediction_timestamp", ev["timestamp"]), ev["timestamp"],
+                                  ev["prediction"], _score(ev), ev["label"], carried=True)
+        self.counters.carried += len(carried)
+        if carried:  # their predictions are read now: a model whose labels carry them all needs no other stream
+            self.prediction_watermark = max(self.prediction_watermark,
+                                            max(found[i].prediction_time for i in carried))
+        if found:
+            joined = np.zeros(len(evs), dtype=bool)
+            joined[list(found)] = True
+            self._add_joined(nk[joined])
+        wait = np.ones(len(evs), dtype=bool)
+        wait[list(found)] = False
+        if wait.any():
+            rest = [e for e, m in zip(evs, wait.tolist()) if m]
+            codes, ok = self._codes.encode([e["label"] for e in rest])
+            t = np.fromiter((e["timestamp"] for e in rest), dtype=np.float64, count=len(rest))
+            self.counters.unstored += int(ok.size - ok.sum())
+            self._stores["l"].add(nk[wait][ok], t[ok], codes[ok], np.full(int(ok.sum()), np.nan, np.float32))
         self._expire()
-        return out
+        return [found[i] for i in sorted(found)]
 
-    def _join(self, eid: str, tp: float, pred: Any, score: float | None, tl: float, label: Any) -> JoinedPair:
-        self.counters.joined += 1
-        n = next(self._seq)
-        self._joined[eid] = n
-        self._changes["j/" + eid] = {"n": n}
-        if len(self._joined) > self.cfg.max_joined_ids:
-            old, _ = self._joined.popitem(last=False)
-            self._changes["j/" + old] = None
-        return JoinedPair(eid, tp, tl, pred, score, label)
+    def _decode(self, codes: np.ndarray) -> list[Any]:
+        return self._codes.decode(codes)
+
+    def _add_joined(self, keys: np.ndarray) -> None:
+        joined = self._stores["j"]
+        self.counters.joined += keys.size
+        joined.add(keys)
+        if joined.live > self.cfg.max_joined_ids:
+            joined.evict_oldest(joined.live - self.cfg.max_joined_ids)
 
     def _expire(self) -> None:
         horizon = self.watermark - self.cfg.ttl_s
-        while self._predictions:
-            eid, entry = next(iter(self._predictions.items()))
-            if entry[0] >= horizon:
-                break
-            del self._predictions[eid]
-            self._changes["p/" + eid] = None
-            self.counters.expired_predictions += 1
-        while self._labels:
-            eid, lentry = next(iter(self._labels.items()))
-            if lentry[0] >= horizon:
-                break
-            del self._labels[eid]
-            self._changes["l/" + eid] = None
-            self.counters.expired_labels += 1
-        while self.pending > self.cfg.max_pending:
-            side = "p/" if len(self._predictions) >= len(self._labels) else "l/"
-            store: OrderedDict[str, Any] = self._predictions if side == "p/" else self._labels
-            eid, _ = store.popitem(last=False)
-            self._changes[side + eid] = None
-            self.counters.evicted += 1
+        preds, labels = self._stores["p"], self._stores["l"]
+        self.counters.expired_predictions += preds.expire(horizon)
+        self.counters.expired_labels += labels.expire(horizon)
+        over = self.pending - self.cfg.max_pending
+        if over > 0:  # the larger side loses its oldest first; level sides lose one each in turn
+            gap = preds.live - labels.live
+            first, k = (preds, labels) if gap >= 0 else (labels, preds)
+            lead = min(abs(gap), over)
+            rest = over - lead
+            a = lead + (rest + 1) // 2 if gap >= 0 else lead + rest // 2
+            b = over - a
+            self.counters.evicted += first.evict_oldest(a) + k.evict_oldest(b)
+
+
+def _score(ev: dict[str, Any]) -> float | None:
+    s = ev.get("score")
+    return None if s is None else float(s)
 
 
 def _finite(x: float) -> float | None:
@@ -345,6 +463,9 @@ class PerformanceReport:
     # per metric, its confidence interval at ``performance.confidence`` (sampling error of the window's labels)
     interval: dict[str, list[float]] = field(default_factory=dict)
     insufficient_labels: bool = False  # fewer than min_labels joined pairs: no metrics, nothing alerted
+    # share of events joined (join.sample_rate): predictions, labeled and coverage count the sample, and the
+    # intervals are the sampling error of the sample's labels
+    sample_rate: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "performance", **self.__dict__}
@@ -356,9 +477,10 @@ class PerformanceTracker:
     FORMAT = 1
     _stamps = itertools.count(1)
 
-    def __init__(self, model: str, cfg: PerformanceConfig) -> None:
+    def __init__(self, model: str, cfg: PerformanceConfig, sample_rate: float = 1.0) -> None:
         self.model = model
         self.cfg = cfg
+        self.sample_rate = sample_rate
         self.positive = None if cfg.positive_label is None else label_key(cfg.positive_label)
         self._reset()
 
@@ -515,7 +637,7 @@ class PerformanceTracker:
             self.model, w * self.cfg.window_s, (w + 1) * self.cfg.window_s, win.predictions, n,
             _r(min(coverage, 1.0)), _r(np.percentile(lags, 50)) if lags.size else None,
             _r(np.percentile(lags, 95)) if lags.size else None, metrics, estimated, self.late_labels, interval,
-            n < self.cfg.min_labels)
+            n < self.cfg.min_labels, self.sample_rate)
 
 
 def _wilson(k: float, n: float, z: float) -> list[float]:

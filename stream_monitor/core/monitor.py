@@ -33,7 +33,7 @@ from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_window
 from .concept import ConceptDriftDetectors
 from .events import ModelEvents, PredictionBatch
-from .keys import key_fraction
+from .keys import event_keys, key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
@@ -90,7 +90,7 @@ class Checkpoint:
     """State records changed since the previous checkpoint: key -> plain value, None to delete the key.
 
     ``state`` keys are ``<model>/<part>`` (``core``, ``ref``, ``w/<pane>``, ``r/<pane>``, ``c/<slot.cycle>``,
-    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<event_id>``.
+    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<s|m>/<segment>`` (see :mod:`.pending`).
     """
 
     state: dict[str, Any] = field(default_factory=dict)
@@ -149,7 +149,8 @@ class ModelMonitor:
         self.calendar: CalendarReference | None = None
         self.history: WindowHistory | None = None
         self.join = LabelJoin(cfg.join) if self.labels_enabled else None
-        self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
+        self.performance = (PerformanceTracker(cfg.name, cfg.performance, cfg.join.sample_rate)
+                            if self.labels_enabled else None)
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
@@ -223,19 +224,29 @@ class ModelMonitor:
         return out
 
     def observe_predictions(self, batch: ModelEvents) -> None:
-        """Every prediction (before sampling) enters the label join and the performance windows."""
+        """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
+        performance windows."""
         self.last_version = clip(batch.cols.model_version[-1])
         self.dirty = True
         if self.join is not None and self.performance is not None:
-            events = batch.events()
+            events, keys = self.join.sample(batch.events(), batch.cols.key, "p")
             self.performance.add_predictions(events)
-            self._add_pairs(self.join.add_predictions(events))  # labels that arrived first
+            self._add_pairs(self.join.add_predictions(events, keys))  # labels that arrived first
 
     def update_labels(self, events: list[dict[str, Any]]) -> None:
-        """Add decoded label events of this model."""
-        if self.join is not None:
-            self.dirty = True
-            self._add_pairs(self.join.add_labels(events))
+        """Add decoded label events of this model: outside ``join.sample_rate`` they are counted and dropped
+        without a lookup; a label that carries its prediction is a pair at once (and its prediction counts in
+        its performance window)."""
+        if self.join is None or self.performance is None:
+            return
+        self.dirty = True
+        events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
+        pairs = self.join.add_labels(events, keys)
+        carried = [p for p in pairs if p.carried]
+        if carried:
+            self.performance.add_predictions([{"timestamp": p.prediction_time, "prediction": p.prediction,
+                                               "score": p.score} for p in carried])
+        self._add_pairs(pairs)
 
     def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
         """Performance windows whose labels have matured, each with its findings for the alert policy."""

@@ -250,3 +250,20 @@ def test_window_history_round_trips_and_rejects_malformed_records():
     bad["past"][0][0] = [[1, 2]]
     with pytest.raises(ValueError):
         WindowHistory((4, 16), 1).restore(bad, panes[0].num_counts.shape, panes[0].cat_counts.shape)
+
+
+@pytest.mark.parametrize("bad", ["not json-like", {"v": 1, "n": 3, "key": "AAAA"}, {"v": 7}])
+def test_a_malformed_join_segment_is_counted_and_the_model_starts_afresh(bad):
+    cfg = parse_config({"models": {"clf": classifier_config()}})
+    mon = Monitor(cfg)
+    rng = np.random.default_rng(12)
+    mon.process_batch(*labeled_stream(3000, rng))
+    cp = mon.checkpoint()
+    state = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.state.items()}
+    join = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.join.items() if v is not None}
+    assert "clf/p/s/0" in join
+    again = Monitor(cfg)
+    again.restore(state, {**join, "clf/p/s/0": bad})  # never raises
+    assert again.counters.restore_errors == 1 and again.models["clf"].join.pending == 0
+    cp2 = again.checkpoint()
+    assert all(k in cp2.join and cp2.join[k] is None for k in join)  # the unusable records are deleted

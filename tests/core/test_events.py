@@ -57,6 +57,20 @@ def test_labels_decode():
     assert "'label'" in rejects[0].reason
 
 
+def test_labels_carrying_their_prediction_decode_and_bad_ones_are_rejected():
+    base = {"event_id": "e1", "model": "m", "label": 1, "timestamp": 1767225600}
+    good = [{**base, "prediction": "1", "score": 0.7, "prediction_timestamp": "2025-12-01T00:00:00Z"},
+            {**base, "prediction": 2.5}]
+    bad = [({**base, "score": 0.7}, "need its 'prediction'"), ({**base, "prediction": [1]}, "'prediction'"),
+           ({**base, "prediction": "1", "score": "high"}, "'score'"),
+           ({**base, "prediction": "1", "prediction_timestamp": "soon"}, "'prediction_timestamp'")]
+    events, _, rejects = decode_labels([orjson.dumps(e) for e in good + [b for b, _ in bad]])
+    assert events[0]["prediction_timestamp"] == 1764547200.0 and len(events) == 2
+    assert [r.index for r in rejects] == [2, 3, 4, 5]
+    for r, (_, why) in zip(rejects, bad):
+        assert why in r.reason, r.reason
+
+
 @pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", 4102444800, "1970-01-02T00:00:00Z", 86400])
 def test_implausible_event_times_are_rejected_with_the_reason(stamp):
     # one event in year 9999 would move every watermark for good; epoch 0-ish is a default value, not a time

@@ -7,6 +7,7 @@ import pytest
 
 from stream_monitor.config import DetectorConfig, JoinConfig, PerformanceConfig, parse_config
 from stream_monitor.core.concept import ConceptDriftDetectors
+from stream_monitor.core.keys import event_keys, key_fraction
 from stream_monitor.core.labels import LabelJoin, PerformanceTracker, roc_auc
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.sketches import LatencySketch
@@ -190,25 +191,30 @@ def test_join_changelog_restores_pending_entries_after_a_restart():
     j.add_predictions([pred("a", 1), pred("b", 2), pred("c", 3)])
     j.add_labels([label("a", 10), label("z", 11)])  # a joins; z waits for its prediction
     changes = j.take_changes()
-    assert changes == {"p/b": {"t": 2, "prediction": "1", "score": 0.9, "n": 1},
-                       "p/c": {"t": 3, "prediction": "1", "score": 0.9, "n": 2},
-                       "p/a": None, "j/a": {"n": 3}, "l/z": {"t": 11, "label": 1, "n": 4}}
+    assert sorted(changes) == ["j/s/0", "l/s/0", "p/s/0"]  # one segment record per store, not one per entry
+    assert (changes["p/s/0"]["n"], changes["l/s/0"]["n"], changes["j/s/0"]["n"]) == (2, 1, 1)  # b, c; z; a
     latest = {k: v for k, v in changes.items() if v is not None}  # what compaction keeps
     again = LabelJoin(JoinConfig(ttl_s=1000)).restore(j.snapshot(), latest)
     assert again.pending == 3 and again.prediction_watermark == 3 and again.label_watermark == 11
     assert again.add_labels([label("a", 12)]) == [] and again.counters.duplicate_labels == 1  # joined ids survive
     pairs = again.add_labels([label("b", 20)]) + again.add_predictions([pred("z", 5)])
-    assert sorted(p.event_id for p in pairs) == ["b", "z"]
-    assert again.take_changes() == {"p/b": None, "j/b": {"n": 5}, "l/z": None, "j/z": {"n": 6}}
+    assert [(p.event_id, p.prediction_time, p.label_time, p.prediction, p.score, p.label) for p in pairs] == [
+        ("b", 2.0, 20.0, "1", 0.9, 1), ("z", 5, 11.0, "1", 0.9, 1)]
+    changes = again.take_changes()  # the open segments are rewritten with what is left in them
+    assert changes["l/s/0"] is None and changes["p/s/0"]["n"] == 1 and changes["j/s/0"]["n"] == 3
 
 
 def test_join_restore_refuses_a_changelog_that_does_not_match_its_snapshot():
     j = LabelJoin(JoinConfig())
     j.add_predictions([pred("a", 1), pred("b", 2)])
     latest = {k: v for k, v in j.take_changes().items() if v is not None}
-    del latest["p/b"]  # a lost entry: the restore must say so, not run on a partial store
-    with pytest.raises(ValueError, match="pending"):
+    del latest["p/s/0"]  # a lost segment: the restore must say so, not run on a partial store
+    with pytest.raises(ValueError, match="live entries"):
         LabelJoin(JoinConfig()).restore(j.snapshot(), latest)
+    for bad in ({**latest, "p/s/0": {"v": 1, "n": 2, "key": "AAAA"}}, {**latest, "p/x": {}},
+                {**latest, "p/s/0": {"v": 9}}):
+        with pytest.raises(ValueError, match="join"):
+            LabelJoin(JoinConfig()).restore(j.snapshot(), bad)
 
 
 def test_performance_tracker_restores_open_windows():
@@ -302,3 +308,54 @@ def test_concept_drift_warnings_are_reported_not_paged():
         alerts += mon.process_batch(p, lab).alerts
     assert sum(w for _, _, w in taken) > 0 and sum(d for _, d, _ in taken) == 0, taken
     assert [a for a in alerts if a.kind == "concept_drift"] == []
+
+
+def test_labels_carrying_their_prediction_need_no_prediction_event():
+    cfg = parse_config({"models": {"clf": classifier_config(
+        performance={"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 0, "min_labels": 1})}})
+    mon = Monitor(cfg)
+    t0 = 1_700_000_400.0  # a window boundary
+    labels = [{"event_id": f"e{i}", "model": "clf", "label": i % 2, "timestamp": t0 + 900 + i,
+               "prediction": "1" if i % 3 else "0", "score": 0.8 if i % 3 else 0.3, "prediction_timestamp": t0 + i}
+              for i in range(900)]
+    out = mon.process_labels(labels)
+    mm = mon.models["clf"]
+    assert mm.join.pending == 0 and mm.join.counters.carried == 900  # nothing waits for a prediction event
+    (rep,) = [r for r in out.reports if r["type"] == "performance"]  # the first window matured
+    truth = np.mean([(e["label"] == 1) == (e["prediction"] == "1") for e in labels[:600]])
+    assert (rep["start"], rep["predictions"], rep["labeled"], rep["coverage"]) == (t0, 600, 600, 1.0)
+    assert rep["metrics"]["accuracy"] == pytest.approx(truth) and rep["lag_p50_s"] == 900
+    # a duplicate of a carried label is caught like any joined label
+    mon.process_labels(labels[:5])
+    assert mm.join.counters.duplicate_labels == 5
+
+
+def test_a_sampled_out_label_never_creates_a_pending_entry():
+    j = LabelJoin(JoinConfig(sample_rate=0.1))
+    ids = [f"id-{i}" for i in range(5000)]
+    keys = event_keys(ids)
+    inside = key_fraction(keys) < 0.1
+    labs = [label(e, 10.0) for e in ids]
+    events, k = j.sample(labs, keys, "l")
+    assert j.add_labels(events, k) == []
+    assert j.pending == int(inside.sum()) and j.counters.sampled_out_labels == int((~inside).sum())
+    assert 400 < j.pending < 600
+    # every instance agrees: the predictions kept are the same ids, and they join their early labels
+    preds = [pred(e, 1.0) for e in ids]
+    events, k = j.sample(preds, keys, "p")
+    assert sorted(p.event_id for p in j.add_predictions(events, k)) == sorted(np.array(ids)[inside].tolist())
+    assert j.pending == 0
+
+
+def test_a_version_1_join_checkpoint_is_read_and_rewritten_as_segments():
+    meta = {"v": 1, "prediction_watermark": 3, "label_watermark": 11, "pending": 3, "joined_ids": 1,
+            "counters": {"joined": 1}}
+    entries = {"p/b": {"t": 2, "prediction": "1", "score": 0.9, "n": 1},
+               "p/c": {"t": 3, "prediction": "1", "score": 0.9, "n": 2},
+               "j/a": {"n": 3}, "l/z": {"t": 11, "label": 1, "n": 4}}
+    j = LabelJoin(JoinConfig(ttl_s=1000)).restore(meta, entries)
+    assert j.pending == 3 and j.add_labels([label("a", 12)]) == []
+    changes = j.take_changes()
+    assert all(changes[k] is None for k in entries)  # the per-entry records go
+    assert {k for k, v in changes.items() if v is not None} == {"p/s/0", "l/s/0", "j/s/0"}
+    assert [p.event_id for p in j.add_labels([label("b", 20)])] == ["b"]

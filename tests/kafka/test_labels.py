@@ -175,3 +175,86 @@ def test_labels_that_arrive_before_their_predictions_survive_a_restart(kafka_boo
     for rep in first:
         in_win = {p["event_id"] for p in preds if rep["start"] <= p["timestamp"] < rep["end"]}
         assert rep["labeled"] == sum(lab["event_id"] in in_win for lab in labels)  # early labels joined too
+
+
+DAY = 86400.0
+
+
+def test_labels_thirty_days_late_on_a_sampled_join_survive_a_restart(kafka_bootstrap, run_id):
+    """Predictions over 30 days, each labeled 30 days later, join.sample_rate 0.1; the monitor restarts
+    midway through the labels. The window's realized accuracy (from the sample) holds the full join's truth
+    within its interval, every sampled prediction is labeled, and the restart loses no pending entry."""
+    from stream_monitor.core.keys import event_keys, key_fraction
+
+    span = 30 * DAY
+    t0 = (time.time() // span - 3) * span  # a window boundary 60-90 days ago
+    perf = {"task": "binary", "positive_label": "1", "window_s": span, "maturity_s": span + 3600,
+            "min_labels": 50}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf, window={"by": "count", "size": 10_000},
+                join={"sample_rate": 0.1, "ttl_s": 35 * DAY})
+    rng = np.random.default_rng(58)
+    n = int(61.2 * DAY / 100)  # one prediction every 100 s for 61.2 days: the window's 30 days and the next
+    t = t0 + np.arange(n) * 100.0
+    score = 1 / (1 + np.exp(-2.0 * rng.normal(size=n)))
+    outcome = rng.random(n) < score
+    preds = [{"event_id": f"loan-{i}", "model": "clf", "model_version": "v1", "timestamp": float(t[i]),
+              "features": {"x": float(rng.normal()), "z": 0.0}, "prediction": "1" if score[i] >= 0.5 else "0",
+              "score": float(score[i])} for i in range(n)]
+    lag = span + rng.uniform(0, 3600, n)
+    labeled = np.flatnonzero(t + lag <= t[-1])  # outcomes known by the end of the stream
+    labels = [{"event_id": f"loan-{i}", "model": "clf", "label": int(outcome[i]), "timestamp": float(t[i] + lag[i])}
+              for i in labeled]
+    items = sorted([(p["timestamp"], cfg.topics.predictions, p) for p in preds] +
+                   [(lab["timestamp"], cfg.topics.labels, lab) for lab in labels], key=lambda x: x[0])
+    cut = t0 + 45 * DAY  # halfway through the labels of the first window
+    first = [it for it in items if it[0] < cut]
+    sampled = key_fraction(event_keys([p["event_id"] for p in preds])) < 0.1
+    waiting = int(sampled[t < cut].sum()) - int(sampled[labeled[t[labeled] + lag[labeled] < cut]].sum())
+
+    from confluent_kafka import Producer
+
+    def send(part):
+        prod = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
+        for _, topic, ev in part:
+            prod.produce(topic, key=b"clf", value=orjson.dumps(ev))
+            prod.poll(0)
+        assert prod.flush(30) == 0
+        return len(part)
+
+    with Running(cfg, kafka_bootstrap) as r:
+        r.wait_consumed(send(first), timeout=120)
+    with Running(cfg, kafka_bootstrap) as r:
+        r.wait_consumed(send(items[len(first):]), timeout=120)
+        time.sleep(1)
+        task = r.service.tasks[0].models["clf"].join
+        sampled_out = task.counters.sampled_out_labels
+    assert r.service.stats.restored_join_entries == waiting > 1000  # every pending entry came back
+    assert sampled_out > 0  # labels outside the sample were dropped without a lookup
+    reports = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.metrics, lambda ms: False,
+                                                         timeout=5)]
+    (rep,) = [r for r in reports if r["type"] == "performance" and r["start"] == t0]
+    in_window = t < t0 + span
+    assert rep["sample_rate"] == 0.1
+    assert rep["predictions"] == int((sampled & in_window).sum())  # coverage is against the sample
+    assert rep["coverage"] >= 0.99
+    truth = float(np.mean((score[in_window] >= 0.5) == outcome[in_window]))  # the full join, every event
+    lo, hi = rep["interval"]["accuracy"]
+    assert lo <= truth <= hi, (truth, rep["metrics"]["accuracy"], lo, hi)
+    assert hi - lo < 0.06  # ~2,600 sampled labels
+
+
+def test_labels_carrying_their_prediction_are_reported_without_prediction_events(kafka_bootstrap, run_id):
+    perf = {"task": "binary", "positive_label": "1", "window_s": 600, "maturity_s": 1800, "min_labels": 50}
+    cfg = setup(kafka_bootstrap, run_id, performance=perf)
+    preds, labels = stream(8, 59)
+    by_id = {p["event_id"]: p for p in preds}
+    carried = [{**lab, "prediction": by_id[lab["event_id"]]["prediction"], "score": by_id[lab["event_id"]]["score"],
+                "prediction_timestamp": by_id[lab["event_id"]]["timestamp"]} for lab in labels]
+    reports, _ = run(kafka_bootstrap, cfg, [], carried)  # the labels topic only
+    perf_reports = [r for r in reports if r["type"] == "performance"]
+    assert len(perf_reports) >= 4
+    for r in perf_reports:
+        pairs = [lab for lab in carried if r["start"] <= lab["prediction_timestamp"] < r["end"]]
+        assert r["predictions"] == r["labeled"] == len(pairs) and r["coverage"] == 1.0
+        truth = np.mean([(lab["label"] == 1) == (lab["prediction"] == "1") for lab in pairs])
+        assert r["metrics"]["accuracy"] == pytest.approx(truth, abs=1e-6)
