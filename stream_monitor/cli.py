@@ -145,6 +145,30 @@ def _cmd_alerts_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_alerts_forward(args: argparse.Namespace) -> int:
+    from .alertmanager import ForwarderMetrics
+    from .kafka.forwarder import AlertForwarder
+
+    cfg = load_config(args.config)
+    conn = _connection(args, cfg)
+    metrics = ForwarderMetrics()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=cfg.prometheus.host, registry=metrics.registry)
+    fwd = AlertForwarder(cfg, conn, args.alertmanager, group=args.group, metrics=metrics, hold_s=args.hold,
+                         resend_s=args.resend)
+
+    def _stop(signum: int, _frame: object) -> None:
+        fwd.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    n = fwd.run(until=time.monotonic() + args.timeout if args.timeout else None)
+    logging.getLogger(__name__).info("posted %d alert(s) to %s", n, args.alertmanager)
+    return 0
+
+
 def _cmd_breaker_status(args: argparse.Namespace) -> int:
     from .kafka.router import BreakerClient
 
@@ -241,6 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--json", action="store_true", help="print whole alert events")
     t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0: never)")
     t.set_defaults(func=_cmd_alerts_tail)
+    f = asub.add_parser("forward", help="post alerts to Alertmanager (v2 API), firing and resolved",
+                        description="Follow the alert topic as its own consumer group and post every alert to "
+                        "Alertmanager's v2 API: at-least-once (offsets are committed after Alertmanager accepted), "
+                        "deduplicated by alert_id, firing alerts re-posted while they fire.",
+                        epilog="example: stream-monitor alerts forward --config config/example.yaml "
+                        "--alertmanager http://alertmanager:9093", formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--config", required=True, type=Path, help="monitor config (YAML): kafka and topics.alerts")
+    f.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, then the "
+                   "config's kafka.bootstrap_servers)")
+    f.add_argument("--alertmanager", required=True, metavar="URL", help="Alertmanager base URL, e.g. "
+                   "http://localhost:9093")
+    f.add_argument("--group", help="consumer group (default: <kafka.group_id>-alertmanager)")
+    f.add_argument("--metrics-port", type=int, help="serve the forwarder's /metrics on this port")
+    f.add_argument("--hold", type=float, default=3600.0, metavar="SECONDS",
+                   help="endsAt of a firing alert this far ahead (default 3600)")
+    f.add_argument("--resend", type=float, default=60.0, metavar="SECONDS",
+                   help="re-post firing alerts this often (default 60)")
+    f.add_argument("--timeout", type=float, default=0, metavar="SECONDS", help="stop after this long (0: never)")
+    f.set_defaults(func=_cmd_alerts_forward)
 
     p = sub.add_parser("breaker", help="read or override the circuit breaker")
     bsub = p.add_subparsers(dest="breaker_command", required=True)

@@ -151,6 +151,7 @@ class ModelMonitor:
         self.performance = PerformanceTracker(cfg.name, cfg.performance) if self.labels_enabled else None
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
+        self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
@@ -220,6 +221,9 @@ class ModelMonitor:
     def observe_predictions(self, batch: ModelEvents) -> None:
         """Every prediction (before sampling) enters the label join and the performance windows."""
         self.last_version = clip(batch.cols.model_version[-1])
+        newest = float(batch.cols.event_time.max())
+        if self.last_event_time is None or newest > self.last_event_time:
+            self.last_event_time = newest
         self.dirty = True
         if self.join is not None and self.performance is not None:
             events = batch.events()
