@@ -119,6 +119,54 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from .backtest import Backtest
+    from .core.events import decode_labels
+    from .core.reference import read_events
+
+    cfg = load_config(args.config)
+    if (args.input is None) == (args.topic is None):
+        raise UsageError("backtest: give either --input FILE or --topic TOPIC (with --from/--to)")
+    if args.input is not None:
+        preds = read_events(args.input)
+    else:
+        from .kafka.replay import read_range
+
+        preds, rejected = read_range(_connection(args, cfg), args.topic, args.from_, args.to)
+        if rejected:
+            print(f"{rejected} messages of {args.topic} are not prediction events (skipped)", file=sys.stderr)
+    labels: list = []
+    if args.labels is not None:
+        lines = [line for line in args.labels.read_bytes().splitlines() if line.strip()]
+        labels, _, rejects = decode_labels(lines)
+        if rejects:
+            raise UsageError(f"{args.labels}: line {rejects[0].index + 1}: {rejects[0].reason}")
+    bt = Backtest(cfg, batch=args.batch)
+    tty = sys.stderr.isatty()
+    last = [0.0, -1.0]  # time and count of the last line
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == last[1] or (done < total and now - last[0] < (0.2 if tty else 5.0)):
+            return
+        last[0], last[1] = now, done
+        width = 30
+        filled = int(width * done / max(total, 1))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {len(bt.result.alerts)} alerts"
+        print(("\r" + line) if tty else line, end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
+
+    result = bt.run(preds, labels, progress)
+    for a in result.alerts:
+        print(orjson.dumps(a.to_dict()).decode() if args.json else a.message)
+    print(result.summary())
+    if args.report is not None:
+        from .report import render_report
+
+        args.report.write_text(render_report(result, f"stream-monitor backtest: {args.input or args.topic}"))
+        print(f"report: {args.report}")
+    return 0
+
+
 def _cmd_alerts_tail(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     conn = _connection(args, cfg)
@@ -255,6 +303,28 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--input", required=True, type=Path)
     b.add_argument("--output", required=True, type=Path)
     b.set_defaults(func=_cmd_reference_build)
+
+    p = sub.add_parser("backtest", help="replay past events through the monitor, offline; write an HTML report",
+                       description="Replay past prediction events (a JSONL or CSV file, or a range of a topic) "
+                       "through the same core as `run`: print the alerts it would have raised and a summary, and "
+                       "write a self-contained HTML report (no network needed to open it).",
+                       epilog="examples:\n  stream-monitor backtest --config config/example.yaml --input "
+                       "preds.jsonl --labels labels.jsonl --report report.html\n  stream-monitor backtest --config "
+                       "config/example.yaml --topic predictions --from 2026-11-27T00:00:00Z --to "
+                       "2026-11-28T00:00:00Z", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="monitor config (YAML): the models to replay")
+    p.add_argument("--input", type=Path, help="past prediction events, JSONL (one per line) or CSV")
+    p.add_argument("--labels", type=Path, help="past label events, JSONL (merged with the predictions by event time)")
+    p.add_argument("--topic", help="read the prediction events from this topic instead of a file")
+    p.add_argument("--from", dest="from_", metavar="BOUND", help="with --topic: first offset, or a time "
+                   "(ISO 8601 or epoch seconds like 1764237600.0; the records' Kafka timestamps); default: the beginning")
+    p.add_argument("--to", metavar="BOUND", help="with --topic: end offset (excluded) or time; default: the end now")
+    p.add_argument("--bootstrap-servers", help="with --topic: Kafka bootstrap servers (default: "
+                   "KAFKA_BOOTSTRAP_SERVERS, then kafka.bootstrap_servers)")
+    p.add_argument("--report", type=Path, metavar="OUT.html", help="write the HTML report here")
+    p.add_argument("--batch", type=int, default=1000, help="predictions per batch fed to the monitor (default 1000)")
+    p.add_argument("--json", action="store_true", help="print whole alert events instead of their messages")
+    p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("alerts", help="read the alert topic")
     asub = p.add_subparsers(dest="alerts_command", required=True)

@@ -84,3 +84,19 @@ def wait_for(check, timeout: float = 60.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.3)
+
+
+def chromium(html: Path, tmp: Path, *, screenshot: Path | None = None, size: str = "1280,2600") -> str:
+    """Render ``html`` in headless Chromium (no network): the DOM as Chromium built it, and optionally a PNG."""
+    exe = require("chromium")
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            f"--user-data-dir={tmp / 'chromium-profile'}", "--hide-scrollbars", f"--window-size={size}",
+            "--proxy-server=127.0.0.1:9", "--disable-background-networking"]  # nothing may load from outside
+    dom = subprocess.run([*base, "--dump-dom", html.resolve().as_uri()], capture_output=True, text=True,
+                         timeout=180)
+    assert dom.returncode == 0 and "<html" in dom.stdout, dom.stderr[-2000:]
+    if screenshot is not None:
+        shot = subprocess.run([*base, f"--screenshot={screenshot}", html.resolve().as_uri()], capture_output=True,
+                              text=True, timeout=180)
+        assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
+    return dom.stdout

@@ -59,6 +59,8 @@ class WindowResult:
     findings: list[Finding]
     skipped: str | None = None  # why the window was not evaluated
     latency_ms: dict[str, float] | None = None  # p50/p95/p99 when the events carry latency_ms
+    # (reference pane, window pane) the findings compare, for reports that draw them; not published
+    panes: tuple[Pane, Pane] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The window report published on the metrics topic."""
@@ -310,7 +312,8 @@ class ModelMonitor:
             if sla is not None:
                 findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
                                         int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
-        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency)
+        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency,
+                            panes=(ref_pane, w.pane))
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _pieces(self) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
