@@ -158,8 +158,9 @@ class MonitorMetrics:
         before = seen.get(name, now)
         seen[name] = now
         for reason, n, was in (("expired", now[0], before[0]), ("evicted", now[1], before[1])):
+            counter = self.join_dropped.labels(name, reason)  # the series exists from 0 on: rate() works
             if n > was:
-                self.join_dropped.labels(name, reason).inc(n - was)
+                counter.inc(n - was)
 
     def _report(self, rep: dict[str, Any]) -> None:
         model = rep["model"]

@@ -30,7 +30,11 @@ def consumer_lag(consumer: _Consumer, positions: Mapping[tuple[str, int], int]) 
     """Per topic, the messages of the assigned partitions after the next offset to process (``positions``,
     else the consumer's position). Partitions whose watermark is not known yet count 0."""
     lag: dict[str, int] = {}
-    for tp in consumer.assignment():
+    try:
+        assigned = consumer.assignment()
+    except RuntimeError:  # closed (the last progress line, on stop): no lag to tell
+        return lag
+    for tp in assigned:
         try:
             marks = consumer.get_watermark_offsets(tp, cached=True)
         except Exception:  # noqa: BLE001  (a partition just revoked; lag is a hint, never a failure)
