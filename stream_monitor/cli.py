@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,7 +163,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     if args.report is not None:
         from .report import render_report
 
-        args.report.write_text(render_report(result, f"stream-monitor backtest: {args.input or args.topic}"))
+        source = args.input.name if args.input is not None else args.topic
+        args.report.write_text(render_report(result, f"stream-monitor backtest: {source}"))
         print(f"report: {args.report}")
     return 0
 
@@ -290,7 +292,7 @@ BOOTSTRAP_HELP = ("Kafka bootstrap servers, host:port[,host:port] (default: KAFK
 def _command(sub: Any, name: str, summary: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
     """A subcommand whose --help shows what it does, examples and the exit codes."""
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES
-    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 100), epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
