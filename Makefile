@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka-jars test test-unit demo bench broker clean
+.PHONY: install kafka-jars test test-unit demo bench broker docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: install               ## benchmark figures (see README, "Measured figures
 	$(PY) bench/label_join.py
 	$(PY) bench/kafka_throughput.py
 	$(PY) bench/detection.py     # peers too: see the script for their environment, then --peers
+
+docs: install                ## docs/backtest-report.png: the report test's own Chromium render of its report
+	STREAM_MONITOR_UPDATE_DOCS=1 $(PY) -m pytest -q tests/test_backtest.py -k chromium
 
 broker: install              ## a local broker until Ctrl-C
 	$(VENV)/bin/stream-monitor broker

@@ -10,9 +10,10 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,8 +33,8 @@ __all__ = ["main"]
 def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
     b = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or configured
     if not b:
-        raise SystemExit("no broker: pass --bootstrap-servers, set KAFKA_BOOTSTRAP_SERVERS or kafka.bootstrap_servers"
-                         " (or start one with `stream-monitor broker`)")
+        raise UsageError("no broker: pass --bootstrap-servers, set KAFKA_BOOTSTRAP_SERVERS or "
+                         "kafka.bootstrap_servers (or start one with `stream-monitor broker`)")
     return b
 
 
@@ -108,7 +109,7 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.model not in cfg.models:
-        raise SystemExit(f"model {args.model!r} is not in {args.config} (models: {', '.join(cfg.models)})")
+        raise UsageError(f"model {args.model!r} is not in {args.config} (models: {', '.join(cfg.models)})")
     m = cfg.models[args.model]
     events = read_events(args.input)
     ref = build_reference(events, m.name, m.features.numeric, m.features.categorical, m.prediction,
@@ -116,6 +117,55 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
                           m.drift.sample_size)
     out = ref.save(args.output)
     print(f"reference {ref.id} for model {m.name}: {ref.pane.n} events -> {out}")
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from .backtest import Backtest
+    from .core.events import decode_labels
+    from .core.reference import read_events
+
+    cfg = load_config(args.config)
+    if (args.input is None) == (args.topic is None):
+        raise UsageError("backtest: give either --input FILE or --topic TOPIC (with --from/--to)")
+    if args.input is not None:
+        preds = read_events(args.input)
+    else:
+        from .kafka.replay import read_range
+
+        preds, rejected = read_range(_connection(args, cfg), args.topic, args.from_, args.to)
+        if rejected:
+            print(f"{rejected} messages of {args.topic} are not prediction events (skipped)", file=sys.stderr)
+    labels: list = []
+    if args.labels is not None:
+        lines = [line for line in args.labels.read_bytes().splitlines() if line.strip()]
+        labels, _, rejects = decode_labels(lines)
+        if rejects:
+            raise UsageError(f"{args.labels}: line {rejects[0].index + 1}: {rejects[0].reason}")
+    bt = Backtest(cfg, batch=args.batch)
+    tty = sys.stderr.isatty()
+    last = [0.0, -1.0]  # time and count of the last line
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == last[1] or (done < total and now - last[0] < (0.2 if tty else 5.0)):
+            return
+        last[0], last[1] = now, done
+        width = 30
+        filled = int(width * done / max(total, 1))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {len(bt.result.alerts)} alerts"
+        print(("\r" + line) if tty else line, end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
+
+    result = bt.run(preds, labels, progress)
+    for a in result.alerts:
+        print(orjson.dumps(a.to_dict()).decode() if args.json else a.message)
+    print(result.summary())
+    if args.report is not None:
+        from .report import render_report
+
+        source = args.input.name if args.input is not None else args.topic
+        args.report.write_text(render_report(result, f"stream-monitor backtest: {source}"))
+        print(f"report: {args.report}")
     return 0
 
 
@@ -142,6 +192,30 @@ def _cmd_alerts_tail(args: argparse.Namespace) -> int:
         pass
     finally:
         consumer.close()
+    return 0
+
+
+def _cmd_alerts_forward(args: argparse.Namespace) -> int:
+    from .alertmanager import ForwarderMetrics
+    from .kafka.forwarder import AlertForwarder
+
+    cfg = load_config(args.config)
+    conn = _connection(args, cfg)
+    metrics = ForwarderMetrics()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=cfg.prometheus.host, registry=metrics.registry)
+    fwd = AlertForwarder(cfg, conn, args.alertmanager, group=args.group, metrics=metrics, hold_s=args.hold,
+                         resend_s=args.resend)
+
+    def _stop(signum: int, _frame: object) -> None:
+        fwd.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    n = fwd.run(until=time.monotonic() + args.timeout if args.timeout else None)
+    logging.getLogger(__name__).info("posted %d alert(s) to %s", n, args.alertmanager)
     return 0
 
 
@@ -187,7 +261,7 @@ def _cmd_breaker_set(args: argparse.Namespace) -> int:
     if args.action == "release":
         if last is None or not last.override:
             print(f"{args.model}: no manual override to release")
-            return 1
+            return 0
         state, override, reason = last.state, False, f"manual override released: {args.reason}"
     else:
         state, override, reason = ("open" if args.action == "open" else "closed"), True, args.reason
@@ -205,61 +279,158 @@ def _cmd_breaker_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stream-monitor", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+EXIT_CODES = """exit codes:
+  0  done
+  2  bad config, arguments or input (the message names the key, option or line)
+  3  Kafka cannot be reached or refuses us (one line, within kafka.connect_timeout_s)"""
 
-    p = sub.add_parser("run", help="run the monitor")
-    p.add_argument("--config", required=True, type=Path)
-    p.add_argument("--bootstrap-servers")
+CONFIG_HELP = "monitor config file (YAML); `stream-monitor check-config --config FILE` validates it"
+BOOTSTRAP_HELP = ("Kafka bootstrap servers, host:port[,host:port] (default: KAFKA_BOOTSTRAP_SERVERS, then the "
+                  "config's kafka.bootstrap_servers)")
+
+
+def _command(sub: Any, name: str, summary: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows what it does, examples and the exit codes."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 100), epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="stream-monitor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Streaming monitor for ML models in production: data drift, concept drift, performance on "
+        "delayed labels, alerts and a circuit breaker, over Kafka.",
+        epilog="examples:\n  stream-monitor check-config --config config/example.yaml\n"
+        "  stream-monitor run --config config/example.yaml --bootstrap-servers localhost:9092\n"
+        "  stream-monitor backtest --config config/example.yaml --input preds.jsonl --report report.html\n"
+        "  stream-monitor alerts forward --config config/example.yaml --alertmanager http://localhost:9093\n"
+        "\n`stream-monitor COMMAND --help` tells more.\n\n" + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"stream-monitor {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "run", "run the monitor",
+                 "Consume prediction (and label) events, evaluate windows, publish alerts, breaker signals and "
+                 "window reports with exactly-once transactions, and serve /metrics on prometheus.port. "
+                 "SIGTERM or Ctrl-C commits the current work and stops.",
+                 ["stream-monitor run --config config/example.yaml",
+                  "KAFKA_BOOTSTRAP_SERVERS=broker:9092 stream-monitor run --config /etc/stream-monitor/config.yaml"])
+    p.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    p.add_argument("--bootstrap-servers", help=BOOTSTRAP_HELP)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a config file")
-    p.add_argument("--config", required=True, type=Path)
+    p = _command(sub, "check-config", "validate a config file",
+                 "Validate the config, load its reference files and build its detectors, as `run` would; "
+                 "every problem is reported with the key it is about.",
+                 ["stream-monitor check-config --config config/example.yaml"])
+    p.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("broker", help="start a local Kafka broker (from Maven jars when no Docker engine)")
+    p = _command(sub, "broker", "start a local Kafka broker (from Maven jars when no Docker engine)",
+                 "Start a single-node Kafka for trying the monitor out (until Ctrl-C).",
+                 ["stream-monitor broker", "stream-monitor broker --fetch-only"])
     p.add_argument("--fetch-only", action="store_true", help="only download the Kafka jars into the cache")
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser("reference", help="reference artifacts")
-    rsub = p.add_subparsers(dest="reference_command", required=True)
-    b = rsub.add_parser("build", help="build a reference from past predictions (JSONL or CSV)")
-    b.add_argument("--config", required=True, type=Path)
-    b.add_argument("--model", required=True)
-    b.add_argument("--input", required=True, type=Path)
-    b.add_argument("--output", required=True, type=Path)
+    rsub = p.add_subparsers(dest="reference_command", required=True, metavar="COMMAND")
+    b = _command(rsub, "build", "build a reference from past predictions (JSONL or CSV)",
+                 "Build a reference artifact (bins, counts and a sample per feature) from past prediction events, "
+                 "for reference.type: file.",
+                 ["stream-monitor reference build --config config/example.yaml --model loan-approval "
+                  "--input last_month.jsonl --output refs/loan.json"])
+    b.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    b.add_argument("--model", required=True, help="the model (a key under models:) whose features to use")
+    b.add_argument("--input", required=True, type=Path, help="past prediction events, JSONL (one per line) or CSV")
+    b.add_argument("--output", required=True, type=Path, help="where to write the reference artifact (JSON)")
     b.set_defaults(func=_cmd_reference_build)
 
-    p = sub.add_parser("alerts", help="read the alert topic")
-    asub = p.add_subparsers(dest="alerts_command", required=True)
-    t = asub.add_parser("tail", help="print alerts as they arrive")
-    t.add_argument("--config", required=True, type=Path)
-    t.add_argument("--bootstrap-servers")
-    t.add_argument("--model")
+    p = _command(sub, "backtest", "replay past events through the monitor, offline; write an HTML report",
+                 "Replay past prediction events (a JSONL or CSV file, or a range of a topic) through the same "
+                 "core as `run`: print the alerts it would have raised and a summary, and write a "
+                 "self-contained HTML report (no network needed to open it).",
+                 ["stream-monitor backtest --config config/example.yaml --input preds.jsonl --labels labels.jsonl "
+                  "--report report.html",
+                  "stream-monitor backtest --config config/example.yaml --topic predictions "
+                  "--from 2026-11-27T00:00:00Z --to 2026-11-28T00:00:00Z",
+                  "stream-monitor backtest --config config/example.yaml --topic predictions --from 0 --to 50000"])
+    p.add_argument("--config", required=True, type=Path, help="monitor config (YAML): the models to replay")
+    p.add_argument("--input", type=Path, help="past prediction events, JSONL (one per line) or CSV")
+    p.add_argument("--labels", type=Path, help="past label events, JSONL (merged with the predictions by event time)")
+    p.add_argument("--topic", help="read the prediction events from this topic instead of a file")
+    p.add_argument("--from", dest="from_", metavar="BOUND", help="with --topic: first offset, or a time "
+                   "(ISO 8601 or epoch seconds like 1764237600.0; the records' Kafka timestamps); default: the "
+                   "beginning")
+    p.add_argument("--to", metavar="BOUND", help="with --topic: end offset (excluded) or time; default: the end now")
+    p.add_argument("--bootstrap-servers", help="with --topic: " + BOOTSTRAP_HELP)
+    p.add_argument("--report", type=Path, metavar="OUT.html", help="write the HTML report here")
+    p.add_argument("--batch", type=int, default=1000, help="predictions per batch fed to the monitor (default 1000)")
+    p.add_argument("--json", action="store_true", help="print whole alert events instead of their messages")
+    p.set_defaults(func=_cmd_backtest)
+
+    p = sub.add_parser("alerts", help="read the alert topic, or forward it to Alertmanager")
+    asub = p.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND")
+    t = _command(asub, "tail", "print alerts as they arrive",
+                 "Print the alert topic (read_committed) from the beginning, then as alerts arrive.",
+                 ["stream-monitor alerts tail --config config/example.yaml --model loan-approval",
+                  "stream-monitor alerts tail --config config/example.yaml --json --timeout 10"])
+    t.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    t.add_argument("--bootstrap-servers", help=BOOTSTRAP_HELP)
+    t.add_argument("--model", help="only this model's alerts")
     t.add_argument("--json", action="store_true", help="print whole alert events")
-    t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0: never)")
+    t.add_argument("--timeout", type=float, default=0, metavar="SECONDS", help="stop after this long (0: never)")
     t.set_defaults(func=_cmd_alerts_tail)
+    f = _command(asub, "forward", "post alerts to Alertmanager (v2 API), firing and resolved",
+                 "Follow the alert topic as its own consumer group and post every alert to Alertmanager's v2 "
+                 "API: at-least-once (offsets are committed after Alertmanager accepted), deduplicated by "
+                 "alert_id, firing alerts re-posted while they fire.",
+                 ["stream-monitor alerts forward --config config/example.yaml --alertmanager http://alertmanager:9093",
+                  "stream-monitor alerts forward --config config/example.yaml --alertmanager http://localhost:9093 "
+                  "--metrics-port 9109"])
+    f.add_argument("--config", required=True, type=Path, help="monitor config (YAML): kafka and topics.alerts")
+    f.add_argument("--bootstrap-servers", help=BOOTSTRAP_HELP)
+    f.add_argument("--alertmanager", required=True, metavar="URL", help="Alertmanager base URL, e.g. "
+                   "http://localhost:9093")
+    f.add_argument("--group", help="consumer group (default: <kafka.group_id>-alertmanager)")
+    f.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the forwarder's /metrics on this port")
+    f.add_argument("--hold", type=float, default=3600.0, metavar="SECONDS",
+                   help="endsAt of a firing alert this far ahead (default 3600)")
+    f.add_argument("--resend", type=float, default=60.0, metavar="SECONDS",
+                   help="re-post firing alerts this often (default 60)")
+    f.add_argument("--timeout", type=float, default=0, metavar="SECONDS", help="stop after this long (0: never)")
+    f.set_defaults(func=_cmd_alerts_forward)
 
     p = sub.add_parser("breaker", help="read or override the circuit breaker")
-    bsub = p.add_subparsers(dest="breaker_command", required=True)
-    st = bsub.add_parser("status", help="latest breaker state of every model")
-    st.add_argument("--config", required=True, type=Path)
-    st.add_argument("--bootstrap-servers")
-    st.add_argument("--model")
+    bsub = p.add_subparsers(dest="breaker_command", required=True, metavar="COMMAND")
+    st = _command(bsub, "status", "latest breaker state of every model",
+                  "Print each model's latest breaker state from the breaker topic.",
+                  ["stream-monitor breaker status --config config/example.yaml"])
+    st.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    st.add_argument("--bootstrap-servers", help=BOOTSTRAP_HELP)
+    st.add_argument("--model", help="only this model")
     st.set_defaults(func=_cmd_breaker_status)
     for action, text in (("open", "force the fallback version (held until released)"),
                          ("close", "force the primary version (held until released)"),
                          ("release", "hand the breaker back to the monitor")):
-        b = bsub.add_parser(action, help=text)
-        b.add_argument("--config", required=True, type=Path)
-        b.add_argument("--bootstrap-servers")
-        b.add_argument("--model", required=True)
-        b.add_argument("--reason", required=action != "release", default="released by operator")
+        b = _command(bsub, action, text, f"Publish a manual breaker record: {text}. Releasing when no override "
+                     "holds does nothing (exit 0).",
+                     [f"stream-monitor breaker {action} --config config/example.yaml --model loan-approval"
+                      + (' --reason "bad release 4.2"' if action != "release" else "")])
+        b.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+        b.add_argument("--bootstrap-servers", help=BOOTSTRAP_HELP)
+        b.add_argument("--model", required=True, help="the model whose breaker to set")
+        b.add_argument("--reason", required=action != "release", default="released by operator",
+                       help="why (kept in the breaker record and shown by `breaker status`)")
         b.add_argument("--force", action="store_true", help="publish even for a model that is not in the config")
         b.set_defaults(func=_cmd_breaker_set, action=action)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

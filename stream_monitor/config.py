@@ -376,7 +376,7 @@ class AlertsConfig(_Frozen):
     consecutive: int = Field(2, gt=0)  # windows over threshold before an alert fires
     resolve_after: int = Field(2, gt=0)  # windows back under threshold before it resolves
     repeat_every: int = Field(0, ge=0)  # re-send a firing alert every N windows (0: never)
-    critical_factor: float = Field(10, ge=1)  # value >= factor * threshold escalates to critical (PSI 0.08)
+    critical_factor: float = Field(4, ge=1)  # value >= factor * threshold escalates to critical
     severity: dict[AlertKind, Severity] = Field(default_factory=_default_severity)  # base severity per kind
     cooldown_s: float = Field(0, ge=0)  # after resolving, the same alert cannot fire again this soon (event time)
     group: bool = True  # one alert per model, kind and window, listing the features

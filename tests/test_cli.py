@@ -116,3 +116,50 @@ def test_a_prometheus_port_in_use_is_named(tmp_path, capsys):
         assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"prometheus.port {port} on 127.0.0.1 is not available" in err and "another monitor" in err
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_option_of_every_command_has_help_and_every_command_examples():
+    from stream_monitor.cli import build_parser
+
+    commands = dict(_subparsers(build_parser()))
+    assert {"run", "check-config", "backtest", "alerts forward", "alerts tail", "breaker status",
+            "reference build"} <= set(commands)
+    for name, sub in commands.items():
+        leaf = not any(a.__class__.__name__ == "_SubParsersAction" for a in sub._actions)
+        if not leaf:
+            continue
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help text"
+        assert "examples:" in (sub.epilog or "") and "exit codes:" in sub.epilog, name
+
+
+def test_version_and_exit_codes(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    import stream_monitor
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"stream-monitor {stream_monitor.__version__}"
+    with pytest.raises(SystemExit) as done:
+        main(["run"])  # a missing option: argparse's usage error
+    assert done.value.code == 2
+    cfg = write_config(tmp_path)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    assert main(["alerts", "tail", "--config", str(cfg)]) == 2  # no broker anywhere: a usage error, one line
+    assert "no broker" in capsys.readouterr().err
+    assert main(["reference", "build", "--config", str(cfg), "--model", "nope", "--input", str(cfg),
+                 "--output", str(tmp_path / "r.json")]) == 2
+    assert "model 'nope' is not in" in capsys.readouterr().err
+    assert main(["backtest", "--config", str(cfg)]) == 2  # neither --input nor --topic
+    assert "either --input" in capsys.readouterr().err

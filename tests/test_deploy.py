@@ -48,3 +48,38 @@ def test_dockerfile_installs_at_build_time_and_runs_as_a_non_root_user():
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["stream-monitor"\]', text, re.M)
     assert "pip install" not in "".join(re.findall(r"^CMD .*", text, re.M))  # nothing installed at start
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """target -> source of a service's bind mounts (docker-compose 1.x prints "source:target[:mode]")."""
+    out = {}
+    for v in service.get("volumes", []):
+        parts = v.split(":") if isinstance(v, str) else [v["source"], v["target"]]
+        out[parts[1]] = parts[0]
+    return out
+
+
+def test_compose_prometheus_scrapes_the_monitor_with_the_rules_and_grafana_gets_the_dashboard(compose):
+    services = compose["services"]
+    prom = services["prometheus"]
+    assert Path(_mounts(prom)["/etc/prometheus"]).resolve() == ROOT / "deploy" / "prometheus"
+    prom_cfg = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prom_cfg["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    monitor_port = services["monitor"]["ports"][0]
+    port = str(monitor_port["target"] if isinstance(monitor_port, dict) else monitor_port.split(":")[-1])
+    assert f"monitor:{port}" in targets and "forwarder:9109" in targets
+    assert prom_cfg["rule_files"] == ["stream-monitor.rules.yml"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+
+    graf = _mounts(services["grafana"])
+    assert Path(graf["/etc/grafana/provisioning"]).resolve() == ROOT / "deploy" / "grafana" / "provisioning"
+    dash_dir = next(t for t, s in graf.items() if Path(s).resolve() == ROOT / "deploy" / "grafana" / "dashboards")
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/stream-monitor.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == dash_dir
+    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090" and "prometheus" in services
+
+    fwd = services["forwarder"]
+    assert fwd["command"][:2] == ["alerts", "forward"]
+    am_url = fwd["command"][fwd["command"].index("--alertmanager") + 1]
+    assert am_url == "http://alertmanager:9093" and "alertmanager" in services

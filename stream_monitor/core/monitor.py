@@ -59,6 +59,8 @@ class WindowResult:
     findings: list[Finding]
     skipped: str | None = None  # why the window was not evaluated
     latency_ms: dict[str, float] | None = None  # p50/p95/p99 when the events carry latency_ms
+    # (reference pane, window pane) the findings compare, for reports that draw them; not published
+    panes: tuple[Pane, Pane] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The window report published on the metrics topic."""
@@ -153,6 +155,7 @@ class ModelMonitor:
                             if self.labels_enabled else None)
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
+        self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
@@ -227,6 +230,9 @@ class ModelMonitor:
         """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
         performance windows."""
         self.last_version = clip(batch.cols.model_version[-1])
+        newest = float(batch.cols.event_time.max())
+        if self.last_event_time is None or newest > self.last_event_time:
+            self.last_event_time = newest
         self.dirty = True
         if self.join is not None and self.performance is not None:
             events, keys = self.join.sample(batch.events(), batch.cols.key, "p")
@@ -327,7 +333,8 @@ class ModelMonitor:
             if sla is not None:
                 findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
                                         int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
-        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency)
+        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency,
+                            panes=(ref_pane, w.pane))
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _pieces(self) -> Iterator[tuple[str, Any, Callable[[], Any]]]:

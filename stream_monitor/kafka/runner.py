@@ -44,6 +44,7 @@ from ..exporter import MonitorMetrics
 from .checkpoint import Checkpointer, CommitFailed
 from .clients import Connection, ensure_topics, make_consumer
 from .compacted import CompactedTopicReader
+from .progress import Progress
 
 __all__ = ["MonitorService", "ServiceStats"]
 
@@ -119,6 +120,9 @@ class MonitorService:
         self._breaker_skipped = 0
         self._discard = False  # set when run() fails: nothing more is committed
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
+        self._progress = Progress(metrics)
+        if metrics is not None:
+            metrics.bind(lambda: list(self.tasks.values()))  # breaker states, pending joins: read at scrape
 
     def stop(self) -> None:
         self._stop.set()
@@ -507,11 +511,8 @@ class MonitorService:
         logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason[:300])
 
     def _log_progress(self) -> None:
-        s = self.stats
-        elapsed = max(time.monotonic() - s.started, 1e-9)
-        logger.info("consumed %d messages (%.0f/s), %d dead letters, %d alerts, %d windows evaluated in %d "
-                    "tasks, %d commits, %d aborts", s.messages, s.messages / elapsed, s.dead_letters, s.alerts,
-                    s.windows, len(self.tasks), s.commits, s.aborts)
+        logger.info("%s", self._progress.line(self.stats, getattr(self, "consumer", None), self._positions,
+                                              len(self.tasks)))
 
 
 def _bounded(record: dict[str, Any]) -> bytes:

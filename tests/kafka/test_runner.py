@@ -117,8 +117,8 @@ def test_prometheus_metrics_report_health_and_figures(kafka_bootstrap, run_id):
     assert float(lines["stream_monitor_dead_letters_total"]) == 1
     assert float(lines['stream_monitor_windows_total{model="m"}']) == 4
     assert float(lines['stream_monitor_alerts_total{kind="data_drift",model="m",severity="critical",status="firing"}']) == 1
-    assert float(lines['stream_monitor_drift_value{feature="a",kind="data_drift",model="m",statistic="psi"}']) > 0.25
-    assert float(lines['stream_monitor_drift_value{feature="b",kind="data_drift",model="m",statistic="psi"}']) < 0.1
+    assert float(lines['stream_monitor_drift_statistic{feature="a",kind="data_drift",model="m",statistic="psi"}']) > 0.25
+    assert float(lines['stream_monitor_drift_statistic{feature="b",kind="data_drift",model="m",statistic="psi"}']) < 0.1
 
 
 def test_a_state_topic_that_is_not_compacted_is_refused_with_a_clear_message(kafka_bootstrap, run_id):
