@@ -243,11 +243,14 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
             cands.append((s, _r(v[j]), float(p[j]), float(t[j]), int(events[s][j])))
         # a span-s candidate is re-tested on overlapping data for s windows, so the windows-in-a-row rule
         # does not confirm it: it gets 1/s of the feature's share of alpha
-        # and a candidate counts only while this window alone still shows at least half its effect: after a
-        # large shift ends, the windows it spans do not keep the incident open
+        # and a candidate counts only while this window alone still shows at least half its effect (on the
+        # squared scale for distances): after a large shift ends, the windows it spans do not keep the
+        # incident open.
         # Its alpha is also spent per 1,000 events rather than per window, so that small windows (many per
         # million events) do not multiply false alarms.
-        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] >= 0.5 * c[1])] or cands[:1]
+        power = 1 if d["statistic"] == "psi" else 2  # w, JS and Hellinger distances are square roots
+        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] ** power >= 0.5 * c[1] ** power)] \
+            or cands[:1]
         per_events = max(1.0, 1000.0 / max(d["n"], 1))
         weight = {c[0]: len(cands) * (1.0 if c[0] == 1 else c[0] * per_events) for c in cands}
         span, v, p, t, n = min(ok, key=lambda c: (c[2] * weight[c[0]], c[0]))
