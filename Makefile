@@ -29,6 +29,7 @@ demo: install                ## drifting loan-approval workload -> monitor -> al
 
 bench: install               ## benchmark figures (see README, "Measured figures")
 	$(PY) bench/drift_engine.py
+	$(PY) bench/decode.py
 	$(PY) bench/label_join.py
 	$(PY) bench/kafka_throughput.py
 	$(PY) bench/detection.py     # peers too: see the script for their environment, then --peers

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException,
-                             Message, TopicPartition)  # types only: clients come from .clients
+                             Message, TopicPartition)  # clients come from .clients
 
 from ..config import MonitorConfig
 from ..core.breaker import BreakerSignal
@@ -400,6 +400,13 @@ class MonitorService:
         self._breaker_skipped = self._breakers.skipped
 
     def _process(self, msgs: list[Message]) -> None:
+        # The common batch (no errors, one partition) is sorted without a Python loop over its messages
+        parts = set(map(Message.partition, msgs))
+        if len(parts) == 1 and not any(map(Message.error, msgs)):
+            mon = self.tasks.get(parts.pop())
+            if mon is not None:  # else not ours (a stale fetch around a rebalance): its owner processes it
+                self._process_task(mon, msgs)
+            return
         by_task: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             err = m.error()
@@ -425,8 +432,11 @@ class MonitorService:
         started = time.perf_counter()
         dead_before = self.stats.dead_letters
         topic_labels = self.cfg.topics.labels
-        pred_msgs = [m for m in good if m.topic() != topic_labels]
-        label_msgs = [m for m in good if m.topic() == topic_labels]
+        if topic_labels in set(map(Message.topic, good)):
+            pred_msgs = [m for m in good if m.topic() != topic_labels]
+            label_msgs = [m for m in good if m.topic() == topic_labels]
+        else:
+            pred_msgs, label_msgs = good, []
         preds = self._decode_predictions(pred_msgs)
         labels, label_pos = self._decode_labels(label_msgs)
         decoded = time.perf_counter()
@@ -451,8 +461,10 @@ class MonitorService:
         self.stats.seconds["core"] += published - decoded
         self._publish(out)
         self.stats.seconds["publish"] += time.perf_counter() - published
-        for m in good:
-            self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
+        for part in (pred_msgs, label_msgs):  # offsets grow within a partition: its last message says it all
+            if part:
+                m = part[-1]
+                self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
         self.stats.messages += len(good)
         self.stats.batches += 1
         self.stats.windows += len(out.results)
@@ -472,7 +484,7 @@ class MonitorService:
                                        self.stats.dead_letters - dead_before, unknown)
 
     def _decode_predictions(self, msgs: list[Message]) -> PredictionBatch:
-        batch = self._predictions.decode([m.value() for m in msgs])
+        batch = self._predictions.decode(list(map(Message.value, msgs)))
         for r in batch.rejects:
             self._dead_letter(msgs[r.index], r.reason)
         return batch
