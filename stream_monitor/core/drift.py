@@ -103,15 +103,22 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
             else list(range(k))
         if sampled:
             ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w_norm = np.where(spreads > 0, w_all / np.where(spreads > 0, spreads, 1.0),
+                              np.where(w_all == 0, 0.0, np.where(np.isnan(w_all), np.nan, np.inf)))
+        psi_l, ks_l, wn_l, js_l, hel_l, wraw_l, spread_l = (_rounded(a) for a in (
+            psi, ks_d, w_norm, js, hel, w_all, spreads))
+        psi_pl, ks_pl, chi_pl = psi_p.tolist(), ks_p_all.tolist(), chi_p.tolist()
+        psi_thr = np.maximum(th.psi, psi_floor).tolist()
         for j, name in enumerate(binning.numeric):
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue
             figures = {
-                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
-                "ks": (_r(ks_d[j]), float(ks_p_all[j]), th.ks),
-                "wasserstein": (_r(_w_norm(w_all[j], spreads[j])), float(chi_p[j]), th.wasserstein),
-                "js": (_r(js[j]), float(chi_p[j]), th.js),
-                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
+                "psi": (psi_l[j], psi_pl[j], psi_thr[j]),
+                "ks": (ks_l[j], ks_pl[j], th.ks),
+                "wasserstein": (wn_l[j], chi_pl[j], th.wasserstein),
+                "js": (js_l[j], chi_pl[j], th.js),
+                "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
             }
             value, p, thr = figures[tests[j]]
             d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
@@ -119,8 +126,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
             drift.append(d | {
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
                             if v == v or s not in _SAMPLE_TESTS}
-                | {"reference_std": _r(spreads[j])} | ({"wasserstein_raw": _r(w_all[j])} if w_all[j] == w_all[j]
-                                                       else {}),
+                | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if wraw_l[j] == wraw_l[j]
+                                                     else {}),
             })
         if evidence:
             _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts,
@@ -148,21 +155,24 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         psi_floor = stats.psi_null_threshold(n_ref, n_cur, slots)
         js = stats.js_distance(rc, cc, valid)
         hel = stats.hellinger(rc, cc, valid)
+        w_l, psi_l, js_l, hel_l, chi_l = (_rounded(a) for a in (w, psi, js, hel, chi))
+        chi_pl, psi_pl = chi_p.tolist(), psi_p.tolist()
+        w_thr, psi_thr = np.maximum(th.chi2, w_floor).tolist(), np.maximum(th.psi, psi_floor).tolist()
         for j, name in enumerate(binning.categorical):
             if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
                 continue
             figures = {
-                "chi2": (_r(w[j]), float(chi_p[j]), max(th.chi2, float(w_floor[j]))),
-                "psi": (_r(psi[j]), float(psi_p[j]), max(th.psi, float(psi_floor[j]))),
-                "js": (_r(js[j]), float(chi_p[j]), th.js),
-                "hellinger": (_r(hel[j]), float(chi_p[j]), th.hellinger),
+                "chi2": (w_l[j], chi_pl[j], w_thr[j]),
+                "psi": (psi_l[j], psi_pl[j], psi_thr[j]),
+                "js": (js_l[j], chi_pl[j], th.js),
+                "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
             }
             value, p, thr = figures[cfg.categorical_test]
             drift.append({
                 "feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
                 "p": p, "threshold": thr, "n": int(n_cur[j]), "cat_column": j,
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-                | {"chi2_statistic": _r(chi[j])},
+                | {"chi2_statistic": chi_l[j]},
             })
             rate = cur.cat_new[j] / max(n_cur[j], 1)
             count = int(cur.cat_new[j])
@@ -184,6 +194,11 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     # ---- one Holm family per model and window ----
     rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
     over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
+    for d, o in zip(drift, over):  # every candidate's figures when it matters: in alerts, or when asked
+        cands = d.pop("candidates", None)
+        if cands and (o or cfg.report_all_statistics):
+            d["details"] = d["details"] | {"evidence": {
+                str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
     late = sorted({d["column"] for d, o in zip(drift, over) if o and "column" in d and "ks" not in d["details"]})
     if late:  # an alert shows every statistic of the features it names
         spreads = np.nan_to_num(ref.sample_std())
@@ -211,11 +226,11 @@ def _binned_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, vali
     """(value, p-value, threshold) of a binned decision statistic for every feature at once."""
     ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
     n_ref, n_cur, bins = ref_counts.sum(axis=1), cur_counts.sum(axis=1), valid.sum(axis=1)
-    _, chi_p, w = stats.chi2_homogeneity(ref_counts, cur_counts, valid)
     if test == "psi":
         v = stats.psi(ref_counts, cur_counts, valid)
         return v, stats.psi_pvalue(v, n_ref, n_cur, bins), np.maximum(th.psi, stats.psi_null_threshold(
             n_ref, n_cur, bins))
+    _, chi_p, w = stats.chi2_homogeneity(ref_counts, cur_counts, valid)
     if test == "chi2":
         return w, chi_p, np.maximum(th.chi2, stats.w_null_threshold(n_ref, n_cur, bins))
     if test == "js":
@@ -233,30 +248,30 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
     caught once enough windows show it; a one-window blip is unchanged: it is only one of the candidates."""
     mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
     tests = {d["statistic"] for d in mine}
-    per_span = {(s, t): _binned_test(t, ref_counts, counts, valid, th) for s, counts in spans for t in tests}
-    events = {s: counts.sum(axis=1) for s, counts in spans}
+    per_span = {}
+    for s, counts in spans:
+        events = counts.sum(axis=1).tolist()
+        for t in tests:
+            v, p, thr = _binned_test(t, ref_counts, counts, valid, th)
+            per_span[(s, t)] = (_rounded(v), p.tolist(), _rounded(thr), events)
     for d in mine:
         j = d[key]
         cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
         for s, _ in spans:
-            v, p, t = per_span[(s, d["statistic"])]
-            cands.append((s, _r(v[j]), float(p[j]), float(t[j]), int(events[s][j])))
-        # a span-s candidate is re-tested on overlapping data for s windows, so the windows-in-a-row rule
-        # does not confirm it: it gets 1/s of the feature's share of alpha
+            v, p, t, events = per_span[(s, d["statistic"])]
+            cands.append((s, v[j], p[j], t[j], events[j]))
         # and a candidate counts only while this window alone still shows at least half its effect (on the
         # squared scale for distances): after a large shift ends, the windows it spans do not keep the
-        # incident open.
-        # Its alpha is also spent per 1,000 events rather than per window, so that small windows (many per
-        # million events) do not multiply false alarms.
+        # incident open. Its alpha is also spent per 1,000 events rather than per window, so that small
+        # windows (many per million events) do not multiply false alarms.
         power = 1 if d["statistic"] == "psi" else 2  # w, JS and Hellinger distances are square roots
         ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] ** power >= 0.5 * c[1] ** power)] \
             or cands[:1]
         per_events = max(1.0, 1000.0 / max(d["n"], 1))
         weight = {c[0]: len(cands) * (1.0 if c[0] == 1 else c[0] * per_events) for c in cands}
         span, v, p, t, n = min(ok, key=lambda c: (c[2] * weight[c[0]], c[0]))
-        d.update(value=v, p=min(1.0, p * weight[span]), threshold=t, n=n)
-        d["details"] = d["details"] | {"windows": span, "evidence": {
-            str(s): {"value": cv, "p_value": cp, "threshold": _r(ct), "events": cn} for s, cv, cp, ct, cn in cands}}
+        d.update(value=v, p=min(1.0, p * weight[span]), threshold=t, n=n, candidates=cands)
+        d["details"] = d["details"] | {"windows": span}
 
 
 def _w_norm(w: float, spread: float) -> float:
@@ -293,6 +308,6 @@ def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
     return out
 
 
-def _rounded(x: np.ndarray) -> list[float]:
-    """Values rounded to 6 decimals, as :func:`_r` does one by one."""
-    return [round(v, 6) for v in np.asarray(x, dtype=np.float64).tolist()]
+def _rounded(x: Any) -> list[float]:
+    """Values rounded to 6 decimals (as :func:`_r`, for a whole array at once)."""
+    return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
