@@ -108,18 +108,26 @@ def _check_prediction(ev: Any) -> str | None:
         return "missing field 'features' (an object of name -> number | string | bool | null)"
     if "prediction" not in ev:
         return "missing field 'prediction'"
-    pred = ev["prediction"]
-    if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
-        return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
-    score = ev.get("score")
-    if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
-        return f"field 'score' must be a number, got {type(score).__name__}"
+    why = _check_prediction_and_score(ev)
+    if why is not None:
+        return why
     lat = ev.get("latency_ms")
     if lat is not None and (not isinstance(lat, _NUMBER) or isinstance(lat, bool) or lat < 0):
         return "field 'latency_ms' must be a non-negative number"
     seg = ev.get("segment")
     if seg is not None and (type(seg) is not dict or not all(type(v) is str for v in seg.values())):
         return "field 'segment' must be an object of strings"
+    return None
+
+
+def _check_prediction_and_score(ev: dict[str, Any]) -> str | None:
+    """Why the event's ``prediction`` (present) or ``score`` breaks the contract, or None."""
+    pred = ev["prediction"]
+    if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
+        return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
+    score = ev.get("score")
+    if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
+        return f"field 'score' must be a number, got {type(score).__name__}"
     return None
 
 
@@ -146,12 +154,9 @@ def _check_label(ev: Any) -> str | None:
     if not isinstance(ev.get("label"), (int, float, str)):
         return "missing field 'label' (a number or a string)"
     if "prediction" in ev:  # a label that carries its prediction skips the join
-        pred = ev["prediction"]
-        if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
-            return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
-        score = ev.get("score")
-        if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
-            return f"field 'score' must be a number, got {type(score).__name__}"
+        why = _check_prediction_and_score(ev)
+        if why is not None:
+            return why
         if "prediction_timestamp" in ev:
             try:
                 ev["prediction_timestamp"] = parse_timestamp(ev["prediction_timestamp"])
@@ -289,9 +294,13 @@ class PredictionDecoder:
         self._types: dict[type, tuple[str, Any, Any]] = {}
         structs = []
         for i, (name, m) in enumerate(self.models.items()):
-            fields = [(f, float | None, None) for f in m.features.numeric]
-            fields += [(f, str | None, None) for f in m.features.categorical]
-            feats = msgspec.defstruct(f"Features{i}", fields)
+            # attributes f0, f1, ... renamed to the feature names: a name need not be an identifier, and a dot
+            # in it would make attrgetter look up a nested attribute
+            num = [f"f{j}" for j in range(len(m.features.numeric))]
+            cat = [f"f{len(num) + j}" for j in range(len(m.features.categorical))]
+            fields = [(a, float | None, None) for a in num] + [(a, str | None, None) for a in cat]
+            feats = msgspec.defstruct(f"Features{i}", fields, rename=dict(
+                zip(num + cat, m.features.numeric + m.features.categorical)))
             struct = msgspec.defstruct(
                 f"Prediction{i}",
                 [("event_id", _NonEmpty), ("model_version", _NonEmpty), ("timestamp", float),
@@ -299,8 +308,8 @@ class PredictionDecoder:
                  ("latency_ms", _Latency | None, None), ("segment", dict[str, str] | None, None)],
                 tag_field="model", tag=name)
             structs.append(struct)
-            num_get = attrgetter(*m.features.numeric) if m.features.numeric else None
-            cat_get = attrgetter(*m.features.categorical) if m.features.categorical else None
+            num_get = attrgetter(*num) if num else None
+            cat_get = attrgetter(*cat) if cat else None
             self._types[struct] = (name, num_get, cat_get)
         self._decode = msgspec.json.Decoder(Union[tuple(structs)]).decode if structs else None  # noqa: UP007
 

@@ -189,3 +189,15 @@ def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(
     batch = dec.decode([ev(event_id=f"e{i}") for i in range(3000)])  # several chunks, one model
     assert batch.models["m"].positions == list(range(3000))
     assert [e["event_id"] for e in batch.models["m"].events()] == [f"e{i}" for i in range(3000)]
+
+
+def test_the_typed_decoder_takes_feature_names_that_are_not_identifiers():
+    from stream_monitor.config import parse_config
+    from stream_monitor.core.events import PredictionDecoder
+
+    models = parse_config({"models": {"m": {"features": {"numeric": ["credit.score", "class", "f0"],
+                                                         "categorical": ["zip-code"]}}}}).models
+    batch = PredictionDecoder(models).decode([ev(features={"credit.score": 700, "class": 1.5, "f0": -1,
+                                                           "zip-code": "1012"})])
+    cols = batch.models["m"].cols
+    assert cols.numeric[0, :3].tolist() == [700.0, 1.5, -1.0] and cols.categorical[0, 0] == "1012"

@@ -177,7 +177,7 @@ def test_data_quality_alert_inhibits_drift_alert_on_the_same_feature_unless_the_
         if ev["features"]["c"] is not None:
             ev["features"]["c"] += 5.0
     drifting = {}
-    for factor in (100.0, 2.5):  # 100: every shift counts as moderate; 2.5 (default): c's shift is large
+    for factor in (1000.0, 4.0):  # 1000: every shift counts as moderate; 4 (default): c's shift is large
         rid = f"{run_id}{int(factor)}"
         cfg = config(rid, {"m": model_config(window={"size": 1000}, reference={"size": 2000})},
                      alerts={"critical_factor": factor})
@@ -192,5 +192,5 @@ def test_data_quality_alert_inhibits_drift_alert_on_the_same_feature_unless_the_
         assert set(by_kind) == {"data_quality", "data_drift"}
         assert {f["feature"] for f in by_kind["data_quality"]["features"]} == {"c"}
         drifting[factor] = {f["feature"] for f in by_kind["data_drift"]["features"]}
-    assert drifting[100.0] == {"a"}  # c's moderate drift is inhibited: the broken pipeline pages once
-    assert drifting[2.5] == {"a", "c"}  # a large shift is never hidden behind data quality
+    assert drifting[1000.0] == {"a"}  # c's moderate drift is inhibited: the broken pipeline pages once
+    assert drifting[4.0] == {"a", "c"}  # a large shift is never hidden behind data quality

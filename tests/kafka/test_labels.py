@@ -191,7 +191,10 @@ def test_labels_thirty_days_late_on_a_sampled_join_survive_a_restart(kafka_boots
     perf = {"task": "binary", "positive_label": "1", "window_s": span, "maturity_s": span + 3600,
             "min_labels": 50}
     cfg = setup(kafka_bootstrap, run_id, performance=perf, window={"by": "count", "size": 10_000},
-                join={"sample_rate": 0.1, "ttl_s": 35 * DAY})
+                join={"sample_rate": 0.1, "ttl_s": 35 * DAY,
+                      # the consumer may read the predictions days (of event time) ahead of the labels: the
+                      # window must wait for the label stream, not report after the default one-day stall
+                      "label_stall_s": 40 * DAY})
     rng = np.random.default_rng(58)
     n = int(61.2 * DAY / 100)  # one prediction every 100 s for 61.2 days: the window's 30 days and the next
     t = t0 + np.arange(n) * 100.0
