@@ -223,9 +223,10 @@ _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
 
 def _binned_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, p-value, threshold) of a binned decision statistic for every feature at once."""
+    """(value, p-value, threshold) of a binned decision statistic for every feature (and every leading index of
+    ``cur_counts``: several spans at once) in one set of numpy calls."""
     ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
-    n_ref, n_cur, bins = ref_counts.sum(axis=1), cur_counts.sum(axis=1), valid.sum(axis=1)
+    n_ref, n_cur, bins = ref_counts.sum(axis=-1), cur_counts.sum(axis=-1), valid.sum(axis=-1)
     if test == "psi":
         v = stats.psi(ref_counts, cur_counts, valid)
         return v, stats.psi_pvalue(v, n_ref, n_cur, bins), np.maximum(th.psi, stats.psi_null_threshold(
@@ -249,11 +250,14 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
     mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
     tests = {d["statistic"] for d in mine}
     per_span = {}
-    for s, counts in spans:
-        events = counts.sum(axis=1).tolist()
-        for t in tests:
-            v, p, thr = _binned_test(t, ref_counts, counts, valid, th)
-            per_span[(s, t)] = (_rounded(v), p.tolist(), _rounded(thr), events)
+    stack = np.stack([counts for _, counts in spans])  # (spans, features, bins): one call per test for all spans
+    events = stack.sum(axis=-1).tolist()
+    for t in tests:
+        v, p, thr = _binned_test(t, np.broadcast_to(ref_counts, stack.shape), stack,
+                                 np.broadcast_to(valid, stack.shape), th)
+        v_l, p_l, thr_l = _rounded(v), p.tolist(), _rounded(thr)
+        for i, (s, _) in enumerate(spans):
+            per_span[(s, t)] = (v_l[i], p_l[i], thr_l[i], events[i])
     for d in mine:
         j = d[key]
         cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
