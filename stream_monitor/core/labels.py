@@ -1,7 +1,8 @@
 """Delayed ground truth: the label join, realized and estimated performance, and concept drift.
 
 :class:`LabelJoin` pairs predictions and labels on ``event_id`` whichever arrives first. Both sides wait in a
-bounded store: an entry older than ``ttl_s`` of event time expires, and beyond ``max_pending`` entries the
+bounded store: an entry expires once the other stream is ``ttl_s`` of event time past it (or, when that
+stream stalls, its own stream ``ttl_s + join.label_stall_s`` past it), and beyond ``max_pending`` entries the
 oldest is evicted; both are counted. Duplicate predictions and duplicate labels (also after the join, for
 the last ``max_joined_ids`` ids) are ignored and counted. The store is compact (:mod:`.pending`: the event
 id's 64-bit key, time, value and score in arrays, about 31 bytes an entry); with ``join.sample_rate`` below 1
@@ -341,10 +342,15 @@ class LabelJoin:
             joined.evict_oldest(joined.live - self.cfg.max_joined_ids)
 
     def _expire(self) -> None:
-        horizon = self.watermark - self.cfg.ttl_s
+        # A prediction waits for labels, so it expires when the *label* stream is ttl_s past it (and an early
+        # label when the prediction stream is): a consumer catching up on one topic, days of event time ahead
+        # of the other, must not expire what the other topic is about to deliver. A stalled stream holds
+        # entries at most label_stall_s longer (then size eviction bounds them).
+        stall = self.cfg.label_stall_s
+        pw, lw = self.prediction_watermark, self.label_watermark
         preds, labels = self._stores["p"], self._stores["l"]
-        self.counters.expired_predictions += preds.expire(horizon)
-        self.counters.expired_labels += labels.expire(horizon)
+        self.counters.expired_predictions += preds.expire(max(lw, pw - stall) - self.cfg.ttl_s)
+        self.counters.expired_labels += labels.expire(max(pw, lw - stall) - self.cfg.ttl_s)
         over = self.pending - self.cfg.max_pending
         if over > 0:  # the larger side loses its oldest first; level sides lose one each in turn
             gap = preds.live - labels.live

@@ -37,11 +37,26 @@ def test_join_either_order_and_duplicates():
 
 
 def test_join_ttl_and_size_bounds():
-    j = LabelJoin(JoinConfig(ttl_s=100, max_pending=3))
+    j = LabelJoin(JoinConfig(ttl_s=100, max_pending=3, label_stall_s=0))
     j.add_predictions([pred(str(i), float(i)) for i in range(5)])
     assert j.pending == 3 and j.counters.evicted == 2
-    j.add_predictions([pred("late", 500.0)])  # watermark 500: everything before 400 expires
+    j.add_predictions([pred("late", 500.0)])  # no labels and no stall allowed: everything before 400 expires
     assert j.pending == 1 and j.counters.expired_predictions == 3
+
+
+def test_predictions_wait_for_the_label_stream_not_for_their_own():
+    # the consumer reads predictions far ahead (event time) of the labels: pending predictions must survive
+    # until the label stream itself is ttl_s past them
+    j = LabelJoin(JoinConfig(ttl_s=100, label_stall_s=10_000))
+    j.add_predictions([pred("a", 10.0)])
+    j.add_labels([label("x", 50.0)])
+    j.add_predictions([pred(str(i), 1000.0 + i) for i in range(5)])  # predictions 1,000 s ahead
+    assert j.counters.expired_predictions == 0
+    assert len(j.add_labels([label("a", 60.0)])) == 1  # its label, read later, still joins
+    j.add_labels([label("y", 1050.0)])  # the label stream is not yet ttl_s past 1,000
+    assert j.counters.expired_predictions == 0
+    j.add_labels([label("z", 1200.0)])  # now it is: 1,000..1,004 expire
+    assert j.counters.expired_predictions == 5
 
 
 def brute_auc(t, s):
