@@ -103,9 +103,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
             else list(range(k))
         if sampled:
             ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w_norm = np.where(spreads > 0, w_all / np.where(spreads > 0, spreads, 1.0),
-                              np.where(w_all == 0, 0.0, np.where(np.isnan(w_all), np.nan, np.inf)))
+        w_norm = _w_norm(w_all, spreads)
         psi_l, ks_l, wn_l, js_l, hel_l, wraw_l, spread_l = (_rounded(a) for a in (
             psi, ks_d, w_norm, js, hel, w_all, spreads))
         psi_pl, ks_pl, chi_pl = psi_p.tolist(), ks_p_all.tolist(), chi_p.tolist()
@@ -201,13 +199,13 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
     late = sorted({d["column"] for d, o in zip(drift, over) if o and "column" in d and "ks" not in d["details"]})
     if late:  # an alert shows every statistic of the features it names
-        spreads = np.nan_to_num(ref.sample_std())
         ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, late, k)
+        w_norm = _w_norm(w_all, np.nan_to_num(ref.sample_std()))
         for d in drift:
             j = d.get("column")
             if j in late:
                 d["details"] |= {"ks": {"value": _r(ks_d[j]), "p_value": float(ks_p_all[j])},
-                                 "wasserstein": {"value": _r(_w_norm(w_all[j], spreads[j])),
+                                 "wasserstein": {"value": _r(w_norm[j]),
                                                  "p_value": d["details"]["js"]["p_value"]},
                                  "wasserstein_raw": _r(w_all[j])}
     out = [
@@ -278,11 +276,12 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
         d["details"] = d["details"] | {"windows": span}
 
 
-def _w_norm(w: float, spread: float) -> float:
-    """Wasserstein distance in units of the reference's standard deviation."""
-    if w != w:
-        return w
-    return float(w / spread) if spread > 0 else (0.0 if w == 0 else float("inf"))
+def _w_norm(w: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Wasserstein distances in units of the reference's standard deviation (NaN stays NaN; a constant
+    reference gives 0 for no change, inf otherwise)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(spread > 0, w / np.where(spread > 0, spread, 1.0),
+                        np.where(w == 0, 0.0, np.where(np.isnan(w), np.nan, np.inf)))
 
 
 def _sample_statistics(ref: Pane, cur: Pane, columns: list[int], k: int

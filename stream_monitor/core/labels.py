@@ -204,10 +204,6 @@ class LabelJoin:
         self._restore_meta(meta)
 
     @property
-    def watermark(self) -> float:
-        return max(self.prediction_watermark, self.label_watermark)
-
-    @property
     def maturity_watermark(self) -> float:
         """Event time up to which both streams have been read: the slower one, at most ``label_stall_s`` behind."""
         both = min(self.prediction_watermark, self.label_watermark)
@@ -245,18 +241,27 @@ class LabelJoin:
             held |= self._stores[name].find(keys[first]) >= 0
         return first[~held]
 
+    def _new_events(self, events: list[dict[str, Any]], keys: np.ndarray, side: str
+                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The events (and keys) of ``side`` ("p" or "l") that are neither pending on that side nor recently
+        joined, first occurrence only; the others are counted as duplicates."""
+        new = self._fresh(keys, side, "j")
+        dropped = len(events) - new.size
+        if side == "p":
+            self.counters.duplicate_predictions += dropped
+        else:
+            self.counters.duplicate_labels += dropped
+        return [events[i] for i in new.tolist()], keys[new]
+
     def add_predictions(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[JoinedPair]:
         """Store predictions (or join the labels that came first); returns the pairs joined, in event order."""
         if not events:
             return []
         keys = store_keys(event_keys([ev["event_id"] for ev in events]) if keys is None else keys)
-        new = self._fresh(keys, "p", "j")
-        self.counters.duplicate_predictions += len(events) - new.size
-        if not new.size:
+        evs, nk = self._new_events(events, keys, "p")
+        if not evs:
             self._expire()
             return []
-        evs = [events[i] for i in new.tolist()]
-        nk = keys[new]
         t = np.fromiter((ev["timestamp"] for ev in evs), dtype=np.float64, count=len(evs))
         self.prediction_watermark = max(self.prediction_watermark, float(t.max()))
         labels = self._stores["l"]
@@ -287,13 +292,10 @@ class LabelJoin:
             return []
         keys = store_keys(event_keys([ev["event_id"] for ev in events]) if keys is None else keys)
         self.label_watermark = max(self.label_watermark, max(ev["timestamp"] for ev in events))
-        new = self._fresh(keys, "l", "j")
-        self.counters.duplicate_labels += len(events) - new.size
-        if not new.size:
+        evs, nk = self._new_events(events, keys, "l")
+        if not evs:
             self._expire()
             return []
-        evs = [events[i] for i in new.tolist()]
-        nk = keys[new]
         preds = self._stores["p"]
         ppos = preds.find(nk)
         hit = ppos >= 0

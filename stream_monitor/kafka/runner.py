@@ -402,13 +402,11 @@ class MonitorService:
     def _process(self, msgs: list[Message]) -> None:
         # The common batch (no errors, one partition) is sorted without a Python loop over its messages
         parts = set(map(Message.partition, msgs))
-        if len(parts) == 1 and not any(map(Message.error, msgs)):
-            mon = self.tasks.get(parts.pop())
-            if mon is not None:  # else not ours (a stale fetch around a rebalance): its owner processes it
-                self._process_task(mon, msgs)
-            return
         by_task: dict[int, list[Message]] = defaultdict(list)
-        for m in msgs:
+        one_clean_partition = len(parts) == 1 and not any(map(Message.error, msgs))
+        if one_clean_partition:
+            by_task[parts.pop()] = msgs
+        for m in () if one_clean_partition else msgs:
             err = m.error()
             if err is None:
                 by_task[m.partition()].append(m)

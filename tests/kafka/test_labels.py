@@ -16,13 +16,19 @@ pytestmark = pytest.mark.kafka
 
 def produce_in_time_order(bootstrap, cfg, preds, labels):
     """Both topics, in event-time order, labels shuffled within a few minutes (out of order)."""
-    from confluent_kafka import Producer
 
     rng = np.random.default_rng(0)
     jitter = rng.uniform(0, 300, len(labels))
     items = [(p["timestamp"], cfg.topics.predictions, p) for p in preds]
     items += [(lab["timestamp"] + j, cfg.topics.labels, lab) for lab, j in zip(labels, jitter)]
     items.sort(key=lambda x: x[0])
+    return send_items(bootstrap, items)
+
+
+def send_items(bootstrap, items):
+    """Produce ``(time, topic, event)`` items in their order, keyed by the model; returns how many."""
+    from confluent_kafka import Producer
+
     prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     for _, topic, ev in items:
         prod.produce(topic, key=b"clf", value=orjson.dumps(ev))
@@ -214,20 +220,10 @@ def test_labels_thirty_days_late_on_a_sampled_join_survive_a_restart(kafka_boots
     sampled = key_fraction(event_keys([p["event_id"] for p in preds])) < 0.1
     waiting = int(sampled[t < cut].sum()) - int(sampled[labeled[t[labeled] + lag[labeled] < cut]].sum())
 
-    from confluent_kafka import Producer
-
-    def send(part):
-        prod = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
-        for _, topic, ev in part:
-            prod.produce(topic, key=b"clf", value=orjson.dumps(ev))
-            prod.poll(0)
-        assert prod.flush(30) == 0
-        return len(part)
-
     with Running(cfg, kafka_bootstrap) as r:
-        r.wait_consumed(send(first), timeout=120)
+        r.wait_consumed(send_items(kafka_bootstrap, first), timeout=120)
     with Running(cfg, kafka_bootstrap) as r:
-        r.wait_consumed(send(items[len(first):]), timeout=120)
+        r.wait_consumed(send_items(kafka_bootstrap, items[len(first):]), timeout=120)
         time.sleep(1)
         task = r.service.tasks[0].models["clf"].join
         sampled_out = task.counters.sampled_out_labels
