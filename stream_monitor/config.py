@@ -90,6 +90,9 @@ class TopicsConfig(_Frozen):
     state: str = "stream-monitor.state"  # compacted: references and alert state, restored after a restart
     metrics: str = "stream-monitor.metrics"  # window reports: drift statistics, performance, coverage, latency
     join: str = "stream-monitor.join"  # compacted changelog of the label join's pending entries
+    # scale-out mode only: partial panes from the instances reading predictions to the one deciding per model
+    panes: str = "stream-monitor.panes"
+    references: str = "stream-monitor.references"  # scale-out mode: warm-up references (compacted)
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
 
@@ -393,6 +396,20 @@ class PrometheusConfig(_Frozen):
     host: str = "0.0.0.0"
 
 
+class ScaleOutConfig(_Frozen):
+    """One model's stream over many partitions and instances, monitored as one (see README, "Scale-out").
+
+    The instances that read a model's prediction partitions build partial panes and publish them to
+    ``topics.panes`` keyed by model; the instance that owns the model's key there merges them into windows and
+    makes every decision (alerts, breaker, reports) for it.
+    """
+
+    enabled: bool = False
+    # A prediction partition that has sent no pane of a model for this long (by the panes' produce times)
+    # no longer holds that model's time windows back; its events in windows already closed are counted late.
+    idle_partition_s: float = Field(30, gt=0)
+
+
 class MonitorConfig(_Frozen):
     kafka: KafkaConfig = KafkaConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
@@ -400,7 +417,18 @@ class MonitorConfig(_Frozen):
     batch: BatchConfig = BatchConfig()
     events: EventsConfig = EventsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    scale_out: ScaleOutConfig = ScaleOutConfig()
     models: dict[str, ModelConfig]
+
+    @model_validator(mode="after")
+    def _scale_out_models(self) -> MonitorConfig:
+        if self.scale_out.enabled:
+            for name, m in self.models.items():
+                if m.uses_labels:
+                    raise ValueError(f"scale_out.enabled: model {name!r} joins labels (performance or "
+                                     "concept_drift), which scale-out mode does not support yet: monitor it with "
+                                     "a config of its own without scale_out")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -456,10 +484,10 @@ def _format(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden" and e["loc"]:
             parent = tuple(p for p in e["loc"][:-1] if not str(p).startswith("function-after"))
             msg = "unknown key" + _did_you_mean(str(e["loc"][-1]), [f for f in _fields_at(parent) if f != "name"])
-        if ": " in msg and loc and not msg.startswith(("Input", "Field")):
+        if ": " in msg and not msg.startswith(("Input", "Field")):
             key, _, rest = msg.partition(": ")  # our own validators name the sub-key first
             if " " not in key:
-                loc, msg = f"{loc}.{key}", rest
+                loc, msg = f"{loc}.{key}" if loc else key, rest
         lines.append(f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 

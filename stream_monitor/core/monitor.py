@@ -37,7 +37,8 @@ from .keys import event_keys, key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
-from .windows import ClosedWindow, CountWindows, TimeWindows, WindowHistory
+from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, TimeWindows,
+                      WindowHistory)
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -85,6 +86,10 @@ class BatchOutput:
     reports: list[dict[str, Any]] = field(default_factory=list)  # window reports for the metrics topic
     unknown_predictions: list[int] = field(default_factory=list)  # positions of events of unconfigured models
     unknown_labels: list[int] = field(default_factory=list)
+    # scale-out, deciding stage: warm-up references built now (for every pane builder), and pane records
+    # that could not be used (position, reason)
+    references: list[Reference] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +102,8 @@ class Checkpoint:
 
     state: dict[str, Any] = field(default_factory=dict)
     join: dict[str, Any] = field(default_factory=dict)
+    # scale-out stage one: (model, pane record) to publish on the panes topic with this checkpoint
+    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,10 +125,15 @@ class ModelMonitor:
         The model's validated config.
     reference
         A prebuilt reference (``reference.type: file``); loaded from ``cfg.reference.path`` when omitted.
+    merged_idle_s
+        Scale-out mode: windows are merged from the pane records of many partitions (:meth:`update_pane_record`)
+        and a partition silent this long no longer holds time windows back; ``None``: events come as columns.
     """
 
-    def __init__(self, cfg: ModelConfig, reference: Reference | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, reference: Reference | None = None, merged_idle_s: float | None = None
+                 ) -> None:
         self.cfg = cfg
+        self.merged_idle_s = merged_idle_s  # scale-out: windows merged from pane records (see :mod:`.panes`)
         self.numeric, self.categorical = column_names(
             cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
         self.prediction_features = frozenset({PREDICTION, SCORE})
@@ -157,6 +169,8 @@ class ModelMonitor:
         self.last_version = ""
         self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
+        self.built_reference: Reference | None = None  # a warm-up reference just built (scale-out publishes it)
+        self.stale_pieces = 0  # scale-out: events in pieces binned on another reference (not counted)
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
         if self._preloaded is not None:
@@ -166,8 +180,12 @@ class ModelMonitor:
         cfg = self.cfg
         self.reference = ref
         w, cap = cfg.window, cfg.drift.sample_size
-        if w.by == "count":
-            self.windows = CountWindows(int(w.size), int(w.slide) if w.slide else None, ref.binning, cap)
+        slide = int(w.slide) if w.slide else None
+        if self.merged_idle_s is not None:
+            self.windows = (MergedCountWindows(int(w.size), slide, ref.binning, cap) if w.by == "count" else
+                            MergedTimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.merged_idle_s))
+        elif w.by == "count":
+            self.windows = CountWindows(int(w.size), slide, ref.binning, cap)
         else:
             self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap)
         if cfg.drift.evidence_windows and cfg.reference.type in ("file", "warmup"):
@@ -193,21 +211,67 @@ class ModelMonitor:
     def update_columns(self, cols: Columns) -> list[WindowResult]:
         """Add this model's events as columns (:func:`~.columns.build_columns`); returns the windows that
         closed, evaluated."""
-        cfg = self.cfg
         self.dirty = True
         if self.reference is None:
-            need = cfg.reference.size - self._warmup_n
-            self._warmup.append((self._chunk_id, cols.take(slice(0, need))))
-            self._chunk_id += 1
-            self._warmup_n += min(need, cols.n)
-            if self._warmup_n < cfg.reference.size:
+            cols = self._warm_up(cols)
+            if not cols.n:
                 return []
-            self._start(self._build_warmup_reference())
-            logger.info("model %s: warm-up reference %s ready (%d events)", cfg.name, self.reference.id,
-                        self.reference.pane.n)  # type: ignore[union-attr]
-            cols = cols.take(slice(need, None))
         assert self.windows is not None
         return [self._evaluate(w) for w in self.windows.update(cols)]
+
+    def _warm_up(self, cols: Columns) -> Columns:
+        """Add ``cols`` to the warm-up; once it is complete, build the reference. Returns the events left over
+        for the windows (none while warming up)."""
+        cfg = self.cfg
+        need = cfg.reference.size - self._warmup_n
+        self._warmup.append((self._chunk_id, cols.take(slice(0, need))))
+        self._chunk_id += 1
+        self._warmup_n += min(need, cols.n)
+        if self._warmup_n < cfg.reference.size:
+            return cols.take(slice(0, 0))
+        self._start(self._build_warmup_reference())
+        self.built_reference = self.reference
+        logger.info("model %s: warm-up reference %s ready (%d events)", cfg.name, self.reference.id,
+                    self.reference.pane.n)  # type: ignore[union-attr]
+        return cols.take(slice(need, None))
+
+    def update_pane_record(self, rec: PaneRecord) -> list[WindowResult]:
+        """Scale-out: add one pane record of a prediction partition (see :mod:`.panes`); returns the windows
+        that closed, evaluated. Raises ``ValueError`` (...) on a malformed piece, before changing anything."""
+        assert self.merged_idle_s is not None
+        k, c = len(self.numeric), len(self.categorical)
+        cols = Columns.from_dict(rec.raw, k, c) if rec.raw is not None else None
+        piece = None
+        if rec.pane is not None:
+            if self.reference is not None and rec.ref == self.reference.id:
+                piece = Pane.restore(self.reference.binning, rec.pane)
+            else:  # binned on another reference (one replaced since): its counts cannot be merged
+                if not self.stale_pieces:
+                    logger.warning("model %s: a piece from partition %d is binned on reference %s, not %s; "
+                                   "such pieces are not counted", self.cfg.name, rec.source, rec.ref,
+                                   self.reference.id if self.reference else None)
+                self.stale_pieces += int(rec.pane.get("n", 0))
+        self.dirty = True
+        closed: list[ClosedWindow] = []
+        if cols is not None and cols.n:
+            self.last_version = clip(cols.model_version[-1])
+            if self.reference is None:
+                cols = self._warm_up(cols)
+            if cols.n:
+                assert self.windows is not None
+                if isinstance(self.windows, MergedTimeWindows):
+                    self.windows.add_columns(cols)
+                else:
+                    closed += self.windows.update(cols)
+        if piece is not None:
+            assert isinstance(self.windows, (MergedCountWindows, MergedTimeWindows))
+            self.last_version = piece.main_version or self.last_version
+            closed += self.windows.add_piece(rec.index, piece)
+        if rec.watermark is not None:
+            self.last_event_time = max(self.last_event_time or rec.watermark, rec.watermark)
+        if isinstance(self.windows, (MergedCountWindows, MergedTimeWindows)):
+            closed += self.windows.advance(rec.source, rec.at, rec.watermark)
+        return [self._evaluate(w) for w in closed]
 
     def _add_pairs(self, pairs: list[Any]) -> None:
         assert self.performance is not None
@@ -520,10 +584,12 @@ class Monitor:
     The Kafka edge runs one per input partition ("task"); embedded use needs just one.
     """
 
-    def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None) -> None:
+    def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None,
+                 merged: bool = False) -> None:
         self.cfg = cfg
         refs = references or {}
-        self.models = {name: ModelMonitor(m, refs.get(name)) for name, m in cfg.models.items()}
+        idle = cfg.scale_out.idle_partition_s if merged else None
+        self.models = {name: ModelMonitor(m, refs.get(name), idle) for name, m in cfg.models.items()}
         self.policy = AlertPolicy(cfg.alerts)
         self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
         self.counters = MonitorCounters()
@@ -568,12 +634,7 @@ class Monitor:
                 cols = cols.take(keep)
             if not cols.n:
                 continue
-            for r in mm.update_columns(cols):
-                out.results.append(r)
-                out.reports.append(r.to_dict())
-                self.counters.windows += 1
-                if r.skipped is None:
-                    self._decide(name, r.model_version, r.window, r.findings, r.reference_id, rate, out)
+            self._windows_out(name, mm.update_columns(cols), out)
         for name, pos in _by_model(labels).items():
             mm = self.models.get(name)
             if mm is None or not mm.labels_enabled:
@@ -587,6 +648,45 @@ class Monitor:
             self._mature(name, out)
         self.counters.alerts += len(out.alerts)
         return out
+
+    def process_panes(self, records: list[PaneRecord]) -> BatchOutput:
+        """Scale-out, deciding stage: merge pane records of the prediction partitions (see :mod:`.panes`) into
+        windows and decide on them; returns what to publish. Records of unconfigured models are in
+        ``unknown_predictions``, unusable ones in ``rejected``, by position."""
+        out = BatchOutput()
+        for pos, rec in enumerate(records):
+            mm = self.models.get(rec.model)
+            if mm is None:
+                self._unknown(rec.model, 1, "pane")
+                out.unknown_predictions.append(pos)
+                continue
+            try:
+                results = mm.update_pane_record(rec)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                out.rejected.append((pos, f"pane record not usable: {type(exc).__name__}: {exc}"))
+                continue
+            if mm.built_reference is not None:
+                out.references.append(mm.built_reference)
+                mm.built_reference = None
+            self._windows_out(rec.model, results, out)
+        self.counters.alerts += len(out.alerts)
+        return out
+
+    def adopt_reference(self, ref: Reference) -> None:
+        """Scale-out: a model restored without its warm-up reference takes the published one."""
+        mm = self.models.get(ref.model)
+        if mm is not None and mm.reference is None and not mm._warmup_n:
+            mm._start(ref)
+            mm.dirty = True
+
+    def _windows_out(self, name: str, results: list[WindowResult], out: BatchOutput) -> None:
+        rate = self.models[name].cfg.sample_rate
+        for r in results:
+            out.results.append(r)
+            out.reports.append(r.to_dict())
+            self.counters.windows += 1
+            if r.skipped is None:
+                self._decide(name, r.model_version, r.window, r.findings, r.reference_id, rate, out)
 
     def _unknown(self, name: str, n: int, what: str) -> None:
         if not self.counters.unmonitored[name]:

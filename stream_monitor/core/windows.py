@@ -27,7 +27,12 @@ import numpy as np
 from .columns import Columns
 from .sketches import Binning, Pane
 
-__all__ = ["ClosedWindow", "CountWindows", "TimeWindows", "WindowHistory"]
+__all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
+           "TimeWindows", "WindowHistory", "decode_record"]
+
+#: Version of the pane records of scale-out mode (see :mod:`.panes`).
+PANE_FORMAT = 1
+
 
 
 @dataclass(frozen=True)
@@ -88,9 +93,12 @@ class CountWindows:
         first = self._seq - completed + 1
         self._panes = deque((panes[str(first + i)] for i in range(completed)), maxlen=self.n_panes)
         self._current = panes[str(self._seq + 1)]
-        if any(p.n != self.pane_size for p in self._panes) or self._current.n >= self.pane_size:
+        if not self._pane_sizes_ok():
             raise ValueError("window checkpoint panes do not match the configured pane size")
         return self
+
+    def _pane_sizes_ok(self) -> bool:
+        return all(p.n == self.pane_size for p in self._panes) and self._current.n < self.pane_size
 
 
 class TimeWindows:
@@ -129,10 +137,16 @@ class TimeWindows:
             self._max_t = max(self._max_t, float(t.max()))
         return self._close()
 
+    def _watermark(self) -> float:
+        """Event time up to which the stream is complete (windows ending by then close)."""
+        return self._max_t - self.lateness_s
+
     def _close(self) -> list[ClosedWindow]:
         if not self._panes or not np.isfinite(self._max_t):
             return []
-        watermark = self._max_t - self.lateness_s
+        watermark = self._watermark()
+        if not np.isfinite(watermark):
+            return []
         last_complete = int(np.floor(watermark / self.pane_s)) - 1  # pane whose end <= watermark
         ends = sorted({p + i for p in self._panes for i in range(self.n_panes)})
         closed: list[ClosedWindow] = []
@@ -169,6 +183,131 @@ class TimeWindows:
         et = d["emitted_through"]
         self._emitted_through = None if et is None else int(et)
         self.late_events = int(d["late"])
+        return self
+
+
+@dataclass(frozen=True)
+class PaneRecord:
+    """A validated pane record (see the module doc)."""
+
+    model: str
+    source: int
+    at: float
+    ref: str | None
+    watermark: float | None
+    index: int | None = None
+    pane: dict[str, Any] | None = None  # a Pane snapshot (restored by the receiver, which has the binning)
+    raw: dict[str, Any] | None = None  # Columns.to_dict()
+
+
+def decode_record(d: Any) -> PaneRecord:
+    """Validate a decoded pane record; raises ``ValueError`` naming what is wrong."""
+    if not isinstance(d, dict) or d.get("v") != PANE_FORMAT:
+        raise ValueError(f"not a pane record of format {PANE_FORMAT}")
+    try:
+        model, source, at = d["model"], d["source"], d["at"]
+        if not isinstance(model, str) or type(source) is not int or not isinstance(at, (int, float)):
+            raise ValueError("model (string), source (integer) and at (number) expected")
+        wm, ref, index, pane, raw = d.get("wm"), d.get("ref"), d.get("index"), d.get("pane"), d.get("raw")
+        if wm is not None and not isinstance(wm, (int, float)):
+            raise ValueError("wm: a number expected")
+        if ref is not None and not isinstance(ref, str):
+            raise ValueError("ref: a string expected")
+        if index is not None and type(index) is not int:
+            raise ValueError("index: an integer expected")
+        if pane is not None and not isinstance(pane, dict) or raw is not None and not isinstance(raw, dict):
+            raise ValueError("pane and raw: objects expected")
+        if pane is not None and raw is not None:
+            raise ValueError("a record carries a piece or raw events, not both")
+    except KeyError as exc:
+        raise ValueError(f"missing field {exc.args[0]!r}") from None
+    return PaneRecord(model, source, float(at), ref, None if wm is None else float(wm), index, pane, raw)
+
+
+class MergedCountWindows(CountWindows):
+    """Count windows of partial panes sent by the instances that read a model's partitions (scale-out mode).
+
+    Pieces are merged in the order they arrive; a pane is complete once its merged pieces reach the pane size,
+    so a pane (and a window) may hold up to one piece more than its size: the documented tolerance.
+    """
+
+    def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
+        if piece.n == 0:
+            return []
+        self._current = Pane.merge([self._current, piece], self.pane_cap)
+        if self._current.n < self.pane_size:
+            return []
+        self._panes.append(self._current)
+        self._seq += 1
+        self._current = Pane(self.binning, self.pane_cap)
+        if len(self._panes) < self.n_panes:
+            return []
+        pane = Pane.merge(list(self._panes), self.cap)
+        return [ClosedWindow(self._seq, pane.t_min, pane.t_max, pane)]
+
+    def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
+        return []  # count windows close on counts alone
+
+    def _pane_sizes_ok(self) -> bool:
+        return all(p.n >= self.pane_size for p in self._panes) and self._current.n < self.pane_size
+
+
+class MergedTimeWindows(TimeWindows):
+    """Event-time windows of partial panes from many prediction partitions (scale-out mode).
+
+    Each partition ("source") reports its watermark, the largest event time it has read of the model. A window
+    closes when every *active* source has passed its end (plus ``lateness_s``): so events keyed by event id
+    over many partitions give the same windows as one partition would. A source whose last record was produced
+    more than ``idle_s`` before the newest record of any source is idle and holds nothing back (the produce
+    times come with the records, so replaying the topic decides the same way); a piece of a pane whose window
+    has already been evaluated is counted in ``late_events``.
+    """
+
+    def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
+                 idle_s: float) -> None:
+        super().__init__(size, slide, lateness_s, binning, cap)
+        self.idle_s = idle_s
+        self._sources: dict[int, tuple[float, float]] = {}  # source -> (watermark, produce time of its last record)
+
+    def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
+        if index is None:
+            raise ValueError("index: a piece of a time window needs its pane number")
+        if piece.n == 0:
+            return []
+        if self._emitted_through is not None and index <= self._emitted_through:
+            self.late_events += piece.n
+            return []
+        have = self._panes.get(index)
+        self._panes[index] = piece if have is None else Pane.merge([have, piece], self.pane_cap)
+        return []
+
+    def add_columns(self, cols: Columns) -> None:
+        """Raw events (forwarded before the sources had the reference): binned here, as pieces per pane."""
+        idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
+        for p in np.unique(idx).tolist():
+            self.add_piece(int(p), Pane(self.binning, self.pane_cap).update(cols.take(idx == p)))
+
+    def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
+        old = self._sources.get(source)
+        wm = watermark if watermark is not None else (old[0] if old else -np.inf)
+        if old is not None:
+            wm = max(wm, old[0])
+        self._sources[source] = (wm, max(stamp, old[1]) if old else stamp)
+        self._max_t = max(self._max_t, wm)
+        return self._close()
+
+    def _watermark(self) -> float:
+        newest = max(s for _, s in self._sources.values())
+        active = [wm for wm, s in self._sources.values() if s >= newest - self.idle_s]
+        return min(active) - self.lateness_s
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "sources": {str(k): [w if np.isfinite(w) else None, s]
+                                                  for k, (w, s) in self._sources.items()}}
+
+    def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> MergedTimeWindows:
+        super().restore(d, panes)
+        self._sources = {int(k): (-np.inf if w is None else float(w), float(s)) for k, (w, s) in d["sources"].items()}
         return self
 
 

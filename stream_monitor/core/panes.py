@@ -1,0 +1,297 @@
+"""Scale-out, stage one: partial panes of one prediction partition, for the instance that decides per model.
+
+In scale-out mode (``scale_out.enabled``) a model's events may be spread over every partition of the
+predictions topic (keyed by event id) and read by several instances. Each instance keeps, per prediction
+partition it owns (a *source*), a :class:`PaneBuilder`: it bins that partition's events into partial panes
+("pieces") with the model's reference binning and hands them out at every commit as *pane records*, which the
+edge publishes to ``topics.panes`` keyed by model, in the same transaction as the partition's offsets. The
+instance that owns the model's key on that topic merges the pieces into windows
+(:class:`~.windows.MergedTimeWindows`, :class:`~.windows.MergedCountWindows`) and makes every decision: one
+writer per model for alerts, incidents and the breaker.
+
+**Pieces.** Time windows: one piece per pane of event time, handed out once the partition's watermark (the
+largest event time it has read of the model, minus ``lateness_s``) has passed the pane's end; an event for a
+pane already handed out makes a new piece of that pane (the deciding instance merges it, or counts it late if
+the window was already evaluated). Count windows: pieces of at most ``pane_size / sources`` events, handed out
+when full and at every commit. A piece's sample is the bottom of its keys like any pane's (:mod:`.keys`), so
+merged pieces keep an exact uniform sample of the window; a piece keeps at most :func:`piece_cap` rows.
+
+**Before the reference.** A warm-up (or rolling/calendar) reference is built by the deciding instance from
+the first events of the model over every partition; until a builder has that reference it forwards raw event
+columns instead of pieces. The deciding instance publishes the reference (``topics.references``), and every
+builder bins with it from then on.
+
+**Records.** Plain JSON-able dicts (``PANE_FORMAT``): ``model``, ``source``, ``at`` (when handed out, epoch
+seconds), ``ref`` (reference id of the binning), and one of ``index``/``pane`` (a piece; ``index`` is the pane
+number of time windows, ``None`` for count windows) or ``raw`` (columns); the last record of a flush carries the
+source's watermark ``wm``. :func:`~.windows.decode_record` validates one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig, MonitorConfig
+from .columns import Columns, column_names
+from .events import PredictionBatch
+from .keys import key_fraction
+from .monitor import BatchOutput, Checkpoint, MonitorCounters
+from .reference import Reference
+from .sketches import Binning, Pane, clip
+from .windows import PANE_FORMAT
+
+__all__ = ["PaneBuilder", "piece_cap"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest share of a piece's record taken by its sample (raw float64 bytes; base64 adds a third).
+PIECE_SAMPLE_BYTES = 400_000
+
+#: Events per raw record forwarded before the reference exists.
+RAW_CHUNK_EVENTS = 500
+
+
+def piece_cap(pane_cap: int, sources: int, numeric: int) -> int:
+    """Sample rows a piece keeps: enough that the merge of one piece per source still fills the window pane's
+    sample (``pane_cap``) when the sources carry similar shares, and at most :data:`PIECE_SAMPLE_BYTES`."""
+    share = math.ceil(1.5 * pane_cap / max(1, sources))
+    return max(50, min(pane_cap, share, PIECE_SAMPLE_BYTES // (8 * max(1, numeric))))
+
+
+class ModelPanes:
+    """One model's pieces on one prediction partition."""
+
+    def __init__(self, cfg: ModelConfig, source: int, sources: int, reference: Reference | None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.numeric, self.categorical = column_names(
+            cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
+        w = cfg.window
+        self.by_time = w.by == "time"
+        self.pane_s = float(w.pane)
+        n_panes = int(round(w.size / w.pane))
+        pane_cap = max(50, cfg.drift.sample_size // n_panes)
+        self.cap = piece_cap(pane_cap, sources, len(self.numeric))
+        self.piece_events = max(1, math.ceil(int(w.pane) / max(1, sources))) if not self.by_time else 0
+        self.reference: Reference | None = None
+        self._open: dict[int, Pane] = {}  # time: pane number -> piece; count: {0: the open piece}
+        self._out: list[dict[str, Any]] = []  # records handed out at the next flush
+        self._wm = -np.inf
+        self._fresh = False  # events since the last flush
+        self.last_version = ""
+        self.last_event_time: float | None = None
+        self.join = None  # no label join in stage one (exporter reads it)
+        self.dirty = False
+        self._written: dict[str, Any] = {}
+        if reference is not None:
+            self.set_reference(reference)
+
+    @property
+    def binning(self) -> Binning | None:
+        return self.reference.binning if self.reference is not None else None
+
+    def set_reference(self, ref: Reference) -> None:
+        """Bin with ``ref`` from now on (open pieces of another binning are handed out as they are)."""
+        if self.reference is not None and self.reference.id == ref.id:
+            return
+        if self.reference is not None:
+            for index, piece in sorted(self._open.items()):
+                self._emit_piece(index, piece)
+            self._open = {}
+        self.reference = ref
+        self.dirty = True
+
+    def update(self, cols: Columns) -> None:
+        if not cols.n:
+            return
+        self.dirty = self._fresh = True
+        self.last_version = clip(cols.model_version[-1])
+        newest = float(cols.event_time.max())
+        self._wm = max(self._wm, newest)
+        self.last_event_time = self._wm
+        if self.reference is None:
+            for at in range(0, cols.n, RAW_CHUNK_EVENTS):
+                self._out.append({"raw": cols.take(slice(at, at + RAW_CHUNK_EVENTS)).to_dict()})
+            return
+        if self.by_time:
+            idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
+            for p in np.unique(idx).tolist():
+                piece = self._open.get(p)
+                if piece is None:
+                    piece = self._open[p] = Pane(self.reference.binning, self.cap)
+                piece.update(cols.take(idx == p))
+            return
+        at = 0
+        while at < cols.n:
+            piece = self._open.get(0)
+            if piece is None:
+                piece = self._open[0] = Pane(self.reference.binning, self.cap)
+            take = min(self.piece_events - piece.n, cols.n - at)
+            piece.update(cols.take(slice(at, at + take)))
+            at += take
+            if piece.n >= self.piece_events:
+                self._emit_piece(None, self._open.pop(0))
+
+    def _emit_piece(self, index: int | None, piece: Pane) -> None:
+        if piece.n:
+            assert self.reference is not None
+            self._out.append({"ref": self.reference.id, "index": index, "pane": piece.snapshot()})
+
+    def flush(self, at: float) -> list[dict[str, Any]]:
+        """Records to publish now: finished pieces (and raw events), the last one with the watermark. Nothing
+        when no event came since the last flush (the source then goes idle for the deciding instance)."""
+        if not self._fresh:
+            return []
+        if self.by_time:
+            complete = math.floor((self._wm - self.cfg.window.lateness_s) / self.pane_s) - 1  # last finished pane
+            for p in sorted(p for p in self._open if p <= complete):
+                self._emit_piece(p, self._open.pop(p))
+        elif 0 in self._open:
+            self._emit_piece(None, self._open.pop(0))
+        out = self._out or [{}]
+        self._out = []
+        head = {"v": PANE_FORMAT, "model": self.cfg.name, "source": self.source, "at": at}
+        records = [{**head, "ref": self.reference.id if self.reference else None, **r} for r in out]
+        records[-1]["wm"] = self._wm
+        self._fresh = False
+        self.dirty = True
+        return records
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _pieces(self) -> Iterator[tuple[str, Any, Any]]:
+        if self.reference is not None and self.cfg.reference.type != "file":
+            yield "ref", self.reference.id, self.reference.to_dict
+        for p, piece in self._open.items():
+            yield f"o/{p}", piece.stamp, piece.snapshot
+
+    def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Changed records (handed-out records must have been flushed: a checkpoint follows a flush)."""
+        if self._out:
+            raise RuntimeError("checkpoint of a pane builder with records not flushed")
+        if not self.dirty:
+            return {}
+        out: dict[str, Any] = {}
+        live: dict[str, Any] = {}
+        for key, stamp, make in self._pieces():
+            live[key] = stamp
+            if self._written.get(key) != stamp:
+                out[key] = make()
+        for key in self._written.keys() - live.keys():
+            out[key] = None
+        out["core"] = {"v": PANE_FORMAT, "stage": "panes", "reference": self.reference.id if self.reference else None,
+                       "wm": self._wm if np.isfinite(self._wm) else None, "fresh": self._fresh,
+                       "open": sorted(self._open), "last_version": self.last_version, **extra}
+        live["core"] = None
+        self._written = live
+        self.dirty = False
+        return out
+
+    def restore(self, records: dict[str, Any], reference: Reference | None) -> dict[str, Any]:
+        core = records.get("core")
+        self._written = {k: object() for k in records}
+        if core is None:
+            return {}
+        if core.get("v") != PANE_FORMAT or core.get("stage") != "panes":
+            raise ValueError("not a pane builder checkpoint")
+        ref_id = core["reference"]
+        if ref_id is not None:
+            ref = reference if reference is not None and reference.id == ref_id else Reference.from_dict(records["ref"])
+            if ref.id != ref_id:
+                raise ValueError(f"reference record {ref.id} does not match the checkpoint's {ref_id}")
+            self.reference = ref
+            self._open = {int(p): Pane.restore(ref.binning, records[f"o/{int(p)}"]) for p in core["open"]}
+        self._wm = -np.inf if core["wm"] is None else float(core["wm"])
+        self._fresh = bool(core["fresh"])
+        self.last_version = clip(str(core["last_version"]))
+        for key, stamp, _ in self._pieces():
+            if key in records:
+                self._written[key] = stamp
+        self._written["core"] = None
+        return core
+
+
+class PaneBuilder:
+    """Stage one for one prediction partition (``source``): every configured model's pieces.
+
+    Same interface as :class:`~.monitor.Monitor` where the edge needs it: :meth:`process_batch`,
+    :meth:`checkpoint` (whose ``outputs`` are the pane records to publish), :meth:`restore`.
+    """
+
+    def __init__(self, cfg: MonitorConfig, source: int, sources: int,
+                 references: dict[str, Reference] | None = None) -> None:
+        self.cfg = cfg
+        self.source = source
+        refs = references or {}
+        self.models = {name: ModelPanes(m, source, sources, refs.get(name)) for name, m in cfg.models.items()}
+        self.counters = MonitorCounters()
+        self.breakers: dict[str, Any] = {}  # decisions are made by the instance owning the model's panes
+
+    def set_reference(self, name: str, ref: Reference) -> None:
+        mp = self.models.get(name)
+        if mp is not None and ref.model == name:
+            mp.set_reference(ref)
+
+    def observe_breaker(self, sig: Any) -> None:  # the deciding instance follows the breaker topic
+        return None
+
+    def process_batch(self, predictions: PredictionBatch, labels: list[dict[str, Any]]) -> BatchOutput:
+        """Add one consumed batch; what to publish comes from :meth:`checkpoint`. Labels are not joined in
+        scale-out mode (the config refuses models that use them): any label is an unknown one."""
+        out = BatchOutput()
+        self.counters.events += predictions.count
+        out.unknown_predictions = sorted(predictions.unknown)
+        out.unknown_labels = list(range(len(labels)))
+        for pos, name in predictions.unknown.items():
+            self.counters.unmonitored[name] += 1
+        for name, me in predictions.models.items():
+            mp = self.models[name]
+            cols = me.cols
+            rate = mp.cfg.sample_rate
+            if rate < 1:
+                keep = key_fraction(cols.key) < rate
+                self.counters.sampled_out += int((~keep).sum())
+                cols = cols.take(keep)
+            mp.update(cols)
+        return out
+
+    def checkpoint(self, at: float | None = None) -> Checkpoint:
+        """Flush every model (pane records in ``outputs``, handed out at ``at``), then the changed state."""
+        now = time.time() if at is None else at
+        cp = Checkpoint()
+        for name, mp in self.models.items():
+            for rec in mp.flush(now):
+                cp.outputs.append((name, rec))
+            for key, value in mp.checkpoint({}).items():
+                cp.state[f"{name}/{key}"] = value
+        return cp
+
+    def restore(self, state: dict[str, Any], join: dict[str, Any] | None = None,
+                references: dict[str, Reference] | None = None) -> list[str]:
+        per_model: dict[str, dict[str, Any]] = {}
+        for key, value in state.items():
+            name, _, rest = key.partition("/")
+            per_model.setdefault(name, {})[rest] = value
+        restored = []
+        for name, records in per_model.items():
+            mp = self.models.get(name)
+            if mp is None:
+                continue
+            try:
+                if mp.restore(records, (references or {}).get(name) or mp.reference):
+                    restored.append(name)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                fresh = ModelPanes(mp.cfg, mp.source, 1, None)
+                fresh.cap, fresh.piece_events, fresh.reference = mp.cap, mp.piece_events, mp.reference
+                fresh._written = {k: object() for k in records}
+                fresh.dirty = True
+                self.models[name] = fresh
+                self.counters.restore_errors += 1
+                logger.error("model %s: pane checkpoint not usable (%s: %s); it starts afresh",
+                             name, type(exc).__name__, exc)
+        return restored

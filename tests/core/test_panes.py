@@ -1,0 +1,174 @@
+"""Scale-out stages in the pure core: pane builders per partition, one merging monitor per model."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_monitor.config import parse_config
+from stream_monitor.core.events import PredictionBatch
+from stream_monitor.core.monitor import Monitor
+from stream_monitor.core.panes import PaneBuilder, piece_cap
+from stream_monitor.core.windows import decode_record
+from tests.streams import make_events, model_config
+
+
+def _config(**model: Any) -> Any:
+    return parse_config({"scale_out": {"enabled": True, "idle_partition_s": 30},
+                         "alerts": {"consecutive": 1, "resolve_after": 1},
+                         "models": {"m": model_config(**model)}})
+
+
+def _partition(events: list[dict[str, Any]], parts: int) -> list[list[int]]:
+    """Positions per partition, as a producer keying by event id would spread them."""
+    out: list[list[int]] = [[] for _ in range(parts)]
+    for i, e in enumerate(events):
+        out[zlib.crc32(e["event_id"].encode()) % parts].append(i)
+    return out
+
+
+class TwoStages:
+    """``parts`` pane builders feeding one merging monitor through JSON, batch by batch, in a given order
+    (the partitions interleave in chunks, as a consumer reads them)."""
+
+    def __init__(self, cfg: Any, parts: int) -> None:
+        self.cfg = cfg
+        self.builders = [PaneBuilder(cfg, p, parts) for p in range(parts)]
+        self.decider = Monitor(cfg, merged=True)
+        self.clock = 1000.0
+        self.alerts: list[Any] = []
+        self.results: list[Any] = []
+        self.stored: list[dict[str, Any]] = [{} for _ in range(parts + 1)]  # the state topic, per task
+
+    def _store(self, task: int, changes: dict[str, Any]) -> None:
+        for k, v in changes.items():
+            if v is None:
+                self.stored[task].pop(k, None)
+            else:
+                self.stored[task][k] = orjson.loads(orjson.dumps(v))
+
+    def feed(self, events: list[dict[str, Any]], chunk: int = 300) -> None:
+        parts = _partition(events, len(self.builders))
+        cursors = [0] * len(parts)
+        while any(c < len(p) for c, p in zip(cursors, parts)):
+            for s, pos in enumerate(parts):
+                take = pos[cursors[s]: cursors[s] + chunk]
+                cursors[s] += chunk
+                if take:
+                    batch = PredictionBatch.from_events([events[i] for i in take], self.cfg.models)
+                    self.builders[s].process_batch(batch, [])
+            self.commit()
+
+    def commit(self) -> None:
+        self.clock += 1.0
+        records = []
+        for s, b in enumerate(self.builders):
+            cp = b.checkpoint(self.clock)
+            records += [decode_record(orjson.loads(orjson.dumps(r))) for _, r in cp.outputs]
+            self._store(s, cp.state)
+        out = self.decider.process_panes(records)
+        assert not out.rejected
+        for ref in out.references:
+            for b in self.builders:
+                b.set_reference(ref.model, ref)
+        self.alerts += out.alerts
+        self.results += out.results
+        self._store(len(self.builders), self.decider.checkpoint().state)
+
+
+def test_piece_cap_bounds_record_size_and_fills_the_merged_sample() -> None:
+    assert piece_cap(5000, 1, 30) == 1666  # bytes bound: 30 columns x 8 bytes
+    assert piece_cap(5000, 3, 4) == 2500  # 1.5 x the share of 3 partitions
+    assert piece_cap(100, 50, 4) == 50
+
+
+def test_time_windows_over_partitions_hold_every_event_and_tile_event_time() -> None:
+    cfg = _config(window={"by": "time", "size": 600}, reference={"size": 3000})
+    rng = np.random.default_rng(11)
+    events = make_events(20_000, rng, dt=0.25)
+    two = TwoStages(cfg, 3)
+    two.feed(events)
+    wins = [r.window for r in two.results]
+    assert len(wins) >= 7
+    assert all(b.start == a.end for a, b in zip(wins, wins[1:]))  # no gap, no overlap
+    # every window after the warm-up holds exactly the events whose time falls in it
+    times = np.array([e["timestamp"] for e in events[3000:]])
+    for w in wins[1:]:
+        assert w.events == int(((times >= w.start) & (times < w.end)).sum())
+    assert two.decider.models["m"].late_events == 0
+    assert not two.alerts
+
+
+def test_same_shift_same_alert_as_one_monitor_and_one_incident() -> None:
+    """The merged stream alerts on the same feature as one monitor of the whole stream, once."""
+    cfg_one = parse_config({"alerts": {"consecutive": 1, "resolve_after": 1},
+                            "models": {"m": model_config(reference={"size": 3000})}})
+    cfg = _config(reference={"size": 3000})
+    rng = np.random.default_rng(5)
+    events = make_events(8000, rng) + make_events(6000, rng, start=8000, a_mean=0.8)
+    one = Monitor(cfg_one)
+    single = []
+    for at in range(0, len(events), 500):
+        single += one.process(events[at: at + 500]).alerts
+    two = TwoStages(cfg, 3)
+    two.feed(events)
+    fired = [a for a in two.alerts if a.status == "firing"]
+    assert fired and {a.kind for a in fired} == {"data_drift"}
+    assert {f["feature"] for a in fired for f in a.details.get("features", [])} == \
+        {f["feature"] for a in single if a.status == "firing" for f in a.details.get("features", [])}
+    assert len({a.alert_id for a in fired}) == 1  # one incident for the shift
+    # count windows close on the merged count: at most one piece (size / 3 partitions) over
+    sizes = [r.window.events for r in two.results]
+    assert all(1000 <= n <= 1000 + 334 for n in sizes)
+
+
+def test_idle_partition_stops_holding_windows_back() -> None:
+    cfg = _config(window={"by": "time", "size": 600}, reference={"size": 1000})
+    rng = np.random.default_rng(3)
+    events = make_events(6000, rng, dt=1.0)
+    two = TwoStages(cfg, 2)
+    two.feed(events[:3000])
+    before = len(two.results)
+    # partition 1 falls silent; partition 0 goes on for longer than idle_partition_s of produce time
+    only0 = [e for i, e in enumerate(events[3000:]) if _partition([e], 2)[0]]
+    for at in range(0, len(only0), 200):
+        batch = PredictionBatch.from_events(only0[at: at + 200], cfg.models)
+        two.builders[0].process_batch(batch, [])
+        two.clock += 10
+        two.commit()
+    assert len(two.results) > before + 2  # windows close on partition 0's watermark alone
+
+
+def test_checkpoint_round_trip_of_both_stages() -> None:
+    cfg = _config(window={"by": "time", "size": 300}, reference={"size": 2000})
+    rng = np.random.default_rng(8)
+    events = make_events(9000, rng, dt=0.5)
+    a, b = TwoStages(cfg, 3), TwoStages(cfg, 3)
+    a.feed(events[:5000])
+    b.feed(events[:5000])
+    # b restarts: every builder and the decider from the state their commits stored
+    for s in range(3):
+        fresh = PaneBuilder(cfg, s, 3)
+        assert fresh.restore(b.stored[s], {}, {}) == ["m"]
+        b.builders[s] = fresh
+    dec = Monitor(cfg, merged=True)
+    assert dec.restore(b.stored[3]) == ["m"]
+    b.decider = dec
+    a.feed(events[5000:])
+    b.feed(events[5000:])
+    assert [(r.window.start, r.window.events) for r in a.results] == [(r.window.start, r.window.events)
+                                                                       for r in b.results]
+
+
+def test_malformed_pane_record_is_rejected_with_a_reason() -> None:
+    cfg = _config(reference={"size": 100})
+    with pytest.raises(ValueError, match="source"):
+        decode_record({"v": 1, "model": "m", "source": "0", "at": 1.0})
+    dec = Monitor(cfg, merged=True)
+    rec = decode_record({"v": 1, "model": "m", "source": 0, "at": 1.0, "raw": {"v": 1, "n": 3}})
+    out = dec.process_panes([rec])
+    assert out.rejected and "not usable" in out.rejected[0][1]
