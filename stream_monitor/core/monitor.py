@@ -128,12 +128,16 @@ class ModelMonitor:
     merged_idle_s
         Scale-out mode: windows are merged from the pane records of many partitions (:meth:`update_pane_record`)
         and a partition silent this long no longer holds time windows back; ``None``: events come as columns.
+    sources
+        Scale-out mode: how many prediction partitions may carry the model (time windows wait for each of them
+        until it reports or goes idle).
     """
 
-    def __init__(self, cfg: ModelConfig, reference: Reference | None = None, merged_idle_s: float | None = None
-                 ) -> None:
+    def __init__(self, cfg: ModelConfig, reference: Reference | None = None, merged_idle_s: float | None = None,
+                 sources: int = 1) -> None:
         self.cfg = cfg
         self.merged_idle_s = merged_idle_s  # scale-out: windows merged from pane records (see :mod:`.panes`)
+        self.sources = sources  # scale-out: partitions of the predictions topic
         self.numeric, self.categorical = column_names(
             cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
         self.prediction_features = frozenset({PREDICTION, SCORE})
@@ -183,7 +187,8 @@ class ModelMonitor:
         slide = int(w.slide) if w.slide else None
         if self.merged_idle_s is not None:
             self.windows = (MergedCountWindows(int(w.size), slide, ref.binning, cap) if w.by == "count" else
-                            MergedTimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.merged_idle_s))
+                            MergedTimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.merged_idle_s,
+                                              self.sources))
         elif w.by == "count":
             self.windows = CountWindows(int(w.size), slide, ref.binning, cap)
         else:
@@ -585,11 +590,12 @@ class Monitor:
     """
 
     def __init__(self, cfg: MonitorConfig, references: dict[str, Reference] | None = None,
-                 merged: bool = False) -> None:
+                 merged: bool = False, sources: int = 1) -> None:
         self.cfg = cfg
+        self.merged = merged  # scale-out: fed pane records (process_panes) of ``sources`` partitions, not events
         refs = references or {}
         idle = cfg.scale_out.idle_partition_s if merged else None
-        self.models = {name: ModelMonitor(m, refs.get(name), idle) for name, m in cfg.models.items()}
+        self.models = {name: ModelMonitor(m, refs.get(name), idle, sources) for name, m in cfg.models.items()}
         self.policy = AlertPolicy(cfg.alerts)
         self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
         self.counters = MonitorCounters()

@@ -264,10 +264,12 @@ class MergedTimeWindows(TimeWindows):
     """
 
     def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
-                 idle_s: float) -> None:
+                 idle_s: float, sources: int = 1) -> None:
         super().__init__(size, slide, lateness_s, binning, cap)
         self.idle_s = idle_s
+        self.expected_sources = sources  # partitions that may carry the model: silent ones count as idle only
         self._sources: dict[int, tuple[float, float]] = {}  # source -> (watermark, produce time of its last record)
+        self._first_stamp: float | None = None  # of the first record: sources never heard of are silent since
 
     def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
         if index is None:
@@ -293,21 +295,27 @@ class MergedTimeWindows(TimeWindows):
         if old is not None:
             wm = max(wm, old[0])
         self._sources[source] = (wm, max(stamp, old[1]) if old else stamp)
+        if self._first_stamp is None:
+            self._first_stamp = stamp
         self._max_t = max(self._max_t, wm)
         return self._close()
 
     def _watermark(self) -> float:
         newest = max(s for _, s in self._sources.values())
         active = [wm for wm, s in self._sources.values() if s >= newest - self.idle_s]
+        unheard = len(self._sources) < self.expected_sources
+        if unheard and self._first_stamp is not None and self._first_stamp >= newest - self.idle_s:
+            return -np.inf  # a partition not heard from yet may still bring events of every open window
         return min(active) - self.lateness_s
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "sources": {str(k): [w if np.isfinite(w) else None, s]
-                                                  for k, (w, s) in self._sources.items()}}
+        return {**super().snapshot(), "first_stamp": self._first_stamp,
+                "sources": {str(k): [w if np.isfinite(w) else None, s] for k, (w, s) in self._sources.items()}}
 
     def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> MergedTimeWindows:
         super().restore(d, panes)
         self._sources = {int(k): (-np.inf if w is None else float(w), float(s)) for k, (w, s) in d["sources"].items()}
+        self._first_stamp = None if d["first_stamp"] is None else float(d["first_stamp"])
         return self
 
 

@@ -255,6 +255,11 @@ def ensure_topics(cfg: MonitorConfig, conn: Connection, timeout: float = 30.0) -
         t.state: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                   "max.message.bytes": str(STATE_MAX_BYTES)},
     }
+    if cfg.scale_out.enabled:
+        # pieces are read within seconds by the deciding task; a day covers its downtime. Sizes as the state's.
+        wanted[t.panes] = {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000),
+                           "max.message.bytes": str(STATE_MAX_BYTES)}
+        wanted[t.references] = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
     admin = conn.admin()
     existing = admin.list_topics(timeout=timeout).topics
     new = [NewTopic(name, num_partitions=t.partitions, replication_factor=t.replication_factor, config=conf)
@@ -267,7 +272,8 @@ def ensure_topics(cfg: MonitorConfig, conn: Connection, timeout: float = 30.0) -
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-    check_compacted(admin, [getattr(t, role) for role in COMPACTED if getattr(t, role) in existing], timeout)
+    compacted = [getattr(t, role) for role in COMPACTED] + ([t.references] if cfg.scale_out.enabled else [])
+    check_compacted(admin, [name for name in compacted if name in existing], timeout)
     md = admin.list_topics(timeout=timeout).topics
     return {name: len(meta.partitions) for name, meta in md.items()
             if name in (*wanted, t.predictions, t.labels) and meta.error is None and meta.partitions}

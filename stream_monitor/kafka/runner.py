@@ -19,6 +19,13 @@ last committed state and offsets (the work is redone; nothing was visible).
 
 **Checkpointer.** :class:`~.checkpoint.Checkpointer` owns the transactional producer: begin, produce, commit,
 abort.
+
+**Scale-out** (``scale_out.enabled``). Task N of the predictions topic is a
+:class:`~..core.panes.PaneBuilder`: it hands out partial panes, produced to ``topics.panes`` keyed by model in
+the same transaction as its offsets. Partition N of the panes topic is task ``pN``: a
+:class:`~..core.monitor.Monitor` that merges the pieces of the models whose key lands there and decides for
+them (alerts, incidents, breaker, reports), restored and committed like any task. The group's assignment moves
+both kinds of task; a model has one deciding task, so one writer of its incidents and breaker.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from ..config import MonitorConfig
 from ..core.breaker import BreakerSignal
 from ..core.events import PredictionBatch, PredictionDecoder, TimeRange, decode_labels
 from ..core.monitor import BatchOutput, Monitor, load_references
+from ..core.panes import PaneBuilder
+from ..core.reference import Reference
+from ..core.windows import PaneRecord, decode_record
 from ..exporter import MonitorMetrics
 from .checkpoint import Checkpointer, CommitFailed
 from .clients import Connection, ensure_topics, make_consumer
@@ -104,10 +114,11 @@ class MonitorService:
         self.metrics = metrics
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
-        self.tasks: dict[int, Monitor] = {}
+        # task id -> its state: "N" (predictions/labels partition N), "pN" (panes partition N, scale-out)
+        self.tasks: dict[str, Monitor | PaneBuilder] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per assigned partition
         self._committed_by_us: dict[tuple[str, int], int] = {}  # what our last commit said, per partition
-        self._parked: dict[int, Monitor] = {}  # tasks revoked after a commit, reusable if nobody moved on
+        self._parked: dict[str, Monitor | PaneBuilder] = {}  # tasks revoked after a commit, reusable if nobody moved on
         self._stop = threading.Event()
         self._warned_topics: set[str] = set()
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
@@ -115,6 +126,9 @@ class MonitorService:
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
         self._predictions = PredictionDecoder(cfg.models, self._times)
         self._breaker_latest: dict[str, BreakerSignal] = {}
+        self._scale_out = cfg.scale_out.enabled
+        self._published_refs: dict[str, Reference] = {}  # scale-out: warm-up references on topics.references
+        self._sources = 1  # scale-out: partitions of the predictions topic
         self._failures = 0
         self._unknown_names: set[str] = set()
         self._breaker_skipped = 0
@@ -134,6 +148,7 @@ class MonitorService:
         self.conn.check()  # one clear line and a non-zero exit when Kafka cannot be reached
         parts = ensure_topics(cfg, self.conn)
         self._state_parts = parts.get(cfg.topics.state, 1)
+        self._sources = parts.get(cfg.topics.predictions, cfg.topics.partitions)
         self._join_parts = parts.get(cfg.topics.join, 1)
         topics = [cfg.topics.predictions]
         if self._with_labels:
@@ -143,6 +158,11 @@ class MonitorService:
                 logger.warning("%s has %d partitions and %s %d: a model's labels only join its predictions when "
                                "both topics have the same partition count and key (the model name)",
                                cfg.topics.predictions, np_, cfg.topics.labels, nl)
+        self._refs: CompactedTopicReader | None = None
+        if self._scale_out:
+            topics.append(cfg.topics.panes)
+            self._refs = CompactedTopicReader(self.conn, cfg.topics.references, validate=Reference.from_dict)
+            self._published_refs = {r.model: r for r in self._refs.sync(timeout=60).values()}
         self.checkpointer = Checkpointer(cfg, self.conn)
         self._breakers = CompactedTopicReader(self.conn, cfg.topics.breaker, validate=BreakerSignal.from_dict)
         for sig in self._breakers.sync(timeout=60).values():
@@ -189,6 +209,8 @@ class MonitorService:
             finally:
                 self.consumer.close()  # revokes: nothing open to commit by now
                 self._breakers.close()
+                if self._refs is not None:
+                    self._refs.close()
                 self.checkpointer.close()
                 self._log_progress()
         return self.stats
@@ -216,14 +238,18 @@ class MonitorService:
         self._new_consumer()                                    # assignment restores the tasks
 
     # -- rebalances ------------------------------------------------------------------------------------
+    def _task(self, topic: str | None, partition: int) -> str:
+        """The task a partition belongs to (see the module doc)."""
+        return f"p{partition}" if self._scale_out and topic == self.cfg.topics.panes else str(partition)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tasks = sorted({tp.partition for tp in partitions} - set(self.tasks))
+        tasks = sorted({self._task(tp.topic, tp.partition) for tp in partitions} - set(self.tasks))
         if not tasks:
             return
         committed = self._committed(consumer, partitions)
         reuse = [t for t in tasks if t in self._parked and all(
             committed.get((tp.topic, tp.partition)) == self._committed_by_us.get((tp.topic, tp.partition))
-            for tp in partitions if tp.partition == t)]
+            for tp in partitions if self._task(tp.topic, tp.partition) == t)]
         for t in reuse:
             self.tasks[t] = self._parked.pop(t)
         self._parked.clear()
@@ -236,7 +262,7 @@ class MonitorService:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # before the partitions go, their work must be committed (unless it is being thrown away)
         ok = False if self._discard else self._commit_or_rewind(rewind=False)
-        gone = {tp.partition for tp in partitions}
+        gone = {self._task(tp.topic, tp.partition) for tp in partitions}
         if not ok and set(self.tasks) - gone:  # cooperative revoke of some partitions: rewind the others
             self._rewind_all(consumer, exclude=gone)
         for t in sorted(gone & set(self.tasks)):
@@ -251,9 +277,9 @@ class MonitorService:
         logger.warning("lost %s (session timed out): their uncommitted work is aborted",
                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         self.checkpointer.abort()
-        self._rewind_all(consumer, exclude={tp.partition for tp in partitions})
+        self._rewind_all(consumer, exclude={self._task(tp.topic, tp.partition) for tp in partitions})
         for tp in partitions:
-            self.tasks.pop(tp.partition, None)
+            self.tasks.pop(self._task(tp.topic, tp.partition), None)
             self._positions.pop((tp.topic, tp.partition), None)
         self._parked.clear()
 
@@ -277,23 +303,34 @@ class MonitorService:
                 logger.warning("committed offsets not readable yet (%s); retrying", exc.args[0].str())
                 time.sleep(1.0)
 
-    def _restore_tasks(self, tasks: list[int]) -> None:
+    def _restore_tasks(self, tasks: list[str]) -> None:
         """Build the monitors of ``tasks`` from the state and join topics (read_committed, to their end)."""
         cfg = self.cfg
         timeout = cfg.kafka.transaction_timeout_s + 60  # a dead instance's open transaction ends by then
-        state = self._read(cfg.topics.state, sorted({t % self._state_parts for t in tasks}), timeout)
-        join = (self._read(cfg.topics.join, sorted({t % self._join_parts for t in tasks}), timeout)
+        state = self._read(cfg.topics.state, sorted({_number(t) % self._state_parts for t in tasks}), timeout)
+        join = (self._read(cfg.topics.join, sorted({_number(t) % self._join_parts for t in tasks}), timeout)
                 if self._with_labels else {})
-        per_task: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {t: ({}, {}) for t in tasks}
+        per_task: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {t: ({}, {}) for t in tasks}
         for store, records in ((0, state), (1, join)):
             for key, value in records.items():
                 head, sep, rest = key.partition("/")
-                if sep and head.isdigit() and int(head) in per_task:
-                    per_task[int(head)][store][rest] = value
+                if sep and head in per_task:
+                    per_task[head][store][rest] = value
         for t in tasks:
-            mon = Monitor(cfg, self._references)
             st, jn = per_task[t]
-            restored = mon.restore(st, jn)
+            mon: Monitor | PaneBuilder
+            if self._scale_out and t.startswith("p"):
+                mon = Monitor(cfg, self._references, merged=True, sources=self._sources)
+                restored = mon.restore(st, jn)
+                for ref in self._published_refs.values():
+                    mon.adopt_reference(ref)
+            elif self._scale_out:
+                refs = {**self._published_refs, **self._references}
+                mon = PaneBuilder(cfg, int(t), self._sources, refs)
+                restored = mon.restore(st, jn, refs)
+            else:
+                mon = Monitor(cfg, self._references)
+                restored = mon.restore(st, jn)
             for sig in self._breaker_latest.values():
                 mon.observe_breaker(sig)
             self.tasks[t] = mon
@@ -332,11 +369,13 @@ class MonitorService:
         try:
             for t, mon in self.tasks.items():
                 changes = mon.checkpoint()
+                for model, record in changes.outputs:  # scale-out: pieces for the model's deciding task
+                    cp.produce(self.cfg.topics.panes, model.encode(), orjson.dumps(record))
                 for topic, parts, records in ((self.cfg.topics.state, self._state_parts, changes.state),
                                               (self.cfg.topics.join, self._join_parts, changes.join)):
                     for key, value in records.items():  # None: a tombstone, compaction drops the key
                         cp.produce(topic, f"{t}/{key}".encode(), None if value is None else orjson.dumps(value),
-                                   partition=t % parts)
+                                   partition=_number(t) % parts)
             offsets = [TopicPartition(topic, p, off) for (topic, p), off in self._positions.items()]
             cp.commit(offsets, self.consumer.consumer_group_metadata())
         except (CommitFailed, KafkaException) as exc:
@@ -362,10 +401,10 @@ class MonitorService:
             self._rewind_all(self.consumer)
             self._stop.wait(min(30.0, 0.5 * 2 ** min(self._failures - 1, 6)))
 
-    def _rewind_all(self, consumer: Consumer, exclude: set[int] | None = None) -> None:
+    def _rewind_all(self, consumer: Consumer, exclude: set[str] | None = None) -> None:
         """Every task back to its last committed state; the consumer back to the committed offsets."""
-        assigned = [tp for tp in consumer.assignment() if tp.partition not in (exclude or set())]
-        tasks = sorted({tp.partition for tp in assigned})
+        assigned = [tp for tp in consumer.assignment() if self._task(tp.topic, tp.partition) not in (exclude or set())]
+        tasks = sorted({self._task(tp.topic, tp.partition) for tp in assigned})
         for t in tasks:
             self.tasks.pop(t, None)
         self._positions.clear()
@@ -398,18 +437,31 @@ class MonitorService:
                 mon.observe_breaker(sig)
         self._count_skipped(self._breakers.skipped - self._breaker_skipped)
         self._breaker_skipped = self._breakers.skipped
+        if self._refs is not None:
+            skipped = self._refs.skipped
+            for _, ref in self._refs.poll():  # warm-up references built by the deciding tasks
+                if ref is None:
+                    continue
+                self._published_refs[ref.model] = ref
+                for mon in self.tasks.values():
+                    if isinstance(mon, PaneBuilder):
+                        mon.set_reference(ref.model, ref)
+                    else:
+                        mon.adopt_reference(ref)
+            self._count_skipped(self._refs.skipped - skipped)
 
     def _process(self, msgs: list[Message]) -> None:
         # The common batch (no errors, one partition) is sorted without a Python loop over its messages
         parts = set(map(Message.partition, msgs))
-        by_task: dict[int, list[Message]] = defaultdict(list)
-        one_clean_partition = len(parts) == 1 and not any(map(Message.error, msgs))
+        by_task: dict[str, list[Message]] = defaultdict(list)
+        one_clean_partition = len(parts) == 1 and not any(map(Message.error, msgs)) and not (
+            self._scale_out and self.cfg.topics.panes in set(map(Message.topic, msgs)))
         if one_clean_partition:
-            by_task[parts.pop()] = msgs
+            by_task[str(parts.pop())] = msgs
         for m in () if one_clean_partition else msgs:
             err = m.error()
             if err is None:
-                by_task[m.partition()].append(m)
+                by_task[self._task(m.topic(), m.partition())].append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif err.fatal() or err.code() == KafkaError._FATAL:
@@ -424,9 +476,43 @@ class MonitorService:
             mon = self.tasks.get(t)
             if mon is None:  # not ours (a stale fetch around a rebalance): its owner processes it
                 continue
-            self._process_task(mon, good)
+            if isinstance(mon, Monitor) and mon.merged:
+                self._process_panes(mon, good)
+            else:
+                self._process_task(mon, good)
 
-    def _process_task(self, mon: Monitor, good: list[Message]) -> None:
+    def _process_panes(self, mon: Monitor, msgs: list[Message]) -> None:
+        """Scale-out, deciding task: pane records in, decisions out (a malformed record is dead-lettered)."""
+        started = time.perf_counter()
+        records: list[PaneRecord] = []
+        kept: list[Message] = []
+        for m in msgs:
+            try:
+                records.append(decode_record(orjson.loads(m.value() or b"null")))
+                kept.append(m)
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                self._dead_letter(m, f"pane record: {exc}")
+        decoded = time.perf_counter()
+        self.stats.seconds["decode"] += decoded - started
+        out = mon.process_panes(records)
+        for i, why in out.rejected:
+            self._dead_letter(kept[i], why, "process")
+        for ref in out.references:  # every pane builder bins with it once it is committed
+            self.checkpointer.produce(self.cfg.topics.references, ref.model.encode(), orjson.dumps(ref.to_dict()))
+        published = time.perf_counter()
+        self.stats.seconds["core"] += published - decoded
+        self._publish(out)
+        self.stats.seconds["publish"] += time.perf_counter() - published
+        m = msgs[-1]
+        self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
+        self.stats.messages += len(msgs)
+        self.stats.batches += 1
+        self.stats.windows += len(out.results)
+        if self.metrics is not None:
+            self.metrics.observe_batch(out, mon, time.perf_counter() - started, {self.cfg.topics.panes: len(msgs)},
+                                       len(msgs) - len(kept) + len(out.rejected))
+
+    def _process_task(self, mon: Monitor | PaneBuilder, good: list[Message]) -> None:
         started = time.perf_counter()
         dead_before = self.stats.dead_letters
         topic_labels = self.cfg.topics.labels
@@ -523,6 +609,11 @@ class MonitorService:
     def _log_progress(self) -> None:
         logger.info("%s", self._progress.line(self.stats, getattr(self, "consumer", None), self._positions,
                                               len(self.tasks)))
+
+
+def _number(task: str) -> int:
+    """The partition number of a task id ("3" or "p3")."""
+    return int(task.lstrip("p"))
 
 
 def _bounded(record: dict[str, Any]) -> bytes:

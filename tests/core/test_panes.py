@@ -38,7 +38,7 @@ class TwoStages:
     def __init__(self, cfg: Any, parts: int) -> None:
         self.cfg = cfg
         self.builders = [PaneBuilder(cfg, p, parts) for p in range(parts)]
-        self.decider = Monitor(cfg, merged=True)
+        self.decider = Monitor(cfg, merged=True, sources=parts)
         self.clock = 1000.0
         self.alerts: list[Any] = []
         self.results: list[Any] = []
@@ -95,9 +95,9 @@ def test_time_windows_over_partitions_hold_every_event_and_tile_event_time() -> 
     wins = [r.window for r in two.results]
     assert len(wins) >= 7
     assert all(b.start == a.end for a, b in zip(wins, wins[1:]))  # no gap, no overlap
-    # every window after the warm-up holds exactly the events whose time falls in it
-    times = np.array([e["timestamp"] for e in events[3000:]])
-    for w in wins[1:]:
+    # every window past the warm-up (events from every partition in read order) holds exactly its events
+    times = np.array([e["timestamp"] for e in events])
+    for w in [w for w in wins if w.start >= times[2 * 3000]]:
         assert w.events == int(((times >= w.start) & (times < w.end)).sum())
     assert two.decider.models["m"].late_events == 0
     assert not two.alerts
@@ -155,7 +155,7 @@ def test_checkpoint_round_trip_of_both_stages() -> None:
         fresh = PaneBuilder(cfg, s, 3)
         assert fresh.restore(b.stored[s], {}, {}) == ["m"]
         b.builders[s] = fresh
-    dec = Monitor(cfg, merged=True)
+    dec = Monitor(cfg, merged=True, sources=3)
     assert dec.restore(b.stored[3]) == ["m"]
     b.decider = dec
     a.feed(events[5000:])
@@ -172,3 +172,31 @@ def test_malformed_pane_record_is_rejected_with_a_reason() -> None:
     rec = decode_record({"v": 1, "model": "m", "source": 0, "at": 1.0, "raw": {"v": 1, "n": 3}})
     out = dec.process_panes([rec])
     assert out.rejected and "not usable" in out.rejected[0][1]
+
+
+def seasonal_events(n: int, rng: np.random.Generator, period_s: float, dt: float,
+                    t0: float = 1.7e9) -> list[dict[str, Any]]:
+    """A stream whose feature ``a`` follows a cycle of ``period_s`` (a daily pattern, compressed)."""
+    events = make_events(n, rng, t0=t0, dt=dt)
+    for i, e in enumerate(events):
+        e["features"]["a"] += 2.0 * np.sin(2 * np.pi * (i * dt) / period_s)
+    return events
+
+
+def test_seasonal_stream_over_partitions_with_calendar_reference_raises_nothing() -> None:
+    period = 14_400.0
+    cfg = _config(window={"by": "time", "size": 1800},
+                  reference={"type": "calendar", "size": 2000, "period_s": period, "slot_s": 1800, "periods": 2})
+    rng = np.random.default_rng(21)
+    events = seasonal_events(int(5 * period / 2), rng, period, dt=2.0)
+    two = TwoStages(cfg, 3)
+    two.feed(events)
+    assert not two.alerts
+    evaluated = [r for r in two.results if r.skipped is None]
+    assert len(evaluated) >= 15
+    # windows past the warm-up (its events came from every partition in read order) hold every event
+    times = np.array([e["timestamp"] for e in events])
+    after = [r.window for r in two.results if r.window.start >= times[2 * 2000]]
+    assert len(after) >= 15
+    for w in after:
+        assert w.events == int(((times >= w.start) & (times < w.end)).sum())

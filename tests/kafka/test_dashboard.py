@@ -105,4 +105,4 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(kafka_bootstr
             except AssertionError:
                 missing[name] = expr
         assert not missing, f"dashboard queries without data: {missing}"
-        assert run.service.tasks[0].breakers["clf"].state == "open"  # the state the breaker panel shows
+        assert run.service.tasks["0"].breakers["clf"].state == "open"  # the state the breaker panel shows

@@ -197,7 +197,7 @@ def test_an_event_from_year_9999_is_dead_lettered_and_moves_no_watermark(kafka_b
     with Running(cfg, kafka_bootstrap) as run:
         run.wait_consumed(n)
         dlq = read_all(kafka_bootstrap, cfg.topics.dead_letter, lambda ms: len(ms) >= 1)
-        mon = run.service.tasks[0]
+        mon = run.service.tasks["0"]
         assert mon.models["m"].late_events == 0  # the watermark never jumped: later events all counted
         assert mon.counters.windows >= 5
     assert len(dlq) == 1 and b"max_future_s" in dict(dlq[0].headers())["error.reason"]
