@@ -66,7 +66,8 @@ def values(kind: str, n: int, rng: np.random.Generator, shift: dict[str, Any]) -
     elif kind == "segmented":  # slices that differ from one another (per-region mean); slice r0 may shift
         region = rng.choice(len(REGIONS), n, p=[p for p, _ in REGIONS.values()])
         channel = rng.choice(len(CHANNELS), n, p=list(CHANNELS.values()))
-        mean = np.array([m for _, m in REGIONS.values()])[region] + np.where(region == 0, shift.get("slice_mean", 0.0), 0.0)
+        mean = np.array([m for _, m in REGIONS.values()])[region]
+        mean = mean + np.where(region == 0, shift.get("slice_mean", 0.0), 0.0)
         cols["f"] = rng.normal(mean, 1.0)
         cols["s1"] = rng.normal(0.3 * channel, 1.0)
         cols["__region"] = np.array(list(REGIONS))[region]

@@ -1,8 +1,8 @@
 """Alert events and the policy that turns per-window findings into them.
 
 A **condition** is one ``(model, kind, feature, statistic)``, or ``(model, kind, feature, statistic, segment)``
-for a finding about one slice of the traffic (``segment`` as ``key=value``). Per condition the policy counts windows in a row
-over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and *clear* again after
+for a finding about one slice of the traffic (``segment`` as ``key=value``). Per condition the policy counts
+windows in a row over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and *clear* again after
 ``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet window closes nothing).
 
 An **incident** is what on-call sees. With ``group: true`` (default) all firing conditions of one model and
