@@ -2,8 +2,9 @@
 
 A **condition** is one ``(model, kind, feature, statistic)``, or ``(model, kind, feature, statistic, segment)``
 for a finding about one slice of the traffic (``segment`` as ``key=value``). Per condition the policy counts
-windows in a row over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and *clear* again after
-``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet window closes nothing).
+windows in a row over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and
+*clear* again after ``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet
+window closes nothing).
 
 An **incident** is what on-call sees. With ``group: true`` (default) all firing conditions of one model and
 kind form one incident, so a drift burst on twenty features is one alert listing twenty features; with
