@@ -18,6 +18,12 @@ are bench-only, in their own environment (their pins clash with ours)::
     .venv-bench/bin/python bench/detection.py --peers
 
     python bench/detection.py [--seeds 10] [--null-events 200000] [--windows 100,1000,10000] [--peers]
+                              [--scenarios segment,slice]
+
+Segment scenarios: 5 regions (20/30/20/15/15 % of traffic, each with its own mean of ``f``) and 3 channels, both
+configured as ``segments.keys``; a shift moves region r0 only. Its detection is the first alert naming
+``region=r0`` on ``f``; alerts naming another region, or another feature, are false. The peers have no slices:
+they see the whole-population windows, and their "detection" is flagging ``f`` there.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from stream_monitor.core.reference import build_reference  # noqa: E402
 
 REF = 5000
 LEVELS = 200
+REGIONS = {"r0": (0.20, 0.5), "r1": (0.30, 0.0), "r2": (0.20, -0.5), "r3": (0.15, 1.0), "r4": (0.15, -1.0)}
+CHANNELS = {"app": 0.5, "web": 0.3, "partner": 0.2}
 TAIL = 1 / np.arange(1, LEVELS + 1) ** 1.1
 TAIL /= TAIL.sum()
 
@@ -55,6 +63,15 @@ def values(kind: str, n: int, rng: np.random.Generator, shift: dict[str, Any]) -
         cols["f"] = rng.poisson(3, n).astype(float)
     elif kind == "flag":
         cols["f"] = (rng.random(n) < shift.get("p", 0.05)).astype(float)
+    elif kind == "segmented":  # slices that differ from one another (per-region mean); slice r0 may shift
+        region = rng.choice(len(REGIONS), n, p=[p for p, _ in REGIONS.values()])
+        channel = rng.choice(len(CHANNELS), n, p=list(CHANNELS.values()))
+        mean = np.array([m for _, m in REGIONS.values()])[region]
+        mean = mean + np.where(region == 0, shift.get("slice_mean", 0.0), 0.0)
+        cols["f"] = rng.normal(mean, 1.0)
+        cols["s1"] = rng.normal(0.3 * channel, 1.0)
+        cols["__region"] = np.array(list(REGIONS))[region]
+        cols["__channel"] = np.array(list(CHANNELS))[channel]
     elif kind == "tail":
         p = TAIL.copy()
         tv = shift.get("tv", 0.0)
@@ -70,6 +87,7 @@ def values(kind: str, n: int, rng: np.random.Generator, shift: dict[str, Any]) -
 
 def events(kind: str, n: int, rng: np.random.Generator, start: int, shift: dict[str, Any]) -> list[dict]:
     cols = values(kind, n, rng, shift)
+    seg = {name[2:]: cols.pop(name).tolist() for name in [c for c in cols if c.startswith("__")]}
     out = []
     for i in range(n):
         feats = {}
@@ -78,6 +96,8 @@ def events(kind: str, n: int, rng: np.random.Generator, start: int, shift: dict[
             feats[name] = None if isinstance(v, float) and v != v else (v.item() if hasattr(v, "item") else v)
         out.append({"event_id": f"e{start + i}", "model": "m", "model_version": "v1",
                     "timestamp": 1.7e9 + start + i, "features": feats, "prediction": 0.5})
+        if seg:
+            out[-1]["segment"] = {k: v[i] for k, v in seg.items()}
     return out
 
 
@@ -97,7 +117,13 @@ SCENARIOS: list[tuple[str, str, dict[str, Any] | None]] = [  # name, feature kin
     ("new category at 2 %", "tail", {"new": 0.02}),
     ("missing 0 -> 10 %", "normal", {"missing": 0.10}),
     ("binary 5 -> 30 %", "flag", {"p": 0.30}),
+    # slices (segments.keys region, channel; top 5 each): 5 regions with their own means, one of them shifts
+    ("null with segments", "segmented", None),
+    ("slice 20 % mean +0.5 sd", "segmented", {"slice_mean": 0.5}),
 ]
+
+#: The slice a segment scenario shifts: its detection is the first alert naming it on f.
+TARGET = {"key": "region", "value": "r0"}
 
 
 def model_cfg(kind: str, window: int, reference: str) -> dict[str, Any]:
@@ -110,9 +136,12 @@ def model_cfg(kind: str, window: int, reference: str) -> dict[str, Any]:
         ref |= {"period_s": 86400, "slot_s": 3600, "periods": 2}
     if reference == "file":
         ref["path"] = "unused"  # the reference is passed in built
-    return {"features": {"numeric": numeric, "categorical": categorical}, "prediction": "none",
-            "monitor_score": False, "window": {"size": window}, "reference": ref,
-            "drift": {"min_window_events": min(100, window)}}
+    out = {"features": {"numeric": numeric, "categorical": categorical}, "prediction": "none",
+           "monitor_score": False, "window": {"size": window}, "reference": ref,
+           "drift": {"min_window_events": min(100, window)}}
+    if kind == "segmented":
+        out["segments"] = {"keys": ["region", "channel"], "top_n": 5}
+    return out
 
 
 def frame(evs: list[dict]) -> Any:
@@ -169,7 +198,7 @@ def run_stream(kind: str, window: int, reference: str, shift: dict[str, Any] | N
         m = cfg.models["m"]
         refs["m"] = build_reference(past, "m", m.features.numeric, m.features.categorical, "none", False,
                                     m.drift.bins, m.drift.max_categories, m.drift.max_known_categories,
-                                    m.drift.sample_size)
+                                    m.drift.sample_size, segment_keys=m.segments.keys, top_n=m.segments.top_n)
     mon = Monitor(cfg, refs)
     warm = 0 if reference == "file" else REF
     peer_events: list[dict] = []
@@ -188,7 +217,12 @@ def run_stream(kind: str, window: int, reference: str, shift: dict[str, Any] | N
             if a.status != "firing":
                 continue
             on_f = any(f["feature"] == "f" for f in a.features)
-            if shift is None or not on_f:
+            if kind == "segmented" and shift is not None and on_f and a.segment != TARGET:
+                # the model's whole traffic and the channel slices hold the shifted region's events too: their
+                # alerts on f are true, but only an alert naming the slice counts as its detection
+                if a.segment is None or a.segment["key"] != TARGET["key"]:
+                    continue
+            if shift is None or not on_f or (kind == "segmented" and a.segment != TARGET):
                 false_alerts += 1
             elif delay is None:
                 delay = int(a.window["end"] - (1.7e9 + warm)) + 1
@@ -215,7 +249,10 @@ def main() -> None:
     ap.add_argument("--peers", action="store_true", help="also run Evidently and NannyML on the same windows")
     ap.add_argument("--peer-windows", type=int, default=20, help="windows per stream the peers evaluate")
     ap.add_argument("--peer-seeds", type=int, default=5)
+    ap.add_argument("--scenarios", default="", help="only scenarios whose name contains one of these "
+                    "comma-separated words (e.g. 'segment,slice')")
     args = ap.parse_args()
+    wanted = [w.strip() for w in args.scenarios.split(",") if w.strip()]
     if args.peers:
         import warnings
 
@@ -233,7 +270,11 @@ def main() -> None:
         print(f"\nwindow {window:,}   (each: detected/seeds, median delay in events, false alerts per 10^6 events)")
         print(f"{'scenario':28s} {'ref':7s} " + " ".join(f"{c:>32s}" for c in cols))
         for name, kind, shift in SCENARIOS:
+            if wanted and not any(w in name for w in wanted):
+                continue
             refs: tuple[str, ...] = ("file", "warmup", "rolling", "calendar") if shift is None else ("warmup",)
+            if kind == "segmented" and shift is None:  # slices need their own part of a file or warm-up reference
+                refs = ("file", "warmup")
             for reference in refs:
                 seeds = 1 if shift is None else args.seeds
                 res: dict[str, list] = {c: [[], 0, 0] for c in cols}  # delays, false alerts, events

@@ -114,9 +114,12 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     events = read_events(args.input)
     ref = build_reference(events, m.name, m.features.numeric, m.features.categorical, m.prediction,
                           m.monitor_score, m.drift.bins, m.drift.max_categories, m.drift.max_known_categories,
-                          m.drift.sample_size)
+                          m.drift.sample_size, segment_keys=m.segments.keys, top_n=m.segments.top_n)
     out = ref.save(args.output)
     print(f"reference {ref.id} for model {m.name}: {ref.pane.n} events -> {out}")
+    if ref.segments is not None:
+        print("slices: " + ", ".join(f"{s['key']}={s['value']} ({s['reference_events']} events)"
+                                     for s in ref.segments.describe()))
     return 0
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "ReferenceConfig",
+    "SegmentsConfig",
     "TopicsConfig",
     "WindowConfig",
     "load_config",
@@ -217,6 +218,33 @@ class DriftConfig(_Frozen):
         return self
 
 
+class SegmentsConfig(_Frozen):
+    """Drift per slice: for each of ``keys`` (fields of the events' ``segment`` object), the ``top_n`` values
+    with the most reference events are monitored as slices, each against its own part of the reference, in the
+    same Holm family as the model's features. No keys (the default): no slices, no cost."""
+
+    keys: tuple[str, ...] = ()
+    top_n: int = Field(5, ge=1, le=50)  # slices per key: the values with the most reference events
+    # a slice whose part of the reference has fewer events is reported, not evaluated: comparing it with the
+    # whole population would flag slices that are merely different, not changed
+    min_reference_events: int = Field(200, ge=20)
+    min_window_events: int = Field(100, gt=0)  # a slice's window with fewer events is not evaluated
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, key in enumerate(v):
+            if not key or key.strip() != key:
+                raise ValueError(f"{i}: a segment key is a non-empty name without surrounding spaces, got {key!r}")
+            if key in v[:i]:
+                raise ValueError(f"{i}: segment key {key!r} is listed twice")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
 class FeaturesConfig(_Frozen):
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
@@ -349,6 +377,7 @@ class ModelConfig(_Frozen):
     join: JoinConfig = JoinConfig()
     concept_drift: tuple[DetectorConfig, ...] = ()
     latency: LatencyConfig = LatencyConfig()
+    segments: SegmentsConfig = SegmentsConfig()
 
     @property
     def uses_labels(self) -> bool:
@@ -365,6 +394,9 @@ class ModelConfig(_Frozen):
                 if f not in known:
                     raise ValueError(f"breaker.rules.{i}.features: {f!r} is not a feature of this model"
                                      + _did_you_mean(f, known) + " (a rule on it could never hold)")
+        if self.segments.enabled and self.reference.type not in ("file", "warmup"):
+            raise ValueError(f"segments: slices need reference type 'file' or 'warmup' (each slice is compared "
+                             f"with its own part of the reference), not {self.reference.type!r}")
         return self
 
 
@@ -428,6 +460,9 @@ class MonitorConfig(_Frozen):
                     raise ValueError(f"scale_out.enabled: model {name!r} joins labels (performance or "
                                      "concept_drift), which scale-out mode does not support yet: monitor it with "
                                      "a config of its own without scale_out")
+                if m.segments.keys:
+                    raise ValueError(f"scale_out.enabled: model {name!r} has segments, which scale-out mode does "
+                                     f"not support yet: drop models.{name}.segments or scale_out")
         return self
 
     @field_validator("models")

@@ -87,3 +87,42 @@ def classifier_config(**over: Any) -> dict[str, Any]:
     }
     base.update(over)
     return base
+
+
+#: Slices of the segmented stream: each region has its own baseline (slices that merely differ from one another
+#: must not alert), and a share of the traffic.
+SEGMENT_REGIONS = {"eu": (0.20, 1.0), "us": (0.40, 0.0), "apac": (0.25, -0.5), "latam": (0.15, 0.5)}
+SEGMENT_CHANNELS = {"app": 0.5, "web": 0.3, "partner": 0.2}
+
+
+def make_segmented_events(n: int, rng: np.random.Generator, *, start: int = 0, t0: float = 1.7e9,
+                          dt: float = 1.0, model: str = "seg", shifted: str | None = None,
+                          shift: float = 0.0) -> list[dict[str, Any]]:
+    """Events carrying ``segment: {"region", "channel"}``; feature ``a`` has a per-region mean, ``k`` a
+    per-channel mix. With ``shifted``, region ``shifted``'s ``a`` moves by ``shift`` sd (the rest stays)."""
+    regions = list(SEGMENT_REGIONS)
+    region = rng.choice(len(regions), n, p=[p for p, _ in SEGMENT_REGIONS.values()])
+    channels = list(SEGMENT_CHANNELS)
+    channel = rng.choice(len(channels), n, p=list(SEGMENT_CHANNELS.values()))
+    base = np.array([m for _, m in SEGMENT_REGIONS.values()])[region]
+    if shifted is not None:
+        base = base + np.where(region == regions.index(shifted), shift, 0.0)
+    a = rng.normal(base, 1.0)
+    b = rng.exponential(1.0 + 0.5 * channel)
+    k = np.where(channel == 0, rng.choice(["x", "y", "z"], n, p=[0.6, 0.3, 0.1]),
+                 rng.choice(["x", "y", "z"], n, p=[0.3, 0.4, 0.3]))
+    return [
+        {"event_id": f"{model}-{start + i}", "model": model, "model_version": "v1",
+         "timestamp": t0 + (start + i) * dt,
+         "features": {"a": float(a[i]), "b": float(b[i]), "k": str(k[i])},
+         "prediction": float(a[i] > 0), "segment": {"region": regions[region[i]], "channel": channels[channel[i]]}}
+        for i in range(n)
+    ]
+
+
+def segmented_config(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"features": {"numeric": ["a", "b"], "categorical": ["k"]}, "prediction": "none",
+                            "monitor_score": False, "window": {"size": 1000}, "reference": {"size": 5000},
+                            "segments": {"keys": ["region", "channel"], "top_n": 5}}
+    base.update(over)
+    return base

@@ -101,3 +101,19 @@ def test_label_and_latency_alerts_and_breaker_signals_follow_their_contracts():
     vb = jsonschema.Draft202012Validator(schema("breaker"))
     for s in signals:
         vb.validate(orjson.loads(orjson.dumps(s.to_dict())))
+
+
+def test_slice_alerts_follow_the_alert_contract():
+    from tests.streams import make_segmented_events, segmented_config
+
+    mon = Monitor(parse_config({"models": {"seg": segmented_config()}}))
+    rng = np.random.default_rng(6)
+    out = mon.process(make_segmented_events(5000, rng) + make_segmented_events(6000, rng, start=5000,
+                                                                               shifted="eu", shift=1.0))
+    sliced = [a for a in out.alerts if a.segment is not None]
+    assert sliced
+    v = jsonschema.Draft202012Validator(schema("alert"))
+    for a in out.alerts:
+        v.validate(orjson.loads(orjson.dumps(a.to_dict())))
+    p = jsonschema.Draft202012Validator(schema("prediction"))
+    p.validate(make_segmented_events(1, rng)[0])

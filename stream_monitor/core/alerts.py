@@ -1,12 +1,16 @@
 """Alert events and the policy that turns per-window findings into them.
 
-A **condition** is one ``(model, kind, feature, statistic)``. Per condition the policy counts windows in a row
-over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and *clear* again after
-``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet window closes nothing).
+A **condition** is one ``(model, kind, feature, statistic)``, or ``(model, kind, feature, statistic, segment)``
+for a finding about one slice of the traffic (``segment`` as ``key=value``). Per condition the policy counts
+windows in a row over (or back under) the threshold: it is *firing* after ``consecutive`` windows over and
+*clear* again after ``resolve_after`` windows under (hysteresis: one noisy window pages nobody, one quiet
+window closes nothing).
 
 An **incident** is what on-call sees. With ``group: true`` (default) all firing conditions of one model and
 kind form one incident, so a drift burst on twenty features is one alert listing twenty features; with
-``group: false`` each condition is its own incident. An incident:
+``group: false`` each condition is its own incident. A slice's findings form their own incident,
+``(model, kind, segment)`` (dedup key ``model/data_drift/region=eu``): a shift confined to one slice pages as
+that slice, and never merges into or resolves the model's own incident. An incident:
 
 - **fires** when it gets its first member, with ``alert_id`` = hash(incident key, window start): the same
   condition in the same window always gets the same id, and a restarted monitor restores open incidents from
@@ -74,6 +78,7 @@ class Alert:
     features: list[dict[str, Any]] = field(default_factory=list)  # every condition in the incident
     details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = 1
+    segment: dict[str, str] | None = None  # the slice ({"key": ..., "value": ...}) when the alert is about one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,10 +135,12 @@ class AlertPolicy:
     # validated to contain no "/").
     @staticmethod
     def condition_key(model: str, f: Finding) -> tuple[str, ...]:
-        return (model, f.kind, f.feature or "-", f.statistic)
+        key = (model, f.kind, f.feature or "-", f.statistic)
+        return key if f.segment is None else (*key, str(f.segment))
 
     def incident_key(self, condition_key: tuple[str, ...]) -> tuple[str, ...]:
-        return condition_key[:2] if self.cfg.group else condition_key
+        # a slice's conditions (a fifth element, the segment) are grouped per slice
+        return (*condition_key[:2], *condition_key[4:]) if self.cfg.group else condition_key
 
     def severity(self, kind: str, value: float, threshold: float) -> str:
         base = self.cfg.severity.get(kind, "warning")
@@ -162,6 +169,8 @@ class AlertPolicy:
             c.last = {"feature": f.feature, "statistic": f.statistic, "value": f.value, "threshold": f.threshold,
                       "p_value": f.p_value, "severity": f.severity or self.severity(f.kind, f.value, f.threshold),
                       "details": f.details}
+            if f.segment is not None:
+                c.last["segment"] = f.segment.to_dict()
             if f.over:
                 c.over_streak, c.under_streak = c.over_streak + 1, 0
                 c.firing = c.firing or c.over_streak >= (f.consecutive or self.cfg.consecutive)
@@ -225,7 +234,9 @@ class AlertPolicy:
         n_features = len({m["feature"] for m in members})
         what = (f"feature '{feature}'" if single and feature
                 else f"{n_features} features ({len(members)} conditions)")
-        message = (f"[{severity.upper()}] {model} {inc.kind} on {what} {verb}: {listed}; window "
+        segment = worst.get("segment")
+        where = f" in segment {segment['key']}={segment['value']}" if segment else ""
+        message = (f"[{severity.upper()}] {model} {inc.kind}{where} on {what} {verb}: {listed}; window "
                    f"{_iso(w.start)}..{_iso(w.end)} ({w.events} events), reference {reference_id}")
         if sample_rate < 1:
             message += f", sampled at {sample_rate:.0%}"
@@ -238,8 +249,8 @@ class AlertPolicy:
             runbook_url=self.cfg.runbook_url.format(kind=inc.kind, model=model, feature=feature or ""),
             created_at=float(self.clock()),
             features=[{k: m[k] for k in ("feature", "statistic", "value", "threshold", "p_value", "severity",
-                                         "details")} for m in members],
-            details=worst["details"],
+                                         "details", "segment") if k in m} for m in members],
+            details=worst["details"], segment=segment,
         )
 
     # -- views ---------------------------------------------------------------------------------------------
@@ -294,6 +305,6 @@ class AlertPolicy:
 
 
 def _key(k: Any) -> tuple[str, ...]:
-    if not isinstance(k, list) or not 2 <= len(k) <= 4 or not all(isinstance(x, str) for x in k):
+    if not isinstance(k, list) or not 2 <= len(k) <= 5 or not all(isinstance(x, str) for x in k):
         raise ValueError(f"alert policy snapshot: malformed key {k!r}")
     return tuple(k)

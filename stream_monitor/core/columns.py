@@ -18,8 +18,8 @@ import numpy as np
 
 from .keys import event_keys
 
-__all__ = ["Columns", "build_columns", "column_names", "decode_array", "encode_array", "PREDICTION",
-           "SCORE"]
+__all__ = ["Columns", "build_columns", "column_names", "decode_array", "encode_array", "segment_matrix",
+           "PREDICTION", "SCORE"]
 
 #: Pseudo-feature names under which the prediction and the score are monitored.
 PREDICTION = "prediction"
@@ -41,6 +41,7 @@ class Columns:
     model_version: np.ndarray  # (n,) object
     latency_ms: np.ndarray  # (n,) float64, NaN when absent
     key: np.ndarray  # (n,) uint64 hash of event_id (see core.keys): the sampling order
+    segment: np.ndarray  # (n, s) object: the value of each configured segment key (str or None); s = 0 without
 
     @property
     def n(self) -> int:
@@ -50,7 +51,7 @@ class Columns:
         return Columns(
             self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
             self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx], self.latency_ms[idx],
-            self.key[idx],
+            self.key[idx], self.segment[idx],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,11 +62,13 @@ class Columns:
                 "categorical": self.categorical.tolist(),
                 "categorical_type_error": encode_array(self.categorical_type_error, "u1"),
                 "model_version": self.model_version.tolist(), "latency_ms": encode_array(self.latency_ms, "<f8"),
-                "key": encode_array(self.key, "<u8")}
+                "key": encode_array(self.key, "<u8")} | ({"segment": self.segment.tolist()} if self.segment.shape[1]
+                                                        else {})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], k: int, c: int) -> Columns:
-        """The inverse of :meth:`to_dict` for ``k`` numeric and ``c`` categorical columns; raises on bad data."""
+    def from_dict(cls, d: dict[str, Any], k: int, c: int, s: int = 0) -> Columns:
+        """The inverse of :meth:`to_dict` for ``k`` numeric, ``c`` categorical and ``s`` segment columns
+        (missing segment values when the record has none); raises on bad data."""
         if d.get("v") != 1:
             raise ValueError(f"columns checkpoint version {d.get('v')!r} is not supported")
         n = int(d["n"])
@@ -78,11 +81,18 @@ class Columns:
         versions = d["model_version"]
         if len(versions) != n or not all(type(v) is str for v in versions):
             raise ValueError("columns checkpoint: model_version is not n strings")
+        seg = np.full((n, s), None, dtype=object)
+        if s and "segment" in d:
+            rows = d["segment"]
+            if len(rows) != n or any(len(r) != s or not all(v is None or type(v) is str for v in r) for r in rows):
+                raise ValueError("columns checkpoint: segment values are not an (n, s) matrix of strings")
+            if n:
+                seg[:, :] = rows
         return cls(decode_array(d["event_time"], "<f8", (n,)), decode_array(d["numeric"], "<f8", (n, k)),
                    decode_array(d["numeric_type_error"], "u1", (n, k)).astype(bool), cat,
                    decode_array(d["categorical_type_error"], "u1", (n, c)).astype(bool),
                    np.array(versions, dtype=object).reshape(n), decode_array(d["latency_ms"], "<f8", (n,)),
-                   decode_array(d["key"], "<u8", (n,)))
+                   decode_array(d["key"], "<u8", (n,)), seg)
 
 
 def encode_array(a: np.ndarray, dtype: str) -> str:
@@ -178,6 +188,17 @@ def _rows(feats: list[dict[str, Any]], names: tuple[str, ...]) -> list[tuple[Any
         return [tuple(map(f.get, names)) for f in feats]
 
 
+def segment_matrix(segments: list[dict[str, str] | None], names: tuple[str, ...]) -> np.ndarray:
+    """The ``(n, s)`` object matrix of each event's value for each segment key in ``names`` (None when the event
+    has no ``segment`` or not that key); ``(n, 0)`` without names, at no cost."""
+    n = len(segments)
+    if not names:
+        return np.empty((n, 0), dtype=object)
+    empty: dict[str, str] = {}
+    rows = chain.from_iterable(map((seg or empty).get, names) for seg in segments)
+    return np.fromiter(rows, dtype=object, count=n * len(names)).reshape(n, len(names))
+
+
 def build_columns(
     events: list[dict[str, Any]],
     numeric: tuple[str, ...],
@@ -185,12 +206,14 @@ def build_columns(
     prediction: str = "none",
     score: bool = False,
     keys: np.ndarray | None = None,
+    segments: tuple[str, ...] = (),
 ) -> Columns:
     """Build the column matrices for ``events`` (all of one model).
 
     ``prediction`` ("numeric", "categorical" or "none") and ``score`` append the prediction and the score as
     the last numeric or categorical columns, named :data:`PREDICTION` and :data:`SCORE`. ``keys`` are the
-    events' :func:`~.keys.event_keys` when the caller has them already.
+    events' :func:`~.keys.event_keys` when the caller has them already; ``segments`` the segment keys whose
+    values become the ``segment`` columns.
     """
     n = len(events)
     feats = [ev["features"] for ev in events]
@@ -215,4 +238,5 @@ def build_columns(
     latency = np.fromiter((ev.get("latency_ms") for ev in events), dtype=object, count=n).astype(np.float64)
     if keys is None:
         keys = event_keys([ev["event_id"] for ev in events])
-    return Columns(t, num, num_err, cat, cat_err, versions, latency, keys)
+    seg = segment_matrix([ev.get("segment") for ev in events], segments)
+    return Columns(t, num, num_err, cat, cat_err, versions, latency, keys, seg)

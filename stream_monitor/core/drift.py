@@ -13,6 +13,7 @@ is also raised to the PSI that noise alone reaches at these sample sizes (:func:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..config import DriftConfig
 from . import stats
+from .segments import Segment
 from .sketches import Binning, Pane
 
 __all__ = ["Finding", "evaluate_window", "holm"]
@@ -40,6 +42,7 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
     consecutive: int | None = None  # windows over before firing; None: the policy's default
     severity: str | None = None  # fixed severity; None: the policy's per-kind severity and escalation
+    segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
 
 def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
@@ -63,19 +66,40 @@ def _r(x: float) -> float:
 
 def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                     prediction_features: frozenset[str] = frozenset(),
-                    evidence: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> list[Finding]:
+                    evidence: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                    slices: Sequence[tuple[Segment, Pane, Pane]] = (),
+                    slice_min_events: int | None = None) -> list[Finding]:
     """All drift and quality findings of window ``cur`` against reference ``ref``.
 
     ``evidence`` maps a span ``s`` to the bin counts (numeric, categorical) of the last ``s`` non-overlapping
     windows, this one included: a small shift that persists is tested on them too (see :func:`_evidence`).
-    """
-    th = cfg.thresholds
-    evidence = evidence or {}
-    drift: list[dict[str, Any]] = []  # candidates for the Holm family
-    quality: list[Finding] = []
 
+    ``slices`` are (segment, the slice's reference pane, its window pane): each slice's features are tested
+    like the model's (a feature with fewer than ``slice_min_events`` events in the slice's window is not), and
+    their p-values join the model's Holm family, so the family-wise false-alarm rate per window stays
+    ``family_alpha`` however many slices there are. Their findings carry the segment.
+    """
     def kind_of(name: str) -> str:
         return "prediction_drift" if name in prediction_features else "data_drift"
+
+    drift, side = _candidates(binning, ref, cur, cfg, kind_of, cfg.min_window_events, evidence or {}, True)
+    for seg, slice_ref, slice_cur in slices:  # drift candidates only: quality is the model's (same events)
+        mine, _ = _candidates(binning, slice_ref, slice_cur, cfg, kind_of,
+                              slice_min_events or cfg.min_window_events, {}, False)
+        for d in mine:
+            d["segment"] = seg
+        drift += mine
+    return _decide(binning, drift, cfg, {None: (ref, cur)} | {seg: (r, c) for seg, r, c in slices}) + side
+
+
+def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
+                min_events: int, evidence: dict[int, tuple[np.ndarray, np.ndarray]], side: bool
+                ) -> tuple[list[dict[str, Any]], list[Finding]]:
+    """Drift candidates for the Holm family (dicts: decision statistic, p-value, threshold, figures) and, with
+    ``side``, the findings decided on their own (new categories, data quality)."""
+    th = cfg.thresholds
+    drift: list[dict[str, Any]] = []  # candidates for the Holm family
+    quality: list[Finding] = []
 
     # ---- numeric: binned statistics for all features at once ----
     k = len(binning.numeric)
@@ -109,7 +133,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         psi_pl, ks_pl, chi_pl = psi_p.tolist(), ks_p_all.tolist(), chi_p.tolist()
         psi_thr = np.maximum(th.psi, psi_floor).tolist()
         for j, name in enumerate(binning.numeric):
-            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
+            if n_cur[j] < min_events or n_ref[j] < min_events:
                 continue
             figures = {
                 "psi": (psi_l[j], psi_pl[j], psi_thr[j]),
@@ -130,10 +154,11 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         if evidence:
             _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts,
                       binning.bin_valid, th)
-        quality += _quality(binning.numeric, ref, cur, cfg, {
-            "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
-            "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
-            "out_of_range_rate": (ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)})
+        if side:
+            quality += _quality(binning.numeric, ref, cur, cfg, {
+                "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
+                "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
+                "out_of_range_rate": (ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)})
 
     # ---- categorical ----
     c = len(binning.categorical)
@@ -157,7 +182,7 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         chi_pl, psi_pl = chi_p.tolist(), psi_p.tolist()
         w_thr, psi_thr = np.maximum(th.chi2, w_floor).tolist(), np.maximum(th.psi, psi_floor).tolist()
         for j, name in enumerate(binning.categorical):
-            if n_cur[j] < cfg.min_window_events or n_ref[j] < cfg.min_window_events:
+            if n_cur[j] < min_events or n_ref[j] < min_events:
                 continue
             figures = {
                 "chi2": (w_l[j], chi_pl[j], w_thr[j]),
@@ -172,6 +197,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
                 | {"chi2_statistic": chi_l[j]},
             })
+            if not side:
+                continue
             rate = cur.cat_new[j] / max(n_cur[j], 1)
             count = int(cur.cat_new[j])
             over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
@@ -185,11 +212,17 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         if evidence:
             _evidence(drift, "cat_column", [(s, e[1]) for s, e in evidence.items()], ref.cat_counts,
                       binning.cat_valid, th)
-        quality += _quality(binning.categorical, ref, cur, cfg, {
-            "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
-            "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
+        if side:
+            quality += _quality(binning.categorical, ref, cur, cfg, {
+                "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
+                "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
+    return drift, new_findings + quality
 
-    # ---- one Holm family per model and window ----
+
+def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
+            panes: dict[Segment | None, tuple[Pane, Pane]]) -> list[Finding]:
+    """One Holm family per model and window (its slices included): the drift findings."""
+    k = len(binning.numeric)
     rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
     over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
     for d, o in zip(drift, over):  # every candidate's figures when it matters: in alerts, or when asked
@@ -197,23 +230,26 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
         if cands and (o or cfg.report_all_statistics):
             d["details"] = d["details"] | {"evidence": {
                 str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
-    late = sorted({d["column"] for d, o in zip(drift, over) if o and "column" in d and "ks" not in d["details"]})
-    if late:  # an alert shows every statistic of the features it names
-        ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, late, k)
+    late: dict[Segment | None, set[int]] = {}
+    for d, o in zip(drift, over):
+        if o and "column" in d and "ks" not in d["details"]:
+            late.setdefault(d.get("segment"), set()).add(d["column"])
+    for seg, columns in late.items():  # an alert shows every statistic of the features it names
+        ref, cur = panes[seg]
+        ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sorted(columns), k)
         w_norm = _w_norm(w_all, np.nan_to_num(ref.sample_std()))
         for d in drift:
             j = d.get("column")
-            if j in late:
+            if j in columns and d.get("segment") == seg:
                 d["details"] |= {"ks": {"value": _r(ks_d[j]), "p_value": float(ks_p_all[j])},
                                  "wasserstein": {"value": _r(w_norm[j]),
                                                  "p_value": d["details"]["js"]["p_value"]},
                                  "wasserstein_raw": _r(w_all[j])}
-    out = [
+    return [
         Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
-                d["details"])
+                d["details"], segment=d.get("segment"))
         for d, o in zip(drift, over)
     ]
-    return out + new_findings + quality
 
 
 _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})

@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from .columns import Columns, _categorical_matrix, _numeric_matrix, _object_matrix, build_columns
+from .columns import Columns, _categorical_matrix, _numeric_matrix, _object_matrix, build_columns, segment_matrix
 from .keys import event_keys
 
 if TYPE_CHECKING:
@@ -273,7 +273,8 @@ class PredictionBatch:
                 continue
             evs = [events[i] for i in pos]
             out[name] = ModelEvents(pos, build_columns(evs, m.features.numeric, m.features.categorical,
-                                                       m.prediction, m.monitor_score), evs)
+                                                       m.prediction, m.monitor_score,
+                                                       segments=m.segments.keys), evs)
         return cls(out, unknown, [], len(events))
 
 
@@ -403,13 +404,17 @@ class PredictionDecoder:
         if extra_num:
             num = np.hstack([num, *(a for a, _ in extra_num)])
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
+        # the segment object carries every key (checked as strings by the struct); only configured ones are kept
+        seg = (segment_matrix(list(map(_SEGMENT, structs)), m.segments.keys) if m.segments.keys
+               else np.empty((n, 0), dtype=object))
         cols = Columns(t, num, num_err, cat, cat_err, np.array(versions, dtype=object),
-                       _floats(latency, n, 1).reshape(n), event_keys(ids))
+                       _floats(latency, n, 1).reshape(n), event_keys(ids), seg)
         return pos, cols, (ids, versions, preds, scores)
 
 
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
 _FEATURES = attrgetter("features")
+_SEGMENT = attrgetter("segment")
 _CHUNK = 1024
 
 

@@ -37,6 +37,7 @@ from .keys import event_keys, key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
+from .segments import SegmentedPane
 from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, TimeWindows,
                       WindowHistory)
 
@@ -62,14 +63,21 @@ class WindowResult:
     latency_ms: dict[str, float] | None = None  # p50/p95/p99 when the events carry latency_ms
     # (reference pane, window pane) the findings compare, for reports that draw them; not published
     panes: tuple[Pane, Pane] | None = field(default=None, repr=False, compare=False)
+    # per slice (segments configured): key, value, events in the window and in its reference, why not evaluated
+    segments: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The window report published on the metrics topic."""
-        return {"type": "drift", "model": self.model, "model_version": self.model_version,
-                "window": self.window.__dict__, "reference_id": self.reference_id, "skipped": self.skipped,
-                "latency_ms": self.latency_ms,
-                "findings": [{"feature": f.feature, "kind": f.kind, "statistic": f.statistic, "value": f.value,
-                              "threshold": f.threshold, "p_value": f.p_value, "over": f.over} for f in self.findings]}
+        """The window report published on the metrics topic (a slice's findings name their ``segment``)."""
+        out = {"type": "drift", "model": self.model, "model_version": self.model_version,
+               "window": self.window.__dict__, "reference_id": self.reference_id, "skipped": self.skipped,
+               "latency_ms": self.latency_ms,
+               "findings": [{"feature": f.feature, "kind": f.kind, "statistic": f.statistic, "value": f.value,
+                             "threshold": f.threshold, "p_value": f.p_value, "over": f.over}
+                            | ({"segment": f.segment.to_dict()} if f.segment is not None else {})
+                            for f in self.findings]}
+        if self.segments is not None:
+            out["segments"] = self.segments
+        return out
 
 
 @dataclass
@@ -155,6 +163,14 @@ class ModelMonitor:
                 f"models.{self.cfg.name}.reference.path: reference {ref.id} has numeric {list(ref.binning.numeric)} "
                 f"and categorical {list(ref.binning.categorical)}, the config wants {list(self.numeric)} and "
                 f"{list(self.categorical)}")
+        seg = self.cfg.segments
+        if seg.enabled and (ref.segments is None or ref.segments.keys != seg.keys
+                            or any(sum(s.key == k for s in ref.segments.slices) > seg.top_n for k in seg.keys)):
+            have = list(ref.segments.keys) if ref.segments is not None else []
+            raise ValueError(
+                f"models.{self.cfg.name}.segments.keys: reference {ref.id} has slices of segment keys {have} "
+                f"(top_n as built), the config wants {list(seg.keys)} with top_n {seg.top_n}; rebuild it with "
+                "`stream-monitor reference build`, which reads segments from the config")
 
     def _reset(self) -> None:
         cfg = self.cfg
@@ -188,14 +204,15 @@ class ModelMonitor:
         self.reference = ref
         w, cap = cfg.window, cfg.drift.sample_size
         slide = int(w.slide) if w.slide else None
+        segs = ref.segments if cfg.segments.enabled else None  # (scale-out mode refuses segments)
         if self.merged_idle_s is not None:
             self.windows = (MergedCountWindows(int(w.size), slide, ref.binning, cap) if w.by == "count" else
                             MergedTimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.merged_idle_s,
                                               self.sources))
         elif w.by == "count":
-            self.windows = CountWindows(int(w.size), slide, ref.binning, cap)
+            self.windows = CountWindows(int(w.size), slide, ref.binning, cap, segs)
         else:
-            self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap)
+            self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, segs)
         if cfg.drift.evidence_windows and cfg.reference.type in ("file", "warmup"):
             # (a rolling or calendar reference is made of recent or past windows: summing windows would test
             # data against itself)
@@ -214,7 +231,7 @@ class ModelMonitor:
         """Add decoded events of this model; returns the windows that closed, evaluated."""
         cfg = self.cfg
         return self.update_columns(build_columns(events, cfg.features.numeric, cfg.features.categorical,
-                                                 cfg.prediction, cfg.monitor_score, keys))
+                                                 cfg.prediction, cfg.monitor_score, keys, cfg.segments.keys))
 
     def update_columns(self, cols: Columns) -> list[WindowResult]:
         """Add this model's events as columns (:func:`~.columns.build_columns`); returns the windows that
@@ -406,7 +423,7 @@ class ModelMonitor:
         cols = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
         ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
                                      cfg.drift.max_categories, cfg.drift.max_known_categories,
-                                     cfg.drift.sample_size)
+                                     cfg.drift.sample_size, cfg.segments.keys, cfg.segments.top_n)
         if cfg.reference.store_dir:
             path = Path(cfg.reference.store_dir) / f"{cfg.name}-{ref.id.replace(':', '-')}.json"
             ref.save(path)
@@ -435,8 +452,9 @@ class ModelMonitor:
         if self.history is not None:
             evidence = self.history.evidence(w.pane)
             self.history.add(w.pane)
+        slices, segments = self._slices(w.pane)
         findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features,
-                                   evidence)
+                                   evidence, slices, cfg.segments.min_window_events)
         latency = None
         if w.pane.latency.sum():
             latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}
@@ -445,7 +463,26 @@ class ModelMonitor:
                 findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
                                         int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
         return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency,
-                            panes=(ref_pane, w.pane))
+                            panes=(ref_pane, w.pane), segments=segments)
+
+    def _slices(self, pane: Pane) -> tuple[list[Any], list[dict[str, Any]] | None]:
+        """The slices a window evaluates (segment, reference pane, window pane), and every slice's line of the
+        window report. A slice with too small a part of the reference is not compared with the whole
+        population instead: a slice that is merely different would alert for good."""
+        if not isinstance(pane, SegmentedPane):
+            return [], None
+        seg = self.cfg.segments
+        slices, report = [], []
+        for s, ref, cur in zip(pane.segments.slices, pane.segments.panes, pane.slices):
+            skipped = None
+            if ref.n < seg.min_reference_events:
+                skipped = "reference too small"
+            elif cur.n < seg.min_window_events:
+                skipped = "window too small"
+            else:
+                slices.append((s, ref, cur))
+            report.append(s.to_dict() | {"events": cur.n, "reference_events": ref.n, "skipped": skipped})
+        return slices, report
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _pieces(self) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
@@ -563,7 +600,13 @@ class ModelMonitor:
                         if k.startswith(prefix) and v is not None}
 
             assert self.windows is not None
-            self.windows.restore(core["windows"], panes("w/"))
+            segs = self.windows.segments
+            if segs is None:
+                self.windows.restore(core["windows"], panes("w/"))
+            else:  # window panes carry their slices
+                self.windows.restore(core["windows"], {
+                    k[2:]: SegmentedPane.from_snapshot(binning, v, segs) for k, v in records.items()
+                    if k.startswith("w/") and v is not None})
             if self.history is not None and records.get("evidence") is not None:
                 ref_pane = self.reference.pane
                 self.history.restore(records["evidence"], ref_pane.num_counts.shape, ref_pane.cat_counts.shape)
@@ -576,8 +619,9 @@ class ModelMonitor:
                            "windows start afresh", cfg.name, ref_id, self.reference.id if self.reference else None)
         elif self.reference is None:
             wu = core["warmup"]
-            k, c = len(self.numeric), len(self.categorical)
-            self._warmup = [(int(i), Columns.from_dict(records[f"warmup/{int(i)}"], k, c)) for i in wu["chunks"]]
+            k, c, s = len(self.numeric), len(self.categorical), len(cfg.segments.keys)
+            self._warmup = [(int(i), Columns.from_dict(records[f"warmup/{int(i)}"], k, c, s))
+                            for i in wu["chunks"]]
             self._warmup_n = int(wu["n"])
             self._chunk_id = int(wu["next"])
             self._warm_sources = {int(k): (-np.inf if w is None else float(w), float(st))

@@ -24,6 +24,7 @@ import orjson
 
 from .columns import Columns, build_columns, column_names
 from .events import decode_predictions
+from .segments import SegmentReference
 from .sketches import Binning, Pane
 
 __all__ = ["CalendarReference", "Reference", "RollingReference", "build_reference", "read_events"]
@@ -38,25 +39,31 @@ class Reference:
     source: str  # file | warmup | rolling | calendar
     binning: Binning
     pane: Pane
+    segments: SegmentReference | None = None  # the slices and their parts of the reference (segments.keys)
 
     @classmethod
     def from_columns(cls, model: str, source: str, cols: Columns, numeric: tuple[str, ...],
                      categorical: tuple[str, ...], bins: int, max_categories: int, max_known: int,
-                     cap: int) -> Reference:
+                     cap: int, segment_keys: tuple[str, ...] = (), top_n: int = 5) -> Reference:
+        """A reference from columns; with ``segment_keys`` (the columns' segment columns) also the ``top_n``
+        slices of each key and their reference panes."""
         binning = Binning.fit(cols, numeric, categorical, bins, max_categories, max_known)
         pane = Pane(binning, cap).update(cols)
-        return cls(_content_id(source, binning, pane), model, source, binning, pane)
+        segments = SegmentReference.fit(cols, binning, segment_keys, top_n, cap) if segment_keys else None
+        return cls(_content_id(source, binning, pane, segments), model, source, binning, pane, segments)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "id": self.id, "model": self.model, "source": self.source,
-                "binning": self.binning.to_dict(), "pane": self.pane.snapshot()}
+                "binning": self.binning.to_dict(), "pane": self.pane.snapshot()} | (
+            {"segments": self.segments.to_dict()} if self.segments is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reference:
         if d.get("format") != FORMAT:
             raise ValueError(f"not a stream-monitor reference artifact (format={d.get('format')!r})")
         binning = Binning.from_dict(d["binning"])
-        return cls(d["id"], d["model"], d["source"], binning, Pane.restore(binning, d["pane"]))
+        segments = SegmentReference.from_dict(binning, d["segments"]) if d.get("segments") is not None else None
+        return cls(d["id"], d["model"], d["source"], binning, Pane.restore(binning, d["pane"]), segments)
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
@@ -69,8 +76,11 @@ class Reference:
         return cls.from_dict(orjson.loads(Path(path).read_bytes()))
 
 
-def _content_id(source: str, binning: Binning, pane: Pane) -> str:
-    h = hashlib.sha256(orjson.dumps({"b": binning.to_dict(), "p": pane.snapshot()}, option=orjson.OPT_SORT_KEYS))
+def _content_id(source: str, binning: Binning, pane: Pane, segments: SegmentReference | None = None) -> str:
+    content = {"b": binning.to_dict(), "p": pane.snapshot()}
+    if segments is not None:  # without slices, the id of an artifact is what it always was
+        content["s"] = segments.to_dict()
+    h = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
     return f"{source}:{h.hexdigest()[:12]}"
 
 
@@ -200,12 +210,13 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
 def build_reference(events: list[dict[str, Any]], model: str, numeric: tuple[str, ...],
                     categorical: tuple[str, ...], prediction: str, score: bool, bins: int,
                     max_categories: int, max_known: int, cap: int,
-                    source: str = "file") -> Reference:
-    """A reference from past events of ``model`` (other models' events are ignored)."""
+                    source: str = "file", segment_keys: tuple[str, ...] = (), top_n: int = 5) -> Reference:
+    """A reference from past events of ``model`` (other models' events are ignored); with ``segment_keys``,
+    also the top ``top_n`` slices of each key from the events' ``segment`` field."""
     mine = [e for e in events if e["model"] == model]
     if not mine:
         raise ValueError(f"no events of model {model!r}")
-    cols = build_columns(mine, numeric, categorical, prediction, score)
+    cols = build_columns(mine, numeric, categorical, prediction, score, segments=segment_keys)
     num_names, cat_names = column_names(numeric, categorical, prediction, score)
     return Reference.from_columns(model, source, cols, num_names, cat_names, bins, max_categories,
-                                  max_known, cap)
+                                  max_known, cap, segment_keys, top_n)

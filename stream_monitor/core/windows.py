@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .columns import Columns
+from .segments import SegmentedPane, SegmentReference
 from .sketches import Binning, Pane
 
 __all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
@@ -45,15 +46,33 @@ class ClosedWindow:
     pane: Pane
 
 
-class CountWindows:
-    def __init__(self, size: int, slide: int | None, binning: Binning, cap: int) -> None:
+class _Panes:
+    """Making and merging panes: plain ones, or with a pane per slice when the model has segments."""
+
+    binning: Binning
+    pane_cap: int
+    segments: SegmentReference | None
+
+    def _new_pane(self) -> Pane:
+        if self.segments is None:
+            return Pane(self.binning, self.pane_cap)
+        return SegmentedPane(self.binning, self.pane_cap, self.segments)
+
+    def _merge(self, panes: list[Pane], cap: int) -> Pane:
+        return Pane.merge(panes, cap) if self.segments is None else SegmentedPane.merge(panes, cap)
+
+
+class CountWindows(_Panes):
+    def __init__(self, size: int, slide: int | None, binning: Binning, cap: int,
+                 segments: SegmentReference | None = None) -> None:
         self.pane_size = int(slide or size)
         self.n_panes = int(size) // self.pane_size
         self.binning = binning
         self.cap = cap
+        self.segments = segments
         self.pane_cap = max(50, cap // self.n_panes)
         self._panes: deque[Pane] = deque(maxlen=self.n_panes)  # completed panes, the last one has id _seq
-        self._current = Pane(binning, self.pane_cap)  # id _seq + 1
+        self._current = self._new_pane()  # id _seq + 1
         self._seq = 0
         self.late_events = 0
 
@@ -67,9 +86,9 @@ class CountWindows:
             if self._current.n == self.pane_size:
                 self._panes.append(self._current)
                 self._seq += 1
-                self._current = Pane(self.binning, self.pane_cap)
+                self._current = self._new_pane()
                 if len(self._panes) == self.n_panes:
-                    pane = Pane.merge(list(self._panes), self.cap)
+                    pane = self._merge(list(self._panes), self.cap)
                     closed.append(ClosedWindow(self._seq, pane.t_min, pane.t_max, pane))
         return closed
 
@@ -101,13 +120,15 @@ class CountWindows:
         return all(p.n == self.pane_size for p in self._panes) and self._current.n < self.pane_size
 
 
-class TimeWindows:
-    def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int) -> None:
+class TimeWindows(_Panes):
+    def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
+                 segments: SegmentReference | None = None) -> None:
         self.pane_s = float(slide or size)
         self.n_panes = int(round(size / self.pane_s))
         self.lateness_s = lateness_s
         self.binning = binning
         self.cap = cap
+        self.segments = segments
         self.pane_cap = max(50, cap // self.n_panes)
         self._panes: dict[int, Pane] = {}
         self._max_t = -np.inf
@@ -132,7 +153,7 @@ class TimeWindows:
             for p in np.unique(idx).tolist():
                 pane = self._panes.get(p)
                 if pane is None:
-                    pane = self._panes[p] = Pane(self.binning, self.pane_cap)
+                    pane = self._panes[p] = self._new_pane()
                 pane.update(cols.take(idx == p))
             self._max_t = max(self._max_t, float(t.max()))
         return self._close()
@@ -157,7 +178,7 @@ class TimeWindows:
                 continue
             members = [self._panes[p] for p in range(e - self.n_panes + 1, e + 1) if p in self._panes]
             if members:
-                pane = Pane.merge(members, self.cap)
+                pane = self._merge(members, self.cap)
                 start = (e - self.n_panes + 1) * self.pane_s
                 closed.append(ClosedWindow(e, start, (e + 1) * self.pane_s, pane))
             self._emitted_through = e

@@ -94,17 +94,17 @@ def test_event_times_within_the_plausible_range_pass():
 
 # ---- the typed fast path decides exactly as the general path ------------------------------------------------
 
-def _models():
+def _models(segments=()):
     from stream_monitor.config import parse_config
 
     return parse_config({"models": {
         "m": {"features": {"numeric": ["a", "b"], "categorical": ["c"]}, "prediction": "categorical",
-              "monitor_score": True},
+              "monitor_score": True, "segments": {"keys": list(segments)}},
         "r": {"features": {"numeric": ["a"]}, "prediction": "numeric"},
     }}).models
 
 
-def _mixed_batch(rng, n=400):
+def _mixed_batch(rng, n=400, segments=False):
     import numpy as np
 
     odd = [
@@ -132,9 +132,14 @@ def _mixed_batch(rng, n=400):
         if rng.random() < 0.3:
             out.append(odd[int(rng.integers(len(odd)))](i))
         else:
+            extra = {}
+            if segments and rng.random() < 0.9:  # some with one key, some with an unconfigured one too
+                extra["segment"] = {"country": str(rng.choice(["nl", "de", "fr"]))} | (
+                    {"device": str(rng.choice(["ios", "android"]))} if rng.random() < 0.7 else {}) | (
+                    {"tier": "gold"} if rng.random() < 0.1 else {})
             out.append(ev(event_id=f"e{i}", features={"a": float(rng.normal()), "b": int(rng.integers(9)),
                                                       "c": str(rng.choice(["p", "q"]))},
-                          latency_ms=float(rng.gamma(2.0, 3.0))))
+                          latency_ms=float(rng.gamma(2.0, 3.0)), **extra))
     return out
 
 
@@ -150,14 +155,15 @@ def _same_columns(x, y):
             assert a.tolist() == b.tolist(), f
 
 
-@pytest.mark.parametrize(("seed", "n"), [(0, 400), (1, 400), (2, 3000)])
-def test_the_typed_decoder_decides_as_the_general_path(seed, n):
+@pytest.mark.parametrize(("seed", "n", "segments"), [(0, 400, ()), (1, 400, ()), (2, 3000, ()),
+                                                     (3, 400, ("country", "device")), (4, 3000, ("device",))])
+def test_the_typed_decoder_decides_as_the_general_path(seed, n, segments):
     import numpy as np
 
     from stream_monitor.core.events import PredictionBatch, PredictionDecoder
 
-    models = _models()
-    values = _mixed_batch(np.random.default_rng(seed), n)
+    models = _models(segments)
+    values = _mixed_batch(np.random.default_rng(seed), n, bool(segments))
     times = TimeRange(946684800.0, 86400.0)
     fast = PredictionDecoder(models, times).decode(values)
     events, positions, rejects = decode_predictions(values, times)
@@ -169,6 +175,9 @@ def test_the_typed_decoder_decides_as_the_general_path(seed, n):
     for name, me in general.models.items():
         assert fast.models[name].positions == [positions[i] for i in me.positions]
         _same_columns(fast.models[name].cols, me.cols)
+        assert me.cols.segment.shape[1] == (len(segments) if name == "m" else 0)
+        if segments and name == "m":  # the segment values reach the columns on both paths
+            assert {v for v in me.cols.segment[:, 0].tolist() if v is not None}
         keep = ("event_id", "model_version", "timestamp", "prediction", "score")
         assert [{k: e[k] for k in keep} for e in fast.models[name].events()] == \
                [{k: e.get(k) for k in keep} for e in me.events()]

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from tests.kafka.helpers import Running, config, create_topic, produce, read_all
-from tests.streams import make_events, model_config
+from tests.streams import make_events, make_segmented_events, model_config, segmented_config
 
 pytestmark = pytest.mark.kafka
 
@@ -85,3 +85,19 @@ def test_a_rare_binary_flag_going_from_5_to_30_percent_is_alerted(kafka_bootstra
     alerts, _ = run(kafka_bootstrap, cfg, events)
     firing = {(f["feature"], f["statistic"]) for a in alerts if a["status"] == "firing" for f in a["features"]}
     assert firing == {("flag", "psi")}
+
+
+def test_a_shift_in_one_segment_is_alerted_naming_the_segment(kafka_bootstrap, run_id):
+    # region eu (20 % of traffic) moves by 0.8 sd; the regions differ from one another all along
+    rng = np.random.default_rng(75)
+    events = make_segmented_events(5000, rng, model="m") + make_segmented_events(
+        6000, rng, start=5000, model="m", shifted="eu", shift=0.8)
+    cfg = config(run_id, {"m": segmented_config(segments={"keys": ["region", "channel"], "top_n": 5})})
+    alerts, windows = run(kafka_bootstrap, cfg, events)
+    assert windows == 6
+    sliced = [a for a in alerts if a["status"] == "firing" and a.get("segment")]
+    regions = {a["segment"]["value"] for a in sliced if a["segment"]["key"] == "region"}
+    assert regions == {"eu"}
+    eu = next(a for a in sliced if a["segment"] == {"key": "region", "value": "eu"})
+    assert eu["dedup_key"] == "m/data_drift/region=eu" and eu["feature"] == "a"
+    assert "in segment region=eu" in eu["message"]
