@@ -275,8 +275,8 @@ class ModelMonitor:
         self._warm_sources[rec.source] = (wm, max(rec.at, old[1]) if old else rec.at)
         if self._warm_first is None:
             self._warm_first = rec.at
-        if self._warmup_n < cfg.reference.size:
-            return None
+        if self._warmup_n < cfg.reference.size or rec.watermark is None:
+            return None  # (a watermark comes with the last record of a partition's flush: decide once per flush)
         parts = [c for _, c in self._warmup]
         every = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
         order = np.lexsort((every.key, every.event_time))
