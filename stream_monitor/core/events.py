@@ -299,16 +299,14 @@ class PredictionDecoder:
             num = [f"f{j}" for j in range(len(m.features.numeric))]
             cat = [f"f{len(num) + j}" for j in range(len(m.features.categorical))]
             fields = [(a, float | None, None) for a in num] + [(a, str | None, None) for a in cat]
-            # gc=False: the structures hold only numbers, strings and a dict of strings (no cycles), so the
-            # cyclic collector need not track one more object per event
             feats = msgspec.defstruct(f"Features{i}", fields, rename=dict(
-                zip(num + cat, m.features.numeric + m.features.categorical)), gc=False)
+                zip(num + cat, m.features.numeric + m.features.categorical)))
             struct = msgspec.defstruct(
                 f"Prediction{i}",
                 [("event_id", _NonEmpty), ("model_version", _NonEmpty), ("timestamp", float),
                  ("features", feats), ("prediction", int | float | str), ("score", float | None, None),
                  ("latency_ms", _Latency | None, None), ("segment", dict[str, str] | None, None)],
-                tag_field="model", tag=name, gc=False)
+                tag_field="model", tag=name)
             structs.append(struct)
             num_get = attrgetter(*num) if num else None
             cat_get = attrgetter(*cat) if cat else None
