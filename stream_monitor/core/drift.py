@@ -73,6 +73,8 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
 
     ``evidence`` maps a span ``s`` to the bin counts (numeric, categorical) of the last ``s`` non-overlapping
     windows, this one included: a small shift that persists is tested on them too (see :func:`_evidence`).
+    The window and its spans are stacked, so each binned statistic is one set of numpy calls for all features
+    and all spans.
 
     ``slices`` are (segment, the slice's reference pane, its window pane): each slice's features are tested
     like the model's (a feature with fewer than ``slice_min_events`` events in the slice's window is not), and
@@ -98,28 +100,21 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     """Drift candidates for the Holm family (dicts: decision statistic, p-value, threshold, figures) and, with
     ``side``, the findings decided on their own (new categories, data quality)."""
     th = cfg.thresholds
+    spans = list(evidence)
     drift: list[dict[str, Any]] = []  # candidates for the Holm family
     quality: list[Finding] = []
 
-    # ---- numeric: binned statistics for all features at once ----
+    # ---- numeric: binned statistics for all features (and all spans) at once ----
     k = len(binning.numeric)
     if k:
         n_ref, n_cur = ref.num_present, cur.num_present
-        rc, cc, valid = stats.pool_sparse(ref.num_counts, cur.num_counts, binning.bin_valid)
-        bins = valid.sum(axis=1)
-        psi = stats.psi(rc, cc, valid)
-        psi_p = stats.psi_pvalue(psi, n_ref, n_cur, bins)
-        psi_floor = stats.psi_null_threshold(n_ref, n_cur, bins)
-        js = stats.js_distance(rc, cc, valid)
-        hel = stats.hellinger(rc, cc, valid)
-        _, chi_p, _ = stats.chi2_homogeneity(rc, cc, valid)
+        f = _binned(ref.num_counts, cur.num_counts, [e[0] for e in evidence.values()], binning.bin_valid,
+                    n_ref, n_cur, th)
+        bins = f["bins"][0]
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
-        tests = []
-        for j in range(k):
-            test = cfg.numeric_test
-            if test == "auto":  # PSI needs ~5 events per bin to be stable; below that, KS
-                test = "psi" if n_cur[j] >= 5 * bins[j] else "ks"
-            tests.append(test)
+        test = cfg.numeric_test
+        # PSI needs ~5 events per bin to be stable; below that, KS
+        tests = np.where(n_cur >= 5 * bins, "psi", "ks").tolist() if test == "auto" else [test] * k
         ks_d = ks_p_all = w_all = np.full(k, np.nan)
         # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when
         # every statistic is reported; otherwise only for the features over threshold (for the alert)
@@ -128,15 +123,16 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         if sampled:
             ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
         w_norm = _w_norm(w_all, spreads)
-        psi_l, ks_l, wn_l, js_l, hel_l, wraw_l, spread_l = (_rounded(a) for a in (
-            psi, ks_d, w_norm, js, hel, w_all, spreads))
-        psi_pl, ks_pl, chi_pl = psi_p.tolist(), ks_p_all.tolist(), chi_p.tolist()
-        psi_thr = np.maximum(th.psi, psi_floor).tolist()
+        psi_l, js_l, hel_l, psi_thr_l = f["psi_r"][0], f["js_r"][0], f["hellinger_r"][0], f["psi_thr"][0]
+        ks_l, wn_l, wraw_l, spread_l = _rounded(np.stack([ks_d, w_norm, w_all, spreads]))
+        psi_pl, chi_pl = f["psi_p_l"][0], f["chi_p_l"][0]
+        ks_pl = ks_p_all.tolist()
+        n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         for j, name in enumerate(binning.numeric):
-            if n_cur[j] < min_events or n_ref[j] < min_events:
+            if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
                 continue
             figures = {
-                "psi": (psi_l[j], psi_pl[j], psi_thr[j]),
+                "psi": (psi_l[j], psi_pl[j], psi_thr_l[j]),
                 "ks": (ks_l[j], ks_pl[j], th.ks),
                 "wasserstein": (wn_l[j], chi_pl[j], th.wasserstein),
                 "js": (js_l[j], chi_pl[j], th.js),
@@ -144,45 +140,39 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
             }
             value, p, thr = figures[tests[j]]
             d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
-                 "threshold": thr, "n": int(n_cur[j]), "column": j}
+                 "threshold": thr, "n": n_cur_l[j], "column": j}
             drift.append(d | {
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
                             if v == v or s not in _SAMPLE_TESTS}
                 | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if wraw_l[j] == wraw_l[j]
                                                      else {}),
             })
-        if evidence:
-            _evidence(drift, "column", [(s, e[0]) for s, e in evidence.items()], ref.num_counts,
-                      binning.bin_valid, th)
+        if spans:
+            _evidence(drift, "column", spans, f, th)
         if side:
-            quality += _quality(binning.numeric, ref, cur, cfg, {
-                "missing_rate": (ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
-                "type_error_rate": (ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
-                "out_of_range_rate": (ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)})
+            quality += _quality(binning.numeric, ref, cur, cfg, (
+                ("missing_rate", ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
+                ("type_error_rate", ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
+                ("out_of_range_rate", ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)))
 
     # ---- categorical ----
     c = len(binning.categorical)
     new_findings: list[Finding] = []
     if c:
         n_ref, n_cur = ref.cat_present, cur.cat_present
-        rc, cc, valid = stats.pool_sparse(ref.cat_counts, cur.cat_counts, binning.cat_valid)
-        chi, chi_p, w = stats.chi2_homogeneity(rc, cc, valid)
-        psi = stats.psi(rc, cc, valid)
-        slots = valid.sum(axis=1)
-        w_floor = stats.w_null_threshold(n_ref, n_cur, slots)
+        f = _binned(ref.cat_counts, cur.cat_counts, [e[1] for e in evidence.values()], binning.cat_valid,
+                    n_ref, n_cur, th)
         unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
         # a new category is unusual when more events carry never-seen values than the reference's unseen mass
         # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
-        new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1)))
-        psi_p = stats.psi_pvalue(psi, n_ref, n_cur, slots)
-        psi_floor = stats.psi_null_threshold(n_ref, n_cur, slots)
-        js = stats.js_distance(rc, cc, valid)
-        hel = stats.hellinger(rc, cc, valid)
-        w_l, psi_l, js_l, hel_l, chi_l = (_rounded(a) for a in (w, psi, js, hel, chi))
-        chi_pl, psi_pl = chi_p.tolist(), psi_p.tolist()
-        w_thr, psi_thr = np.maximum(th.chi2, w_floor).tolist(), np.maximum(th.psi, psi_floor).tolist()
+        new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1))).tolist()
+        w_l, psi_l, js_l, hel_l, chi_l = (f[s][0] for s in ("chi2_r", "psi_r", "js_r", "hellinger_r", "chi_r"))
+        chi_pl, psi_pl = f["chi_p_l"][0], f["psi_p_l"][0]
+        w_thr, psi_thr = f["chi2_thr"][0], f["psi_thr"][0]
+        n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
+        new_l, unseen_l = cur.cat_new.tolist(), _rounded(unseen)
         for j, name in enumerate(binning.categorical):
-            if n_cur[j] < min_events or n_ref[j] < min_events:
+            if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
                 continue
             figures = {
                 "chi2": (w_l[j], chi_pl[j], w_thr[j]),
@@ -193,29 +183,28 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
             value, p, thr = figures[cfg.categorical_test]
             drift.append({
                 "feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
-                "p": p, "threshold": thr, "n": int(n_cur[j]), "cat_column": j,
+                "p": p, "threshold": thr, "n": n_cur_l[j], "cat_column": j,
                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
                 | {"chi2_statistic": chi_l[j]},
             })
             if not side:
                 continue
-            rate = cur.cat_new[j] / max(n_cur[j], 1)
-            count = int(cur.cat_new[j])
+            count = new_l[j]
+            rate = count / max(n_cur_l[j], 1)
             over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
-                    and float(new_p[j]) <= cfg.family_alpha / c)
+                    and new_p[j] <= cfg.family_alpha / c)
             new_findings.append(Finding(
                 name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate,
-                bool(over), float(new_p[j]), int(n_cur[j]),
+                bool(over), new_p[j], n_cur_l[j],
                 {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
-                 "reference_unseen_mass": _r(unseen[j])},
+                 "reference_unseen_mass": unseen_l[j]},
             ))
-        if evidence:
-            _evidence(drift, "cat_column", [(s, e[1]) for s, e in evidence.items()], ref.cat_counts,
-                      binning.cat_valid, th)
+        if spans:
+            _evidence(drift, "cat_column", spans, f, th)
         if side:
-            quality += _quality(binning.categorical, ref, cur, cfg, {
-                "missing_rate": (ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
-                "type_error_rate": (ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)})
+            quality += _quality(binning.categorical, ref, cur, cfg, (
+                ("missing_rate", ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
+                ("type_error_rate", ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)))
     return drift, new_findings + quality
 
 
@@ -255,49 +244,60 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
 _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
 
 
-def _binned_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, p-value, threshold) of a binned decision statistic for every feature (and every leading index of
-    ``cur_counts``: several spans at once) in one set of numpy calls."""
-    ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
-    n_ref, n_cur, bins = ref_counts.sum(axis=-1), cur_counts.sum(axis=-1), valid.sum(axis=-1)
-    if test == "psi":
-        v = stats.psi(ref_counts, cur_counts, valid)
-        return v, stats.psi_pvalue(v, n_ref, n_cur, bins), np.maximum(th.psi, stats.psi_null_threshold(
-            n_ref, n_cur, bins))
-    _, chi_p, w = stats.chi2_homogeneity(ref_counts, cur_counts, valid)
-    if test == "chi2":
-        return w, chi_p, np.maximum(th.chi2, stats.w_null_threshold(n_ref, n_cur, bins))
-    if test == "js":
-        return stats.js_distance(ref_counts, cur_counts, valid), chi_p, np.full(w.shape, th.js)
-    return stats.hellinger(ref_counts, cur_counts, valid), chi_p, np.full(w.shape, th.hellinger)
+def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray,
+            n_ref: np.ndarray, n_cur: np.ndarray, th: Any) -> dict[str, Any]:
+    """Every binned statistic of every feature, for the window (row 0) and for each evidence span (rows 1...).
+
+    The counts are stacked ``(1 + spans, features, bins)``, so each statistic is one set of numpy calls for
+    all of them; every row is computed on its own counts, so row 0 is what the window alone gives. The
+    window's sample sizes are its counts of present values, a span's the sums of its pooled counts. Values and
+    thresholds come rounded (``*_r``) for findings and evidence, p-values and the window's thresholds as
+    they are (lists of rows).
+    """
+    stack = np.stack([cur_counts, *past])
+    shape = stack.shape
+    rc, cc, v = stats.pool_sparse(np.broadcast_to(ref_counts, shape), stack, np.broadcast_to(valid, shape))
+    bins = v.sum(axis=-1)
+    n_r, n_c = rc.sum(axis=-1), cc.sum(axis=-1)
+    n_r[0], n_c[0] = n_ref, n_cur
+    psi = stats.psi(rc, cc, v)
+    psi_p = stats.psi_pvalue(psi, n_r, n_c, bins)
+    psi_thr = np.maximum(th.psi, stats.psi_null_threshold(n_r, n_c, bins))
+    js = stats.js_distance(rc, cc, v)
+    hel = stats.hellinger(rc, cc, v)
+    chi, chi_p, w = stats.chi2_homogeneity(rc, cc, v)
+    w_thr = np.maximum(th.chi2, stats.w_null_threshold(n_r, n_c, bins))
+    psi_r, js_r, hel_r, chi2_r, chi_r, psi_thr_r, chi2_thr_r = _rounded(np.stack([psi, js, hel, w, chi, psi_thr,
+                                                                                  w_thr]))
+    psi_p_l, chi_p_l = np.stack([psi_p, chi_p]).tolist()
+    return {"bins": bins, "events": stack.sum(axis=-1).tolist(), "psi_r": psi_r, "js_r": js_r,
+            "hellinger_r": hel_r, "chi2_r": chi2_r, "chi_r": chi_r, "psi_p_l": psi_p_l, "chi_p_l": chi_p_l,
+            "psi_thr": psi_thr.tolist(), "chi2_thr": w_thr.tolist(), "psi_thr_r": psi_thr_r,
+            "chi2_thr_r": chi2_thr_r}
 
 
-def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.ndarray]], ref_counts: np.ndarray,
-              valid: np.ndarray, th: Any) -> None:
+def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any) -> None:
     """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
-    last ``s`` windows for each span ``s``, and the feature is decided on the most significant candidate that
-    reaches its effect threshold, its p-value multiplied by the number of candidates and, for a span, by the
-    span and by 1,000 / the window's events when smaller (weighted Bonferroni within the feature; Holm across
-    features follows). A shift too small for one window (0.1 sd is a PSI of ~0.01) is
-    caught once enough windows show it; a one-window blip is unchanged: it is only one of the candidates."""
+    last ``s`` windows for each span ``s`` (rows 1... of :func:`_binned`), and the feature is decided on the
+    most significant candidate that reaches its effect threshold, its p-value multiplied by the number of
+    candidates and, for a span, by the span and by 1,000 / the window's events when smaller (weighted
+    Bonferroni within the feature; Holm across features follows). A shift too small for one window (0.1 sd is
+    a PSI of ~0.01) is caught once enough windows show it; a one-window blip is unchanged: it is only one of
+    the candidates."""
     mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
-    tests = {d["statistic"] for d in mine}
-    per_span = {}
-    stack = np.stack([counts for _, counts in spans])  # (spans, features, bins): one call per test for all spans
-    events = stack.sum(axis=-1).tolist()
-    for t in tests:
-        v, p, thr = _binned_test(t, np.broadcast_to(ref_counts, stack.shape), stack,
-                                 np.broadcast_to(valid, stack.shape), th)
-        v_l, p_l, thr_l = _rounded(v), p.tolist(), _rounded(thr)
-        for i, (s, _) in enumerate(spans):
-            per_span[(s, t)] = (v_l[i], p_l[i], thr_l[i], events[i])
+    width = len(f["events"][0])
+    js_thr, hel_thr = _rounded(np.array([th.js, th.hellinger]))
+    # per test: (values, p-values, thresholds) of every row
+    figures = {"psi": (f["psi_r"], f["psi_p_l"], f["psi_thr_r"]),
+               "chi2": (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"]),
+               "js": (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(f["events"])),
+               "hellinger": (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(f["events"]))}
+    events = f["events"]
     for d in mine:
         j = d[key]
+        vals, ps, thrs = figures[d["statistic"]]
         cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
-        for s, _ in spans:
-            v, p, t, events = per_span[(s, d["statistic"])]
-            cands.append((s, v[j], p[j], t[j], events[j]))
+        cands += [(s, vals[i][j], ps[i][j], thrs[i][j], events[i][j]) for i, s in enumerate(spans, 1)]
         # and a candidate counts only while this window alone still shows at least half its effect (on the
         # squared scale for distances): after a large shift ends, the windows it spans do not keep the
         # incident open. Its alpha is also spent per 1,000 events rather than per window, so that small
@@ -332,19 +332,20 @@ def _sample_statistics(ref: Pane, cur: Pane, columns: list[int], k: int
 
 
 def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
-             rates: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> list[Finding]:
-    """Data-quality findings: a rate over the reference's own rate plus the allowed increase."""
+             rates: tuple[tuple[str, np.ndarray, np.ndarray, float], ...]) -> list[Finding]:
+    """Data-quality findings: a rate over the reference's own rate plus the allowed increase (every rate of
+    every feature in one set of numpy calls)."""
     if cur.n < cfg.min_window_events:
         return []
-    out = []
-    for statistic, (ref_counts, cur_counts, increase) in rates.items():
-        ref_rate = ref_counts / (ref.n or 1)
-        rate = cur_counts / (cur.n or 1)
-        threshold = ref_rate + increase
-        over = (rate >= threshold).tolist()
-        out += [Finding(name, "data_quality", statistic, r, t, o, None, cur.n, {"reference_rate": rr})
-                for name, r, t, o, rr in zip(names, _rounded(rate), _rounded(threshold), over, _rounded(ref_rate))]
-    return out
+    ref_rate = np.stack([r[1] for r in rates]) / (ref.n or 1)
+    rate = np.stack([r[2] for r in rates]) / (cur.n or 1)
+    threshold = ref_rate + np.array([r[3] for r in rates])[:, None]
+    over = (rate >= threshold).tolist()
+    rate_l, thr_l, ref_l = _rounded(np.stack([rate, threshold, ref_rate]))
+    n = cur.n
+    return [Finding(name, "data_quality", statistic, r, t, o, None, n, {"reference_rate": rr})
+            for (statistic, *_), rs, ts, os_, rrs in zip(rates, rate_l, thr_l, over, ref_l)
+            for name, r, t, o, rr in zip(names, rs, ts, os_, rrs)]
 
 
 def _rounded(x: Any) -> list[float]:

@@ -94,3 +94,28 @@ def test_discrete_feature_gets_fewer_bins():
     assert b.bin_valid[0].sum() <= 3
     pane = Pane(b, 100).update(cols)
     assert pane.num_counts[0][~b.bin_valid[0]].sum() == 0
+
+
+def test_binning_counts_edges_at_or_below_each_value():
+    """A value's bin is the number of its feature's edges at or below it (searchsorted, side="right"), for
+    features with different numbers of edges, values on an edge, infinities and missing values."""
+    rng = np.random.default_rng(3)
+    ref = {"a": rng.normal(size=3000), "flag": (rng.random(3000) < 0.1).astype(float),
+           "count": rng.poisson(2, 3000).astype(float)}
+    names = tuple(ref)
+    evs = [{"event_id": str(i), "model": "m", "model_version": "v1", "timestamp": float(i),
+            "features": {n: float(ref[n][i]) for n in names}, "prediction": "yes", "score": 0.5}
+           for i in range(3000)]
+    binning = Binning.fit(build_columns(evs, names, ()), names, (), bins=10)
+    cur = np.column_stack([np.concatenate([rng.normal(size=500), binning.edges[0, :3], [np.inf, -np.inf, np.nan]]),
+                           np.concatenate([rng.integers(0, 2, 500), [0, 1, 1, np.inf, 0, np.nan]]),
+                           np.concatenate([rng.poisson(2, 500), [0, 3, 9, 0, np.inf, np.nan]])]).astype(float)
+    evs = [{"event_id": f"c{i}", "model": "m", "model_version": "v1", "timestamp": float(i),
+            "features": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, row)},
+            "prediction": "yes", "score": 0.5} for i, row in enumerate(cur)]
+    pane = Pane(binning, cap=100).update(build_columns(evs, names, ()))
+    want = np.zeros_like(pane.num_counts)
+    for j in range(len(names)):
+        x = cur[:, j][~np.isnan(cur[:, j])]
+        want[j] = np.bincount(np.searchsorted(binning.edges[j], x, side="right"), minlength=want.shape[1])
+    assert (pane.num_counts == want).all()
