@@ -105,4 +105,6 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(kafka_bootstr
             except AssertionError:
                 missing[name] = expr
         assert not missing, f"dashboard queries without data: {missing}"
-        assert run.service.tasks["0"].breakers["clf"].state == "open"  # the state the breaker panel shows
+        # the state the breaker panel shows: open, or half-open when the hold-down ended (its event time follows
+        # how the predictions and labels topics interleave, which the consumer does not control)
+        assert run.service.tasks["0"].breakers["clf"].state in ("open", "half_open")
