@@ -56,7 +56,8 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+def produce(bootstrap: str, topic: str, n: int, partitions: int, by_event_id: bool = False) -> None:
+    """``n`` events of the benchmark model, keyed by model (one partition) or ``by_event_id`` (all of them)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
@@ -64,7 +65,7 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
     rng = np.random.default_rng(0)
     for start in range(0, n, 10_000):
         for ev in make(min(10_000, n - start), rng, start):
-            p.produce(topic, key=b"bench", value=orjson.dumps(ev))
+            p.produce(topic, key=ev["event_id"].encode() if by_event_id else b"bench", value=orjson.dumps(ev))
         p.poll(0)
         p.flush()
     print(f"produced {n} events ({len(orjson.dumps(ev))} bytes each)", flush=True)

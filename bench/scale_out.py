@@ -7,7 +7,7 @@ default single-instance path, then scale-out mode with 1 and with 2 instances. T
 runs is read back for its bytes per event. The merge cost is measured in-process: pieces of one window from
 every partition merged into the window's pane, and the window evaluated.
 
-    python bench/scale_out.py [--events 200000] [--partitions 4]
+    python bench/scale_out.py [--events 200000] [--partitions 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import yaml
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, os.path.dirname(__file__))
+from kafka_throughput import produce  # noqa: E402
 from workload import make, model_config  # noqa: E402
 
 from stream_monitor.config import parse_config  # noqa: E402
@@ -36,21 +36,6 @@ from stream_monitor.core.events import PredictionBatch  # noqa: E402
 from stream_monitor.core.monitor import Monitor  # noqa: E402
 from stream_monitor.core.panes import PaneBuilder  # noqa: E402
 from stream_monitor.kafka.broker import kafka_broker  # noqa: E402
-
-
-def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
-    """The benchmark model's events keyed by event id: spread over every partition."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                  "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
-    rng = np.random.default_rng(0)
-    for start in range(0, n, 10_000):
-        for ev in make(min(10_000, n - start), rng, start):
-            p.produce(topic, key=ev["event_id"].encode(), value=orjson.dumps(ev))
-        p.poll(0)
-        p.flush()
-    print(f"produced {n} events over {partitions} partitions", flush=True)
 
 
 def raw_config(topic: str, partitions: int, window: int, scale_out: bool) -> dict[str, Any]:
@@ -135,7 +120,7 @@ def merge_cost(partitions: int, window: int, rounds: int = 20) -> float:
     rng = np.random.default_rng(1)
     builders = [PaneBuilder(cfg, p, partitions) for p in range(partitions)]
     decider = Monitor(cfg, merged=True, sources=partitions)
-    warm = make(cfg.models["bench"].reference.size, rng, 0)
+    warm = make(cfg.models["bench"].reference.size + 1000, rng, 0)  # every partition past the warm-up
     for p, b in enumerate(builders):
         b.process_batch(PredictionBatch.from_events(warm[p::partitions], cfg.models), [])
     out = decider.process_panes([decode_record(r) for b in builders for _, r in b.checkpoint(0.0).outputs])
@@ -156,30 +141,74 @@ def merge_cost(partitions: int, window: int, rounds: int = 20) -> float:
     return 1000 * merge / max(1, windows)
 
 
+def pane_bytes_per_event(partitions: int, window: dict[str, Any], sample_size: int, events: int,
+                         per_flush: int) -> float:
+    """Bytes of pane records per event, in-process: ``events`` spread over ``partitions`` builders, flushed every
+    ``per_flush`` events (a commit interval's worth), the warm-up excluded."""
+    cfg = parse_config({"scale_out": {"enabled": True}, "models": {"bench": {
+        **model_config(1000), "window": window, "drift": {"sample_size": sample_size}}}})
+    rng = np.random.default_rng(2)
+    builders = [PaneBuilder(cfg, p, partitions) for p in range(partitions)]
+    warm = make(cfg.models["bench"].reference.size + 1000, rng, 0)  # every partition past the warm-up
+    from stream_monitor.core.windows import decode_record
+
+    decider = Monitor(cfg, merged=True, sources=partitions)
+    for p, b in enumerate(builders):
+        b.process_batch(PredictionBatch.from_events(warm[p::partitions], cfg.models), [])
+    decider.process_panes([decode_record(r) for b in builders for _, r in b.checkpoint(0.0).outputs])
+    ref = decider.models["bench"].reference
+    for b in builders:
+        b.set_reference("bench", ref)
+        b.checkpoint(0.0)
+    size = 0
+    t0 = 1.7e9 + len(warm)
+    for start in range(0, events, per_flush):
+        batch = make(per_flush, rng, len(warm) + start)
+        for i, ev in enumerate(batch):  # event time: 1,000 events per second from the end of the warm-up
+            ev["timestamp"] = t0 + (start + i) / 1000
+        for p, b in enumerate(builders):
+            b.process_batch(PredictionBatch.from_events(batch[p::partitions], cfg.models), [])
+            size += sum(len(orjson.dumps(r)) for _, r in b.checkpoint(float(start)).outputs)
+    return size / events
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--window", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     n, parts = args.events, args.partitions
     ms = merge_cost(parts, args.window)
     print(f"deciding stage, window {args.window} from {parts} partitions: {ms:.2f} ms per window "
           "(pieces decoded, merged, window evaluated)", flush=True)
+    for label, window, sample in (("count window 1,000, sample_size 5,000 (defaults)", {"size": 1000}, 5000),
+                                  ("count window 1,000, sample_size 500", {"size": 1000}, 500),
+                                  ("time window 60 s (60,000 events), sample_size 5,000",
+                                   {"by": "time", "size": 60}, 5000)):
+        bpe = pane_bytes_per_event(parts, window, sample, 240_000, 4000)
+        print(f"pane bytes per event, {label}: {bpe:.1f}", flush=True)
     with kafka_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         topic = f"scale-{uuid.uuid4().hex[:8]}"
-        produce(bootstrap, topic, n, parts)
+        produce(bootstrap, topic, n, parts, by_event_id=True)
         workdir = Path(tmp)
-        default = run(bootstrap, raw_config(topic, parts, args.window, False), n, 1, workdir)
-        print(f"default path, 1 instance: {default:,.0f} events/s", flush=True)
-        raw1 = raw_config(topic, parts, args.window, True)
-        one = run(bootstrap, raw1, n, 1, workdir)
-        print(f"scale-out, 1 instance: {one:,.0f} events/s ({one / default:.2f} of the default path)", flush=True)
-        records, size = pane_bytes(bootstrap, raw1["topics"]["panes"])
-        print(f"pane traffic: {records} records, {size / n:.1f} bytes per event "
-              f"({size / max(records, 1) / 1024:.0f} KiB per record)", flush=True)
-        two = run(bootstrap, raw_config(topic, parts, args.window, True), n, 2, workdir)
-        print(f"scale-out, 2 instances: {two:,.0f} events/s ({two / one:.2f} x 1 instance; "
+        rates: dict[str, list[float]] = {"default": [], "one": [], "two": []}
+        for r in range(args.rounds):  # alternating, so a busy moment of the machine hits every kind alike
+            rates["default"].append(run(bootstrap, raw_config(topic, parts, args.window, False), n, 1, workdir))
+            raw1 = raw_config(topic, parts, args.window, True)
+            rates["one"].append(run(bootstrap, raw1, n, 1, workdir))
+            rates["two"].append(run(bootstrap, raw_config(topic, parts, args.window, True), n, 2, workdir))
+            print(f"round {r + 1}: default path, 1 instance {rates['default'][-1]:,.0f} events/s | scale-out, "
+                  f"1 instance {rates['one'][-1]:,.0f} | scale-out, 2 instances {rates['two'][-1]:,.0f}", flush=True)
+            if r == 0:
+                records, size = pane_bytes(bootstrap, raw1["topics"]["panes"])
+                print(f"pane traffic on the broker (scale-out, 1 instance, warm-up included): {records} records, "
+                      f"{size / n:.1f} JSON bytes per event ({size / max(records, 1) / 1024:.0f} KiB per record)",
+                      flush=True)
+        d, one, two = (float(np.median(v)) for v in rates.values())
+        print(f"median of {args.rounds} rounds: default path {d:,.0f} events/s; scale-out 1 instance {one:,.0f} "
+              f"({one / d:.2f} of the default path); 2 instances {two:,.0f} ({two / one:.2f} x 1 instance; "
               f"{os.cpu_count()} cores shared with the broker)", flush=True)
 
 

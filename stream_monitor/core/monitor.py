@@ -525,17 +525,7 @@ class ModelMonitor:
         """
         if not self.dirty:
             return {}
-        out: dict[str, Any] = {}
-        live: dict[str, Any] = {}
-        for key, stamp, make in self._pieces():
-            live[key] = stamp
-            if self._written.get(key) != stamp:
-                out[key] = make()
-        for key in self._written.keys() - live.keys():
-            out[key] = None
-        out["core"] = {**self._core(), **extra}
-        live["core"] = None
-        self._written = live
+        out, self._written = changed_records(self._pieces(), self._written, {**self._core(), **extra})
         self.dirty = False
         return out
 
@@ -639,6 +629,24 @@ class ModelMonitor:
             self.performance.restore(core["performance"], pairs)
         if self.concept is not None and core.get("concept") is not None:
             self.concept.restore(core["concept"])
+
+
+def changed_records(pieces: Iterator[tuple[str, Any, Callable[[], Any]]], written: dict[str, Any],
+                    core: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's records: every piece (key, stamp, value maker) whose stamp differs from what ``written``
+    says the last checkpoint wrote, a tombstone (None) for each written key that is gone, and ``core``.
+    Returns (records, what is written now)."""
+    out: dict[str, Any] = {}
+    live: dict[str, Any] = {}
+    for key, stamp, make in pieces:
+        live[key] = stamp
+        if written.get(key) != stamp:
+            out[key] = make()
+    for key in written.keys() - live.keys():
+        out[key] = None
+    out["core"] = core
+    live["core"] = None
+    return out, live
 
 
 def load_references(cfg: MonitorConfig) -> dict[str, Reference]:

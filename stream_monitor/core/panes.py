@@ -41,7 +41,7 @@ from ..config import ModelConfig, MonitorConfig
 from .columns import Columns, column_names
 from .events import PredictionBatch
 from .keys import key_fraction
-from .monitor import BatchOutput, Checkpoint, MonitorCounters
+from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records
 from .reference import Reference
 from .sketches import Binning, Pane, clip
 from .windows import PANE_FORMAT
@@ -176,19 +176,10 @@ class ModelPanes:
             raise RuntimeError("checkpoint of a pane builder with records not flushed")
         if not self.dirty:
             return {}
-        out: dict[str, Any] = {}
-        live: dict[str, Any] = {}
-        for key, stamp, make in self._pieces():
-            live[key] = stamp
-            if self._written.get(key) != stamp:
-                out[key] = make()
-        for key in self._written.keys() - live.keys():
-            out[key] = None
-        out["core"] = {"v": PANE_FORMAT, "stage": "panes", "reference": self.reference.id if self.reference else None,
-                       "wm": self._wm if np.isfinite(self._wm) else None, "fresh": self._fresh,
-                       "open": sorted(self._open), "last_version": self.last_version, **extra}
-        live["core"] = None
-        self._written = live
+        core = {"v": PANE_FORMAT, "stage": "panes", "reference": self.reference.id if self.reference else None,
+                "wm": self._wm if np.isfinite(self._wm) else None, "fresh": self._fresh,
+                "open": sorted(self._open), "last_version": self.last_version, **extra}
+        out, self._written = changed_records(self._pieces(), self._written, core)
         self.dirty = False
         return out
 
@@ -227,6 +218,7 @@ class PaneBuilder:
                  references: dict[str, Reference] | None = None) -> None:
         self.cfg = cfg
         self.source = source
+        self.sources = sources
         refs = references or {}
         self.models = {name: ModelPanes(m, source, sources, refs.get(name)) for name, m in cfg.models.items()}
         self.counters = MonitorCounters()
@@ -286,9 +278,8 @@ class PaneBuilder:
                 if mp.restore(records, (references or {}).get(name) or mp.reference):
                     restored.append(name)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-                fresh = ModelPanes(mp.cfg, mp.source, 1, None)
-                fresh.cap, fresh.piece_events, fresh.reference = mp.cap, mp.piece_events, mp.reference
-                fresh._written = {k: object() for k in records}
+                fresh = ModelPanes(mp.cfg, self.source, self.sources, (references or {}).get(name))
+                fresh._written = {k: object() for k in records}  # the next checkpoint deletes them
                 fresh.dirty = True
                 self.models[name] = fresh
                 self.counters.restore_errors += 1

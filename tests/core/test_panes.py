@@ -200,3 +200,13 @@ def test_seasonal_stream_over_partitions_with_calendar_reference_raises_nothing(
     assert len(after) >= 15
     for w in after:
         assert w.events == int(((times >= w.start) & (times < w.end)).sum())
+
+
+def test_a_malformed_builder_checkpoint_starts_the_model_afresh_and_deletes_its_records() -> None:
+    cfg = _config(reference={"size": 100})
+    b = PaneBuilder(cfg, 0, 2)
+    assert b.restore({"m/core": {"v": 1, "stage": "panes", "reference": "warmup:nope", "wm": None, "fresh": False,
+                                 "open": [], "last_version": ""}, "m/o/3": {"junk": 1}}, {}, {}) == []
+    assert b.counters.restore_errors == 1
+    cp = b.checkpoint(1.0)
+    assert cp.state["m/o/3"] is None and cp.state["m/core"]["reference"] is None
