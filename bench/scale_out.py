@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kafka_throughput import produce  # noqa: E402
@@ -54,8 +54,15 @@ def raw_config(topic: str, partitions: int, window: int, scale_out: bool) -> dic
 
 
 def committed_total(c: Consumer, topic: str, partitions: int) -> int:
-    got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    return sum(max(0, tp.offset) for tp in got)
+    for attempt in range(50):
+        try:
+            got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+            return sum(max(0, tp.offset) for tp in got)
+        except KafkaException:  # the group coordinator is moving or loading: retriable
+            if attempt == 49:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def run(bootstrap: str, raw: dict[str, Any], n: int, instances: int, workdir: Path) -> float:
