@@ -494,7 +494,13 @@ class MonitorService:
                 self._dead_letter(m, f"pane record: {exc}")
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
-        out = mon.process_panes(records)
+        try:
+            out = mon.process_panes(records)
+        except Exception as exc:  # a defect must not stop the other models' decisions
+            logger.exception("processing pane records failed; they go to the dead-letter topic")
+            for m in kept:
+                self._dead_letter(m, f"processing error: {type(exc).__name__}: {exc}", "process")
+            out = BatchOutput()
         for i, why in out.rejected:
             self._dead_letter(kept[i], why, "process")
         for ref in out.references:  # every pane builder bins with it once it is committed
