@@ -16,7 +16,7 @@ import pytest
 from stream_monitor.config import parse_config
 from tests.core.test_panes import seasonal_events
 from tests.kafka.chaos import MonitorProcess, produce_partitioned, read_committed, seen, wait_committed
-from tests.kafka.helpers import create_topic
+from tests.kafka.helpers import create_topic, produce
 from tests.kafka.test_exactly_once import BREAKER, eos_config, with_instance
 from tests.streams import make_events, model_config
 
@@ -73,7 +73,7 @@ def drained(bootstrap: str, raw: dict[str, Any], ends: dict[int, int], last_end:
 
 
 def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]], tmp_path: Any, instances: int,
-              kill_one: bool = False) -> dict[str, Any]:
+              kill_one: bool = False, garbage: bool = False) -> dict[str, Any]:
     cfg = parse_config(raw)
     size = cfg.models["m"].window.size
     last_end = (events[-1]["timestamp"] // size) * size
@@ -83,6 +83,8 @@ def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]],
              for i in range(instances)]
     time.sleep(6 if instances > 1 else 2)
     produce_partitioned(bootstrap, cfg.topics.predictions, parts)
+    if garbage:  # a record on the internal pane topic that is not a pane record: dead-lettered, nothing stops
+        produce(bootstrap, cfg.topics.panes, [b"not a pane record"], key=b"m")
     if kill_one:  # once it owns tasks and has committed some of their work
         deadline = time.monotonic() + 60
         while "assigned" not in procs[-1].log.read_text(errors="replace"):
@@ -101,6 +103,7 @@ def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]],
                       if m.value() is not None]
     got["reports"] = [orjson.loads(m.value()) for m in read_committed(bootstrap, cfg.topics.metrics)]
     got["alert_events"] = [orjson.loads(m.value()) for m in read_committed(bootstrap, cfg.topics.alerts)]
+    got["dead_letters"] = read_committed(bootstrap, cfg.topics.dead_letter)
     got["log"] = "\n".join(p.log.read_text(errors="replace") for p in procs)
     return got
 
@@ -152,8 +155,10 @@ def test_a_seasonal_stream_over_partitions_with_a_calendar_reference_raises_noth
                          reference={"type": "calendar", "size": 2000, "period_s": period, "slot_s": 1800,
                                     "periods": 2})
     events = seasonal_events(int(5 * period / 2), np.random.default_rng(62), period, dt=2.0)
-    got = run_group(kafka_bootstrap, scale_config(run_id, model), events, tmp_path, 2)
+    got = run_group(kafka_bootstrap, scale_config(run_id, model), events, tmp_path, 2, garbage=True)
     assert not got["alerts"]
+    reasons = [dict(m.headers())["error.reason"].decode() for m in got["dead_letters"]]
+    assert len(reasons) == 1 and reasons[0].startswith("pane record"), reasons
     drift = [r for r in got["reports"] if r["type"] == "drift"]
     assert sum(r["skipped"] is None for r in drift) >= 15
     times = np.array([e["timestamp"] for e in events])
