@@ -460,9 +460,6 @@ class MonitorConfig(_Frozen):
                     raise ValueError(f"scale_out.enabled: model {name!r} joins labels (performance or "
                                      "concept_drift), which scale-out mode does not support yet: monitor it with "
                                      "a config of its own without scale_out")
-                if m.segments.keys:
-                    raise ValueError(f"scale_out.enabled: model {name!r} has segments, which scale-out mode does "
-                                     f"not support yet: drop models.{name}.segments or scale_out")
         return self
 
     @field_validator("models")

@@ -204,11 +204,11 @@ class ModelMonitor:
         self.reference = ref
         w, cap = cfg.window, cfg.drift.sample_size
         slide = int(w.slide) if w.slide else None
-        segs = ref.segments if cfg.segments.enabled else None  # (scale-out mode refuses segments)
+        segs = ref.segments if cfg.segments.enabled else None
         if self.merged_idle_s is not None:
-            self.windows = (MergedCountWindows(int(w.size), slide, ref.binning, cap) if w.by == "count" else
+            self.windows = (MergedCountWindows(int(w.size), slide, ref.binning, cap, segs) if w.by == "count" else
                             MergedTimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, self.merged_idle_s,
-                                              self.sources))
+                                              self.sources, segs))
         elif w.by == "count":
             self.windows = CountWindows(int(w.size), slide, ref.binning, cap, segs)
         else:
@@ -303,12 +303,14 @@ class ModelMonitor:
         """Scale-out: add one pane record of a prediction partition (see :mod:`.panes`); returns the windows
         that closed, evaluated. Raises ``ValueError`` (...) on a malformed piece, before changing anything."""
         assert self.merged_idle_s is not None
-        k, c = len(self.numeric), len(self.categorical)
-        cols = Columns.from_dict(rec.raw, k, c) if rec.raw is not None else None
+        k, c, s = len(self.numeric), len(self.categorical), len(self.cfg.segments.keys)
+        cols = Columns.from_dict(rec.raw, k, c, s) if rec.raw is not None else None
         piece = None
         if rec.pane is not None:
             if self.reference is not None and rec.ref == self.reference.id:
-                piece = Pane.restore(self.reference.binning, rec.pane)
+                segs = self.reference.segments if self.cfg.segments.enabled else None
+                piece = (Pane.restore(self.reference.binning, rec.pane) if segs is None else
+                         SegmentedPane.from_snapshot(self.reference.binning, rec.pane, segs))
             else:  # binned on another reference (one replaced since): its counts cannot be merged
                 if not self.stale_pieces:
                     logger.warning("model %s: a piece from partition %d is binned on reference %s, not %s; "

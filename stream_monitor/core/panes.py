@@ -43,6 +43,7 @@ from .events import PredictionBatch
 from .keys import key_fraction
 from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records
 from .reference import Reference
+from .segments import SegmentedPane
 from .sketches import Binning, Pane, clip
 from .windows import PANE_FORMAT
 
@@ -124,19 +125,31 @@ class ModelPanes:
             for p in np.unique(idx).tolist():
                 piece = self._open.get(p)
                 if piece is None:
-                    piece = self._open[p] = Pane(self.reference.binning, self.cap)
+                    piece = self._open[p] = self._new_piece()
                 piece.update(cols.take(idx == p))
             return
         at = 0
         while at < cols.n:
             piece = self._open.get(0)
             if piece is None:
-                piece = self._open[0] = Pane(self.reference.binning, self.cap)
+                piece = self._open[0] = self._new_piece()
             take = min(self.piece_events - piece.n, cols.n - at)
             piece.update(cols.take(slice(at, at + take)))
             at += take
             if piece.n >= self.piece_events:
                 self._emit_piece(None, self._open.pop(0))
+
+    def _new_piece(self) -> Pane:
+        assert self.reference is not None
+        segs = self.reference.segments if self.cfg.segments.enabled else None
+        return Pane(self.reference.binning, self.cap) if segs is None else \
+            SegmentedPane(self.reference.binning, self.cap, segs)
+
+    def _restore_piece(self, d: dict[str, Any]) -> Pane:
+        assert self.reference is not None
+        segs = self.reference.segments if self.cfg.segments.enabled else None
+        return Pane.restore(self.reference.binning, d) if segs is None else \
+            SegmentedPane.from_snapshot(self.reference.binning, d, segs)
 
     def _emit_piece(self, index: int | None, piece: Pane) -> None:
         if piece.n:
@@ -196,7 +209,7 @@ class ModelPanes:
             if ref.id != ref_id:
                 raise ValueError(f"reference record {ref.id} does not match the checkpoint's {ref_id}")
             self.reference = ref
-            self._open = {int(p): Pane.restore(ref.binning, records[f"o/{int(p)}"]) for p in core["open"]}
+            self._open = {int(p): self._restore_piece(records[f"o/{int(p)}"]) for p in core["open"]}
         self._wm = -np.inf if core["wm"] is None else float(core["wm"])
         self._fresh = bool(core["fresh"])
         self.last_version = clip(str(core["last_version"]))

@@ -255,15 +255,15 @@ class MergedCountWindows(CountWindows):
     def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
         if piece.n == 0:
             return []
-        self._current = Pane.merge([self._current, piece], self.pane_cap)
+        self._current = self._merge([self._current, piece], self.pane_cap)
         if self._current.n < self.pane_size:
             return []
         self._panes.append(self._current)
         self._seq += 1
-        self._current = Pane(self.binning, self.pane_cap)
+        self._current = self._new_pane()
         if len(self._panes) < self.n_panes:
             return []
-        pane = Pane.merge(list(self._panes), self.cap)
+        pane = self._merge(list(self._panes), self.cap)
         return [ClosedWindow(self._seq, pane.t_min, pane.t_max, pane)]
 
     def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
@@ -285,8 +285,8 @@ class MergedTimeWindows(TimeWindows):
     """
 
     def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
-                 idle_s: float, sources: int = 1) -> None:
-        super().__init__(size, slide, lateness_s, binning, cap)
+                 idle_s: float, sources: int = 1, segments: SegmentReference | None = None) -> None:
+        super().__init__(size, slide, lateness_s, binning, cap, segments)
         self.idle_s = idle_s
         self.expected_sources = sources  # partitions that may carry the model: silent ones count as idle only
         self._sources: dict[int, tuple[float, float]] = {}  # source -> (watermark, produce time of its last record)
@@ -301,14 +301,14 @@ class MergedTimeWindows(TimeWindows):
             self.late_events += piece.n
             return []
         have = self._panes.get(index)
-        self._panes[index] = piece if have is None else Pane.merge([have, piece], self.pane_cap)
+        self._panes[index] = piece if have is None else self._merge([have, piece], self.pane_cap)
         return []
 
     def add_columns(self, cols: Columns) -> None:
         """Raw events (forwarded before the sources had the reference): binned here, as pieces per pane."""
         idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
         for p in np.unique(idx).tolist():
-            self.add_piece(int(p), Pane(self.binning, self.pane_cap).update(cols.take(idx == p)))
+            self.add_piece(int(p), self._new_pane().update(cols.take(idx == p)))
 
     def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
         old = self._sources.get(source)

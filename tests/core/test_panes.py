@@ -210,3 +210,21 @@ def test_a_malformed_builder_checkpoint_starts_the_model_afresh_and_deletes_its_
     assert b.counters.restore_errors == 1
     cp = b.checkpoint(1.0)
     assert cp.state["m/o/3"] is None and cp.state["m/core"]["reference"] is None
+
+
+def test_segments_over_partitions_name_only_the_shifted_slice() -> None:
+    """Slices in scale-out mode: pieces carry a pane per slice, the deciding monitor merges and decides them."""
+    from tests.streams import make_segmented_events, segmented_config
+
+    cfg = parse_config({"scale_out": {"enabled": True}, "alerts": {"consecutive": 1, "resolve_after": 1},
+                        "models": {"seg": segmented_config(window={"by": "time", "size": 1000},
+                                                           segments={"keys": ["region"], "top_n": 4})}})
+    rng = np.random.default_rng(11)
+    events = make_segmented_events(6000, rng) + make_segmented_events(12000, rng, start=6000, shifted="eu",
+                                                                      shift=0.8)
+    two = TwoStages(cfg, 3)
+    two.feed(events)
+    sliced = {(a.segment["key"], a.segment["value"]) for a in two.alerts
+              if a.segment is not None and a.status == "firing"}
+    assert sliced == {("region", "eu")}
+    assert any(r.segments for r in two.results if r.skipped is None)
