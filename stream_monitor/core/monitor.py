@@ -38,8 +38,8 @@ from .labels import LabelJoin, PerformanceReport, PerformanceTracker
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
-from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, TimeWindows,
-                      WindowHistory)
+from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord,
+                      SourceWatermarks, TimeWindows, WindowHistory)
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -190,9 +190,8 @@ class ModelMonitor:
         self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
         self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
         self.built_reference: Reference | None = None  # a warm-up reference just built (scale-out publishes it)
-        # scale-out warm-up: partition -> (watermark, produce time of its last record); first record's time
-        self._warm_sources: dict[int, tuple[float, float]] = {}
-        self._warm_first: float | None = None
+        # scale-out: how far every partition has read (the warm-up waits for it)
+        self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
         self.stale_pieces = 0  # scale-out: events in pieces binned on another reference (not counted)
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
@@ -270,33 +269,22 @@ class ModelMonitor:
             self._warmup.append((self._chunk_id, cols))
             self._chunk_id += 1
             self._warmup_n += cols.n
-        old = self._warm_sources.get(rec.source)
-        wm = max([w for w in (rec.watermark, old[0] if old else None) if w is not None], default=-np.inf)
-        self._warm_sources[rec.source] = (wm, max(rec.at, old[1]) if old else rec.at)
-        if self._warm_first is None:
-            self._warm_first = rec.at
+        self._warm_clock.advance(rec.source, rec.at, rec.watermark)
         if self._warmup_n < cfg.reference.size or rec.watermark is None:
             return None  # (a watermark comes with the last record of a partition's flush: decide once per flush)
         parts = [c for _, c in self._warmup]
         every = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
         order = np.lexsort((every.key, every.event_time))
         cut = float(every.event_time[order[cfg.reference.size - 1]])
-        newest = max(st for _, st in self._warm_sources.values())
-        active = newest - (self.merged_idle_s or 0.0)
-        for source in range(self.sources):
-            got = self._warm_sources.get(source)
-            stamp = got[1] if got else self._warm_first
-            if stamp >= active and (got is None or got[0] < cut):
-                return None  # this partition may still bring earlier events
+        if self._warm_clock.low() < cut:
+            return None  # a partition may still bring earlier events
         self._warmup = [(self._chunk_id, every.take(np.sort(order[: cfg.reference.size])))]
         self._chunk_id += 1
         self._warmup_n = cfg.reference.size
         rest = self._warm_up(every.take(order[cfg.reference.size:]))  # builds the reference
-        windows = self.windows
-        if isinstance(windows, MergedTimeWindows):
-            windows._sources = dict(self._warm_sources)
-            windows._first_stamp = self._warm_first
-        self._warm_sources, self._warm_first = {}, None
+        if isinstance(self.windows, MergedTimeWindows):
+            self.windows.clock = self._warm_clock  # the windows go on from where the partitions are
+        self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
         return rest
 
     def update_pane_record(self, rec: PaneRecord) -> list[WindowResult]:
@@ -509,8 +497,7 @@ class ModelMonitor:
             "v": FORMAT,
             "reference": self.reference.id if self.reference is not None else None,
             "warmup": {"n": self._warmup_n, "chunks": [i for i, _ in self._warmup], "next": self._chunk_id,
-                       "sources": {str(k): [w if np.isfinite(w) else None, st]
-                                   for k, (w, st) in self._warm_sources.items()}, "first": self._warm_first},
+                       "clock": self._warm_clock.snapshot()},
             "last_version": self.last_version,
             "windows": self.windows.snapshot() if self.windows is not None else None,
             "rolling": self.rolling.snapshot() if self.rolling is not None else None,
@@ -616,9 +603,8 @@ class ModelMonitor:
                             for i in wu["chunks"]]
             self._warmup_n = int(wu["n"])
             self._chunk_id = int(wu["next"])
-            self._warm_sources = {int(k): (-np.inf if w is None else float(w), float(st))
-                                  for k, (w, st) in wu.get("sources", {}).items()}
-            self._warm_first = None if wu.get("first") is None else float(wu["first"])
+            if "clock" in wu:
+                self._warm_clock.restore(wu["clock"])
             if sum(cols.n for _, cols in self._warmup) != self._warmup_n:
                 raise ValueError("warm-up chunks do not add up to the checkpointed warm-up count")
         self.last_version = clip(str(core["last_version"]))

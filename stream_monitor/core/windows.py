@@ -29,7 +29,7 @@ from .segments import SegmentedPane, SegmentReference
 from .sketches import Binning, Pane
 
 __all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
-           "TimeWindows", "WindowHistory", "decode_record"]
+           "SourceWatermarks", "TimeWindows", "WindowHistory", "decode_record"]
 
 #: Version of the pane records of scale-out mode (see :mod:`.panes`).
 PANE_FORMAT = 1
@@ -273,24 +273,65 @@ class MergedCountWindows(CountWindows):
         return all(p.n >= self.pane_size for p in self._panes) and self._current.n < self.pane_size
 
 
+class SourceWatermarks:
+    """Event-time progress of one model over the prediction partitions ("sources") in scale-out mode.
+
+    Each source reports its watermark (the largest event time it has read of the model) with the produce time of
+    the record that carries it. :meth:`low` is the event time every *active* source has passed: a source whose
+    last report was produced more than ``idle_s`` before the newest report of any source is idle and holds
+    nothing back (produce times come with the records, so replaying the topic decides the same way), and until
+    each of the ``expected`` sources has reported once or gone idle, nothing has passed.
+    """
+
+    def __init__(self, expected: int, idle_s: float) -> None:
+        self.expected = expected
+        self.idle_s = idle_s
+        self._sources: dict[int, tuple[float, float]] = {}  # source -> (watermark, produce time of its last report)
+        self._first: float | None = None  # produce time of the first report: unheard sources are silent since
+
+    def advance(self, source: int, stamp: float, watermark: float | None) -> None:
+        """A report of ``source`` (None: the record carries no watermark, nothing changes)."""
+        if watermark is None:
+            return
+        old = self._sources.get(source)
+        self._sources[source] = (max(watermark, old[0]), max(stamp, old[1])) if old else (watermark, stamp)
+        if self._first is None:
+            self._first = stamp
+
+    @property
+    def high(self) -> float:
+        return max((w for w, _ in self._sources.values()), default=-np.inf)
+
+    def low(self) -> float:
+        if not self._sources:
+            return -np.inf
+        newest = max(s for _, s in self._sources.values())
+        if len(self._sources) < self.expected and self._first is not None and self._first >= newest - self.idle_s:
+            return -np.inf  # a source not heard from yet may still bring events of any time
+        return min(w for w, s in self._sources.values() if s >= newest - self.idle_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"first": self._first,
+                "sources": {str(k): [w if np.isfinite(w) else None, s] for k, (w, s) in self._sources.items()}}
+
+    def restore(self, d: dict[str, Any]) -> SourceWatermarks:
+        self._sources = {int(k): (-np.inf if w is None else float(w), float(s)) for k, (w, s) in d["sources"].items()}
+        self._first = None if d["first"] is None else float(d["first"])
+        return self
+
+
 class MergedTimeWindows(TimeWindows):
     """Event-time windows of partial panes from many prediction partitions (scale-out mode).
 
-    Each partition ("source") reports its watermark, the largest event time it has read of the model. A window
-    closes when every *active* source has passed its end (plus ``lateness_s``): so events keyed by event id
-    over many partitions give the same windows as one partition would. A source whose last record was produced
-    more than ``idle_s`` before the newest record of any source is idle and holds nothing back (the produce
-    times come with the records, so replaying the topic decides the same way); a piece of a pane whose window
-    has already been evaluated is counted in ``late_events``.
+    A window closes when every active partition has passed its end plus ``lateness_s`` (:class:`SourceWatermarks`):
+    so events keyed by event id over many partitions give the same windows as one partition would. A piece of a
+    pane whose window has already been evaluated is counted in ``late_events``.
     """
 
     def __init__(self, size: float, slide: float | None, lateness_s: float, binning: Binning, cap: int,
                  idle_s: float, sources: int = 1, segments: SegmentReference | None = None) -> None:
         super().__init__(size, slide, lateness_s, binning, cap, segments)
-        self.idle_s = idle_s
-        self.expected_sources = sources  # partitions that may carry the model: silent ones count as idle only
-        self._sources: dict[int, tuple[float, float]] = {}  # source -> (watermark, produce time of its last record)
-        self._first_stamp: float | None = None  # of the first record: sources never heard of are silent since
+        self.clock = SourceWatermarks(sources, idle_s)
 
     def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
         if index is None:
@@ -311,32 +352,19 @@ class MergedTimeWindows(TimeWindows):
             self.add_piece(int(p), self._new_pane().update(cols.take(idx == p)))
 
     def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
-        old = self._sources.get(source)
-        wm = watermark if watermark is not None else (old[0] if old else -np.inf)
-        if old is not None:
-            wm = max(wm, old[0])
-        self._sources[source] = (wm, max(stamp, old[1]) if old else stamp)
-        if self._first_stamp is None:
-            self._first_stamp = stamp
-        self._max_t = max(self._max_t, wm)
+        self.clock.advance(source, stamp, watermark)
+        self._max_t = max(self._max_t, self.clock.high)
         return self._close()
 
     def _watermark(self) -> float:
-        newest = max(s for _, s in self._sources.values())
-        active = [wm for wm, s in self._sources.values() if s >= newest - self.idle_s]
-        unheard = len(self._sources) < self.expected_sources
-        if unheard and self._first_stamp is not None and self._first_stamp >= newest - self.idle_s:
-            return -np.inf  # a partition not heard from yet may still bring events of every open window
-        return min(active) - self.lateness_s
+        return self.clock.low() - self.lateness_s
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "first_stamp": self._first_stamp,
-                "sources": {str(k): [w if np.isfinite(w) else None, s] for k, (w, s) in self._sources.items()}}
+        return {**super().snapshot(), "clock": self.clock.snapshot()}
 
     def restore(self, d: dict[str, Any], panes: dict[str, Pane]) -> MergedTimeWindows:
         super().restore(d, panes)
-        self._sources = {int(k): (-np.inf if w is None else float(w), float(s)) for k, (w, s) in d["sources"].items()}
-        self._first_stamp = None if d["first_stamp"] is None else float(d["first_stamp"])
+        self.clock.restore(d["clock"])
         return self
 
 
