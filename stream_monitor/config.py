@@ -452,16 +452,6 @@ class MonitorConfig(_Frozen):
     scale_out: ScaleOutConfig = ScaleOutConfig()
     models: dict[str, ModelConfig]
 
-    @model_validator(mode="after")
-    def _scale_out_models(self) -> MonitorConfig:
-        if self.scale_out.enabled:
-            for name, m in self.models.items():
-                if m.uses_labels:
-                    raise ValueError(f"scale_out.enabled: model {name!r} joins labels (performance or "
-                                     "concept_drift), which scale-out mode does not support yet: monitor it with "
-                                     "a config of its own without scale_out")
-        return self
-
     @field_validator("models")
     @classmethod
     def _non_empty(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:

@@ -505,20 +505,23 @@ class PerformanceTracker:
         return int(t // self.cfg.window_s)
 
     def add_predictions(self, events: list[dict[str, Any]]) -> None:
-        for ev in events:  # per event, not per feature: a few dict reads
-            w = self._index(ev["timestamp"])
+        self.add_prediction_counts(prediction_counts(events, self.cfg.window_s, self.positive))
+
+    def add_prediction_counts(self, counts: dict[int, PredictionCounts]) -> None:
+        """Add per-window prediction counts (:func:`prediction_counts`: mergeable, so scale-out sums them over
+        partitions)."""
+        for w, (n, est_n, pos, neg) in counts.items():
             if w < self._reported_below:
-                self.late_predictions += 1
+                self.late_predictions += n
                 continue
             win = self._windows.get(w)
             if win is None:
                 win = self._windows[w] = _PerfWindow()
-            win.predictions += 1
-            s = ev.get("score")
-            if s is not None and self.positive is not None:
-                win.est_n += 1
-                hist = win.est_pos if label_key(ev["prediction"]) == self.positive else win.est_neg
-                hist[_score_bin(float(s))] += 1
+            win.predictions += n
+            win.est_n += est_n
+            for hist, add in ((win.est_pos, pos), (win.est_neg, neg)):
+                for b, c in enumerate(add):
+                    hist[b] += c
 
     def add_pairs(self, pairs: list[JoinedPair]) -> None:
         keys = event_keys([p.event_id for p in pairs]).tolist()
@@ -690,6 +693,73 @@ def _intervals(task: str, win: _PerfWindow, n: int, metrics: dict[str, float], s
             var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
             half = z * math.sqrt(max(var, 0.0))
             out["roc_auc"] = [_r(max(0.0, a - half)), _r(min(1.0, a + half))]
+    return out
+
+
+#: Per performance window: predictions, scored predictions, score histograms of predicted positives, negatives.
+PredictionCounts = tuple[int, int, list[int], list[int]]
+
+
+def prediction_counts(events: list[dict[str, Any]], window_s: float, positive: str | None
+                      ) -> dict[int, PredictionCounts]:
+    """What predictions add to their performance windows (coverage and the estimate's histograms), per window."""
+    out: dict[int, list[Any]] = {}
+    for ev in events:  # per event, not per feature: a few dict reads
+        w = int(ev["timestamp"] // window_s)
+        c = out.get(w)
+        if c is None:
+            c = out[w] = [0, 0, [0] * SCORE_BINS, [0] * SCORE_BINS]
+        c[0] += 1
+        s = ev.get("score")
+        if s is not None and positive is not None:
+            c[1] += 1
+            (c[2] if label_key(ev["prediction"]) == positive else c[3])[_score_bin(float(s))] += 1
+    return {w: (n, e, pos, neg) for w, (n, e, pos, neg) in out.items()}
+
+
+def merge_counts(into: dict[int, list[Any]], counts: dict[int, PredictionCounts]) -> None:
+    for w, (n, e, pos, neg) in counts.items():
+        c = into.setdefault(w, [0, 0, [0] * SCORE_BINS, [0] * SCORE_BINS])
+        c[0] += n
+        c[1] += e
+        c[2] = [a + b for a, b in zip(c[2], pos)]
+        c[3] = [a + b for a, b in zip(c[3], neg)]
+
+
+def counts_from_plain(d: Any) -> dict[int, PredictionCounts]:
+    """Validated per-window prediction counts from plain data ({window: [n, est_n, pos, neg]})."""
+    if not isinstance(d, dict):
+        raise ValueError("prediction counts: an object expected")
+    out = {}
+    for w, v in d.items():
+        n, e, pos, neg = v
+        if not (type(n) is int and type(e) is int and 0 <= e <= n and len(pos) == len(neg) == SCORE_BINS
+                and all(type(x) is int and x >= 0 for x in (*pos, *neg))):
+            raise ValueError(f"prediction counts of window {w}: malformed")
+        out[int(w)] = (n, e, list(pos), list(neg))
+    return out
+
+
+def pairs_plain(pairs: list[JoinedPair]) -> list[list[Any]]:
+    """Joined pairs as plain rows (scale-out hands them to the model's deciding task)."""
+    return [[p.event_id, p.prediction_time, p.label_time, p.prediction, p.score, p.label, p.carried] for p in pairs]
+
+
+def pairs_from_rows(rows: Any) -> list[JoinedPair]:
+    """The inverse of :func:`pairs_plain`; raises ``ValueError`` on a malformed row."""
+    if not isinstance(rows, list):
+        raise ValueError("pairs: a list expected")
+    out = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 7:
+            raise ValueError("pairs: rows of 7 values expected")
+        eid, tp, tl, pred, score, label, carried = row
+        if not (isinstance(eid, str) and isinstance(tp, (int, float)) and isinstance(tl, (int, float))
+                and (pred is None or isinstance(pred, (int, float, str))) and isinstance(label, (int, float, str))
+                and (score is None or isinstance(score, (int, float))) and isinstance(carried, bool)):
+            raise ValueError("pairs: malformed pair")
+        out.append(JoinedPair(eid, float(tp), float(tl), pred, None if score is None else float(score), label,
+                              carried))
     return out
 
 

@@ -34,7 +34,7 @@ from .drift import Finding, evaluate_window
 from .concept import ConceptDriftDetectors
 from .events import ModelEvents, PredictionBatch
 from .keys import event_keys, key_fraction
-from .labels import LabelJoin, PerformanceReport, PerformanceTracker
+from .labels import LabelJoin, PerformanceReport, PerformanceTracker, counts_from_plain, pairs_from_rows
 from .sketches import LatencySketch, Pane, clip
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
@@ -182,7 +182,9 @@ class ModelMonitor:
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
         self.history: WindowHistory | None = None
-        self.join = LabelJoin(cfg.join) if self.labels_enabled else None
+        # scale-out: the pane builders join labels; this model's deciding task gets their pairs
+        self.join = LabelJoin(cfg.join) if self.labels_enabled and self.merged_idle_s is None else None
+        self._label_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)  # scale-out: maturity
         self.performance = (PerformanceTracker(cfg.name, cfg.performance, cfg.join.sample_rate)
                             if self.labels_enabled else None)
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
@@ -293,6 +295,10 @@ class ModelMonitor:
         assert self.merged_idle_s is not None
         k, c, s = len(self.numeric), len(self.categorical), len(self.cfg.segments.keys)
         cols = Columns.from_dict(rec.raw, k, c, s) if rec.raw is not None else None
+        pairs = pairs_from_rows(rec.pairs) if rec.pairs is not None else []
+        counts = counts_from_plain(rec.predictions) if rec.predictions is not None else {}
+        if (pairs or counts) and self.performance is None:
+            raise ValueError(f"pairs for model {self.cfg.name!r}, which monitors no labels")
         piece = None
         if rec.pane is not None:
             if self.reference is not None and rec.ref == self.reference.id:
@@ -321,6 +327,11 @@ class ModelMonitor:
             assert isinstance(self.windows, (MergedCountWindows, MergedTimeWindows))
             self.last_version = piece.main_version or self.last_version
             closed += self.windows.add_piece(rec.index, piece)
+        if self.performance is not None:
+            self.performance.add_prediction_counts(counts)
+            if pairs:
+                self._add_pairs(pairs)
+            self._label_clock.advance(rec.source, rec.at, rec.label_wm)
         if rec.watermark is not None:
             self.last_event_time = max(self.last_event_time or rec.watermark, rec.watermark)
         if isinstance(self.windows, (MergedCountWindows, MergedTimeWindows)):
@@ -374,11 +385,12 @@ class ModelMonitor:
 
     def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
         """Performance windows whose labels have matured, each with its findings for the alert policy."""
-        if self.join is None or self.performance is None:
+        if self.performance is None:
             return []
         perf = self.cfg.performance
         out = []
-        for rep in self.performance.mature(self.join.maturity_watermark):
+        watermark = self._label_clock.low() if self.join is None else self.join.maturity_watermark
+        for rep in self.performance.mature(watermark):
             findings = []
             for metric, bound in perf.thresholds.items():
                 v = rep.metrics.get(metric)
@@ -505,6 +517,7 @@ class ModelMonitor:
             "join": self.join.snapshot() if self.join is not None else None,
             "performance": self.performance.snapshot() if self.performance is not None else None,
             "concept": self.concept.snapshot() if self.concept is not None else None,
+            "label_clock": self._label_clock.snapshot() if self.merged_idle_s is not None else None,
         }
 
     def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -617,6 +630,8 @@ class ModelMonitor:
             self.performance.restore(core["performance"], pairs)
         if self.concept is not None and core.get("concept") is not None:
             self.concept.restore(core["concept"])
+        if self.merged_idle_s is not None and core.get("label_clock") is not None:
+            self._label_clock.restore(core["label_clock"])
 
 
 def changed_records(pieces: Iterator[tuple[str, Any, Callable[[], Any]]], written: dict[str, Any],
@@ -747,6 +762,7 @@ class Monitor:
         windows and decide on them; returns what to publish. Records of unconfigured models are in
         ``unknown_predictions``, unusable ones in ``rejected``, by position."""
         out = BatchOutput()
+        touched: set[str] = set()
         for pos, rec in enumerate(records):
             mm = self.models.get(rec.model)
             if mm is None:
@@ -762,6 +778,11 @@ class Monitor:
                 out.references.append(mm.built_reference)
                 mm.built_reference = None
             self._windows_out(rec.model, results, out)
+            if mm.performance is not None:
+                touched.add(rec.model)
+        for name in sorted(touched):
+            self._concept_now(name, out)
+            self._mature(name, out)
         self.counters.alerts += len(out.alerts)
         return out
 

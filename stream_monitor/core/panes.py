@@ -40,7 +40,8 @@ import numpy as np
 from ..config import ModelConfig, MonitorConfig
 from .columns import Columns, column_names
 from .events import PredictionBatch
-from .keys import key_fraction
+from .keys import event_keys, key_fraction
+from .labels import (JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain, prediction_counts)
 from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records
 from .reference import Reference
 from .segments import SegmentedPane
@@ -56,6 +57,13 @@ PIECE_SAMPLE_BYTES = 400_000
 
 #: Events per raw record forwarded before the reference exists.
 RAW_CHUNK_EVENTS = 500
+
+#: Joined pairs per record handed to the deciding task.
+PAIRS_PER_RECORD = 5000
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def piece_cap(pane_cap: int, sources: int, numeric: int) -> int:
@@ -84,10 +92,16 @@ class ModelPanes:
         self._open: dict[int, Pane] = {}  # time: pane number -> piece; count: {0: the open piece}
         self._out: list[dict[str, Any]] = []  # records handed out at the next flush
         self._wm = -np.inf
-        self._fresh = False  # events since the last flush
+        self._fresh = False  # something to hand out since the last flush
+        self._moved = False  # prediction events since the last flush (the watermark is reported then only)
         self.last_version = ""
         self.last_event_time: float | None = None
-        self.join = None  # no label join in stage one (exporter reads it)
+        # labels: keyed like the predictions (by event id), so a prediction and its label share a partition and
+        # are joined here; the pairs and the predictions' per-window counts go to the deciding task
+        self.join = LabelJoin(cfg.join) if cfg.uses_labels else None
+        self._positive = None if cfg.performance.positive_label is None else label_key(cfg.performance.positive_label)
+        self._pairs: list[JoinedPair] = []
+        self._counts: dict[int, list[Any]] = {}
         self.dirty = False
         self._written: dict[str, Any] = {}
         if reference is not None:
@@ -111,7 +125,7 @@ class ModelPanes:
     def update(self, cols: Columns) -> None:
         if not cols.n:
             return
-        self.dirty = self._fresh = True
+        self.dirty = self._fresh = self._moved = True
         self.last_version = clip(cols.model_version[-1])
         newest = float(cols.event_time.max())
         self._wm = max(self._wm, newest)
@@ -138,6 +152,27 @@ class ModelPanes:
             at += take
             if piece.n >= self.piece_events:
                 self._emit_piece(None, self._open.pop(0))
+
+    def observe_predictions(self, events: list[dict[str, Any]], keys: np.ndarray) -> None:
+        """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and
+        counts in its performance window."""
+        if self.join is None:
+            return
+        events, keys = self.join.sample(events, keys, "p")
+        merge_counts(self._counts, prediction_counts(events, self.cfg.performance.window_s, self._positive))
+        self._pairs += self.join.add_predictions(events, keys)
+        self.dirty = self._fresh = True
+
+    def update_labels(self, events: list[dict[str, Any]]) -> None:
+        if self.join is None:
+            return
+        events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
+        pairs = self.join.add_labels(events, keys)
+        carried = [{"timestamp": p.prediction_time, "prediction": p.prediction, "score": p.score}
+                   for p in pairs if p.carried]
+        merge_counts(self._counts, prediction_counts(carried, self.cfg.performance.window_s, self._positive))
+        self._pairs += pairs
+        self.dirty = self._fresh = True
 
     def _new_piece(self) -> Pane:
         assert self.reference is not None
@@ -167,12 +202,19 @@ class ModelPanes:
                 self._emit_piece(p, self._open.pop(p))
         elif 0 in self._open:
             self._emit_piece(None, self._open.pop(0))
-        out = self._out or [{}]
-        self._out = []
+        out = self._out
+        for at_pair in range(0, len(self._pairs), PAIRS_PER_RECORD):
+            out.append({"pairs": pairs_plain(self._pairs[at_pair: at_pair + PAIRS_PER_RECORD])})
+        out = out or [{}]
+        if self.join is not None:
+            out[-1]["predictions"] = {str(w): c for w, c in self._counts.items()}
+            out[-1]["label_wm"] = _finite(self.join.maturity_watermark)
+        if self._moved:
+            out[-1]["wm"] = self._wm
+        self._out, self._pairs, self._counts = [], [], {}
         head = {"v": PANE_FORMAT, "model": self.cfg.name, "source": self.source, "at": at}
         records = [{**head, "ref": self.reference.id if self.reference else None, **r} for r in out]
-        records[-1]["wm"] = self._wm
-        self._fresh = False
+        self._fresh = self._moved = False
         self.dirty = True
         return records
 
@@ -190,16 +232,20 @@ class ModelPanes:
         if not self.dirty:
             return {}
         core = {"v": PANE_FORMAT, "stage": "panes", "reference": self.reference.id if self.reference else None,
-                "wm": self._wm if np.isfinite(self._wm) else None, "fresh": self._fresh,
-                "open": sorted(self._open), "last_version": self.last_version, **extra}
+                "wm": _finite(self._wm), "fresh": self._fresh, "moved": self._moved,
+                "open": sorted(self._open), "last_version": self.last_version,
+                "join": self.join.snapshot() if self.join is not None else None, **extra}
         out, self._written = changed_records(self._pieces(), self._written, core)
         self.dirty = False
         return out
 
     def restore(self, records: dict[str, Any], reference: Reference | None) -> dict[str, Any]:
+        """Rebuild from this model's state records (and its join changelog entries under ``join:<key>``)."""
         core = records.get("core")
-        self._written = {k: object() for k in records}
+        self._written = {k: object() for k in records if not k.startswith("join:")}
         if core is None:
+            if self.join is not None:
+                self.join.forget([k[5:] for k in records if k.startswith("join:")])
             return {}
         if core.get("v") != PANE_FORMAT or core.get("stage") != "panes":
             raise ValueError("not a pane builder checkpoint")
@@ -212,7 +258,10 @@ class ModelPanes:
             self._open = {int(p): self._restore_piece(records[f"o/{int(p)}"]) for p in core["open"]}
         self._wm = -np.inf if core["wm"] is None else float(core["wm"])
         self._fresh = bool(core["fresh"])
+        self._moved = bool(core.get("moved", core["fresh"]))
         self.last_version = clip(str(core["last_version"]))
+        if self.join is not None and core.get("join") is not None:
+            self.join.restore(core["join"], {k[5:]: v for k, v in records.items() if k.startswith("join:")})
         for key, stamp, _ in self._pieces():
             if key in records:
                 self._written[key] = stamp
@@ -246,16 +295,17 @@ class PaneBuilder:
         return None
 
     def process_batch(self, predictions: PredictionBatch, labels: list[dict[str, Any]]) -> BatchOutput:
-        """Add one consumed batch; what to publish comes from :meth:`checkpoint`. Labels are not joined in
-        scale-out mode (the config refuses models that use them): any label is an unknown one."""
+        """Add one consumed batch: predictions, then labels (joined here: both topics keyed by event id); what
+        to publish comes from :meth:`checkpoint`."""
         out = BatchOutput()
         self.counters.events += predictions.count
         out.unknown_predictions = sorted(predictions.unknown)
-        out.unknown_labels = list(range(len(labels)))
         for pos, name in predictions.unknown.items():
             self.counters.unmonitored[name] += 1
         for name, me in predictions.models.items():
             mp = self.models[name]
+            if mp.join is not None:
+                mp.observe_predictions(me.events(), me.cols.key)
             cols = me.cols
             rate = mp.cfg.sample_rate
             if rate < 1:
@@ -263,6 +313,17 @@ class PaneBuilder:
                 self.counters.sampled_out += int((~keep).sum())
                 cols = cols.take(keep)
             mp.update(cols)
+        by_model: dict[str, list[int]] = {}
+        for i, ev in enumerate(labels):
+            by_model.setdefault(ev["model"], []).append(i)
+        for name, pos in by_model.items():
+            mp = self.models.get(name)
+            if mp is None or mp.join is None:
+                self.counters.unmonitored[name] += len(pos)
+                out.unknown_labels.extend(pos)
+                continue
+            mp.update_labels([labels[i] for i in pos])
+        out.unknown_labels.sort()
         return out
 
     def checkpoint(self, at: float | None = None) -> Checkpoint:
@@ -272,6 +333,9 @@ class PaneBuilder:
         for name, mp in self.models.items():
             for rec in mp.flush(now):
                 cp.outputs.append((name, rec))
+            if mp.join is not None:
+                for key, entry in mp.join.take_changes().items():
+                    cp.join[f"{name}/{key}"] = entry
             for key, value in mp.checkpoint({}).items():
                 cp.state[f"{name}/{key}"] = value
         return cp
@@ -282,6 +346,9 @@ class PaneBuilder:
         for key, value in state.items():
             name, _, rest = key.partition("/")
             per_model.setdefault(name, {})[rest] = value
+        for key, value in (join or {}).items():
+            name, _, rest = key.partition("/")
+            per_model.setdefault(name, {})["join:" + rest] = value
         restored = []
         for name, records in per_model.items():
             mp = self.models.get(name)
@@ -292,7 +359,9 @@ class PaneBuilder:
                     restored.append(name)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
                 fresh = ModelPanes(mp.cfg, self.source, self.sources, (references or {}).get(name))
-                fresh._written = {k: object() for k in records}  # the next checkpoint deletes them
+                fresh._written = {k: object() for k in records if not k.startswith("join:")}  # deleted next
+                if fresh.join is not None:
+                    fresh.join.forget([k[5:] for k in records if k.startswith("join:")])
                 fresh.dirty = True
                 self.models[name] = fresh
                 self.counters.restore_errors += 1

@@ -219,6 +219,9 @@ class PaneRecord:
     index: int | None = None
     pane: dict[str, Any] | None = None  # a Pane snapshot (restored by the receiver, which has the binning)
     raw: dict[str, Any] | None = None  # Columns.to_dict()
+    pairs: list[Any] | None = None  # joined prediction-label pairs (labels.pairs_plain)
+    predictions: dict[str, Any] | None = None  # per performance window: prediction counts (labels.prediction_counts)
+    label_wm: float | None = None  # the partition's label-join maturity watermark
 
 
 def decode_record(d: Any) -> PaneRecord:
@@ -240,9 +243,15 @@ def decode_record(d: Any) -> PaneRecord:
             raise ValueError("pane and raw: objects expected")
         if pane is not None and raw is not None:
             raise ValueError("a record carries a piece or raw events, not both")
+        pairs, counts, label_wm = d.get("pairs"), d.get("predictions"), d.get("label_wm")
+        if pairs is not None and not isinstance(pairs, list) or counts is not None and not isinstance(counts, dict):
+            raise ValueError("pairs: a list and predictions: an object expected")
+        if label_wm is not None and not isinstance(label_wm, (int, float)):
+            raise ValueError("label_wm: a number expected")
     except KeyError as exc:
         raise ValueError(f"missing field {exc.args[0]!r}") from None
-    return PaneRecord(model, source, float(at), ref, None if wm is None else float(wm), index, pane, raw)
+    return PaneRecord(model, source, float(at), ref, None if wm is None else float(wm), index, pane, raw, pairs,
+                      counts, None if label_wm is None else float(label_wm))
 
 
 class MergedCountWindows(CountWindows):

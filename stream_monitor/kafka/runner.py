@@ -156,7 +156,8 @@ class MonitorService:
             np_, nl = parts.get(cfg.topics.predictions), parts.get(cfg.topics.labels)
             if np_ and nl and np_ != nl:
                 logger.warning("%s has %d partitions and %s %d: a model's labels only join its predictions when "
-                               "both topics have the same partition count and key (the model name)",
+                               "both topics have the same partition count and key (the model name; in scale-out "
+                               "mode the event id)",
                                cfg.topics.predictions, np_, cfg.topics.labels, nl)
         self._refs: CompactedTopicReader | None = None
         if self._scale_out:

@@ -42,6 +42,7 @@ class TwoStages:
         self.clock = 1000.0
         self.alerts: list[Any] = []
         self.results: list[Any] = []
+        self.reports: list[dict[str, Any]] = []
         self.stored: list[dict[str, Any]] = [{} for _ in range(parts + 1)]  # the state topic, per task
 
     def _store(self, task: int, changes: dict[str, Any]) -> None:
@@ -51,16 +52,27 @@ class TwoStages:
             else:
                 self.stored[task][k] = orjson.loads(orjson.dumps(v))
 
-    def feed(self, events: list[dict[str, Any]], chunk: int = 300) -> None:
+    def feed(self, events: list[dict[str, Any]], chunk: int = 300, labels: list[dict[str, Any]] = ()) -> None:
+        """Predictions (and labels, keyed by event id too) partition by partition, in chunks of their order."""
         parts = _partition(events, len(self.builders))
+        lparts = _partition(list(labels), len(self.builders))
         cursors = [0] * len(parts)
-        while any(c < len(p) for c, p in zip(cursors, parts)):
+        lcursors = [0] * len(parts)
+        while any(c < len(p) for c, p in zip(cursors, parts)) or any(
+                c < len(p) for c, p in zip(lcursors, lparts)):
             for s, pos in enumerate(parts):
                 take = pos[cursors[s]: cursors[s] + chunk]
                 cursors[s] += chunk
-                if take:
+                # the labels this partition holds up to the last prediction's time (a consumer reading both)
+                until = events[take[-1]]["timestamp"] if take else float("inf")
+                lpos = lparts[s]
+                lend = lcursors[s]
+                while lend < len(lpos) and labels[lpos[lend]]["timestamp"] <= until:
+                    lend += 1
+                ltake, lcursors[s] = lpos[lcursors[s]: lend], lend
+                if take or ltake:
                     batch = PredictionBatch.from_events([events[i] for i in take], self.cfg.models)
-                    self.builders[s].process_batch(batch, [])
+                    self.builders[s].process_batch(batch, [labels[i] for i in ltake])
             self.commit()
 
     def commit(self) -> None:
@@ -77,6 +89,7 @@ class TwoStages:
                 b.set_reference(ref.model, ref)
         self.alerts += out.alerts
         self.results += out.results
+        self.reports += out.reports
         self._store(len(self.builders), self.decider.checkpoint().state)
 
 
@@ -228,3 +241,37 @@ def test_segments_over_partitions_name_only_the_shifted_slice() -> None:
               if a.segment is not None and a.status == "firing"}
     assert sliced == {("region", "eu")}
     assert any(r.segments for r in two.results if r.skipped is None)
+
+
+def test_labels_over_partitions_report_the_same_performance_as_one_monitor() -> None:
+    """Labels keyed by event id join on each partition; the deciding task sums the pairs and counts."""
+    from tests.streams import classifier_config, labeled_stream
+
+    model = classifier_config(performance={"task": "binary", "positive_label": "1", "window_s": 600,
+                                           "maturity_s": 1800, "min_labels": 50,
+                                           "thresholds": {"accuracy": {"min": 0.6}}},
+                              concept_drift=[{"type": "ddm"}])
+    cfg = parse_config({"scale_out": {"enabled": True}, "models": {"clf": model}})
+    one_cfg = parse_config({"models": {"clf": model}})
+    rng = np.random.default_rng(31)
+    preds, labels = labeled_stream(12_000, rng)
+    p2, l2 = labeled_stream(12_000, rng, start=12_000, flip=True)
+    preds, labels = preds + p2, sorted(labels + l2, key=lambda e: e["timestamp"])
+    one = Monitor(one_cfg)
+    single = []
+    items = sorted([(e["timestamp"], 0, e) for e in preds] + [(e["timestamp"], 1, e) for e in labels],
+                   key=lambda x: x[:2])
+    for at in range(0, len(items), 500):
+        chunk = items[at: at + 500]
+        out = one.process_batch([e for _, k, e in chunk if k == 0], [e for _, k, e in chunk if k == 1])
+        single += [r for r in out.reports if r["type"] == "performance"]
+    two = TwoStages(cfg, 3)
+    two.feed(preds, labels=labels)
+    reps = [r for r in two.reports if r["type"] == "performance"]
+    assert len(reps) >= 15
+    want = {r["start"]: (r["predictions"], r["labeled"], r["metrics"]) for r in single}
+    got = {r["start"]: (r["predictions"], r["labeled"], r["metrics"]) for r in reps}
+    common = sorted(set(want) & set(got))
+    assert len(common) >= 15 and all(got[w] == want[w] for w in common)
+    kinds = {(a.kind, a.status) for a in two.alerts}
+    assert ("performance", "firing") in kinds and ("concept_drift", "firing") in kinds  # the flip is caught

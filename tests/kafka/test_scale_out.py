@@ -73,16 +73,20 @@ def drained(bootstrap: str, raw: dict[str, Any], ends: dict[int, int], last_end:
 
 
 def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]], tmp_path: Any, instances: int,
-              kill_one: bool = False, garbage: bool = False) -> dict[str, Any]:
+              kill_one: bool = False, garbage: bool = False, labels: list[dict[str, Any]] = ()) -> dict[str, Any]:
     cfg = parse_config(raw)
-    size = cfg.models["m"].window.size
+    size = next(iter(cfg.models.values())).window.size
     last_end = (events[-1]["timestamp"] // size) * size
     create_topic(bootstrap, cfg.topics.predictions, partitions=PARTS)
+    if labels:
+        create_topic(bootstrap, cfg.topics.labels, partitions=PARTS)
     parts = by_event_id(events)
     procs = [MonitorProcess(with_instance(raw, f"i{i}"), bootstrap, tmp_path, f"{cfg.kafka.group_id}-{i}").start()
              for i in range(instances)]
     time.sleep(6 if instances > 1 else 2)
     produce_partitioned(bootstrap, cfg.topics.predictions, parts)
+    if labels:
+        produce_partitioned(bootstrap, cfg.topics.labels, by_event_id(labels))
     if garbage:  # a record on the internal pane topic that is not a pane record: dead-lettered, nothing stops
         produce(bootstrap, cfg.topics.panes, [b"not a pane record"], key=b"m")
     if kill_one:  # once it owns tasks and has committed some of their work
@@ -167,3 +171,26 @@ def test_a_seasonal_stream_over_partitions_with_a_calendar_reference_raises_noth
         if w["start"] >= times[2000]:
             assert w["events"] == int(((times >= w["start"]) & (times < w["end"])).sum())
     assert Counter(r["window"]["index"] for r in drift).most_common(1)[0][1] == 1  # each window once
+
+
+def test_labels_keyed_by_event_id_are_joined_per_partition_and_decided_once(kafka_bootstrap, run_id, tmp_path):
+    """Performance and concept drift in scale-out mode: each partition joins its labels, the model's deciding
+    task sums the pairs and counts and pages once when the outcome relation flips."""
+    from tests.streams import classifier_config, labeled_stream
+
+    rng = np.random.default_rng(63)
+    preds, labels = labeled_stream(6000, rng, lag_mean_s=60)
+    p2, l2 = labeled_stream(6000, rng, start=6000, flip=True, lag_mean_s=60)
+    model = classifier_config(performance={"task": "binary", "positive_label": "1", "window_s": 600,
+                                           "maturity_s": 600, "min_labels": 50,
+                                           "thresholds": {"accuracy": {"min": 0.6}}})
+    raw = scale_config(run_id, model)
+    raw["models"] = {"clf": raw["models"].pop("m")}
+    got = run_group(kafka_bootstrap, raw, preds + p2, tmp_path, 2, labels=labels + l2)
+    perf = [r for r in got["reports"] if r["type"] == "performance"]
+    assert len(perf) >= 6 and len({r["start"] for r in perf}) == len(perf)  # each window reported once
+    times = np.array([e["timestamp"] for e in preds + p2])
+    for r in perf:  # every prediction of the window counted, from every partition
+        assert r["predictions"] == int(((times >= r["start"]) & (times < r["end"])).sum())
+    firing = {a["alert_id"] for a in got["alert_events"] if a["kind"] == "performance" and a["status"] == "firing"}
+    assert len(firing) == 1
