@@ -119,6 +119,7 @@ class ModelPanes:
             for index, piece in sorted(self._open.items()):
                 self._emit_piece(index, piece)
             self._open = {}
+            self._fresh = True  # handed out at the next flush
         self.reference = ref
         self.dirty = True
 
@@ -194,7 +195,7 @@ class ModelPanes:
     def flush(self, at: float) -> list[dict[str, Any]]:
         """Records to publish now: finished pieces (and raw events), the last one with the watermark. Nothing
         when no event came since the last flush (the source then goes idle for the deciding instance)."""
-        if not self._fresh:
+        if not self._fresh and not self._out:
             return []
         if self.by_time:
             complete = math.floor((self._wm - self.cfg.window.lateness_s) / self.pane_s) - 1  # last finished pane

@@ -275,3 +275,21 @@ def test_labels_over_partitions_report_the_same_performance_as_one_monitor() -> 
     assert len(common) >= 15 and all(got[w] == want[w] for w in common)
     kinds = {(a.kind, a.status) for a in two.alerts}
     assert ("performance", "firing") in kinds and ("concept_drift", "firing") in kinds  # the flip is caught
+
+
+def test_a_new_reference_hands_out_the_open_pieces_of_the_old_one() -> None:
+    cfg = _config(window={"by": "time", "size": 600}, reference={"size": 500})
+    rng = np.random.default_rng(4)
+    two = TwoStages(cfg, 1)
+    two.feed(make_events(2000, rng))
+    b = two.builders[0]
+    assert b.models["m"]._open  # a pane in progress
+    old = b.models["m"].reference
+    other = parse_config({"models": {"m": model_config()}}).models["m"]
+    from stream_monitor.core.reference import build_reference
+
+    new = build_reference(make_events(600, rng), "m", other.features.numeric, other.features.categorical,
+                          other.prediction, other.monitor_score, 10, 50, 10000, 5000, source="warmup")
+    b.set_reference("m", new)
+    cp = b.checkpoint(2.0)  # flushes the old pieces, tagged with the old reference: no error
+    assert cp.outputs and all(r["ref"] == old.id for _, r in cp.outputs if "pane" in r)
