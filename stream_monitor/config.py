@@ -182,6 +182,10 @@ class Thresholds(_Frozen):
     js: float = Field(0.05, gt=0, le=1)
     hellinger: float = Field(0.05, gt=0, le=1)
     chi2: float = Field(0.05, gt=0)  # Cohen's w
+    # |AUC - 0.5| of the binned rank-sum (Mann-Whitney) location test on numeric features; null: not tested
+    rank_sum: float | None = Field(0.02, gt=0, le=0.5)
+    # largest significant change of one category's share (categorical features); null: not tested
+    category_shift: float | None = Field(0.01, gt=0, le=1)
 
 
 NumericTest = Literal["auto", "psi", "ks", "wasserstein", "js", "hellinger"]
