@@ -17,6 +17,7 @@ js             Jensen-Shannon distance, base 2             0.1        binned chi
 hellinger      Hellinger distance                          0.1        binned chi-square homogeneity
 chi2           Cohen's w (two-sample), noise floor         0.1        chi-square homogeneity
 rank_sum       |AUC - 0.5| of window vs reference, floor   0.02       Mann-Whitney normal approx.
+category_shift change of one category's share, floor       0.01       hypergeometric, Bonferroni
 =============  ==========================================  =========  ============================
 """
 

@@ -299,3 +299,16 @@ def test_category_shift_finds_the_category_that_moved_and_is_calibrated():
     assert np.mean(p < 1e-3) > 0.9
     _, p_chi, _ = stats.chi2_homogeneity(*stats.pool_sparse(ref[:300], cur, valid[:300]))
     assert np.mean(p < 1e-4) > np.mean(p_chi < 1e-4) + 0.2
+
+
+def test_weighted_holm_splits_a_features_share_between_its_two_tests():
+    from stream_monitor.core.drift import holm
+
+    rng = np.random.default_rng(34)
+    for _ in range(100):  # unit weights: the plain procedure
+        p = rng.random(7) ** 3
+        assert (holm(p, 0.05) == holm(p, 0.05, np.ones(7))).all()
+    # two tests of one feature (weight 1/2 each) and one of another: p / w against alpha / remaining weight
+    p, w = np.array([0.001, 0.004, 0.02]), np.array([0.5, 0.5, 1.0])
+    assert holm(p, 0.01, w).tolist() == [True, False, False]  # 0.002 <= 0.005; 0.008 > 0.01 / 1.5
+    assert holm(np.array([0.001, 0.003, 0.009]), 0.01, w).tolist() == [True, True, True]
