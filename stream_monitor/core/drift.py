@@ -342,12 +342,13 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
         # rank-sum and category-shift effects have a direction; for a category shift, this window's is that
         # of the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
         mine_signed = d.get("signed", d["value"])
+        per_category = isinstance(mine_signed, np.ndarray)
         here, signed = {}, {}
         cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
         for s, _ in spans:
             v, p, t, events, level = per_span[(s, d["statistic"])]
             here[s], signed[s] = mine_signed, v[j]
-            if np.ndim(mine_signed):
+            if per_category:
                 picked = level[j] < len(mine_signed)
                 here[s] = float(mine_signed[level[j]]) if picked else d["value"]
                 signed[s] = v[j] if picked else abs(v[j])
