@@ -174,7 +174,9 @@ class ReferenceConfig(_Frozen):
 class Thresholds(_Frozen):
     """Smallest effect worth an alert, per statistic (the p-value and the size-aware noise floor decide too).
 
-    Chosen from ``bench/detection.py``: a 0.1 sd mean shift is a PSI of ~0.01, a 0.2 sd one ~0.04."""
+    Chosen from ``bench/detection.py``: a 0.1 sd mean shift is a PSI of ~0.01, a 0.2 sd one ~0.04, and an
+    |AUC - 0.5| of ~0.025 on ten bins (``rank_sum`` 0.02 is a shift of ~0.08 sd, as PSI's 0.008 is ~0.09 sd).
+    ``rank_sum`` and ``category_shift`` set to null turn those tests off."""
 
     psi: float = Field(0.008, gt=0)
     ks: float = Field(0.05, gt=0, le=1)
@@ -182,6 +184,10 @@ class Thresholds(_Frozen):
     js: float = Field(0.05, gt=0, le=1)
     hellinger: float = Field(0.05, gt=0, le=1)
     chi2: float = Field(0.05, gt=0)  # Cohen's w
+    # |AUC - 0.5| of the binned rank-sum (Mann-Whitney) location test on numeric features; null: not tested
+    rank_sum: float | None = Field(0.02, gt=0, le=0.5)
+    # largest significant change of one category's share (categorical features); null: not tested
+    category_shift: float | None = Field(0.01, gt=0, le=1)
 
 
 NumericTest = Literal["auto", "psi", "ks", "wasserstein", "js", "hellinger"]

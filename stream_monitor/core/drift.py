@@ -45,16 +45,23 @@ class Finding:
     segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
 
-def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``alpha``."""
+def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``alpha``.
+
+    With ``weights`` (positive), the weighted version (Holm 1979): hypotheses are taken in order of ``p / w``
+    and the one at each step is rejected when ``p / w <= alpha / (sum of the weights not yet rejected)``.
+    Unit weights give the plain procedure; two tests of one feature with weight 1/2 each spend that feature's
+    share of alpha between them, as a Bonferroni split inside the feature would.
+    """
     p = np.asarray(p_values, dtype=np.float64)
     m = p.size
     reject = np.zeros(m, dtype=bool)
     if m == 0:
         return reject
-    order = np.argsort(p, kind="stable")
-    limits = alpha / (m - np.arange(m))
-    passed = p[order] <= limits
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    order = np.argsort(p / w, kind="stable")
+    remaining = np.cumsum(w[order][::-1])[::-1]  # weight of the hypotheses from this step on
+    passed = p[order] / w[order] <= alpha / remaining
     stop = np.argmin(passed) if not passed.all() else m
     reject[order[:stop]] = True
     return reject
@@ -108,9 +115,16 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     k = len(binning.numeric)
     if k:
         n_ref, n_cur = ref.num_present, cur.num_present
-        f = _binned(ref.num_counts, cur.num_counts, [e[0] for e in evidence.values()], binning.bin_valid,
-                    n_ref, n_cur, th)
+        past = [e[0] for e in evidence.values()]
+        f = _binned(ref.num_counts, cur.num_counts, past, binning.bin_valid, n_ref, n_cur, th)
         bins = f["bins"][0]
+        # the rank-sum test needs the bins in value order: on the counts before sparse bins are pooled
+        rank_on = th.rank_sum is not None
+        if rank_on:
+            auc, rank_p, _ = stats.rank_sum(ref.num_counts, cur.num_counts, binning.bin_valid)
+            rank_thr = np.maximum(th.rank_sum, stats.rank_sum_null_threshold(
+                ref.num_counts, cur.num_counts, binning.bin_valid)).tolist()
+            rank_l, rank_pl, auc_l = _rounded(np.abs(auc - 0.5)), rank_p.tolist(), _rounded(auc)
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         test = cfg.numeric_test
         # PSI needs ~5 events per bin to be stable; below that, KS
@@ -138,17 +152,24 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
                 "js": (js_l[j], chi_pl[j], th.js),
                 "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
             }
+            if rank_on:
+                figures["rank_sum"] = (rank_l[j], rank_pl[j], rank_thr[j])
             value, p, thr = figures[tests[j]]
             d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
                  "threshold": thr, "n": n_cur_l[j], "column": j}
-            drift.append(d | {
-                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
-                            if v == v or s not in _SAMPLE_TESTS}
+            d["details"] = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
+                            if v == v or s not in _SAMPLE_TESTS} \
                 | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if wraw_l[j] == wraw_l[j]
-                                                     else {}),
-            })
+                                                   else {})
+            drift.append(d)
+            if rank_on:  # a finding of its own (a location shift, on one degree of freedom); the two tests of
+                # the feature share its weight in the Holm family, so adding one costs the other features nothing
+                d["weight"] = 0.5
+                d["details"]["rank_sum"]["auc"] = auc_l[j]
+                drift.append(d | {"statistic": "rank_sum", "value": rank_l[j], "p": rank_pl[j],
+                                  "threshold": rank_thr[j], "signed": auc_l[j] - 0.5, "details": dict(d["details"])})
         if spans:
-            _evidence(drift, "column", spans, f, th)
+            _evidence(drift, "column", spans, f, th, ref.num_counts, past, binning.bin_valid)
         if side:
             quality += _quality(binning.numeric, ref, cur, cfg, (
                 ("missing_rate", ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
@@ -160,8 +181,8 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     new_findings: list[Finding] = []
     if c:
         n_ref, n_cur = ref.cat_present, cur.cat_present
-        f = _binned(ref.cat_counts, cur.cat_counts, [e[1] for e in evidence.values()], binning.cat_valid,
-                    n_ref, n_cur, th)
+        past = [e[1] for e in evidence.values()]
+        f = _binned(ref.cat_counts, cur.cat_counts, past, binning.cat_valid, n_ref, n_cur, th)
         unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
         # a new category is unusual when more events carry never-seen values than the reference's unseen mass
         # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
@@ -171,6 +192,15 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         w_thr, psi_thr = f["chi2_thr"][0], f["psi_thr"][0]
         n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         new_l, unseen_l = cur.cat_new.tolist(), _rounded(unseen)
+        shift_on = th.category_shift is not None
+        if shift_on:  # the one category whose share moved most significantly
+            rc, cc, valid = stats.pool_sparse(ref.cat_counts, cur.cat_counts, binning.cat_valid)
+            shift, shift_p, shift_floor, shift_level = stats.category_shift(rc, cc, valid)
+            shift_l, shift_pl = _rounded(np.abs(shift)), shift_p.tolist()
+            shift_thr = np.maximum(th.category_shift, shift_floor).tolist()
+            level_l = shift_level.tolist()
+            with np.errstate(divide="ignore", invalid="ignore"):  # per tracked category, for evidence's rule
+                moved = cur.cat_counts / np.maximum(n_cur, 1)[:, None] - ref.cat_counts / np.maximum(n_ref, 1)[:, None]
         for j, name in enumerate(binning.categorical):
             if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
                 continue
@@ -180,13 +210,19 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
                 "js": (js_l[j], chi_pl[j], th.js),
                 "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
             }
+            if shift_on:
+                figures["category_shift"] = (shift_l[j], shift_pl[j], shift_thr[j])
             value, p, thr = figures[cfg.categorical_test]
-            drift.append({
-                "feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
-                "p": p, "threshold": thr, "n": n_cur_l[j], "cat_column": j,
-                "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-                | {"chi2_statistic": chi_l[j]},
-            })
+            d = {"feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
+                 "p": p, "threshold": thr, "n": n_cur_l[j], "cat_column": j,
+                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
+                 | {"chi2_statistic": chi_l[j]}}
+            drift.append(d)
+            if shift_on:  # a finding of its own, sharing the feature's weight in the Holm family (as rank_sum)
+                d["weight"] = 0.5
+                d["details"]["category_shift"]["category"] = _category_name(binning, j, level_l[j])
+                drift.append(d | {"statistic": "category_shift", "value": shift_l[j], "p": shift_pl[j],
+                                  "threshold": shift_thr[j], "signed": moved[j], "details": dict(d["details"])})
             if not side:
                 continue
             count = new_l[j]
@@ -200,7 +236,7 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
                  "reference_unseen_mass": unseen_l[j]},
             ))
         if spans:
-            _evidence(drift, "cat_column", spans, f, th)
+            _evidence(drift, "cat_column", spans, f, th, ref.cat_counts, past, binning.cat_valid)
         if side:
             quality += _quality(binning.categorical, ref, cur, cfg, (
                 ("missing_rate", ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
@@ -212,7 +248,8 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
             panes: dict[Segment | None, tuple[Pane, Pane]]) -> list[Finding]:
     """One Holm family per model and window (its slices included): the drift findings."""
     k = len(binning.numeric)
-    rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha)
+    rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha,
+                    np.array([d.get("weight", 1.0) for d in drift]))
     over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
     for d, o in zip(drift, over):  # every candidate's figures when it matters: in alerts, or when asked
         cands = d.pop("candidates", None)
@@ -221,6 +258,7 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
                 str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
     late: dict[Segment | None, set[int]] = {}
     for d, o in zip(drift, over):
+        d.pop("signed", None)
         if o and "column" in d and "ks" not in d["details"]:
             late.setdefault(d.get("segment"), set()).add(d["column"])
     for seg, columns in late.items():  # an alert shows every statistic of the features it names
@@ -276,7 +314,23 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
             "chi2_thr_r": chi2_thr_r}
 
 
-def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any) -> None:
+def _signed_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
+                 ) -> tuple[np.ndarray, ...]:
+    """(value, p-value, threshold[, category]) of the rank-sum or category-shift test for every feature and
+    every leading index of ``cur_counts`` (several spans at once) in one set of numpy calls. The values are
+    signed; the category shift also returns the category it picked."""
+    if test == "rank_sum":  # signed (AUC - 0.5): bins in value order, so never pooled
+        auc, p, _ = stats.rank_sum(ref_counts, cur_counts, valid)
+        return auc - 0.5, p, np.maximum(th.rank_sum, stats.rank_sum_null_threshold(ref_counts, cur_counts, valid))
+    ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
+    if test == "category_shift":  # signed change of one category's share, that category's index in level
+        delta, p, floor, level = stats.category_shift(ref_counts, cur_counts, valid)
+        return delta, p, np.maximum(th.category_shift, floor), level
+    raise ValueError(f"not a signed test: {test}")
+
+
+def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any,
+              ref_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray) -> None:
     """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
     last ``s`` windows for each span ``s`` (rows 1... of :func:`_binned`), and the feature is decided on the
     most significant candidate that reaches its effect threshold, its p-value multiplied by the number of
@@ -285,31 +339,62 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
     a PSI of ~0.01) is caught once enough windows show it; a one-window blip is unchanged: it is only one of
     the candidates."""
     mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
-    width = len(f["events"][0])
-    js_thr, hel_thr = _rounded(np.array([th.js, th.hellinger]))
-    # per test: (values, p-values, thresholds) of every row
-    figures = {"psi": (f["psi_r"], f["psi_p_l"], f["psi_thr_r"]),
-               "chi2": (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"]),
-               "js": (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(f["events"])),
-               "hellinger": (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(f["events"]))}
     events = f["events"]
+    width = len(events[0])
+    js_thr, hel_thr = _rounded(np.array([th.js, th.hellinger]))
+    # per test: (values, p-values, thresholds, picked category) of every row (row 0 is the window)
+    nothing = [[None] * width] * len(events)
+    figures: dict[str, tuple[Any, ...]] = {
+        "psi": (f["psi_r"], f["psi_p_l"], f["psi_thr_r"], nothing),
+        "chi2": (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"], nothing),
+        "js": (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(events), nothing),
+        "hellinger": (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(events), nothing)}
+    signed_tests = {d["statistic"] for d in mine} & {"rank_sum", "category_shift"}
+    if signed_tests:  # the signed tests over the spans (row 0 unused: the window's figures are in the findings)
+        stack = np.stack(past)
+        for t in signed_tests:
+            v, p, thr, *level = _signed_test(t, np.broadcast_to(ref_counts, stack.shape), stack,
+                                             np.broadcast_to(valid, stack.shape), th)
+            figures[t] = ([None, *_rounded(v)], [None, *p.tolist()], [None, *_rounded(thr)],
+                          [None, *level[0].tolist()] if level else nothing)
     for d in mine:
         j = d[key]
-        vals, ps, thrs = figures[d["statistic"]]
+        vals, ps, thrs, levels = figures[d["statistic"]]
+        # rank-sum and category-shift effects have a direction; for a category shift, this window's is that
+        # of the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
+        mine_signed = d.get("signed", d["value"])
+        per_category = isinstance(mine_signed, np.ndarray)
+        here, signed = {}, {}
         cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
-        cands += [(s, vals[i][j], ps[i][j], thrs[i][j], events[i][j]) for i, s in enumerate(spans, 1)]
-        # and a candidate counts only while this window alone still shows at least half its effect (on the
-        # squared scale for distances): after a large shift ends, the windows it spans do not keep the
-        # incident open. Its alpha is also spent per 1,000 events rather than per window, so that small
-        # windows (many per million events) do not multiply false alarms.
-        power = 1 if d["statistic"] == "psi" else 2  # w, JS and Hellinger distances are square roots
-        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or d["value"] ** power >= 0.5 * c[1] ** power)] \
-            or cands[:1]
+        for i, s in enumerate(spans, 1):
+            v = vals[i][j]
+            here[s], signed[s] = mine_signed, v
+            if per_category:
+                level = levels[i][j]
+                picked = level < len(mine_signed)
+                here[s] = float(mine_signed[level]) if picked else d["value"]
+                signed[s] = v if picked else abs(v)
+            cands.append((s, abs(v), ps[i][j], thrs[i][j], events[i][j]))
+        # and a candidate counts only while this window alone still shows at least half its effect, in the
+        # same direction (on the squared scale for distances): after a large shift ends, the windows it spans
+        # do not keep the incident open. Its alpha is also spent per 1,000 events rather than per window, so
+        # that small windows (many per million events) do not multiply false alarms.
+        power = 2 if d["statistic"] in ("chi2", "js", "hellinger") else 1  # w, JS, Hellinger: square roots
+        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or (
+            here[c[0]] * signed[c[0]] >= 0 and abs(here[c[0]]) ** power >= 0.5 * c[1] ** power))] or cands[:1]
         per_events = max(1.0, 1000.0 / max(d["n"], 1))
         weight = {c[0]: len(cands) * (1.0 if c[0] == 1 else c[0] * per_events) for c in cands}
         span, v, p, t, n = min(ok, key=lambda c: (c[2] * weight[c[0]], c[0]))
         d.update(value=v, p=min(1.0, p * weight[span]), threshold=t, n=n, candidates=cands)
         d["details"] = d["details"] | {"windows": span}
+
+
+def _category_name(binning: Binning, j: int, level: int) -> str:
+    """The category at index ``level`` of categorical feature ``j``'s counts (pooled: the sparse ones)."""
+    cats = binning.categories[j]
+    if level < len(cats):
+        return cats[level]
+    return "(other)" if level == binning.n_cat_slots - 1 else "(sparse categories, pooled)"
 
 
 def _w_norm(w: np.ndarray, spread: np.ndarray) -> np.ndarray:

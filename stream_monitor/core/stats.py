@@ -16,6 +16,8 @@ wasserstein    W1 / reference standard deviation           0.1        binned chi
 js             Jensen-Shannon distance, base 2             0.1        binned chi-square homogeneity
 hellinger      Hellinger distance                          0.1        binned chi-square homogeneity
 chi2           Cohen's w (two-sample), noise floor         0.1        chi-square homogeneity
+rank_sum       |AUC - 0.5| of window vs reference, floor   0.02       Mann-Whitney normal approx.
+category_shift change of one category's share, floor       0.01       hypergeometric, Bonferroni
 =============  ==========================================  =========  ============================
 """
 
@@ -26,7 +28,9 @@ from scipy import special
 
 __all__ = [
     "binomial_sf",
+    "category_shift",
     "chi2_homogeneity",
+    "hypergeom_two_sided",
     "hellinger",
     "js_distance",
     "ks_2samp",
@@ -36,6 +40,8 @@ __all__ = [
     "psi",
     "psi_null_threshold",
     "psi_pvalue",
+    "rank_sum",
+    "rank_sum_null_threshold",
     "w_null_threshold",
     "wasserstein",
 ]
@@ -170,6 +176,123 @@ def w_null_threshold(n_ref: np.ndarray, n_cur: np.ndarray, bins: np.ndarray, q: 
     noise for features with many levels; the engine uses ``max(threshold, this)``."""
     scale = 1.0 / np.maximum(n_ref, 1) + 1.0 / np.maximum(n_cur, 1)
     return np.sqrt(special.chdtri(np.maximum(np.asarray(bins) - 1, 1), 1.0 - q) * scale)
+
+
+def rank_sum(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mann-Whitney (Wilcoxon rank-sum) test of the window against the reference, from ordered bin counts.
+
+    Bins must be in value order (numeric bins are; sparse ones must *not* be pooled into an extra bin). Every
+    value of a bin gets the bin's mid-rank, so the test is the rank-sum test of the data expanded from the bins
+    with all values of a bin tied: ``U = sum_b cur_b * (ref below b + ref_b / 2)`` counts the (window, reference)
+    pairs where the window's value is larger, ties as one half; its variance under "same distribution" is
+    ``n m / 12 * (N + 1 - sum(t^3 - t) / (N (N - 1)))`` with ``t`` the pooled count per bin (the exact tie
+    correction). Returns ``(auc, p_value, z)`` over the last axis: ``auc = U / (n m)`` is the common-language
+    effect size (0.5: no shift; above: the window's values are larger), the p-value is two-sided, normal
+    approximation without continuity correction: equal to ``scipy.stats.mannwhitneyu(cur, ref,
+    method="asymptotic", use_continuity=False)`` on the expanded data.
+
+    A 1-degree-of-freedom test: against a location shift it has far more power than a chi-square over all
+    bins (which spends its power on every kind of change): at 0.1 sd, one window of 1,000 against 5,000 gives
+    z of about 2.9 where the 9-bin chi-square's noncentrality is about 9.
+    """
+    u, nm, var = _rank_sum_moments(ref_counts, cur_counts, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > 0, (u - 0.5 * nm) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+        auc = np.where(nm > 0, u / np.where(nm > 0, nm, 1.0), 0.5)
+    p = np.where(var > 0, 2.0 * special.ndtr(-np.abs(z)), 1.0)
+    return auc, np.minimum(p, 1.0), z
+
+
+def _rank_sum_moments(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``U``, ``n m`` and the tie-corrected null variance of ``U`` (see :func:`rank_sum`)."""
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    cur = np.asarray(cur_counts, dtype=np.float64)
+    if valid is not None:
+        ref, cur = np.where(valid, ref, 0.0), np.where(valid, cur, 0.0)
+    n, m = ref.sum(axis=-1), cur.sum(axis=-1)
+    t = ref + cur
+    total = n + m
+    u = (cur * (np.cumsum(ref, axis=-1) - 0.5 * ref)).sum(axis=-1)
+    nm = n * m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = nm / 12.0 * (total + 1.0 - (t * t * t - t).sum(axis=-1) / np.maximum(total * (total - 1.0), 1.0))
+    return u, nm, np.maximum(var, 0.0)
+
+
+def rank_sum_null_threshold(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None,
+                            q: float = 0.999) -> np.ndarray:
+    """The ``|AUC - 0.5|`` that sampling noise alone exceeds with probability ``1 - q`` (two-sided) at these
+    sample sizes and ties: ``z_{(1+q)/2} * sd(U) / (n m)``. The engine's rank-sum threshold is
+    ``max(fixed threshold, this)``, like PSI's and Cohen's w's."""
+    _, nm, var = _rank_sum_moments(ref_counts, cur_counts, valid)
+    sd = np.sqrt(var) / np.where(nm > 0, nm, 1.0)
+    return special.ndtri(0.5 + 0.5 * q) * sd
+
+
+def category_shift(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None,
+                   q: float = 0.999) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The category whose share moved most significantly, tested one category at a time.
+
+    For each category ``b`` with pooled count ``t_b``, the window's count is, under "same distribution" and given
+    ``t_b``, hypergeometric (``t_b`` of the ``N`` pooled events are this category, the window holds ``m``): its
+    tails are computed as those of the binomial with the smaller of ``t_b`` and ``m`` as draws (exact for small
+    counts, a C ufunc), moved to the hypergeometric's variance on the normal scale (the z of the binomial tail
+    divided by ``sqrt((N - draws) / (N - 1))``): within a factor 0.75-1.4 of the exact hypergeometric tail
+    (Fisher's exact test of that category against the rest) from 1e-2 down to 1e-9, where the plain binomial is
+    up to 10^4 times too large. Two-sided p-values, Bonferroni over the used categories. Against a shift that
+    moves one category (a head level losing 5 % of the mass), this has far more power than a chi-square over 50
+    categories, which spreads its power over every direction of change.
+
+    Returns ``(delta, p_value, floor, level)`` over the last axis: ``delta`` is the signed change of the chosen
+    category's share (window minus reference), ``floor`` the ``|delta|`` that noise alone exceeds with
+    probability ``1 - q`` for that category (two-sided, normal), ``level`` its index. Use on pooled counts
+    (:func:`pool_sparse`).
+    """
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    cur = np.asarray(cur_counts, dtype=np.float64)
+    if valid is not None:
+        ref, cur = np.where(valid, ref, 0.0), np.where(valid, cur, 0.0)
+    n, m = ref.sum(axis=-1, keepdims=True), cur.sum(axis=-1, keepdims=True)
+    total = n + m
+    t = ref + cur
+    used = t > 0
+    p_level = np.where(used, hypergeom_two_sided(cur, t, m, total), 1.0)
+    level = np.argmin(p_level, axis=-1)
+    p_min = np.take_along_axis(p_level, level[..., None], axis=-1)[..., 0]
+    k = np.maximum(used.sum(axis=-1), 1)
+    both = (n[..., 0] > 0) & (m[..., 0] > 0)
+    p = np.where(both, np.minimum(1.0, k * p_min), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta_all = np.where(used, cur / np.maximum(m, 1) - ref / np.maximum(n, 1), 0.0)
+        pooled = np.where(total > 0, t / np.maximum(total, 1), 0.0)
+        noise = np.sqrt(pooled * (1 - pooled) * (1 / np.maximum(n, 1) + 1 / np.maximum(m, 1)))
+    pick = level[..., None]
+    delta = np.take_along_axis(delta_all, pick, axis=-1)[..., 0]
+    floor = special.ndtri(0.5 + 0.5 * q) * np.take_along_axis(noise, pick, axis=-1)[..., 0]
+    return np.where(both, delta, 0.0), p, floor, level
+
+
+def hypergeom_two_sided(x: np.ndarray, successes: np.ndarray, draws: np.ndarray, population: np.ndarray
+                        ) -> np.ndarray:
+    """Two-sided p-value ``2 min(P(X <= x), P(X >= x))`` (at most 1) of ``X`` hypergeometric: ``draws`` from
+    ``population`` items of which ``successes`` are marked; the approximation of :func:`category_shift`."""
+    x = np.asarray(x, dtype=np.float64)
+    a, b = np.broadcast_arrays(np.asarray(successes, dtype=np.float64), np.asarray(draws, dtype=np.float64))
+    total = np.broadcast_to(np.asarray(population, dtype=np.float64), a.shape)
+    d, k = np.minimum(a, b), np.maximum(a, b)  # X ~ Hyp(N, t, m) ~ Hyp(N, m, t): the fewer draws, the closer
+    ok = (d > 0) & (total > 1)
+    d1 = np.maximum(d, 1).astype(np.int64)
+    share = np.clip(np.divide(k, total, out=np.ones_like(k), where=total > 0), 1e-12, 1 - 1e-12)
+    xi = np.clip(x, 0, d).astype(np.int64)
+    # the tail on the side of the expected count, in one C call: P(X <= x) below it, and above it
+    # P(X >= x) = P(d - X <= d - x) with d - X ~ Bin(d, 1 - share)
+    up = xi > d1 * share
+    tail = np.minimum(special.bdtr(np.where(up, d1 - xi, xi), d1, np.where(up, 1.0 - share, share)), 0.5)
+    fpc = np.sqrt(np.clip((total - d) / np.maximum(total - 1, 1), 1e-12, 1.0))
+    p = 2.0 * special.ndtr(special.ndtri(np.clip(tail, 1e-300, 0.5)) / fpc)
+    return np.where(ok, np.minimum(p, 1.0), 1.0)
 
 
 def binomial_sf(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:

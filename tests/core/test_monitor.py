@@ -34,7 +34,7 @@ def firing(alerts):
 
 def test_mean_shift_of_half_sigma_alerts_on_that_feature_only():
     _, alerts = run(model_config(), stream(np.random.default_rng(11), a_mean=0.5))
-    assert firing(alerts) == {("a", "psi")}
+    assert firing(alerts) == {("a", "psi"), ("a", "rank_sum")}  # a location shift: the rank-sum test sees it too
     a = next(x for x in alerts if x.feature == "a")
     assert a.kind == "data_drift" and a.model == "m" and a.reference_id.startswith("warmup:")
     assert a.details["ks"]["p_value"] < 1e-6 and a.details["wasserstein"]["value"] > 0.3
@@ -47,7 +47,7 @@ def test_variance_change_alerts_on_that_feature_only():
 
 def test_categorical_frequency_shift_alerts_on_that_feature_only():
     _, alerts = run(model_config(), stream(np.random.default_rng(13), k_p=(0.15, 0.25, 0.25, 0.35)))
-    assert firing(alerts) == {("k", "chi2")}
+    assert firing(alerts) == {("k", "chi2"), ("k", "category_shift")}
 
 
 def test_new_category_alerts_on_that_feature_only():
@@ -90,7 +90,7 @@ def test_hysteresis_needs_consecutive_windows():
     _, alerts = run(model_config(), batches, consecutive=2)
     assert alerts == []
     _, alerts = run(model_config(), batches, consecutive=1)
-    assert firing(alerts) == {("a", "psi")}
+    assert firing(alerts) == {("a", "psi"), ("a", "rank_sum")}
 
 
 def test_sampling_rate_is_cited_in_alerts():
@@ -141,7 +141,7 @@ def test_rolling_reference_compares_with_the_previous_window():
     batches = [make_events(1000, rng, start=i * 1000, a_mean=0.02 * i) for i in range(12)]  # slow creep
     batches += [make_events(1000, rng, start=(12 + i) * 1000, a_mean=1.5) for i in range(3)]  # sudden jump
     _, alerts = run(cfg, batches)
-    assert firing(alerts) == {("a", "psi")}
+    assert firing(alerts) == {("a", "psi"), ("a", "rank_sum")}
     assert ":rolling:" in alerts[0].reference_id
 
 
@@ -168,7 +168,7 @@ def test_time_window_counts_late_events_and_waits_for_lateness():
 @pytest.mark.parametrize("test", ["ks", "wasserstein", "js", "hellinger"])
 def test_every_numeric_test_can_drive_the_decision(test):
     _, alerts = run(model_config(drift={"numeric_test": test}), stream(np.random.default_rng(25), a_mean=0.7))
-    assert firing(alerts) == {("a", test)}
+    assert firing(alerts) == {("a", test), ("a", "rank_sum")}
 
 
 def test_checkpoint_restores_the_reference_and_ignores_one_for_other_features():
@@ -301,21 +301,40 @@ def test_ks_decides_when_asked_and_is_always_computed_then():
     cfg = model_config()
     cfg["drift"] = {"numeric_test": "ks"}
     _, alerts = run(cfg, stream(np.random.default_rng(11), a_mean=0.5))
-    assert firing(alerts) == {("a", "ks")}
+    assert firing(alerts) == {("a", "ks"), ("a", "rank_sum")}
 
 
 def test_a_small_persistent_shift_is_caught_by_evidence_across_windows_and_not_by_single_windows():
     def batches():
         return list(stream(np.random.default_rng(21), n_after=24_000, a_mean=0.15))
 
+    psi_only = {"thresholds": {"rank_sum": None}}
     single = model_config()
-    single["drift"] = {"evidence_windows": []}
+    single["drift"] = {"evidence_windows": []} | psi_only
     _, alerts = run(single, batches())
     assert firing(alerts) == set()  # 0.15 sd: a PSI of ~0.02, below one window's noise floor
-    _, alerts = run(model_config(), batches())
+    cfg = model_config()
+    cfg["drift"] = psi_only
+    _, alerts = run(cfg, batches())
     assert firing(alerts) == {("a", "psi")}
     a = next(x for x in alerts if x.status == "firing")
     assert a.details["windows"] in (4, 16) and a.details["evidence"]["1"]["events"] == 1000
+
+
+def test_a_small_location_shift_is_caught_by_the_rank_sum_test_over_a_span():
+    def batches():
+        return list(stream(np.random.default_rng(0), n_after=12_000, a_mean=0.12))
+
+    cfg = model_config()
+    cfg["drift"] = {"thresholds": {"rank_sum": None}}
+    _, alerts = run(cfg, batches())
+    assert firing(alerts) == set()  # 0.12 sd over 12 windows: PSI alone misses this run
+    _, alerts = run(model_config(), batches())
+    assert firing(alerts) == {("a", "rank_sum")}
+    m = next(m for x in alerts if x.status == "firing" for m in x.features)
+    rs = m["details"]["rank_sum"]
+    assert rs["auc"] > 0.5 and m["details"]["windows"] in (4, 16)
+    assert m["value"] >= m["threshold"] and m["p_value"] < 0.01
 
 
 def test_evidence_does_not_keep_an_ended_shift_open():

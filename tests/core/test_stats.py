@@ -183,3 +183,132 @@ def test_pooling_leaves_well_filled_bins_alone():
     valid = np.array([[True, True, False]])
     rc, cc, v = stats.pool_sparse(ref, cur, valid)
     assert v.tolist() == valid.tolist() and rc.tolist() == ref.tolist() and cc.tolist() == cur.tolist()
+
+
+def _expand(counts):
+    """The data a row of bin counts stands for: bin b's events all take the value b."""
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+@pytest.mark.parametrize("ref, cur", [
+    ([480, 520, 498, 510, 490, 505, 500, 495, 502, 500], [90, 110, 95, 105, 100, 98, 102, 99, 101, 100]),  # deciles
+    ([4750, 250], [700, 300]),  # a binary flag: two bins, ties everywhere
+    ([250, 750, 1120, 1100, 840, 500, 250, 110, 50, 30], [40, 140, 230, 230, 170, 100, 50, 25, 10, 5]),  # counts
+    ([0, 300, 0, 200, 10], [5, 0, 30, 20, 1]),  # empty bins on either side
+    ([3, 0, 2], [1, 4, 0]),  # tiny
+])
+def test_rank_sum_equals_scipy_mannwhitneyu_on_the_expanded_data(ref, cur):
+    auc, p, z = stats.rank_sum(np.array([ref]), np.array([cur]))
+    x, y = _expand(cur), _expand(ref)
+    want = sps.mannwhitneyu(x, y, method="asymptotic", use_continuity=False)
+    assert auc[0] == pytest.approx(want.statistic / (len(x) * len(y)), rel=1e-12)
+    assert p[0] == pytest.approx(want.pvalue, rel=1e-9, abs=1e-300)
+    assert np.sign(z[0]) == np.sign(auc[0] - 0.5)
+
+
+def test_rank_sum_is_vectorised_over_leading_axes_and_ignores_padded_bins():
+    rng = np.random.default_rng(30)
+    ref = rng.integers(0, 200, size=(3, 4, 6))
+    cur = rng.integers(0, 50, size=(3, 4, 6))
+    valid = np.ones((3, 4, 6), dtype=bool)
+    valid[:, 1, 4:] = False  # a feature with 4 bins, padded to 6
+    auc, p, _ = stats.rank_sum(ref, cur, valid)
+    for i in range(3):
+        for j in range(4):
+            b = valid[i, j]
+            want = sps.mannwhitneyu(_expand(cur[i, j][b]), _expand(ref[i, j][b]), method="asymptotic",
+                                    use_continuity=False)
+            assert p[i, j] == pytest.approx(want.pvalue, rel=1e-9)
+            assert auc[i, j] == pytest.approx(want.statistic / (cur[i, j][b].sum() * ref[i, j][b].sum()))
+    one, _, _ = stats.rank_sum(np.array([[5, 0]]), np.array([[0, 0]]))  # an empty window: no test
+    assert one[0] == 0.5 and stats.rank_sum(np.array([[5, 0]]), np.array([[0, 0]]))[1][0] == 1.0
+
+
+def _decile_counts(rng, n, size, shift=0.0):
+    """Bin counts over the standard normal's deciles of ``size`` samples of ``n`` values, shifted by ``shift``."""
+    edges = sps.norm.ppf(np.linspace(0, 1, 11)[1:-1])
+    idx = np.searchsorted(edges, rng.normal(shift, 1.0, (size, n)))
+    return np.stack([np.bincount(row, minlength=10) for row in idx])
+
+
+def test_rank_sum_is_calibrated_under_the_null():
+    rng = np.random.default_rng(31)
+    ref = _decile_counts(rng, 5000, 4000)
+    cur = _decile_counts(rng, 1000, 4000)
+    _, p, _ = stats.rank_sum(ref, cur)
+    assert 0.04 < np.mean(p < 0.05) < 0.06
+    assert np.mean(p < 0.01) < 0.015
+    # and with heavy ties: a rare binary flag (two bins)
+    flag_ref = rng.binomial(5000, 0.05, 4000)
+    flag_cur = rng.binomial(100, 0.05, 4000)
+    _, p, _ = stats.rank_sum(np.stack([5000 - flag_ref, flag_ref], 1), np.stack([100 - flag_cur, flag_cur], 1))
+    assert np.mean(p < 0.05) < 0.065
+    # the noise floor of |AUC - 0.5| is exceeded 1 in 1,000 times
+    auc, _, _ = stats.rank_sum(ref, cur)
+    floor = stats.rank_sum_null_threshold(ref, cur)
+    assert np.mean(np.abs(auc - 0.5) >= floor) < 0.004
+
+
+def test_rank_sum_has_power_against_a_tenth_of_a_sd_where_the_binned_chi_square_has_little():
+    # one window of 1,000 and four windows together against 5,000, 0.1 sd shift: z ~ 2.6 and ~4.2 (binned)
+    rng = np.random.default_rng(32)
+    ref = _decile_counts(rng, 5000, 500)
+    for n, rank_power, chi_power in ((1000, 0.3, 0.15), (4000, 0.8, 0.7)):
+        cur = _decile_counts(rng, n, 500, shift=0.1)
+        auc, p_rank, _ = stats.rank_sum(ref, cur)
+        _, p_chi, _ = stats.chi2_homogeneity(ref, cur)
+        alpha = 1e-3
+        assert np.mean(p_rank < alpha) > rank_power and np.mean(p_chi < alpha) < chi_power
+        assert np.mean(p_rank < alpha) > np.mean(p_chi < alpha) + 0.2
+        assert 0.02 < np.median(auc - 0.5) < 0.03  # Phi(0.1 / sqrt 2) - 0.5 = 0.028, a little less binned
+
+
+@pytest.mark.parametrize("population, successes, draws", [
+    (5100, 500, 100), (5100, 2000, 100), (6000, 1400, 1000), (9000, 2000, 4000), (15000, 30, 10000),
+    (6000, 3, 1000)])
+def test_hypergeometric_tail_is_close_to_scipys(population, successes, draws):
+    x = np.arange(0, min(successes, draws) + 1)
+    exact = np.minimum(1.0, 2 * np.minimum(sps.hypergeom.cdf(x, population, successes, draws),
+                                           sps.hypergeom.sf(x - 1, population, successes, draws)))
+    got = stats.hypergeom_two_sided(x, successes, draws, population)
+    tail = (exact > 1e-9) & (exact < 0.05)
+    assert np.all((got[tail] / exact[tail] > 0.7) & (got[tail] / exact[tail] < 1.5))
+    assert np.all(got <= 1.0)
+
+
+def test_category_shift_finds_the_category_that_moved_and_is_calibrated():
+    rng = np.random.default_rng(33)
+    probs = 1 / np.arange(1, 201) ** 1.1
+    probs /= probs.sum()
+
+    def tracked(counts):  # the top 50 levels and "other", as a pane counts them
+        return np.concatenate([counts[..., :50], counts[..., 50:].sum(axis=-1, keepdims=True)], axis=-1)
+
+    ref = tracked(rng.multinomial(5000, probs, size=3000))
+    valid = np.ones(ref.shape, dtype=bool)
+    for n in (100, 1000, 10000):
+        cur = tracked(rng.multinomial(n, probs, size=3000))
+        _, p, floor, _ = stats.category_shift(*stats.pool_sparse(ref, cur, valid))
+        assert np.mean(p < 0.01) < 0.015  # Bonferroni over the categories: at most nominal
+    moved = probs.copy()
+    moved[0] -= 0.05
+    moved[1:11] += 0.005
+    cur = tracked(rng.multinomial(4000, moved, size=300))
+    delta, p, floor, level = stats.category_shift(*stats.pool_sparse(ref[:300], cur, valid[:300]))
+    assert np.mean(level == 0) > 0.9 and np.median(delta) == pytest.approx(-0.05, abs=0.01)
+    assert np.mean(p < 1e-3) > 0.9
+    _, p_chi, _ = stats.chi2_homogeneity(*stats.pool_sparse(ref[:300], cur, valid[:300]))
+    assert np.mean(p < 1e-4) > np.mean(p_chi < 1e-4) + 0.2
+
+
+def test_weighted_holm_splits_a_features_share_between_its_two_tests():
+    from stream_monitor.core.drift import holm
+
+    rng = np.random.default_rng(34)
+    for _ in range(100):  # unit weights: the plain procedure
+        p = rng.random(7) ** 3
+        assert (holm(p, 0.05) == holm(p, 0.05, np.ones(7))).all()
+    # two tests of one feature (weight 1/2 each) and one of another: p / w against alpha / remaining weight
+    p, w = np.array([0.001, 0.004, 0.02]), np.array([0.5, 0.5, 1.0])
+    assert holm(p, 0.01, w).tolist() == [True, False, False]  # 0.002 <= 0.005; 0.008 > 0.01 / 1.5
+    assert holm(np.array([0.001, 0.003, 0.009]), 0.01, w).tolist() == [True, True, True]
