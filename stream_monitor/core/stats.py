@@ -10,12 +10,12 @@ Defaults used by the drift engine (see README, "Statistics"):
 =============  ==========================================  =========  ============================
 statistic      effect size                                 threshold  p-value
 =============  ==========================================  =========  ============================
-psi            population stability index, smoothed        0.1        chi2 approx. (B-1 dof)
-ks             Kolmogorov-Smirnov D                        0.1        Smirnov limit, Stephens corr.
+psi            population stability index, smoothed        0.008      chi2 approx. (B-1 dof)
+ks             Kolmogorov-Smirnov D                        0.05       Smirnov limit, Stephens corr.
 wasserstein    W1 / reference standard deviation           0.1        binned chi-square homogeneity
-js             Jensen-Shannon distance, base 2             0.1        binned chi-square homogeneity
-hellinger      Hellinger distance                          0.1        binned chi-square homogeneity
-chi2           Cohen's w (two-sample), noise floor         0.1        chi-square homogeneity
+js             Jensen-Shannon distance, base 2             0.05       binned chi-square homogeneity
+hellinger      Hellinger distance                          0.05       binned chi-square homogeneity
+chi2           Cohen's w (two-sample), noise floor         0.05       chi-square homogeneity
 rank_sum       |AUC - 0.5| of window vs reference, floor   0.02       Mann-Whitney normal approx.
 category_shift change of one category's share, floor       0.01       hypergeometric, Bonferroni
 =============  ==========================================  =========  ============================
