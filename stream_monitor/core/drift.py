@@ -116,15 +116,14 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     if k:
         n_ref, n_cur = ref.num_present, cur.num_present
         past = [e[0] for e in evidence.values()]
-        f = _binned(ref.num_counts, cur.num_counts, past, binning.bin_valid, n_ref, n_cur, th)
-        bins = f["bins"][0]
-        # the rank-sum test needs the bins in value order: on the counts before sparse bins are pooled
         rank_on = th.rank_sum is not None
+        f = _binned(ref.num_counts, cur.num_counts, past, binning.bin_valid, n_ref, n_cur, th,
+                    "rank_sum" if rank_on else None)
+        bins = f["bins"][0]
         if rank_on:
-            auc, rank_p, _ = stats.rank_sum(ref.num_counts, cur.num_counts, binning.bin_valid)
-            rank_thr = np.maximum(th.rank_sum, stats.rank_sum_null_threshold(
-                ref.num_counts, cur.num_counts, binning.bin_valid)).tolist()
-            rank_l, rank_pl, auc_l = _rounded(np.abs(auc - 0.5)), rank_p.tolist(), _rounded(auc)
+            auc = f["signed"][0][0] + 0.5
+            rank_l, rank_pl, auc_l = _rounded(np.abs(auc - 0.5)), f["signed"][1][0].tolist(), _rounded(auc)
+            rank_thr = f["signed"][2][0].tolist()
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         test = cfg.numeric_test
         # PSI needs ~5 events per bin to be stable; below that, KS
@@ -169,7 +168,7 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
                 drift.append(d | {"statistic": "rank_sum", "value": rank_l[j], "p": rank_pl[j],
                                   "threshold": rank_thr[j], "signed": auc_l[j] - 0.5, "details": dict(d["details"])})
         if spans:
-            _evidence(drift, "column", spans, f, th, ref.num_counts, past, binning.bin_valid)
+            _evidence(drift, "column", spans, f, th)
         if side:
             quality += _quality(binning.numeric, ref, cur, cfg, (
                 ("missing_rate", ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
@@ -182,7 +181,9 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     if c:
         n_ref, n_cur = ref.cat_present, cur.cat_present
         past = [e[1] for e in evidence.values()]
-        f = _binned(ref.cat_counts, cur.cat_counts, past, binning.cat_valid, n_ref, n_cur, th)
+        shift_on = th.category_shift is not None
+        f = _binned(ref.cat_counts, cur.cat_counts, past, binning.cat_valid, n_ref, n_cur, th,
+                    "category_shift" if shift_on else None)
         unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
         # a new category is unusual when more events carry never-seen values than the reference's unseen mass
         # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
@@ -192,12 +193,10 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         w_thr, psi_thr = f["chi2_thr"][0], f["psi_thr"][0]
         n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         new_l, unseen_l = cur.cat_new.tolist(), _rounded(unseen)
-        shift_on = th.category_shift is not None
         if shift_on:  # the one category whose share moved most significantly
-            rc, cc, valid = stats.pool_sparse(ref.cat_counts, cur.cat_counts, binning.cat_valid)
-            shift, shift_p, shift_floor, shift_level = stats.category_shift(rc, cc, valid)
+            shift, shift_p, shift_thr_a, shift_level = (a[0] for a in f["signed"])
             shift_l, shift_pl = _rounded(np.abs(shift)), shift_p.tolist()
-            shift_thr = np.maximum(th.category_shift, shift_floor).tolist()
+            shift_thr = shift_thr_a.tolist()
             level_l = shift_level.tolist()
             with np.errstate(divide="ignore", invalid="ignore"):  # per tracked category, for evidence's rule
                 moved = cur.cat_counts / np.maximum(n_cur, 1)[:, None] - ref.cat_counts / np.maximum(n_ref, 1)[:, None]
@@ -236,7 +235,7 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
                  "reference_unseen_mass": unseen_l[j]},
             ))
         if spans:
-            _evidence(drift, "cat_column", spans, f, th, ref.cat_counts, past, binning.cat_valid)
+            _evidence(drift, "cat_column", spans, f, th)
         if side:
             quality += _quality(binning.categorical, ref, cur, cfg, (
                 ("missing_rate", ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
@@ -283,8 +282,12 @@ _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
 
 
 def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray,
-            n_ref: np.ndarray, n_cur: np.ndarray, th: Any) -> dict[str, Any]:
+            n_ref: np.ndarray, n_cur: np.ndarray, th: Any, signed: str | None = None) -> dict[str, Any]:
     """Every binned statistic of every feature, for the window (row 0) and for each evidence span (rows 1...).
+
+    ``signed`` adds the rank-sum (numeric: on the counts in value order, never pooled) or the category-shift
+    test (categorical, on the pooled counts) as ``signed``: (signed effect, p-value, threshold, picked
+    category or None) arrays of rows.
 
     The counts are stacked ``(1 + spans, features, bins)``, so each statistic is one set of numpy calls for
     all of them; every row is computed on its own counts, so row 0 is what the window alone gives. The
@@ -308,29 +311,21 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
     psi_r, js_r, hel_r, chi2_r, chi_r, psi_thr_r, chi2_thr_r = _rounded(np.stack([psi, js, hel, w, chi, psi_thr,
                                                                                   w_thr]))
     psi_p_l, chi_p_l = np.stack([psi_p, chi_p]).tolist()
-    return {"bins": bins, "events": stack.sum(axis=-1).tolist(), "psi_r": psi_r, "js_r": js_r,
+    extra: tuple[Any, ...] | None = None
+    if signed == "rank_sum":  # signed (AUC - 0.5)
+        r, vv = np.broadcast_to(ref_counts, shape), np.broadcast_to(valid, shape)
+        auc, p, _ = stats.rank_sum(r, stack, vv)
+        extra = (auc - 0.5, p, np.maximum(th.rank_sum, stats.rank_sum_null_threshold(r, stack, vv)), None)
+    elif signed == "category_shift":  # signed change of one category's share, that category's index
+        delta, p, floor, level = stats.category_shift(rc, cc, v)
+        extra = (delta, p, np.maximum(th.category_shift, floor), level)
+    return {"signed": extra, "bins": bins, "events": stack.sum(axis=-1).tolist(), "psi_r": psi_r, "js_r": js_r,
             "hellinger_r": hel_r, "chi2_r": chi2_r, "chi_r": chi_r, "psi_p_l": psi_p_l, "chi_p_l": chi_p_l,
             "psi_thr": psi_thr.tolist(), "chi2_thr": w_thr.tolist(), "psi_thr_r": psi_thr_r,
             "chi2_thr_r": chi2_thr_r}
 
 
-def _signed_test(test: str, ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray, th: Any
-                 ) -> tuple[np.ndarray, ...]:
-    """(value, p-value, threshold[, category]) of the rank-sum or category-shift test for every feature and
-    every leading index of ``cur_counts`` (several spans at once) in one set of numpy calls. The values are
-    signed; the category shift also returns the category it picked."""
-    if test == "rank_sum":  # signed (AUC - 0.5): bins in value order, so never pooled
-        auc, p, _ = stats.rank_sum(ref_counts, cur_counts, valid)
-        return auc - 0.5, p, np.maximum(th.rank_sum, stats.rank_sum_null_threshold(ref_counts, cur_counts, valid))
-    ref_counts, cur_counts, valid = stats.pool_sparse(ref_counts, cur_counts, valid)
-    if test == "category_shift":  # signed change of one category's share, that category's index in level
-        delta, p, floor, level = stats.category_shift(ref_counts, cur_counts, valid)
-        return delta, p, np.maximum(th.category_shift, floor), level
-    raise ValueError(f"not a signed test: {test}")
-
-
-def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any,
-              ref_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray) -> None:
+def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any) -> None:
     """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
     last ``s`` windows for each span ``s`` (rows 1... of :func:`_binned`), and the feature is decided on the
     most significant candidate that reaches its effect threshold, its p-value multiplied by the number of
@@ -349,14 +344,11 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
         "chi2": (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"], nothing),
         "js": (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(events), nothing),
         "hellinger": (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(events), nothing)}
-    signed_tests = {d["statistic"] for d in mine} & {"rank_sum", "category_shift"}
-    if signed_tests:  # the signed tests over the spans (row 0 unused: the window's figures are in the findings)
-        stack = np.stack(past)
-        for t in signed_tests:
-            v, p, thr, *level = _signed_test(t, np.broadcast_to(ref_counts, stack.shape), stack,
-                                             np.broadcast_to(valid, stack.shape), th)
-            figures[t] = ([None, *_rounded(v)], [None, *p.tolist()], [None, *_rounded(thr)],
-                          [None, *level[0].tolist()] if level else nothing)
+    if f["signed"] is not None:  # the rank-sum or category-shift test (row 0 is in the findings already)
+        sv, sp, sthr, level = f["signed"]
+        test = "rank_sum" if level is None else "category_shift"
+        figures[test] = ([None, *_rounded(sv[1:])], [None, *sp[1:].tolist()], [None, *_rounded(sthr[1:])],
+                         nothing if level is None else [None, *level[1:].tolist()])
     for d in mine:
         j = d[key]
         vals, ps, thrs, levels = figures[d["statistic"]]
