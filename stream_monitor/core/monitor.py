@@ -634,6 +634,19 @@ class ModelMonitor:
             self._label_clock.restore(core["label_clock"])
 
 
+def records_by_model(state: dict[str, Any], join: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """A task's state records (``<model>/<part>``) and join changelog entries (``<model>/<key>``, given back
+    as ``join:<key>``), per model."""
+    per_model: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        name, _, rest = key.partition("/")
+        per_model.setdefault(name, {})[rest] = value
+    for key, value in (join or {}).items():
+        name, _, rest = key.partition("/")
+        per_model.setdefault(name, {})["join:" + rest] = value
+    return per_model
+
+
 def changed_records(pieces: Iterator[tuple[str, Any, Callable[[], Any]]], written: dict[str, Any],
                     core: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A checkpoint's records: every piece (key, stamp, value maker) whose stamp differs from what ``written``
@@ -864,13 +877,7 @@ class Monitor:
         """Rebuild every model from its state records and join changelog entries (keys as in
         :class:`Checkpoint`); returns the models restored. A model whose records are malformed is logged,
         counted in ``counters.restore_errors`` and starts afresh; records of other models are ignored."""
-        per_model: dict[str, dict[str, Any]] = {}
-        for key, value in state.items():
-            name, _, rest = key.partition("/")
-            per_model.setdefault(name, {})[rest] = value
-        for key, value in (join or {}).items():
-            name, _, rest = key.partition("/")
-            per_model.setdefault(name, {})["join:" + rest] = value
+        per_model = records_by_model(state, join)
         restored = []
         for name, records in per_model.items():
             mm = self.models.get(name)

@@ -42,7 +42,7 @@ from .columns import Columns, column_names
 from .events import PredictionBatch
 from .keys import event_keys, key_fraction
 from .labels import (JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain, prediction_counts)
-from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records
+from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records, records_by_model
 from .reference import Reference
 from .segments import SegmentedPane
 from .sketches import Binning, Pane, clip
@@ -343,13 +343,7 @@ class PaneBuilder:
 
     def restore(self, state: dict[str, Any], join: dict[str, Any] | None = None,
                 references: dict[str, Reference] | None = None) -> list[str]:
-        per_model: dict[str, dict[str, Any]] = {}
-        for key, value in state.items():
-            name, _, rest = key.partition("/")
-            per_model.setdefault(name, {})[rest] = value
-        for key, value in (join or {}).items():
-            name, _, rest = key.partition("/")
-            per_model.setdefault(name, {})["join:" + rest] = value
+        per_model = records_by_model(state, join)
         restored = []
         for name, records in per_model.items():
             mp = self.models.get(name)
