@@ -17,14 +17,20 @@ when full and at every commit. A piece's sample is the bottom of its keys like a
 merged pieces keep an exact uniform sample of the window; a piece keeps at most :func:`piece_cap` rows.
 
 **Before the reference.** A warm-up (or rolling/calendar) reference is built by the deciding instance from
-the first events of the model over every partition; until a builder has that reference it forwards raw event
-columns instead of pieces. The deciding instance publishes the reference (``topics.references``), and every
-builder bins with it from then on.
+the earliest events of the model by event time over every partition; until a builder has that reference it
+forwards raw event columns instead of pieces. The deciding instance publishes the reference
+(``topics.references``), and every builder bins with it from then on.
+
+**Labels.** Keyed like the predictions (by event id), a label lands on its prediction's partition: the builder
+joins them (:class:`~.labels.LabelJoin`, its changelog with the task's state) and hands out the joined pairs,
+the predictions' per-window counts and its maturity watermark; the deciding instance runs the performance
+windows and concept-drift detectors on them.
 
 **Records.** Plain JSON-able dicts (``PANE_FORMAT``): ``model``, ``source``, ``at`` (when handed out, epoch
 seconds), ``ref`` (reference id of the binning), and one of ``index``/``pane`` (a piece; ``index`` is the pane
-number of time windows, ``None`` for count windows) or ``raw`` (columns); the last record of a flush carries the
-source's watermark ``wm``. :func:`~.windows.decode_record` validates one.
+number of time windows, ``None`` for count windows), ``raw`` (columns) or ``pairs``; the last record of a flush
+carries the source's watermark ``wm`` (when predictions came since the previous flush) and, with labels, the
+``predictions`` counts and ``label_wm``. :func:`~.windows.decode_record` validates one.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from ..config import ModelConfig, MonitorConfig
 from .columns import Columns, column_names
 from .events import PredictionBatch
 from .keys import event_keys, key_fraction
-from .labels import (JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain, prediction_counts)
+from .labels import JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain, prediction_counts
 from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records, records_by_model
 from .reference import Reference
 from .segments import SegmentedPane
