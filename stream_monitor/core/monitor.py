@@ -317,12 +317,11 @@ class ModelMonitor:
             cols = self._warm_up_merged(cols, rec)
         if cols is not None and cols.n:
             self.last_version = clip(cols.model_version[-1])
-            if cols.n:
-                assert self.windows is not None
-                if isinstance(self.windows, MergedTimeWindows):
-                    self.windows.add_columns(cols)
-                else:
-                    closed += self.windows.update(cols)
+            assert self.windows is not None
+            if isinstance(self.windows, MergedTimeWindows):
+                self.windows.add_columns(cols)
+            else:
+                closed += self.windows.update(cols)
         if piece is not None:
             assert isinstance(self.windows, (MergedCountWindows, MergedTimeWindows))
             self.last_version = piece.main_version or self.last_version
@@ -508,8 +507,8 @@ class ModelMonitor:
         return {
             "v": FORMAT,
             "reference": self.reference.id if self.reference is not None else None,
-            "warmup": {"n": self._warmup_n, "chunks": [i for i, _ in self._warmup], "next": self._chunk_id,
-                       "clock": self._warm_clock.snapshot()},
+            "warmup": {"n": self._warmup_n, "chunks": [i for i, _ in self._warmup], "next": self._chunk_id}
+            | ({"clock": self._warm_clock.snapshot()} if self.merged_idle_s is not None else {}),
             "last_version": self.last_version,
             "windows": self.windows.snapshot() if self.windows is not None else None,
             "rolling": self.rolling.snapshot() if self.rolling is not None else None,

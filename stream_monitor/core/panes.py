@@ -51,7 +51,7 @@ from .labels import JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain,
 from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records, records_by_model
 from .reference import Reference
 from .segments import SegmentedPane
-from .sketches import Binning, Pane, clip
+from .sketches import Pane, clip
 from .windows import PANE_FORMAT
 
 __all__ = ["PaneBuilder", "piece_cap"]
@@ -112,10 +112,6 @@ class ModelPanes:
         self._written: dict[str, Any] = {}
         if reference is not None:
             self.set_reference(reference)
-
-    @property
-    def binning(self) -> Binning | None:
-        return self.reference.binning if self.reference is not None else None
 
     def set_reference(self, ref: Reference) -> None:
         """Bin with ``ref`` from now on (open pieces of another binning are handed out as they are)."""

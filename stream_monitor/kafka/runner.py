@@ -506,15 +506,7 @@ class MonitorService:
             self._dead_letter(kept[i], why, "process")
         for ref in out.references:  # every pane builder bins with it once it is committed
             self.checkpointer.produce(self.cfg.topics.references, ref.model.encode(), orjson.dumps(ref.to_dict()))
-        published = time.perf_counter()
-        self.stats.seconds["core"] += published - decoded
-        self._publish(out)
-        self.stats.seconds["publish"] += time.perf_counter() - published
-        m = msgs[-1]
-        self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
-        self.stats.messages += len(msgs)
-        self.stats.batches += 1
-        self.stats.windows += len(out.results)
+        self._publish_and_advance(out, decoded, [msgs])
         if self.metrics is not None:
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, {self.cfg.topics.panes: len(msgs)},
                                        len(msgs) - len(kept) + len(out.rejected))
@@ -548,17 +540,7 @@ class MonitorService:
             for i in out.unknown_labels:
                 self._dead_letter(label_msgs[label_pos[i]], f"model {labels[i]['model']!r} has no label "
                                   "monitoring in the config", "route")
-        published = time.perf_counter()
-        self.stats.seconds["core"] += published - decoded
-        self._publish(out)
-        self.stats.seconds["publish"] += time.perf_counter() - published
-        for part in (pred_msgs, label_msgs):  # offsets grow within a partition: its last message says it all
-            if part:
-                m = part[-1]
-                self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
-        self.stats.messages += len(good)
-        self.stats.batches += 1
-        self.stats.windows += len(out.results)
+        self._publish_and_advance(out, decoded, [pred_msgs, label_msgs])
         if self.metrics is not None:
             topics = {self.cfg.topics.predictions: len(pred_msgs)} | (
                 {topic_labels: len(label_msgs)} if label_msgs else {})
@@ -573,6 +555,21 @@ class MonitorService:
                 unknown[name] = unknown.get(name, 0) + 1
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, topics,
                                        self.stats.dead_letters - dead_before, unknown)
+
+    def _publish_and_advance(self, out: BatchOutput, decoded: float, parts: list[list[Message]]) -> None:
+        """Publish a task's outputs (the core stage ran since ``decoded``) and move its positions past ``parts``
+        (one list per topic partition, in offset order)."""
+        published = time.perf_counter()
+        self.stats.seconds["core"] += published - decoded
+        self._publish(out)
+        self.stats.seconds["publish"] += time.perf_counter() - published
+        for part in parts:  # offsets grow within a partition: its last message says it all
+            if part:
+                m = part[-1]
+                self._positions[(m.topic() or "", m.partition())] = m.offset() + 1
+        self.stats.messages += sum(map(len, parts))
+        self.stats.batches += 1
+        self.stats.windows += len(out.results)
 
     def _decode_predictions(self, msgs: list[Message]) -> PredictionBatch:
         batch = self._predictions.decode(list(map(Message.value, msgs)))

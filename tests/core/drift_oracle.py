@@ -1,36 +1,21 @@
-"""The per-feature window evaluation that :func:`stream_monitor.core.drift.evaluate_window` replaced, kept
-unchanged as the oracle of ``test_drift.py``: the batched evaluation (window and evidence spans stacked into
-one set of numpy calls per statistic) must give exactly the same findings on the same panes."""
+"""The per-feature window evaluation that :func:`stream_monitor.core.drift.evaluate_window` replaced, kept as
+the oracle of ``test_drift.py``: the batched evaluation (window and evidence spans stacked into one set of numpy
+calls per statistic) must give exactly the same findings on the same panes. Helpers the batching did not touch
+are imported from the module under test rather than copied."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from stream_monitor.config import DriftConfig
 from stream_monitor.core import stats
+# what the batching left as it was: the findings, rounding and the exact-sample statistics
+from stream_monitor.core.drift import Finding, _r, _rounded, _sample_statistics, _w_norm
 from stream_monitor.core.sketches import Binning, Pane
 
-__all__ = ["Finding", "evaluate_window", "holm"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One statistic of one feature in one window, and whether it is over its threshold."""
-
-    feature: str
-    kind: str  # data_drift | prediction_drift | data_quality
-    statistic: str
-    value: float
-    threshold: float
-    over: bool
-    p_value: float | None = None
-    n: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-    consecutive: int | None = None  # windows over before firing; None: the policy's default
-    severity: str | None = None  # fixed severity; None: the policy's per-kind severity and escalation
+__all__ = ["evaluate_window", "holm"]
 
 
 def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
@@ -46,10 +31,6 @@ def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
     stop = np.argmin(passed) if not passed.all() else m
     reject[order[:stop]] = True
     return reject
-
-
-def _r(x: float) -> float:
-    return float(round(float(x), 6))
 
 
 def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
@@ -267,25 +248,6 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[tuple[int, np.n
         d["details"] = d["details"] | {"windows": span}
 
 
-def _w_norm(w: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """Wasserstein distances in units of the reference's standard deviation (NaN stays NaN; a constant
-    reference gives 0 for no change, inf otherwise)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(spread > 0, w / np.where(spread > 0, spread, 1.0),
-                        np.where(w == 0, 0.0, np.where(np.isnan(w), np.nan, np.inf)))
-
-
-def _sample_statistics(ref: Pane, cur: Pane, columns: list[int], k: int
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """KS D, KS p-value and W1 of the given numeric columns (NaN elsewhere), on the panes' exact samples."""
-    d, p, w = (np.full(k, np.nan) for _ in range(3))
-    idx = np.asarray(columns)
-    got = stats.ks_wasserstein_columns(ref.sorted_matrix()[:, idx], cur.sample[:, idx])
-    for out, vals in zip((d, p, w), got):
-        out[idx] = vals
-    return d, p, w
-
-
 def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
              rates: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> list[Finding]:
     """Data-quality findings: a rate over the reference's own rate plus the allowed increase."""
@@ -300,8 +262,3 @@ def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
         out += [Finding(name, "data_quality", statistic, r, t, o, None, cur.n, {"reference_rate": rr})
                 for name, r, t, o, rr in zip(names, _rounded(rate), _rounded(threshold), over, _rounded(ref_rate))]
     return out
-
-
-def _rounded(x: Any) -> list[float]:
-    """Values rounded to 6 decimals (as :func:`_r`, for a whole array at once)."""
-    return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
