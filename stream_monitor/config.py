@@ -201,8 +201,9 @@ class DriftConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     family_alpha: float = Field(0.01, gt=0, lt=1)  # Holm correction across a model's features per window
     sample_size: int = Field(5000, ge=50)  # exact samples kept per window for KS/Wasserstein
-    # KS and Wasserstein (on the exact samples) are computed when they decide, and for features over threshold;
-    # true computes them for every feature of every window report (slower: see README, "Measured figures")
+    # statistics that do not decide a feature (JS, Hellinger, the other binned test; KS and Wasserstein on the
+    # exact samples) are computed for the features over threshold; true computes every statistic for every
+    # feature of every window report (slower: see README, "Measured figures"). Decisions are the same.
     report_all_statistics: bool = False
     # Evidence across windows (file and warm-up references): each window's binned decision statistic is also
     # computed on its last 4 and 16 windows together, so a small shift that persists is caught (see README)

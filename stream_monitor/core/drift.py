@@ -1,9 +1,10 @@
 """Data-drift and data-quality decisions for one window against its reference.
 
-:func:`evaluate_window` computes every statistic for every feature (binned ones for all features in one
-vectorised call), picks the decision statistic per feature type and sample size, controls false alarms
-across the model's features with Holm's step-down correction, and returns one :class:`Finding` per
-(feature, statistic) with all figures kept for the alert.
+:func:`evaluate_window` computes the decision statistics of every feature (binned ones for all features and
+evidence spans in one vectorised call), picks the decision statistic per feature type and sample size, controls
+false alarms across the model's features with Holm's step-down correction, and returns one :class:`Finding` per
+(feature, statistic). A feature over threshold then gets every other statistic in its details (the alert shows
+them); the others keep their decision figures only, unless ``report_all_statistics`` asks for everything.
 
 Decision rule for a drift statistic: over threshold when the effect size reaches its threshold **and** the
 test's p-value survives Holm at ``family_alpha``. Effect sizes keep huge windows (where every p-value is tiny)
@@ -108,6 +109,7 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
     ``side``, the findings decided on their own (new categories, data quality)."""
     th = cfg.thresholds
     spans = list(evidence)
+    every = cfg.report_all_statistics
     drift: list[dict[str, Any]] = []  # candidates for the Holm family
     quality: list[Finding] = []
 
@@ -117,48 +119,37 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         n_ref, n_cur = ref.num_present, cur.num_present
         past = [e[0] for e in evidence.values()]
         rank_on = th.rank_sum is not None
+        test = cfg.numeric_test
         f = _binned(ref.num_counts, cur.num_counts, past, binning.bin_valid, n_ref, n_cur, th,
-                    "rank_sum" if rank_on else None)
-        bins = f["bins"][0]
+                    "rank_sum" if rank_on else None, _ALL_BINNED if every else _NEEDS[test])
         if rank_on:
             auc = f["signed"][0][0] + 0.5
             rank_l, rank_pl, auc_l = _rounded(np.abs(auc - 0.5)), f["signed"][1][0].tolist(), _rounded(auc)
             rank_thr = f["signed"][2][0].tolist()
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
-        test = cfg.numeric_test
         # PSI needs ~5 events per bin to be stable; below that, KS
-        tests = np.where(n_cur >= 5 * bins, "psi", "ks").tolist() if test == "auto" else [test] * k
+        tests = np.where(n_cur >= 5 * f["bins"][0], "psi", "ks").tolist() if test == "auto" else [test] * k
         ks_d = ks_p_all = w_all = np.full(k, np.nan)
         # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when
         # every statistic is reported; otherwise only for the features over threshold (for the alert)
-        sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not cfg.report_all_statistics \
-            else list(range(k))
+        sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not every else list(range(k))
         if sampled:
             ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
         w_norm = _w_norm(w_all, spreads)
-        psi_l, js_l, hel_l, psi_thr_l = f["psi_r"][0], f["js_r"][0], f["hellinger_r"][0], f["psi_thr"][0]
         ks_l, wn_l, wraw_l, spread_l = _rounded(np.stack([ks_d, w_norm, w_all, spreads]))
-        psi_pl, chi_pl = f["psi_p_l"][0], f["chi_p_l"][0]
         ks_pl = ks_p_all.tolist()
         n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         for j, name in enumerate(binning.numeric):
             if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
                 continue
-            figures = {
-                "psi": (psi_l[j], psi_pl[j], psi_thr_l[j]),
-                "ks": (ks_l[j], ks_pl[j], th.ks),
-                "wasserstein": (wn_l[j], chi_pl[j], th.wasserstein),
-                "js": (js_l[j], chi_pl[j], th.js),
-                "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
-            }
+            figures = _numeric_figures(f, j, ks_l[j], ks_pl[j], wn_l[j], th)
             if rank_on:
                 figures["rank_sum"] = (rank_l[j], rank_pl[j], rank_thr[j])
             value, p, thr = figures[tests[j]]
             d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
-                 "threshold": thr, "n": n_cur_l[j], "column": j}
-            d["details"] = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()
-                            if v == v or s not in _SAMPLE_TESTS} \
-                | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if wraw_l[j] == wraw_l[j]
+                 "threshold": thr, "n": n_cur_l[j], "column": j, "test": tests[j]}
+            d["details"] = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()} \
+                | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if "wasserstein" in figures
                                                    else {})
             drift.append(d)
             if rank_on:  # a finding of its own (a location shift, on one degree of freedom); the two tests of
@@ -182,15 +173,13 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         n_ref, n_cur = ref.cat_present, cur.cat_present
         past = [e[1] for e in evidence.values()]
         shift_on = th.category_shift is not None
+        test = cfg.categorical_test
         f = _binned(ref.cat_counts, cur.cat_counts, past, binning.cat_valid, n_ref, n_cur, th,
-                    "category_shift" if shift_on else None)
+                    "category_shift" if shift_on else None, _ALL_BINNED if every else _NEEDS[test])
         unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
         # a new category is unusual when more events carry never-seen values than the reference's unseen mass
         # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
         new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1))).tolist()
-        w_l, psi_l, js_l, hel_l, chi_l = (f[s][0] for s in ("chi2_r", "psi_r", "js_r", "hellinger_r", "chi_r"))
-        chi_pl, psi_pl = f["chi_p_l"][0], f["psi_p_l"][0]
-        w_thr, psi_thr = f["chi2_thr"][0], f["psi_thr"][0]
         n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         new_l, unseen_l = cur.cat_new.tolist(), _rounded(unseen)
         if shift_on:  # the one category whose share moved most significantly
@@ -203,19 +192,14 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         for j, name in enumerate(binning.categorical):
             if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
                 continue
-            figures = {
-                "chi2": (w_l[j], chi_pl[j], w_thr[j]),
-                "psi": (psi_l[j], psi_pl[j], psi_thr[j]),
-                "js": (js_l[j], chi_pl[j], th.js),
-                "hellinger": (hel_l[j], chi_pl[j], th.hellinger),
-            }
+            figures = _categorical_figures(f, j, th)
             if shift_on:
                 figures["category_shift"] = (shift_l[j], shift_pl[j], shift_thr[j])
-            value, p, thr = figures[cfg.categorical_test]
-            d = {"feature": name, "kind": kind_of(name), "statistic": cfg.categorical_test, "value": value,
-                 "p": p, "threshold": thr, "n": n_cur_l[j], "cat_column": j,
+            value, p, thr = figures[test]
+            d = {"feature": name, "kind": kind_of(name), "statistic": test, "value": value, "p": p,
+                 "threshold": thr, "n": n_cur_l[j], "cat_column": j, "test": test,
                  "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-                 | {"chi2_statistic": chi_l[j]}}
+                 | ({"chi2_statistic": f["chi_r"][0][j]} if "chi2" in figures else {})}
             drift.append(d)
             if shift_on:  # a finding of its own, sharing the feature's weight in the Holm family (as rank_sum)
                 d["weight"] = 0.5
@@ -255,22 +239,31 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
         if cands and (o or cfg.report_all_statistics):
             d["details"] = d["details"] | {"evidence": {
                 str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
-    late: dict[Segment | None, set[int]] = {}
+    # details: a feature over threshold shows every statistic (the alert names it: the missing binned ones on
+    # the window's counts, KS and Wasserstein on the samples); the others only their decision tests, unless
+    # every statistic is asked for
+    alerted: set[tuple[Segment | None, str, int]] = set()
     for d, o in zip(drift, over):
         d.pop("signed", None)
-        if o and "column" in d and "ks" not in d["details"]:
-            late.setdefault(d.get("segment"), set()).add(d["column"])
-    for seg, columns in late.items():  # an alert shows every statistic of the features it names
-        ref, cur = panes[seg]
-        ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sorted(columns), k)
-        w_norm = _w_norm(w_all, np.nan_to_num(ref.sample_std()))
+        if o:
+            alerted.add(_column_of(d))
+    late: dict[tuple[Segment | None, str], tuple[set[int], set[int]]] = {}
+    for d in drift:
+        seg, key, j = at = _column_of(d)
+        test = d.pop("test")
+        if at in alerted:
+            columns, sampled = late.setdefault((seg, key), (set(), set()))
+            columns.add(j)
+            if key == "column" and "ks" not in d["details"]:
+                sampled.add(j)
+        elif not cfg.report_all_statistics:
+            d["details"] = _decision_details(d["details"], test)
+    for (seg, key), (columns, sampled) in late.items():
+        more = _all_figures(binning, *panes[seg], key, sorted(columns), sorted(sampled), cfg)
         for d in drift:
-            j = d.get("column")
-            if j in columns and d.get("segment") == seg:
-                d["details"] |= {"ks": {"value": _r(ks_d[j]), "p_value": float(ks_p_all[j])},
-                                 "wasserstein": {"value": _r(w_norm[j]),
-                                                 "p_value": d["details"]["js"]["p_value"]},
-                                 "wasserstein_raw": _r(w_all[j])}
+            seg_d, key_d, j = _column_of(d)
+            if key_d == key and j in columns and seg_d == seg:
+                d["details"] = more[j] | d["details"]  # what was computed already stays as it is
     return [
         Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
                 d["details"], segment=d.get("segment"))
@@ -279,11 +272,95 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
 
 
 _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
+#: The binned statistics; "chi2" also gives the p-value of JS, Hellinger and Wasserstein.
+_ALL_BINNED = frozenset({"psi", "chi2", "js", "hellinger"})
+#: The binned statistics a decision test needs on the window and its evidence spans (the others are computed
+#: for the features over threshold, or for all with ``report_all_statistics``). Numeric features always get
+#: chi2: KS may decide some of them (auto), and Wasserstein, computed with KS, takes chi2's p-value.
+_NEEDS = {"auto": frozenset({"psi", "chi2"}), "psi": frozenset({"psi", "chi2"}), "ks": frozenset({"chi2"}),
+          "wasserstein": frozenset({"chi2"}), "js": frozenset({"js", "chi2"}),
+          "hellinger": frozenset({"hellinger", "chi2"}), "chi2": frozenset({"chi2"})}
+#: Statistics named in a finding's details, and the figures that go with one of them.
+_FIGURES = frozenset({"psi", "ks", "wasserstein", "js", "hellinger", "chi2"})
+_WITH = {"wasserstein": "wasserstein_raw", "chi2": "chi2_statistic"}
+
+
+def _column_of(d: dict[str, Any]) -> tuple[Segment | None, str, int]:
+    key = "column" if "column" in d else "cat_column"
+    return d.get("segment"), key, d[key]
+
+
+def _decision_details(details: dict[str, Any], test: str) -> dict[str, Any]:
+    """A feature's details without the statistics that did not decide it (its test and the signed tests do)."""
+    drop = {s for s in _FIGURES if s != test and s in details}
+    drop |= {_WITH[s] for s in drop if s in _WITH}
+    return {k: v for k, v in details.items() if k not in drop} if drop else details
+
+
+def _numeric_figures(f: dict[str, Any], j: int, ks: float, ks_p: float, w: float, th: Any
+                     ) -> dict[str, tuple[Any, Any, Any]]:
+    """(value, p-value, threshold) of every statistic of numeric column ``j`` computed in ``f`` (row 0 of
+    :func:`_binned`) and of KS / Wasserstein when computed (not NaN)."""
+    out: dict[str, tuple[Any, Any, Any]] = {}
+    if "psi_r" in f:
+        out["psi"] = (f["psi_r"][0][j], f["psi_p_l"][0][j], f["psi_thr"][0][j])
+    if ks == ks:
+        out["ks"] = (ks, ks_p, th.ks)
+    chi_p = f["chi_p_l"][0][j] if "chi_p_l" in f else None
+    if w == w and chi_p is not None:
+        out["wasserstein"] = (w, chi_p, th.wasserstein)
+    if "js_r" in f:
+        out["js"] = (f["js_r"][0][j], chi_p, th.js)
+    if "hellinger_r" in f:
+        out["hellinger"] = (f["hellinger_r"][0][j], chi_p, th.hellinger)
+    return out
+
+
+def _categorical_figures(f: dict[str, Any], j: int, th: Any) -> dict[str, tuple[Any, Any, Any]]:
+    """As :func:`_numeric_figures`, for categorical column ``j``."""
+    out: dict[str, tuple[Any, Any, Any]] = {}
+    chi_p = f["chi_p_l"][0][j] if "chi_p_l" in f else None
+    if "chi2_r" in f:
+        out["chi2"] = (f["chi2_r"][0][j], chi_p, f["chi2_thr"][0][j])
+    if "psi_r" in f:
+        out["psi"] = (f["psi_r"][0][j], f["psi_p_l"][0][j], f["psi_thr"][0][j])
+    if "js_r" in f:
+        out["js"] = (f["js_r"][0][j], chi_p, th.js)
+    if "hellinger_r" in f:
+        out["hellinger"] = (f["hellinger_r"][0][j], chi_p, th.hellinger)
+    return out
+
+
+def _all_figures(binning: Binning, ref: Pane, cur: Pane, key: str, columns: list[int], sampled: list[int],
+                 cfg: DriftConfig) -> dict[int, dict[str, Any]]:
+    """Every statistic of the given numeric (``key`` "column") or categorical columns of the window, as
+    details entries: the binned ones on the window's counts (what row 0 of the stacked evaluation gives),
+    KS and Wasserstein on the samples for the ``sampled`` columns (the others have them already)."""
+    th = cfg.thresholds
+    if key == "column":
+        f = _binned(ref.num_counts, cur.num_counts, [], binning.bin_valid, ref.num_present, cur.num_present, th,
+                    None, _ALL_BINNED)
+        k = len(binning.numeric)
+        ks_d, ks_p, w_all = _sample_statistics(ref, cur, sampled, k) if sampled else (np.full(k, np.nan),) * 3
+        w_norm = _w_norm(w_all, np.nan_to_num(ref.sample_std()))
+        out = {}
+        for j in columns:
+            figures = _numeric_figures(f, j, _r(ks_d[j]), float(ks_p[j]), _r(w_norm[j]), th)
+            out[j] = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
+            if "wasserstein" in figures:
+                out[j]["wasserstein_raw"] = _r(w_all[j])
+        return out
+    f = _binned(ref.cat_counts, cur.cat_counts, [], binning.cat_valid, ref.cat_present, cur.cat_present, th,
+                None, _ALL_BINNED)
+    return {j: {s: {"value": v, "p_value": pv} for s, (v, pv, _) in _categorical_figures(f, j, th).items()}
+            | {"chi2_statistic": f["chi_r"][0][j]} for j in columns}
 
 
 def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray,
-            n_ref: np.ndarray, n_cur: np.ndarray, th: Any, signed: str | None = None) -> dict[str, Any]:
-    """Every binned statistic of every feature, for the window (row 0) and for each evidence span (rows 1...).
+            n_ref: np.ndarray, n_cur: np.ndarray, th: Any, signed: str | None, need: frozenset[str]
+            ) -> dict[str, Any]:
+    """The binned statistics in ``need`` (of :data:`_ALL_BINNED`) of every feature, for the window (row 0)
+    and for each evidence span (rows 1...).
 
     ``signed`` adds the rank-sum (numeric: on the counts in value order, never pooled) or the category-shift
     test (categorical, on the pooled counts) as ``signed``: (signed effect, p-value, threshold, picked
@@ -301,28 +378,29 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
     bins = v.sum(axis=-1)
     n_r, n_c = rc.sum(axis=-1), cc.sum(axis=-1)
     n_r[0], n_c[0] = n_ref, n_cur
-    psi = stats.psi(rc, cc, v)
-    psi_p = stats.psi_pvalue(psi, n_r, n_c, bins)
-    psi_thr = np.maximum(th.psi, stats.psi_null_threshold(n_r, n_c, bins))
-    js = stats.js_distance(rc, cc, v)
-    hel = stats.hellinger(rc, cc, v)
-    chi, chi_p, w = stats.chi2_homogeneity(rc, cc, v)
-    w_thr = np.maximum(th.chi2, stats.w_null_threshold(n_r, n_c, bins))
-    psi_r, js_r, hel_r, chi2_r, chi_r, psi_thr_r, chi2_thr_r = _rounded(np.stack([psi, js, hel, w, chi, psi_thr,
-                                                                                  w_thr]))
-    psi_p_l, chi_p_l = np.stack([psi_p, chi_p]).tolist()
-    extra: tuple[Any, ...] | None = None
+    out: dict[str, Any] = {"bins": bins, "events": stack.sum(axis=-1).tolist(), "signed": None}
+    if "psi" in need:
+        psi = stats.psi(rc, cc, v)
+        psi_thr = np.maximum(th.psi, stats.psi_null_threshold(n_r, n_c, bins))
+        out["psi_r"], out["psi_thr_r"] = _rounded(np.stack([psi, psi_thr]))
+        out["psi_p_l"], out["psi_thr"] = stats.psi_pvalue(psi, n_r, n_c, bins).tolist(), psi_thr.tolist()
+    if "chi2" in need:
+        chi, chi_p, w = stats.chi2_homogeneity(rc, cc, v)
+        w_thr = np.maximum(th.chi2, stats.w_null_threshold(n_r, n_c, bins))
+        out["chi2_r"], out["chi_r"], out["chi2_thr_r"] = _rounded(np.stack([w, chi, w_thr]))
+        out["chi_p_l"], out["chi2_thr"] = chi_p.tolist(), w_thr.tolist()
+    if "js" in need:
+        out["js_r"] = _rounded(stats.js_distance(rc, cc, v))
+    if "hellinger" in need:
+        out["hellinger_r"] = _rounded(stats.hellinger(rc, cc, v))
     if signed == "rank_sum":  # signed (AUC - 0.5)
-        r, vv = np.broadcast_to(ref_counts, shape), np.broadcast_to(valid, shape)
-        auc, p, _ = stats.rank_sum(r, stack, vv)
-        extra = (auc - 0.5, p, np.maximum(th.rank_sum, stats.rank_sum_null_threshold(r, stack, vv)), None)
+        auc, p, floor = stats.rank_sum_with_floor(np.broadcast_to(ref_counts, shape), stack,
+                                                  np.broadcast_to(valid, shape))
+        out["signed"] = (auc - 0.5, p, np.maximum(th.rank_sum, floor), None)
     elif signed == "category_shift":  # signed change of one category's share, that category's index
         delta, p, floor, level = stats.category_shift(rc, cc, v)
-        extra = (delta, p, np.maximum(th.category_shift, floor), level)
-    return {"signed": extra, "bins": bins, "events": stack.sum(axis=-1).tolist(), "psi_r": psi_r, "js_r": js_r,
-            "hellinger_r": hel_r, "chi2_r": chi2_r, "chi_r": chi_r, "psi_p_l": psi_p_l, "chi_p_l": chi_p_l,
-            "psi_thr": psi_thr.tolist(), "chi2_thr": w_thr.tolist(), "psi_thr_r": psi_thr_r,
-            "chi2_thr_r": chi2_thr_r}
+        out["signed"] = (delta, p, np.maximum(th.category_shift, floor), level)
+    return out
 
 
 def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any) -> None:
@@ -339,11 +417,15 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
     js_thr, hel_thr = _rounded(np.array([th.js, th.hellinger]))
     # per test: (values, p-values, thresholds, picked category) of every row (row 0 is the window)
     nothing = [[None] * width] * len(events)
-    figures: dict[str, tuple[Any, ...]] = {
-        "psi": (f["psi_r"], f["psi_p_l"], f["psi_thr_r"], nothing),
-        "chi2": (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"], nothing),
-        "js": (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(events), nothing),
-        "hellinger": (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(events), nothing)}
+    figures: dict[str, tuple[Any, ...]] = {}
+    if "psi_r" in f:
+        figures["psi"] = (f["psi_r"], f["psi_p_l"], f["psi_thr_r"], nothing)
+    if "chi2_r" in f:
+        figures["chi2"] = (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"], nothing)
+    if "js_r" in f:
+        figures["js"] = (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(events), nothing)
+    if "hellinger_r" in f:
+        figures["hellinger"] = (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(events), nothing)
     if f["signed"] is not None:  # the rank-sum or category-shift test (row 0 is in the findings already)
         sv, sp, sthr, level = f["signed"]
         test = "rank_sum" if level is None else "category_shift"

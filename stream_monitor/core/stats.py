@@ -42,6 +42,7 @@ __all__ = [
     "psi_pvalue",
     "rank_sum",
     "rank_sum_null_threshold",
+    "rank_sum_with_floor",
     "w_null_threshold",
     "wasserstein",
 ]
@@ -196,7 +197,18 @@ def rank_sum(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray |
     bins (which spends its power on every kind of change): at 0.1 sd, one window of 1,000 against 5,000 gives
     z of about 2.9 where the 9-bin chi-square's noncentrality is about 9.
     """
+    return _rank_sum_test(*_rank_sum_moments(ref_counts, cur_counts, valid))
+
+
+def rank_sum_with_floor(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None,
+                        q: float = 0.999) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rank_sum`'s AUC and p-value, and :func:`rank_sum_null_threshold`, from one pass over the counts."""
     u, nm, var = _rank_sum_moments(ref_counts, cur_counts, valid)
+    auc, p, _ = _rank_sum_test(u, nm, var)
+    return auc, p, _rank_sum_floor(nm, var, q)
+
+
+def _rank_sum_test(u: np.ndarray, nm: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(var > 0, (u - 0.5 * nm) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
         auc = np.where(nm > 0, u / np.where(nm > 0, nm, 1.0), 0.5)
@@ -227,6 +239,10 @@ def rank_sum_null_threshold(ref_counts: np.ndarray, cur_counts: np.ndarray, vali
     sample sizes and ties: ``z_{(1+q)/2} * sd(U) / (n m)``. The engine's rank-sum threshold is
     ``max(fixed threshold, this)``, like PSI's and Cohen's w's."""
     _, nm, var = _rank_sum_moments(ref_counts, cur_counts, valid)
+    return _rank_sum_floor(nm, var, q)
+
+
+def _rank_sum_floor(nm: np.ndarray, var: np.ndarray, q: float) -> np.ndarray:
     sd = np.sqrt(var) / np.where(nm > 0, nm, 1.0)
     return special.ndtri(0.5 + 0.5 * q) * sd
 
@@ -258,7 +274,9 @@ def category_shift(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.nda
     total = n + m
     t = ref + cur
     used = t > 0
-    p_level = np.where(used, hypergeom_two_sided(cur, t, m, total), 1.0)
+    p_level = np.ones_like(t)  # the tails only where a category has events (most slots of a short list are empty)
+    p_level[used] = hypergeom_two_sided(cur[used], t[used], np.broadcast_to(m, t.shape)[used],
+                                        np.broadcast_to(total, t.shape)[used])
     level = np.argmin(p_level, axis=-1)
     p_min = np.take_along_axis(p_level, level[..., None], axis=-1)[..., 0]
     k = np.maximum(used.sum(axis=-1), 1)

@@ -180,6 +180,14 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
                                  "wasserstein": {"value": _r(w_norm[j]),
                                                  "p_value": d["details"]["js"]["p_value"]},
                                  "wasserstein_raw": _r(w_all[j])}
+    if not cfg.report_all_statistics:  # a feature under threshold shows the figures of its decision test only
+        alerted = {("column" in d, d.get("column", d.get("cat_column"))) for d, o in zip(drift, over) if o}
+        for d in drift:
+            if ("column" in d, d.get("column", d.get("cat_column"))) not in alerted:
+                drop = {"psi", "ks", "wasserstein", "js", "hellinger", "chi2"} - {d["statistic"]}
+                drop |= ({"wasserstein_raw"} if "wasserstein" in drop else set()) | (
+                    {"chi2_statistic"} if "chi2" in drop else set())
+                d["details"] = {key: v for key, v in d["details"].items() if key not in drop}
     out = [
         Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
                 d["details"])

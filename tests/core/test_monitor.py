@@ -281,20 +281,36 @@ def test_accuracy_under_its_bound_by_sampling_error_alone_does_not_page():
     assert any(a.kind == "performance" and a.status == "firing" for a in alerts)
 
 
-def test_sample_statistics_are_computed_for_decisions_and_alerts_or_when_asked():
-    batches = list(stream(np.random.default_rng(11), a_mean=0.5))
-    mon, alerts = run(model_config(), batches)
-    a = next(x for x in alerts if x.feature == "a")
-    assert a.details["ks"]["value"] > 0.1 and "wasserstein_raw" in a.details  # the alert shows them
-    quiet = [f for r in Monitor(parse_config({"models": {"m": model_config()}})).process(
-        [e for b in batches for e in b]).results for f in r.findings if f.feature == "b" and f.kind == "data_drift"]
-    assert quiet and all("ks" not in f.details and "psi" in f.details for f in quiet)
-    cfg = model_config()
-    cfg["drift"] = {"report_all_statistics": True}
-    every = [f for r in Monitor(parse_config({"models": {"m": cfg}})).process(
-        [e for b in batches for e in b]).results for f in r.findings if f.feature == "b" and f.kind == "data_drift"]
-    assert every and all("ks" in f.details and "wasserstein" in f.details for f in every)
-    assert [f.over for f in every] == [f.over for f in quiet]  # decisions do not depend on it
+def test_details_carry_the_decision_statistics_and_an_alert_every_statistic():
+    """Statistics that do not decide a feature are computed for the features over threshold (the alert shows
+    them all) or for every feature with report_all_statistics; decisions never depend on it."""
+    batches = list(stream(np.random.default_rng(11), a_mean=0.5, k_p=(0.15, 0.25, 0.25, 0.35)))
+    _, alerts = run(model_config(), batches)
+    members = {(m["feature"], m["statistic"]): m["details"] for x in alerts if x.status == "firing"
+               for m in x.features}
+    assert {"psi", "rank_sum", "ks", "wasserstein", "js", "hellinger", "wasserstein_raw"} <= set(members["a", "psi"])
+    assert members["a", "psi"]["ks"]["value"] > 0.1  # on the samples, computed for the alert
+    assert {"chi2", "category_shift", "psi", "js", "hellinger", "chi2_statistic"} <= set(members["k", "chi2"])
+
+    def findings(cfg, feature):
+        """The feature's drift findings per window, and whether any of them is over threshold there."""
+        return [(f, any(g.over for g in r.findings if g.feature == feature and g.kind == "data_drift"))
+                for r in Monitor(parse_config({"models": {"m": cfg}})).process(
+                    [e for b in batches for e in b]).results for f in r.findings
+                if f.feature == feature and f.kind == "data_drift" and f.statistic != "new_category_rate"]
+
+    quiet = findings(model_config(), "b")
+    assert {frozenset(f.details) - {"windows"} for f, over in quiet if not over} == {
+        frozenset({"psi", "rank_sum", "reference_std"})}  # "windows": the evidence span that decided
+    quiet_cat = findings(model_config(), "region")
+    assert {frozenset(f.details) - {"windows"} for f, over in quiet_cat if not over} == {
+        frozenset({"chi2", "chi2_statistic", "category_shift"})}
+    every = findings(model_config(drift={"report_all_statistics": True}), "b")
+    assert every and all({"psi", "ks", "wasserstein", "js", "hellinger"} <= set(f.details) for f, _ in every)
+    assert [(f.over, f.value, f.p_value) for f, _ in every] == [(f.over, f.value, f.p_value) for f, _ in quiet]
+    shifted = findings(model_config(), "a")
+    assert any(over for _, over in shifted)
+    assert all({"js", "hellinger", "ks", "wasserstein"} <= set(f.details) for f, over in shifted if over)
 
 
 def test_ks_decides_when_asked_and_is_always_computed_then():
