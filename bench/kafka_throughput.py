@@ -45,6 +45,7 @@ from workload import make, model_config  # noqa: E402
 
 from stream_monitor.config import parse_config  # noqa: E402
 from stream_monitor.kafka.broker import kafka_broker  # noqa: E402
+from stream_monitor.kafka.clients import CONSUMER_DEFAULTS, consumer_config  # noqa: E402
 from stream_monitor.kafka.runner import MonitorService, tune_gc  # noqa: E402
 
 
@@ -71,10 +72,17 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int, by_event_id: bo
     print(f"produced {n} events ({len(orjson.dumps(ev))} bytes each)", flush=True)
 
 
-def bare(bootstrap: str, topic: str, n: int) -> float:
+#: The monitor's consumer settings that decide how fast data arrives: the bare loop gets the same ones.
+FETCH = {k: v for k, v in {**CONSUMER_DEFAULTS, **consumer_config(parse_config({"models": {"bench": model_config(1000)}}))}.items()
+         if k.startswith(("fetch.", "queued.", "max.partition"))}
+
+
+def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None) -> tuple[float, float]:
+    """Events/s and CPU microseconds per event of the consuming thread, with the monitor's fetch settings
+    (or ``settings``)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100})
+                  **(FETCH if settings is None else settings)})
     c.subscribe([topic])
     seen = 0
     t0 = None
@@ -85,14 +93,17 @@ def bare(bootstrap: str, topic: str, n: int) -> float:
                 loads(m.value())
                 seen += 1
         if t0 is None and seen:  # the clock starts at the first batch: group join and metadata excluded
-            t0, first = time.perf_counter(), seen
+            t0, first, cpu0 = time.perf_counter(), seen, time.thread_time()
     dt = time.perf_counter() - t0
+    cpu = time.thread_time() - cpu0
     c.close()
-    return (n - first) / dt
+    return (n - first) / dt, cpu / (n - first) * 1e6
 
 
 def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
-              ) -> tuple[float, list[tuple[int, float]], MonitorService]:
+              ) -> tuple[float, list[tuple[int, float]], MonitorService, float]:
+    """Events/s, RSS samples, the service (its per-stage times) and the CPU microseconds per event of its
+    thread."""
     run = uuid.uuid4().hex[:8]
     cfg = parse_config({
         "kafka": {"group_id": f"bench-{run}", "commit_interval_s": commit_s, "transaction_timeout_s": 120},
@@ -114,15 +125,18 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
             raise svc.failure
         if t0 is None and svc.stats.messages:  # as for the bare loop: from the first processed batch
             t0, first = time.perf_counter(), svc.stats.messages
+            clock = time.pthread_getcpuclockid(th.ident)  # type: ignore[arg-type]
+            cpu0 = time.clock_gettime(clock)
         if svc.stats.messages >= next_mark:
             samples.append((svc.stats.messages, rss_mib()))
             next_mark += n // 10
         time.sleep(0.002)
     dt = time.perf_counter() - t0
+    cpu = time.clock_gettime(clock) - cpu0
     samples.append((svc.stats.messages, rss_mib()))
     svc.stop()
     th.join(30)
-    return (n - first) / dt, samples, svc
+    return (n - first) / dt, samples, svc, cpu / (n - first) * 1e6
 
 
 def pin(spec: str) -> str:
@@ -174,24 +188,31 @@ def main() -> None:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, max(args.events, args.rss_events), args.partitions)
         bare(bootstrap, topic, args.events)  # warm-up pass, discarded: the first read of a topic is cold
+        print(f"fetch settings of both loops: {FETCH}", flush=True)
+        default_rate, _ = bare(bootstrap, topic, args.events, {})
+        print(f"for scale, the bare loop with librdkafka's default fetch settings: {default_rate:,.0f} events/s",
+              flush=True)
         for window in args.windows:
-            ratios, costs = [], []
+            ratios, costs, cpu_ratios = [], [], []
             for r in range(args.rounds):
-                base = bare(bootstrap, topic, args.events)
-                rate, _, svc = monitored(bootstrap, topic, args.events, window, args.commit_interval)
-                once, _, _ = monitored(bootstrap, topic, args.events, window, 30.0)
+                base, base_cpu = bare(bootstrap, topic, args.events)
+                rate, _, svc, cpu = monitored(bootstrap, topic, args.events, window, args.commit_interval)
+                once, _, _, _ = monitored(bootstrap, topic, args.events, window, 30.0)
                 ratios.append(rate / base)
+                cpu_ratios.append(base_cpu / cpu)
                 costs.append(1 - rate / once)
                 print(f"window {window} round {r + 1}: bare consume + orjson.loads {base:9,.0f} events/s | "
                       f"stream-monitor (full path, commit every {args.commit_interval:g}s) {rate:9,.0f} events/s | "
                       f"ratio {rate / base:.2f} | one commit per pass {once:9,.0f} events/s", flush=True)
+                print(f"  CPU of the consuming thread per event: bare {base_cpu:.2f} us, monitor {cpu:.2f} us", flush=True)
                 print(f"  where the monitor's time went: {stage_line(svc, args.events)}", flush=True)
-            print(f"window {window}: median ratio {float(np.median(ratios)):.2f} (bar: >= 0.80); "
-                  f"{svc.stats.windows} windows and {svc.stats.commits} transactions per pass; exactly-once cost "
-                  f"(transactions every {args.commit_interval:g}s vs one per pass) median "
-                  f"{100 * float(np.median(costs)):.0f} % of throughput", flush=True)
+            print(f"window {window}: median ratio {float(np.median(ratios)):.2f} (bar: >= 0.80), CPU ratio "
+                  f"{float(np.median(cpu_ratios)):.2f}; {svc.stats.windows} windows and {svc.stats.commits} "
+                  f"transactions per pass; exactly-once cost (transactions every {args.commit_interval:g}s vs one "
+                  f"per pass) median {100 * float(np.median(costs)):.0f} % of throughput", flush=True)
         if args.rss_events:
-            rate, samples, _ = monitored(bootstrap, topic, args.rss_events, args.windows[0], args.commit_interval)
+            rate, samples, _, _ = monitored(bootstrap, topic, args.rss_events, args.windows[0],
+                                            args.commit_interval)
             print(f"monitor RSS along {args.rss_events:,} events (window {args.windows[0]}, {rate:,.0f} events/s): "
                   + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
 
