@@ -397,7 +397,10 @@ class PredictionDecoder:
         if m.prediction == "numeric":
             extra_num.append(_numeric_matrix([(p,) for p in preds], n, 1))
         elif m.prediction == "categorical":
-            pc, pe = _categorical_matrix([(p,) for p in preds], n, 1)
+            if set(map(type, preds)) == {str}:  # class labels (the common case): no conversion
+                pc, pe = np.fromiter(preds, dtype=object, count=n).reshape(n, 1), np.zeros((n, 1), dtype=bool)
+            else:
+                pc, pe = _categorical_matrix([(p,) for p in preds], n, 1)
             cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
         if m.monitor_score:
             extra_num.append((_floats(scores, n, 1), np.zeros((n, 1), dtype=bool)))

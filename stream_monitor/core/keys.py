@@ -57,21 +57,34 @@ def event_keys(ids: Sequence[str]) -> np.ndarray:
         short_idx = None
         short = ids
     if len(short):
-        chars = np.array(short, dtype=str)  # (m,) '<U{L}', padded with NUL
-        width = chars.dtype.itemsize // 4
-        codes = chars.view(np.uint32).reshape(len(short), width).astype(np.uint64) if width else None
+        codes, width = _code_points(short, lens if short_idx is None else lens[short_idx])
         h = np.full(len(short), _FNV_OFFSET, dtype=np.uint64)
         with np.errstate(over="ignore"):
+            padded = codes is not None and bool((codes == 0).any())
             for j in range(width):
                 c = codes[:, j]  # type: ignore[index]
-                present = c != 0  # padding never changes a key: ids of any length hash alike in any batch
-                h = np.where(present, (h ^ c) * _FNV_PRIME, h)
+                if padded:  # padding never changes a key: ids of any length hash alike in any batch
+                    h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
+                else:
+                    h = (h ^ c) * _FNV_PRIME
             h = _mix(h)
         if short_idx is None:
             out[:] = h
         else:
             out[short_idx] = h
     return out
+
+
+def _code_points(ids: Sequence[str], lens: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """The ``(m, width)`` uint64 matrix of the ids' code points, NUL-padded on the right, and its width."""
+    width = int(lens.max())
+    if width == 0:
+        return None, 0
+    if int(lens.min()) == width:  # ids of one length (the common case): one encode of them all, no padding
+        flat = np.frombuffer("".join(ids).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        return flat.reshape(len(ids), width).astype(np.uint64), width
+    chars = np.array(ids, dtype=str)  # (m,) '<U{width}', padded with NUL
+    return chars.view(np.uint32).reshape(len(ids), width).astype(np.uint64), width
 
 
 def key_fraction(keys: np.ndarray) -> np.ndarray:
