@@ -257,20 +257,29 @@ class Pane:
         k = x.shape[1]
         if k == 0:
             return
-        present = ~np.isnan(x)
+        xt = np.ascontiguousarray(x.T)  # (k, n): each feature's values contiguous for the per-feature work
+        nan = np.isnan(xt)
+        nan_count = np.count_nonzero(nan, axis=1)
         bins = self.num_counts.shape[1]
         # bin per value: the number of edges <= the value (what searchsorted(side="right") gives; +inf padding
-        # never counts), one comparison per edge position for all features at once (a few edges, many rows)
-        idx = np.zeros(x.shape, dtype=np.intp)
+        # never counts), one comparison per edge position for all features at once (a few edges, many rows),
+        # counted in bytes (at most 100 bins)
+        idx = np.zeros(xt.shape, dtype=np.int8)
+        below = np.empty(xt.shape, dtype=bool)
         for edge in b.edges.T:
-            idx += edge <= x
-        idx += np.arange(k) * bins
-        flat = idx[present]
-        self.num_counts += np.bincount(flat, minlength=k * bins).reshape(k, bins)
+            np.less_equal(edge[:, None], xt, out=below)
+            idx += below.view(np.int8)
+        flat = np.add(idx, (np.arange(k) * bins)[:, None], dtype=np.intp)
+        counts = np.bincount(flat.ravel(), minlength=k * bins).reshape(k, bins)
+        counts[:, 0] -= nan_count  # a missing value compares false with every edge: it landed in bin 0
+        self.num_counts += counts
         err = cols.numeric_type_error
-        self.num_type_error += err.sum(axis=0)
-        self.num_missing += (~present & ~err).sum(axis=0)
-        self.num_out_of_range += ((x < b.lo) | (x > b.hi)).sum(axis=0)
+        if err.any():  # rare: wrong types are NaN too, but not missing
+            self.num_type_error += err.sum(axis=0)
+            self.num_missing += np.count_nonzero(nan & ~err.T, axis=1)
+        else:
+            self.num_missing += nan_count
+        self.num_out_of_range += np.count_nonzero((xt < b.lo[:, None]) | (xt > b.hi[:, None]), axis=1)
         self.seen += x.shape[0]
         self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys), (x, cols.key)])
 
@@ -278,22 +287,28 @@ class Pane:
         b = self.binning
         other = b.n_cat_slots - 1
         err = cols.categorical_type_error
-        self.cat_type_error += err.sum(axis=0)
-        # Per feature, never per event: Counter counts a column at C speed; the Python loop below runs over
-        # the batch's distinct values only.
+        errors = err.sum(axis=0)
+        self.cat_type_error += errors
+        errors_l = errors.tolist()
+        # Per feature, never per event: Counter counts a column at C speed; the rest works on the batch's
+        # distinct values only.
         for j, vocab in enumerate(b._vocab):
             counts = Counter(cols.categorical[:, j].tolist())
             missing = counts.pop(None, 0)
-            self.cat_missing[j] += missing - int(err[:, j].sum())  # wrong types were set to None
+            self.cat_missing[j] += missing - errors_l[j]  # wrong types were set to None
             if not counts:
                 continue
-            row = self.cat_counts[j]
+            values = list(counts)
+            m = len(values)
+            slots = np.fromiter(map(vocab.get, values, itertools.repeat(other, m)), dtype=np.intp, count=m)
+            np.add.at(self.cat_counts[j], slots, np.fromiter(counts.values(), dtype=np.int64, count=m))
             known = b.known[j]
+            if known.issuperset(values):
+                continue
             ex = self.new_examples[j]
-            for v, c in counts.items():
-                row[vocab.get(v, other)] += c
+            for v in values:
                 if v not in known:
-                    self.cat_new[j] += c
+                    self.cat_new[j] += counts[v]
                     if len(ex) < _MAX_NEW_EXAMPLES:
                         ex.add(clip(v))
 
