@@ -418,7 +418,9 @@ class PredictionDecoder:
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
 _FEATURES = attrgetter("features")
 _SEGMENT = attrgetter("segment")
-_CHUNK = 1024
+#: Messages per chunk. In the running monitor (the broker and librdkafka's threads share the caches) 256-384
+#: decoded fastest: 4.3-4.5 us per event against 4.6-4.8 at 1,024 and 5.3-5.6 at 2,048; 128 pays more per chunk.
+_CHUNK = 256
 
 
 def _float_rows(get: Any, items: list[Any], n: int, k: int) -> np.ndarray:
