@@ -4,7 +4,8 @@ Produces prediction events of the benchmark model (``workload.py``: 22 numeric f
 and an integer count, 6 categorical including a 200-level one, prediction and score; ~780 bytes each) to one
 topic, then, per window size, in the same run:
 
-- baseline: a bare confluent-kafka loop that only consumes the topic in batches and orjson-decodes each value;
+- baseline: a bare confluent-kafka loop that only consumes the topic in batches and orjson-decodes each value,
+  with the monitor's fetch settings (``fetch.*``/``queued.*``: the same data arrival for both loops);
 - stream-monitor: the full monitor (decode, validate, columns, sketches, drift decisions, alerts, window
   reports) on the same topic, from the beginning, in a fresh consumer group, with the exactly-once
   path on: outputs, changed state and offsets committed in one Kafka transaction every ``--commit-interval``
@@ -14,11 +15,14 @@ topic, then, per window size, in the same run:
   30``: one transaction), so the difference between the two is what the transactions and state writes cost.
 
 Both loops are timed from their first batch (group join excluded) and run with the monitor's garbage-collector
-settings (``runner.tune_gc``), which speed up the bare loop too. After one discarded warm-up read of the topic
-(the first read is always slower), the passes alternate for ``--rounds`` rounds (the broker shares the machine,
-so single runs are noisy); each round's ratio and the median are printed (the house bar is >= 0.8). A final
-long pass samples the monitor's RSS (memory must stay flat however long the stream runs). ``--pin 0:1`` puts
-the broker on CPU 0 and this process on CPU 1, as ``taskset`` would.
+settings (``runner.tune_gc``), which speed up the bare loop too. Besides the rates, each pass reports the CPU
+time of its consuming thread per event: both loops are bound by that thread, so the two ratios agree when the
+machine is quiet. After one discarded warm-up read of the topic (the first read is always slower), a pass of
+the bare loop with librdkafka's default fetch settings is shown for scale (its 1 s ``fetch.queue.backoff.ms``
+stalls a consumer this fast), then the passes alternate for ``--rounds`` rounds; each round's ratio and the
+median are printed (the house bar is >= 0.8). A final long pass samples the monitor's RSS (memory must stay
+flat however long the stream runs). ``--pin 0:1`` puts the broker on CPU 0 and this process on CPU 1, as
+``taskset`` would.
 
     python bench/kafka_throughput.py [--events 200000] [--windows 1000 5000 100] [--rounds 3]
                                      [--commit-interval 1] [--rss-events 1000000] [--pin 0:1]
