@@ -230,7 +230,6 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
 def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
             panes: dict[Segment | None, tuple[Pane, Pane]]) -> list[Finding]:
     """One Holm family per model and window (its slices included): the drift findings."""
-    k = len(binning.numeric)
     rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha,
                     np.array([d.get("weight", 1.0) for d in drift]))
     over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
@@ -251,12 +250,14 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
     for d in drift:
         seg, key, j = at = _column_of(d)
         test = d.pop("test")
+        if cfg.report_all_statistics:  # every statistic is there already
+            continue
         if at in alerted:
             columns, sampled = late.setdefault((seg, key), (set(), set()))
             columns.add(j)
             if key == "column" and "ks" not in d["details"]:
                 sampled.add(j)
-        elif not cfg.report_all_statistics:
+        else:
             d["details"] = _decision_details(d["details"], test)
     for (seg, key), (columns, sampled) in late.items():
         more = _all_figures(binning, *panes[seg], key, sorted(columns), sorted(sampled), cfg)
@@ -283,6 +284,9 @@ _NEEDS = {"auto": frozenset({"psi", "chi2"}), "psi": frozenset({"psi", "chi2"}),
 #: Statistics named in a finding's details, and the figures that go with one of them.
 _FIGURES = frozenset({"psi", "ks", "wasserstein", "js", "hellinger", "chi2"})
 _WITH = {"wasserstein": "wasserstein_raw", "chi2": "chi2_statistic"}
+#: Per decision test, the details entries of the statistics that did not decide (and what goes with them).
+_DROP = {test: frozenset(s for s in _FIGURES if s != test) | frozenset(v for k, v in _WITH.items() if k != test)
+         for test in _FIGURES}
 
 
 def _column_of(d: dict[str, Any]) -> tuple[Segment | None, str, int]:
@@ -292,9 +296,8 @@ def _column_of(d: dict[str, Any]) -> tuple[Segment | None, str, int]:
 
 def _decision_details(details: dict[str, Any], test: str) -> dict[str, Any]:
     """A feature's details without the statistics that did not decide it (its test and the signed tests do)."""
-    drop = {s for s in _FIGURES if s != test and s in details}
-    drop |= {_WITH[s] for s in drop if s in _WITH}
-    return {k: v for k, v in details.items() if k not in drop} if drop else details
+    drop = _DROP[test]
+    return {k: v for k, v in details.items() if k not in drop}
 
 
 def _numeric_figures(f: dict[str, Any], j: int, ks: float, ks_p: float, w: float, th: Any
@@ -431,6 +434,7 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
         test = "rank_sum" if level is None else "category_shift"
         figures[test] = ([None, *_rounded(sv[1:])], [None, *sp[1:].tolist()], [None, *_rounded(sthr[1:])],
                          nothing if level is None else [None, *level[1:].tolist()])
+    m = len(spans) + 1  # candidates per feature
     for d in mine:
         j = d[key]
         vals, ps, thrs, levels = figures[d["statistic"]]
@@ -438,28 +442,32 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
         # of the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
         mine_signed = d.get("signed", d["value"])
         per_category = isinstance(mine_signed, np.ndarray)
-        here, signed = {}, {}
-        cands = [(1, d["value"], d["p"], d["threshold"], d["n"])]
-        for i, s in enumerate(spans, 1):
-            v = vals[i][j]
-            here[s], signed[s] = mine_signed, v
-            if per_category:
-                level = levels[i][j]
-                picked = level < len(mine_signed)
-                here[s] = float(mine_signed[level]) if picked else d["value"]
-                signed[s] = v if picked else abs(v)
-            cands.append((s, abs(v), ps[i][j], thrs[i][j], events[i][j]))
-        # and a candidate counts only while this window alone still shows at least half its effect, in the
+        # a span's candidate counts only while this window alone still shows at least half its effect, in the
         # same direction (on the squared scale for distances): after a large shift ends, the windows it spans
         # do not keep the incident open. Its alpha is also spent per 1,000 events rather than per window, so
         # that small windows (many per million events) do not multiply false alarms.
         power = 2 if d["statistic"] in ("chi2", "js", "hellinger") else 1  # w, JS, Hellinger: square roots
-        ok = [c for c in cands if c[1] >= c[3] and (c[0] == 1 or (
-            here[c[0]] * signed[c[0]] >= 0 and abs(here[c[0]]) ** power >= 0.5 * c[1] ** power))] or cands[:1]
         per_events = max(1.0, 1000.0 / max(d["n"], 1))
-        weight = {c[0]: len(cands) * (1.0 if c[0] == 1 else c[0] * per_events) for c in cands}
-        span, v, p, t, n = min(ok, key=lambda c: (c[2] * weight[c[0]], c[0]))
-        d.update(value=v, p=min(1.0, p * weight[span]), threshold=t, n=n, candidates=cands)
+        first = (1, d["value"], d["p"], d["threshold"], d["n"])
+        cands = [first]
+        # the most significant candidate that counts (ties: the shorter span); the window's own when none does
+        best = (first[2] * (m * 1.0), 1, first) if first[1] >= first[3] else None
+        for i, s in enumerate(spans, 1):
+            v = vals[i][j]
+            here, signed = mine_signed, v
+            if per_category:
+                level = levels[i][j]
+                picked = level < len(mine_signed)
+                here = float(mine_signed[level]) if picked else d["value"]
+                signed = v if picked else abs(v)
+            c = (s, abs(v), ps[i][j], thrs[i][j], events[i][j])
+            cands.append(c)
+            if c[1] >= c[3] and here * signed >= 0 and abs(here) ** power >= 0.5 * c[1] ** power:
+                score = c[2] * (m * (s * per_events))
+                if best is None or (score, s) < best[:2]:
+                    best = (score, s, c)
+        score, span, (_, v, p, t, n) = best if best is not None else (first[2] * (m * 1.0), 1, first)
+        d.update(value=v, p=min(1.0, score), threshold=t, n=n, candidates=cands)
         d["details"] = d["details"] | {"windows": span}
 
 
