@@ -24,8 +24,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from ..config import SECRET_KEYS, MonitorConfig
 
-__all__ = ["CONSUMER_DEFAULTS", "STATE_MAX_BYTES", "Connection", "KafkaConnectError", "TopicConfigError", "check_compacted",
-           "consumer_config", "ensure_topics", "make_consumer", "producer_config", "redact", "transactional_id"]
+__all__ = ["CONSUMER_DEFAULTS", "STATE_MAX_BYTES", "Connection", "KafkaConnectError", "TopicConfigError",
+           "check_compacted", "consumer_config", "ensure_topics", "make_consumer", "producer_config", "redact",
+           "transactional_id"]
 
 logger = logging.getLogger(__name__)
 rdkafka_logger = logging.getLogger("librdkafka")
