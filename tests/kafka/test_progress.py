@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_monitor.exporter import MonitorMetrics
 from stream_monitor.kafka.progress import Progress, consumer_lag
 from stream_monitor.kafka.runner import ServiceStats
-from tests.kafka.helpers import create_topic, produce
+from tests.kafka.helpers import create_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -17,7 +18,10 @@ def test_lag_counts_what_is_left_after_the_processed_offsets_and_the_line_shows_
         kafka_bootstrap, run_id):
     topic = f"progress-{run_id}"
     create_topic(kafka_bootstrap, topic, partitions=2)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(100)], key=None)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(100):  # 50 in each partition: a partitioner could put them all in one
+        p.produce(topic, value=orjson.dumps({"i": i}), partition=i % 2)
+    assert p.flush(30) == 0
     c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{run_id}", "enable.auto.commit": False})
     try:
         c.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
