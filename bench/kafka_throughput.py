@@ -77,7 +77,8 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int, by_event_id: bo
 
 
 #: The monitor's consumer settings that decide how fast data arrives: the bare loop gets the same ones.
-FETCH = {k: v for k, v in {**CONSUMER_DEFAULTS, **consumer_config(parse_config({"models": {"bench": model_config(1000)}}))}.items()
+FETCH = {k: v for k, v in {**CONSUMER_DEFAULTS,
+                           **consumer_config(parse_config({"models": {"bench": model_config(1000)}}))}.items()
          if k.startswith(("fetch.", "queued.", "max.partition"))}
 
 
@@ -208,7 +209,8 @@ def main() -> None:
                 print(f"window {window} round {r + 1}: bare consume + orjson.loads {base:9,.0f} events/s | "
                       f"stream-monitor (full path, commit every {args.commit_interval:g}s) {rate:9,.0f} events/s | "
                       f"ratio {rate / base:.2f} | one commit per pass {once:9,.0f} events/s", flush=True)
-                print(f"  CPU of the consuming thread per event: bare {base_cpu:.2f} us, monitor {cpu:.2f} us", flush=True)
+                print(f"  CPU of the consuming thread per event: bare {base_cpu:.2f} us, monitor {cpu:.2f} us",
+                      flush=True)
                 print(f"  where the monitor's time went: {stage_line(svc, args.events)}", flush=True)
             print(f"window {window}: median ratio {float(np.median(ratios)):.2f} (bar: >= 0.80), CPU ratio "
                   f"{float(np.median(cpu_ratios)):.2f}; {svc.stats.windows} windows and {svc.stats.commits} "
