@@ -75,6 +75,24 @@ def compact(topic: dict, changes: dict) -> None:
             topic[k] = orjson.loads(orjson.dumps(v))  # what crosses the topic is JSON
 
 
+def run_with_crashes(cfg, events: list[dict], batches: list[tuple[int, int]], crash
+                     ) -> tuple[list, Monitor, dict, list[list[str]]]:
+    """Process ``events`` in ``batches``, each followed by a checkpoint applied to a compacted "topic"; after
+    batch ``i`` ending at ``b``, when ``crash(i, b, restarts so far)`` holds, go on in a new monitor restored
+    from the topic (a crash right after a commit). Returns the outputs, the last monitor, the topic and what
+    each restore returned."""
+    topic: dict = {}
+    mon = Monitor(cfg)
+    outs, restored = [], []
+    for i, (a, b) in enumerate(batches):
+        outs.append(mon.process(events[a:b]))
+        compact(topic, mon.checkpoint().state)
+        if crash(i, b, len(restored)):
+            mon = Monitor(cfg)
+            restored.append(mon.restore(dict(topic)))
+    return outs, mon, topic, restored
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_outputs_do_not_depend_on_how_the_stream_is_cut_into_batches(name):
     cfg = parse_config({"models": {"m": SCENARIOS[name]}})
@@ -96,18 +114,9 @@ def test_a_monitor_restored_from_its_checkpoints_continues_exactly(name):
     events = drifting_stream(3, jitter=name.startswith("time"))
     expected = collect([Monitor(cfg).process(events)])
     rng = np.random.default_rng(4)
-    topic: dict = {}
-    mon = Monitor(cfg)
-    outs = []
-    restarts = 0
-    for a, b in cuts(len(events), rng, most=1000):
-        outs.append(mon.process(events[a:b]))
-        compact(topic, mon.checkpoint().state)
-        if rng.random() < 0.4:  # a crash right after a commit: a new process restores from the topic
-            mon = Monitor(cfg)
-            assert mon.restore(dict(topic)) == ["m"]
-            restarts += 1
-    assert restarts >= 3
+    outs, mon, _, restored = run_with_crashes(cfg, events, cuts(len(events), rng, most=1000),
+                                              lambda i, b, restarts: rng.random() < 0.4)
+    assert len(restored) >= 3 and all(r == ["m"] for r in restored)
     assert collect(outs) == expected
     assert mon.counters.restore_errors == 0
 

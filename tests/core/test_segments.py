@@ -11,7 +11,7 @@ from stream_monitor.config import ConfigError, parse_config
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.reference import build_reference
 from stream_monitor.core.segments import Segment
-from tests.core.test_checkpoint import collect, compact, cuts
+from tests.core.test_checkpoint import collect, cuts, run_with_crashes
 from tests.streams import make_segmented_events, segmented_config
 
 
@@ -98,17 +98,9 @@ def test_slices_do_not_depend_on_batching_and_restore_exactly_mid_window():
         make_segmented_events(5000, rng, start=7000, shifted="eu", shift=1.0)
     expected = collect([Monitor(cfg).process(events)])
     assert any(a[1] == "firing" for a in expected["alerts"])
-    topic: dict = {}
-    mon = Monitor(cfg)
-    outs, restarts = [], 0
-    for a, b in cuts(len(events), np.random.default_rng(17), most=700):  # cuts fall inside windows and warm-up
-        outs.append(mon.process(events[a:b]))
-        compact(topic, mon.checkpoint().state)
-        if b % 500 and restarts < 8:
-            mon = Monitor(cfg)
-            assert mon.restore(dict(topic)) == ["seg"]
-            restarts += 1
-    assert restarts >= 3
+    batches = cuts(len(events), np.random.default_rng(17), most=700)  # cuts fall inside windows and warm-up
+    outs, mon, topic, restored = run_with_crashes(cfg, events, batches, lambda i, b, restarts: b % 500 and restarts < 8)
+    assert len(restored) >= 3 and all(r == ["seg"] for r in restored)
     assert collect(outs) == expected
     assert mon.counters.restore_errors == 0
     assert "gASV" not in orjson.dumps(topic).decode()  # plain data, no pickles
@@ -124,15 +116,8 @@ def test_a_time_window_model_with_slices_restores_exactly():
     for e in events:
         e["timestamp"] += float(rng.normal(0, 5))
     expected = collect([Monitor(cfg).process(events)])
-    topic: dict = {}
-    mon = Monitor(cfg)
-    outs = []
-    for i, (a, b) in enumerate(cuts(len(events), np.random.default_rng(19), most=900)):
-        outs.append(mon.process(events[a:b]))
-        compact(topic, mon.checkpoint().state)
-        if i % 2:
-            mon = Monitor(cfg)
-            mon.restore(dict(topic))
+    outs, _, _, _ = run_with_crashes(cfg, events, cuts(len(events), np.random.default_rng(19), most=900),
+                                     lambda i, b, restarts: i % 2)
     assert collect(outs) == expected
 
 
