@@ -241,30 +241,26 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
     # details: a feature over threshold shows every statistic (the alert names it: the missing binned ones on
     # the window's counts, KS and Wasserstein on the samples); the others only their decision tests, unless
     # every statistic is asked for
-    alerted: set[tuple[Segment | None, str, int]] = set()
-    for d, o in zip(drift, over):
-        d.pop("signed", None)
-        if o:
-            alerted.add(_column_of(d))
+    at = [_column_of(d) for d in drift]  # (segment, "column" or "cat_column", index) of each candidate
+    alerted = {c for c, o in zip(at, over) if o}
     late: dict[tuple[Segment | None, str], tuple[set[int], set[int]]] = {}
-    for d in drift:
-        seg, key, j = at = _column_of(d)
+    for d, (seg, key, j) in zip(drift, at):
+        d.pop("signed", None)
         test = d.pop("test")
         if cfg.report_all_statistics:  # every statistic is there already
             continue
-        if at in alerted:
+        if (seg, key, j) in alerted:
             columns, sampled = late.setdefault((seg, key), (set(), set()))
             columns.add(j)
             if key == "column" and "ks" not in d["details"]:
                 sampled.add(j)
         else:
             d["details"] = _decision_details(d["details"], test)
-    for (seg, key), (columns, sampled) in late.items():
-        more = _all_figures(binning, *panes[seg], key, sorted(columns), sorted(sampled), cfg)
-        for d in drift:
-            seg_d, key_d, j = _column_of(d)
-            if key_d == key and j in columns and seg_d == seg:
-                d["details"] = more[j] | d["details"]  # what was computed already stays as it is
+    more = {(seg, key): _all_figures(binning, *panes[seg], key, sorted(columns), sorted(sampled), cfg)
+            for (seg, key), (columns, sampled) in late.items()}
+    for d, (seg, key, j) in zip(drift, at):
+        if (seg, key, j) in alerted and not cfg.report_all_statistics:
+            d["details"] = more[seg, key][j] | d["details"]  # what was computed already stays as it is
     return [
         Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
                 d["details"], segment=d.get("segment"))
