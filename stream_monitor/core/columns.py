@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -156,6 +157,14 @@ def _categorical_matrix(rows: list[tuple[Any, ...]], n: int, c: int) -> tuple[np
     return out, bad.astype(bool)
 
 
+def _categorical_column(values: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_categorical_matrix` of one column given as its ``n`` values (no row tuples when they are all
+    strings or missing, the common case)."""
+    if set(map(type, values)) <= {str, type(None)}:
+        return np.fromiter(values, dtype=object, count=n).reshape(n, 1), np.zeros((n, 1), dtype=bool)
+    return _categorical_matrix([(v,) for v in values], n, 1)
+
+
 class _Wrong:
     def __eq__(self, other: object) -> bool:
         return other is self
@@ -221,11 +230,10 @@ def build_columns(
     cat, cat_err = _categorical_matrix(_rows(feats, categorical), n, len(categorical))
     extra_num: list[tuple[np.ndarray, np.ndarray]] = []
     if prediction != "none":
-        preds = [(ev["prediction"],) for ev in events]
         if prediction == "numeric":
-            extra_num.append(_numeric_matrix(preds, n, 1))
+            extra_num.append(_numeric_matrix([(ev["prediction"],) for ev in events], n, 1))
         else:
-            pc, pe = _categorical_matrix(preds, n, 1)
+            pc, pe = _categorical_column([ev["prediction"] for ev in events], n)
             cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
     if score:  # the decoder guarantees a number or null: no type check needed
         scores = np.fromiter((ev.get("score") for ev in events), dtype=object, count=n).astype(np.float64)

@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from .columns import Columns, _categorical_matrix, _numeric_matrix, _object_matrix, build_columns, segment_matrix
+from .columns import Columns, _categorical_column, _numeric_matrix, build_columns, segment_matrix
 from .keys import event_keys
 
 if TYPE_CHECKING:
@@ -397,10 +397,7 @@ class PredictionDecoder:
         if m.prediction == "numeric":
             extra_num.append(_numeric_matrix([(p,) for p in preds], n, 1))
         elif m.prediction == "categorical":
-            if set(map(type, preds)) == {str}:  # class labels (the common case): no conversion
-                pc, pe = np.fromiter(preds, dtype=object, count=n).reshape(n, 1), np.zeros((n, 1), dtype=bool)
-            else:
-                pc, pe = _categorical_matrix([(p,) for p in preds], n, 1)
+            pc, pe = _categorical_column(preds, n)
             cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
         if m.monitor_score:
             extra_num.append((_floats(scores, n, 1), np.zeros((n, 1), dtype=bool)))
