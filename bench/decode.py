@@ -6,8 +6,11 @@ as the monitor consumes them, best of ``--repeat`` passes each (the machine is s
 - ``orjson.loads`` of every value, results dropped (the bare loop's per-event work);
 - ``json.loads`` of the standard library, for scale;
 - the general path: ``decode_predictions`` (orjson, the contract checked in Python) + ``build_columns``;
-- the monitor's path: ``PredictionDecoder`` (typed msgspec structures per model, checks fused, columns filled
-  from them), which is what ``stream-monitor run`` uses.
+- the monitor's path: ``PredictionDecoder`` with its compiled decoder (each message's bytes parsed into its
+  model's column buffers, checks fused, no Python object per event but the id and shared category strings),
+  which is what ``stream-monitor run`` uses;
+- the same without the compiled decoder (typed msgspec structures per model, columns filled from them): what
+  runs where the package was installed without a C compiler.
 
     python bench/decode.py [--events 100000] [--repeat 5]
 """
@@ -43,7 +46,8 @@ def main() -> None:
     values = [orjson.dumps(e) for e in make(args.events, rng, 0)]
     batches = [values[i:i + 5000] for i in range(0, len(values), 5000)]
     cfg = parse_config({"models": {"bench": model_config(1000)}})
-    decoder = PredictionDecoder(cfg.models)
+    decoder = PredictionDecoder(cfg.models, compiled=True)
+    python_decoder = PredictionDecoder(cfg.models, compiled=False)
 
     def orjson_loads() -> None:
         loads = orjson.loads
@@ -64,7 +68,11 @@ def main() -> None:
         for b in batches:
             decoder.decode(b)
 
-    cases = [orjson_loads, stdlib_json, general_path, monitor_path]
+    def without_compiled() -> None:
+        for b in batches:
+            python_decoder.decode(b)
+
+    cases = [orjson_loads, stdlib_json, general_path, monitor_path, without_compiled]
     best = {f.__name__: float("inf") for f in cases}
     for _ in range(args.repeat):  # interleaved, so a busy moment of the machine hits every case alike
         for f in cases:
@@ -75,7 +83,8 @@ def main() -> None:
     print(f"{args.events:,} events of {np.mean([len(v) for v in values]):.0f} bytes, batches of 5,000, "
           f"best of {args.repeat}")
     labels = {"orjson_loads": "orjson.loads (dicts, dropped)", "stdlib_json": "json.loads (stdlib)",
-              "general_path": "general path -> columns", "monitor_path": "monitor's decoder -> columns"}
+              "general_path": "general path -> columns", "monitor_path": "monitor's decoder -> columns",
+              "without_compiled": "  same, Python decoder (msgspec)"}
     for name, secs in best.items():
         print(f"{labels[name]:32s} {args.events / secs:10,.0f} events/s  {secs / args.events * 1e6:5.2f} us/event  "
               f"{base / secs:4.2f}x orjson.loads")

@@ -24,6 +24,11 @@ import orjson
 from .columns import Columns, _categorical_column, _numeric_matrix, build_columns, segment_matrix
 from .keys import event_keys
 
+try:  # the compiled decoder, built with the package (optional: the Python decoder gives the same results)
+    from . import _columnar
+except ImportError:  # pragma: no cover - exercised where no C compiler was present at install time
+    _columnar = None
+
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
@@ -281,17 +286,28 @@ class PredictionBatch:
 class PredictionDecoder:
     """Decodes prediction messages of the configured models straight into columns.
 
-    Each model's events are decoded by msgspec into a typed structure, selected by the ``model`` field, that
-    holds only the configured features, with the contract's checks in the same pass (no dict per event, no
-    Python-level validation). A message that does not fit (an unconfigured model, a value of an unexpected type
-    in a feature — a data-quality fact, not a reject —, an ISO timestamp string, a broken contract) takes the
-    general path (:func:`decode_predictions` and :func:`build_columns`), which decides, with the same result
-    as if the whole batch had taken it.
+    The compiled decoder (``_columnar``, built with the package) parses each message's bytes into the column
+    buffers of its model, with the contract's checks in the same pass: no dict, Struct or float object per
+    event. Without it (no C compiler at install time, or ``compiled=False``), msgspec decodes each model's
+    events into a typed structure, selected by the ``model`` field, that holds only the configured features.
+    Either takes only the common, valid event: a message that does not fit (an unconfigured model, a value of
+    an unexpected type in a feature — a data-quality fact, not a reject —, an ISO timestamp string, escapes in
+    a string it reads, a broken contract) takes the general path (:func:`decode_predictions` and
+    :func:`build_columns`), which decides, with the same result as if the whole batch had taken it.
     """
 
-    def __init__(self, models: Mapping[str, ModelConfig], times: TimeRange | None = None) -> None:
+    def __init__(self, models: Mapping[str, ModelConfig], times: TimeRange | None = None,
+                 compiled: bool | None = None) -> None:
+        """``compiled``: use the compiled decoder (True: required, None: when it is built, False: never)."""
         self.models = dict(models)
         self.times = times
+        if compiled and _columnar is None:
+            raise RuntimeError("the compiled decoder (stream_monitor.core._columnar) is not built: reinstall the "
+                               "package with a C compiler present")
+        self._c = (_columnar.Decoder([(name, m.features.numeric, m.features.categorical, bool(m.segments.keys))
+                                      for name, m in self.models.items()])
+                   if _columnar is not None and compiled is not False and self.models else None)
+        self._c_names = list(self.models)
         self._types: dict[type, tuple[str, Any, Any]] = {}
         structs = []
         for i, (name, m) in enumerate(self.models.items()):
@@ -318,7 +334,9 @@ class PredictionDecoder:
         batch = PredictionBatch({}, {}, [], 0)
         per_model: dict[str, list[tuple[list[int], Columns, Any]]] = {}
         slow: list[int] = []
-        if self._decode is None:
+        if self._c is not None:
+            slow = self._compiled(values, per_model)
+        elif self._decode is None:
             slow = list(range(len(values)))
         else:  # in chunks: a chunk's decoded structures are still in the CPU cache when its columns are built
             for lo in range(0, len(values), _CHUNK):
@@ -339,6 +357,32 @@ class PredictionDecoder:
             batch.models[name] = _merge(parts)
         batch.rejects.sort(key=lambda r: r.index)
         return batch
+
+    def _time_bounds(self) -> tuple[float, float]:
+        lo, hi = 0.0, 1e11  # beyond: milliseconds sent by mistake, or nonsense
+        if self.times is not None:
+            lo, hi = max(lo, self.times.min_t), min(hi, time.time() + self.times.max_future_s)
+        return lo, hi
+
+    def _compiled(self, values: list[bytes | None], per_model: dict[str, list[tuple[list[int], Columns, Any]]]
+                  ) -> list[int]:
+        """The compiled decoder's columns per model; returns the positions it declined."""
+        assert self._c is not None
+        declined, outs = self._c.decode(values if type(values) is list else list(values), *self._time_bounds())
+        for name, out in zip(self._c_names, outs):
+            if out is None:
+                continue
+            pos, t, num, keys, cat, ids, versions, preds, scores, latency, segments = out
+            m = self.models[name]
+            t = np.frombuffer(t, dtype=np.float64)
+            n, k, c = t.shape[0], len(m.features.numeric), len(m.features.categorical)
+            cols = self._model_columns(
+                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k),
+                np.fromiter(cat, dtype=object, count=n * c).reshape(n, c), versions, preds, scores,
+                np.frombuffer(latency, dtype=np.float64), np.frombuffer(keys, dtype=np.uint64), segments)
+            per_model.setdefault(name, []).append((np.frombuffer(pos, dtype=np.int64).tolist(), cols,
+                                                   (ids, versions, preds, scores)))
+        return declined
 
     def _fast(self, values: list[bytes | None], lo: int, hi: int,
               per_model: dict[str, list[tuple[list[int], Columns, Any]]], slow: list[int]) -> None:
@@ -373,9 +417,7 @@ class PredictionDecoder:
         n = len(structs)
         ids, versions, times, preds, scores, latency = zip(*map(_ENVELOPE, structs))
         t = np.fromiter(times, dtype=np.float64, count=n)
-        lo, hi = 0.0, 1e11  # beyond: milliseconds sent by mistake, or nonsense
-        if self.times is not None:
-            lo, hi = max(lo, self.times.min_t), min(hi, time.time() + self.times.max_future_s)
+        lo, hi = self._time_bounds()
         bad = (t < lo) | (t > hi)
         if bad.any():  # rare: the general path rejects them, with its reasons
             slow += [pos[i] for i in np.flatnonzero(bad).tolist()]
@@ -391,6 +433,17 @@ class PredictionDecoder:
             cat = np.fromiter(flat, dtype=object, count=n * c).reshape(n, c)
         else:
             cat = np.empty((n, 0), dtype=object)
+        # the segment object carries every key (checked as strings by the struct); only configured ones are kept
+        cols = self._model_columns(m, t, num, cat, versions, preds, scores, _floats(latency, n, 1).reshape(n),
+                                   event_keys(ids), list(map(_SEGMENT, structs)) if m.segments.keys else None)
+        return pos, cols, (ids, versions, preds, scores)
+
+    @staticmethod
+    def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray, versions: Sequence[str],
+                       preds: Sequence[Any], scores: Sequence[float | None], latency: np.ndarray, keys: np.ndarray,
+                       segments: list[dict[str, str] | None] | None) -> Columns:
+        """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths)."""
+        n = t.shape[0]
         num_err = np.zeros(num.shape, dtype=bool)
         cat_err = np.zeros(cat.shape, dtype=bool)
         extra_num: list[tuple[np.ndarray, np.ndarray]] = []
@@ -404,12 +457,10 @@ class PredictionDecoder:
         if extra_num:
             num = np.hstack([num, *(a for a, _ in extra_num)])
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
-        # the segment object carries every key (checked as strings by the struct); only configured ones are kept
-        seg = (segment_matrix(list(map(_SEGMENT, structs)), m.segments.keys) if m.segments.keys
+        seg = (segment_matrix(segments, m.segments.keys) if segments is not None and m.segments.keys
                else np.empty((n, 0), dtype=object))
-        cols = Columns(t, num, num_err, cat, cat_err, np.array(versions, dtype=object),
-                       _floats(latency, n, 1).reshape(n), event_keys(ids), seg)
-        return pos, cols, (ids, versions, preds, scores)
+        return Columns(t, num, num_err, cat, cat_err, np.fromiter(versions, dtype=object, count=n), latency, keys,
+                       seg)
 
 
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")

@@ -157,15 +157,24 @@ def _same_columns(x, y):
 
 @pytest.mark.parametrize(("seed", "n", "segments"), [(0, 400, ()), (1, 400, ()), (2, 3000, ()),
                                                      (3, 400, ("country", "device")), (4, 3000, ("device",))])
-def test_the_typed_decoder_decides_as_the_general_path(seed, n, segments):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_typed_decoder_decides_as_the_general_path(seed, n, segments, compiled):
     import numpy as np
 
-    from stream_monitor.core.events import PredictionBatch, PredictionDecoder
+    from stream_monitor.core.events import PredictionDecoder
 
     models = _models(segments)
     values = _mixed_batch(np.random.default_rng(seed), n, bool(segments))
-    times = TimeRange(946684800.0, 86400.0)
-    fast = PredictionDecoder(models, times).decode(values)
+    assert_decides_as_the_general_path(PredictionDecoder(models, TimeRange(946684800.0, 86400.0), compiled),
+                                       values, segments)
+
+
+def assert_decides_as_the_general_path(decoder, values, segments=()):
+    """``decoder`` (a PredictionDecoder) gives the general path's rejects, unknown models, columns and events."""
+    from stream_monitor.core.events import PredictionBatch
+
+    models, times = decoder.models, decoder.times
+    fast = decoder.decode(values)
     events, positions, rejects = decode_predictions(values, times)
     general = PredictionBatch.from_events(events, models)
     assert [(r.index, r.reason) for r in fast.rejects] == [(r.index, r.reason) for r in rejects]
@@ -175,22 +184,23 @@ def test_the_typed_decoder_decides_as_the_general_path(seed, n, segments):
     for name, me in general.models.items():
         assert fast.models[name].positions == [positions[i] for i in me.positions]
         _same_columns(fast.models[name].cols, me.cols)
-        assert me.cols.segment.shape[1] == (len(segments) if name == "m" else 0)
+        assert me.cols.segment.shape[1] == len(models[name].segments.keys)
         if segments and name == "m":  # the segment values reach the columns on both paths
             assert {v for v in me.cols.segment[:, 0].tolist() if v is not None}
         keep = ("event_id", "model_version", "timestamp", "prediction", "score")
-        assert [{k: e[k] for k in keep} for e in fast.models[name].events()] == \
+        assert [{k: e.get(k) for k in keep} for e in fast.models[name].events()] == \
                [{k: e.get(k) for k in keep} for e in me.events()]
 
 
-def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(monkeypatch, compiled):
     from stream_monitor.core import events as mod
 
     models = _models()
     calls = []
     real = mod.decode_predictions
     monkeypatch.setattr(mod, "decode_predictions", lambda v, t=None: calls.append(len(v)) or real(v, t))
-    dec = mod.PredictionDecoder(models)
+    dec = mod.PredictionDecoder(models, compiled=compiled)
     batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)])
     assert calls == [] and batch.models["m"].positions == list(range(50))
     batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)] + [b"{broken"])
@@ -200,13 +210,14 @@ def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(
     assert [e["event_id"] for e in batch.models["m"].events()] == [f"e{i}" for i in range(3000)]
 
 
-def test_the_typed_decoder_takes_feature_names_that_are_not_identifiers():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_typed_decoder_takes_feature_names_that_are_not_identifiers(compiled):
     from stream_monitor.config import parse_config
     from stream_monitor.core.events import PredictionDecoder
 
     models = parse_config({"models": {"m": {"features": {"numeric": ["credit.score", "class", "f0"],
                                                          "categorical": ["zip-code"]}}}}).models
-    batch = PredictionDecoder(models).decode([ev(features={"credit.score": 700, "class": 1.5, "f0": -1,
-                                                           "zip-code": "1012"})])
+    batch = PredictionDecoder(models, compiled=compiled).decode([ev(features={
+        "credit.score": 700, "class": 1.5, "f0": -1, "zip-code": "1012"})])
     cols = batch.models["m"].cols
     assert cols.numeric[0, :3].tolist() == [700.0, 1.5, -1.0] and cols.categorical[0, 0] == "1012"

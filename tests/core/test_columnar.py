@@ -1,0 +1,181 @@
+"""The compiled decoder: number conversion, and the same decisions as the general path on any bytes."""
+
+import math
+import random
+import struct
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from stream_monitor.config import parse_config
+from stream_monitor.core import _columnar
+from stream_monitor.core.events import PredictionDecoder, TimeRange
+
+from .test_events import assert_decides_as_the_general_path
+
+
+def _bits(x):
+    return struct.pack("<d", x)
+
+
+def _number_tokens(rng):
+    """JSON numbers as producers write them and as they rarely do: shortest reprs, many digits, exponents,
+    leading zeros of fractions, exact halfway cases between two doubles, huge integers."""
+    x = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+    if math.isfinite(x):
+        yield repr(x)
+    yield repr(rng.gauss(0, 1))
+    yield repr(rng.random() * 10 ** rng.randint(-25, 25))
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 23))).lstrip("0") or "0"
+    yield f"{digits}e{rng.randint(-30, 30)}"
+    k = rng.randint(1, len(digits))
+    yield digits[:k] + "." + (digits[k:] or "0")
+    yield "-0." + "0" * rng.randint(0, 25) + digits
+    yield str(rng.randint(-2**70, 2**70))
+    m, shift = rng.getrandbits(53) | (1 << 52), rng.randint(-60, 60)
+    half = Decimal(2 * m + 1) * Decimal(2) ** (shift - 1)  # exactly between two neighbouring doubles
+    yield format(half, "f") if -30 < shift < 30 else format(half, "e")
+
+
+def test_numbers_convert_to_the_double_python_gives():
+    rng = random.Random(11)
+    n = 0
+    for _ in range(20000):
+        for tok in _number_tokens(rng):
+            got = _columnar.parse_number(tok.encode())
+            assert got is not None and _bits(got) == _bits(float(tok)), tok
+            n += 1
+    assert n > 150000
+
+
+@pytest.mark.parametrize("tok", ["01", "-", "1.", ".5", "1e", "1e+", "--1", "+1", "0x1", "NaN", "Infinity",
+                                 "1e400", "-1e999", "1 ", "1.5.2", ""])
+def test_what_is_not_a_json_number_or_not_finite_is_declined(tok):
+    assert _columnar.parse_number(tok.encode()) is None
+
+
+@pytest.mark.parametrize(("tok", "value"), [("-0", 0.0), ("-0.0", -0.0), ("1E5", 1e5), ("1e-400", 0.0),
+                                            ("2.2250738585072014e-308", 2.2250738585072014e-308)])
+def test_edge_numbers(tok, value):
+    assert _bits(_columnar.parse_number(tok.encode())) == _bits(value)
+
+
+# ---- whole messages ------------------------------------------------------------------------------------------
+
+def _models():
+    return parse_config({"models": {
+        "m": {"features": {"numeric": ["a", "b", "größe"], "categorical": ["c", "d"]}, "prediction": "categorical",
+              "monitor_score": True, "segments": {"keys": ["country"]}},
+        "r": {"features": {"numeric": ["a"]}, "prediction": "numeric"},
+    }}).models
+
+
+_STRINGS = ['"p"', '"q"', '"Zürich"', '"日本"', '"emoji 😀"', '""', '"a\\"b"', '"tab\\t"', '"\\u00e9"',
+            '"\\ud83d\\ude00"', '"\\ud800"', '"bad \\x"', '"nul\\u0000"']
+_VALUES = ["1", "-2.5", "0", "-0", "1e3", "3.0000000000000004", "123456789012345678901234", "null", "true",
+           "false", '"12"', "[]", "{}", "[1, {\"z\": [null]}]"]
+
+
+def _ws(rng):
+    return rng.choice(["", "", "", " ", "\n", " \t\r\n "])
+
+
+def _obj(rng, pairs):
+    return "{" + ",".join(f"{_ws(rng)}{k}{_ws(rng)}:{_ws(rng)}{v}{_ws(rng)}" for k, v in pairs) + "}"
+
+
+def _message(rng, i):
+    """A prediction event written by hand, in any key order (the model after the features too), with
+    whitespace, non-ASCII, unknown nested fields and nulls; half of them with a twist or two: escapes, values
+    of any type in any field, duplicates, long ids, ISO or implausible times, damaged bytes."""
+    twists = set(rng.sample(range(16), rng.choice([0, 0, 0, 0, 1, 1, 2]))) if rng.random() < 0.5 else set()
+    feats = [('"a"', repr(rng.gauss(0, 1))), ('"b"', rng.choice(_VALUES[:7])),
+             ('"größe"', rng.choice([str(rng.randint(0, 9)), "null"])), ('"c"', rng.choice(_STRINGS[:6])),
+             ('"d"', rng.choice(_STRINGS[:6] + ["null"]))]
+    if rng.random() < 0.2:
+        feats.append(('"extra"', rng.choice(_VALUES + _STRINGS[:9])))
+    if 0 in twists:
+        feats.append((rng.choice(['"a"', '"c"']), "null"))  # a duplicate feature
+    if 1 in twists:
+        k = rng.randrange(len(feats))
+        feats[k] = (feats[k][0], rng.choice(_VALUES + _STRINGS))  # any value in any feature
+    if 2 in twists:
+        feats[3] = ('"c"', rng.choice(_STRINGS[6:]))  # escapes in a category
+    rng.shuffle(feats)
+    pairs = [('"event_id"', f'"e{i}"'), ('"model"', rng.choice(['"m"'] * 8 + ['"r"'])),
+             ('"model_version"', rng.choice(['"v1"', '"v2"'])), ('"timestamp"', "1700000000.5"),
+             ('"features"', _obj(rng, feats)), ('"prediction"', rng.choice(['"yes"', '"no"', "1", "2.5"]))]
+    if rng.random() < 0.8:
+        pairs.append(('"score"', rng.choice([repr(rng.random()), "1", "null"])))
+    if rng.random() < 0.5:
+        pairs.append(('"latency_ms"', rng.choice(["12.5", "0", "-0.0", "null"])))
+    if rng.random() < 0.3:
+        pairs.append(('"segment"', rng.choice(['{"country": "nl"}', '{"country": "nl", "tier": "gold"}', "null",
+                                               "{}"])))
+    if rng.random() < 0.2:
+        pairs.append(('"trace"', rng.choice(_VALUES + _STRINGS[:9])))
+    twisted = {3: ('"event_id"', rng.choice([f'"é{i}"', f'"e\\"{i}"', '""', f'"{"x" * 130}{i}"', "7"])),
+               4: ('"model"', rng.choice(['"nobody"', '"m\\u0000"', "null"])),
+               5: ('"model_version"', rng.choice(['""', "1", '"v\\n"'])),
+               6: ('"timestamp"', rng.choice(["1700000000", '"2023-11-14T22:13:20Z"', "5", "1700000000000",
+                                              "null", "-1"])),
+               7: ('"prediction"', rng.choice(["true", "null", "12345678901234567890", "[]", '"a\\tb"'])),
+               8: ('"score"', rng.choice(["true", '"0.5"', "{}"])),
+               9: ('"latency_ms"', rng.choice(["-3", '"7"', "false"])),
+               10: ('"segment"', rng.choice(['{"country": 3}', '{"country": "n\\"l"}', "[]", '"nl"'])),
+               11: ('"features"', rng.choice(["null", "[]", '{"a": 1,}', '{"a" 1}']))}
+    for t in twists & twisted.keys():
+        pairs = [p for p in pairs if p[0] != twisted[t][0]] + [twisted[t]]
+    if 12 in twists:
+        pairs.append(rng.choice(pairs))  # a duplicate key
+    if 13 in twists:
+        pairs.remove(rng.choice(pairs))  # a field missing
+    rng.shuffle(pairs)
+    raw = (_ws(rng) + _obj(rng, pairs) + _ws(rng)).encode()
+    if 14 in twists:  # damaged: a byte flipped, cut short, or trailing data
+        j = rng.randrange(len(raw))
+        raw = rng.choice([raw[:j] + bytes([rng.randrange(256)]) + raw[j + 1:], raw[:j], raw + b"x", raw + b"{}"])
+    if 15 in twists:
+        raw = raw.replace(b"\xc3\xb6", b"\xc3\x28")  # invalid UTF-8
+    return raw
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_message_is_decided_as_the_general_path_decides(seed):
+    rng = random.Random(seed)
+    values = [_message(rng, i) for i in range(1500)] + [None, b"", b"[]", b"null", b"{}"]
+    dec = PredictionDecoder(_models(), TimeRange(946684800.0, 86400.0), compiled=True)
+    assert_decides_as_the_general_path(dec, values, ("country",))
+    declined, _ = dec._c.decode(values, 0.0, 1e11)
+    assert 0.1 * len(values) < len(declined) < 0.4 * len(values)  # both paths have work in this test
+
+
+def test_the_common_event_is_never_declined():
+    """Any key order (the model after the features too), non-ASCII, nulls, unknown nested fields with escapes:
+    all taken by the compiled decoder, none left to the slower path."""
+    rng = random.Random(3)
+    clean = []
+    for i in range(500):
+        feats = {"a": rng.gauss(0, 1), "b": rng.randint(0, 9), "größe": None, "c": rng.choice(["p", "Zürich"]),
+                 "d": "日本", "unused": {"nested": [1, 2.5e-3, "x\n", True]}}
+        pairs = [f'"event_id": "e{i}"', '"model_version": "v1"', f'"timestamp": {1.7e9 + i}', '"prediction": "yes"',
+                 f'"score": {rng.random()}', '"latency_ms": null', '"segment": {"country": "nl"}',
+                 f'"features": {_json(feats)}', '"model": "m"']
+        rng.shuffle(pairs)
+        clean.append(("{" + ", ".join(pairs) + "}").encode())
+    declined, outs = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True)]).decode(clean, 0.0, 1e11)
+    assert declined == [] and outs[0] is not None
+    assert np.frombuffer(outs[0][0], dtype=np.int64).tolist() == list(range(500))
+
+
+def _json(feats):
+    import orjson
+
+    return orjson.dumps(feats).decode()
+
+
+def test_the_decoder_is_built_and_used():
+    """The package is installed with its compiled decoder here; the monitor picks it when built."""
+    dec = PredictionDecoder(_models())
+    assert dec._c is not None
