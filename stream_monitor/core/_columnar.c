@@ -56,12 +56,23 @@ static uint64_t fnv1a(const char *s, Py_ssize_t n) {
 
 /* ---- per model: feature name lookup and the output buffers ---- */
 
+/* Dictionary encoding of one string column within a call: the distinct objects and a code per row. Equal
+ * strings are one object (the cache), so the table is keyed by the object; two objects of one value (a cache
+ * slot reused within a call) only make two codes of one value, which the reader adds up. */
+typedef struct {
+    PyObject **keys; /* borrowed: the values list holds them */
+    int32_t *codes;
+    uint32_t mask;
+    PyObject *values; /* list, in order of first appearance */
+} Dict;
+
 typedef struct {
     Py_ssize_t n, cap;
     int64_t *pos;
     double *t, *num, *lat;
     uint64_t *key;
-    PyObject *cat, *ids, *versions, *preds, *scores, *segments; /* lists */
+    int32_t *codes; /* (n, c + 1): each categorical feature's code, then the model version's; -1 = missing */
+    PyObject *ids, *preds, *scores, *segments; /* lists */
 } Out;
 
 typedef struct {
@@ -75,6 +86,7 @@ typedef struct {
     int32_t *guess; /* the feature seen at each key position of the previous event */
     int segments;   /* keep the segment object (the model has segment keys) */
     Out out;
+    Dict *dicts;    /* c + 1: the categorical features, then the model version */
 } Model;
 
 typedef struct {
@@ -535,7 +547,76 @@ static int event_key(PyObject *id, uint64_t *key) {
     return TAKE;
 }
 
-static int grow(Out *o, int k) {
+static int dict_init(Dict *t, uint32_t size) {
+    t->keys = PyMem_Calloc(size, sizeof *t->keys);
+    t->codes = PyMem_Malloc(size * sizeof *t->codes);
+    t->mask = size - 1;
+    if (t->values == NULL) t->values = PyList_New(0);
+    if (!t->keys || !t->codes) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return t->values ? 0 : -1;
+}
+
+static void dict_free(Dict *t) {
+    PyMem_Free(t->keys);
+    PyMem_Free(t->codes);
+    t->keys = NULL;
+    t->codes = NULL;
+    Py_CLEAR(t->values);
+}
+
+static inline uint32_t pointer_hash(PyObject *o) {
+    uint64_t h = (uint64_t)(uintptr_t)o >> 4;
+    h *= 0x9e3779b97f4a7c15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* The code of obj in t, added when new; -1 with an exception set on failure. */
+static int32_t dict_code(Dict *t, PyObject *obj) {
+    uint32_t i = pointer_hash(obj) & t->mask;
+    while (t->keys[i] != NULL) {
+        if (t->keys[i] == obj) return t->codes[i];
+        i = (i + 1) & t->mask;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(t->values);
+    if ((uint64_t)(n + 1) * 2 > (uint64_t)t->mask + 1) { /* grow: rehash the values, in code order */
+        Dict bigger = {NULL, NULL, 0, t->values};
+        if (dict_init(&bigger, (t->mask + 1) * 2) < 0) return -1;
+        for (Py_ssize_t c = 0; c < n; c++) {
+            PyObject *v = PyList_GET_ITEM(t->values, c);
+            uint32_t j = pointer_hash(v) & bigger.mask;
+            while (bigger.keys[j] != NULL) j = (j + 1) & bigger.mask;
+            bigger.keys[j] = v;
+            bigger.codes[j] = (int32_t)c;
+        }
+        PyMem_Free(t->keys);
+        PyMem_Free(t->codes);
+        *t = bigger;
+        i = pointer_hash(obj) & t->mask;
+        while (t->keys[i] != NULL) i = (i + 1) & t->mask;
+    }
+    if (PyList_Append(t->values, obj) < 0) return -1;
+    t->keys[i] = obj;
+    t->codes[i] = (int32_t)n;
+    return (int32_t)n;
+}
+
+/* Empty the table for the next call (a table grown by a huge batch starts small again). */
+static int dict_reset(Dict *t) {
+    Py_CLEAR(t->values);
+    if (t->mask + 1 > 4096) {
+        PyMem_Free(t->keys);
+        PyMem_Free(t->codes);
+        return dict_init(t, 64);
+    }
+    memset(t->keys, 0, ((size_t)t->mask + 1) * sizeof *t->keys);
+    t->values = PyList_New(0);
+    return t->values ? 0 : -1;
+}
+
+static int grow(Out *o, int k, int c) {
     if (o->n < o->cap) return 0;
     Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
     int64_t *pos = PyMem_Realloc(o->pos, (size_t)cap * sizeof *pos);
@@ -548,7 +629,9 @@ static int grow(Out *o, int k) {
     if (key) o->key = key;
     double *num = PyMem_Realloc(o->num, (size_t)cap * (size_t)(k ? k : 1) * sizeof *num);
     if (num) o->num = num;
-    if (!pos || !t || !lat || !key || !num) {
+    int32_t *codes = PyMem_Realloc(o->codes, (size_t)cap * (size_t)(c + 1) * sizeof *codes);
+    if (codes) o->codes = codes;
+    if (!pos || !t || !lat || !key || !num || !codes) {
         PyErr_NoMemory();
         return -1;
     }
@@ -710,18 +793,20 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
     uint64_t key;
     if (event_key(e.id, &key) != TAKE) goto out;
     Out *o = &m->out;
-    if (grow(o, m->k) < 0) goto fail;
+    if (grow(o, m->k, m->c) < 0) goto fail;
+    int32_t *codes = o->codes + o->n * (m->c + 1);
+    for (int j = 0; j < m->c; j++)
+        if ((codes[j] = d->catrow[j] ? dict_code(&m->dicts[j], d->catrow[j]) : -1) < -1) goto fail;
+    if ((codes[m->c] = dict_code(&m->dicts[m->c], e.version)) < 0) goto fail;
     PyObject *score = e.has_score ? PyFloat_FromDouble(e.score) : Py_NewRef(Py_None);
     if (score == NULL) goto fail;
-    if (PyList_Append(o->ids, e.id) < 0 || PyList_Append(o->versions, e.version) < 0 ||
-        PyList_Append(o->preds, e.pred) < 0 || PyList_Append(o->scores, score) < 0 ||
+    if (PyList_Append(o->ids, e.id) < 0 || PyList_Append(o->preds, e.pred) < 0 ||
+        PyList_Append(o->scores, score) < 0 ||
         (m->segments && PyList_Append(o->segments, e.segment ? e.segment : Py_None) < 0)) {
         Py_DECREF(score);
         goto fail;
     }
     Py_DECREF(score);
-    for (int j = 0; j < m->c; j++)
-        if (PyList_Append(o->cat, d->catrow[j] ? d->catrow[j] : Py_None) < 0) goto fail;
     o->pos[o->n] = position;
     o->t[o->n] = e.t;
     o->lat[o->n] = e.latency;
@@ -746,30 +831,27 @@ out:
 
 /* ---- the Python type ---- */
 
+/* Fresh (empty) lists for the next call's rows. */
+static int new_lists(Out *o) {
+    Py_XSETREF(o->ids, PyList_New(0));
+    Py_XSETREF(o->preds, PyList_New(0));
+    Py_XSETREF(o->scores, PyList_New(0));
+    Py_XSETREF(o->segments, PyList_New(0));
+    return o->ids && o->preds && o->scores && o->segments ? 0 : -1;
+}
+
 static void free_out(Out *o) {
     PyMem_Free(o->pos);
     PyMem_Free(o->t);
     PyMem_Free(o->num);
     PyMem_Free(o->lat);
     PyMem_Free(o->key);
-    Py_CLEAR(o->cat);
+    PyMem_Free(o->codes);
     Py_CLEAR(o->ids);
-    Py_CLEAR(o->versions);
     Py_CLEAR(o->preds);
     Py_CLEAR(o->scores);
     Py_CLEAR(o->segments);
     memset(o, 0, sizeof *o);
-}
-
-static int new_out(Out *o) {
-    memset(o, 0, sizeof *o);
-    o->cat = PyList_New(0);
-    o->ids = PyList_New(0);
-    o->versions = PyList_New(0);
-    o->preds = PyList_New(0);
-    o->scores = PyList_New(0);
-    o->segments = PyList_New(0);
-    return o->cat && o->ids && o->versions && o->preds && o->scores && o->segments ? 0 : -1;
 }
 
 static void Decoder_dealloc(Decoder *d) {
@@ -782,6 +864,9 @@ static void Decoder_dealloc(Decoder *d) {
         PyMem_Free(m->table);
         PyMem_Free(m->guess);
         free_out(&m->out);
+        if (m->dicts)
+            for (int j = 0; j <= m->c; j++) dict_free(&m->dicts[j]);
+        PyMem_Free(m->dicts);
     }
     PyMem_Free(d->models);
     if (d->cache)
@@ -846,7 +931,13 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
         m->table[i] = j + 1;
     }
     if (m->nf > d->maxf) d->maxf = m->nf;
-    return new_out(&m->out);
+    if ((m->dicts = PyMem_Calloc((size_t)m->c + 1, sizeof *m->dicts)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int j = 0; j <= m->c; j++)
+        if (dict_init(&m->dicts[j], 64) < 0) return -1;
+    return new_lists(&m->out);
 }
 
 static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
@@ -885,40 +976,40 @@ static PyObject *bytes_of(const void *p, Py_ssize_t n) {
 /* The columns of model m as a tuple, and its buffers emptied for the next call. */
 static PyObject *take_out(Model *m) {
     Out *o = &m->out;
+    Py_ssize_t n = o->n;
+    PyObject *values = PyTuple_New(m->c + 1);
+    if (values == NULL) return NULL;
+    for (int j = 0; j <= m->c; j++) PyTuple_SET_ITEM(values, j, Py_NewRef(m->dicts[j].values));
     PyObject *res = Py_BuildValue(
-        "(NNNNOOOOONO)", bytes_of(o->pos, o->n * 8), bytes_of(o->t, o->n * 8), bytes_of(o->num, o->n * m->k * 8),
-        bytes_of(o->key, o->n * 8), o->cat, o->ids, o->versions, o->preds, o->scores, bytes_of(o->lat, o->n * 8),
-        m->segments ? o->segments : Py_None);
+        "(NNNNNNOOONO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8), bytes_of(o->num, n * m->k * 8),
+        bytes_of(o->key, n * 8), bytes_of(o->codes, n * (m->c + 1) * 4), values, o->ids, o->preds, o->scores,
+        bytes_of(o->lat, n * 8), m->segments ? o->segments : Py_None);
     if (res == NULL) return NULL;
-    Py_ssize_t keep = o->cap > 65536 ? 0 : o->cap; /* a huge batch does not pin its buffers */
-    if (keep == 0) {
-        PyMem_Free(o->pos); PyMem_Free(o->t); PyMem_Free(o->num); PyMem_Free(o->lat); PyMem_Free(o->key);
-        o->pos = NULL; o->t = o->num = o->lat = NULL; o->key = NULL;
-    }
-    Py_CLEAR(o->cat); Py_CLEAR(o->ids); Py_CLEAR(o->versions); Py_CLEAR(o->preds); Py_CLEAR(o->scores);
-    Py_CLEAR(o->segments);
-    o->cap = keep;
     o->n = 0;
-    o->cat = PyList_New(0); o->ids = PyList_New(0); o->versions = PyList_New(0); o->preds = PyList_New(0);
-    o->scores = PyList_New(0); o->segments = PyList_New(0);
-    if (!o->cat || !o->ids || !o->versions || !o->preds || !o->scores || !o->segments) {
-        Py_DECREF(res);
-        return NULL;
+    if (o->cap > 65536) { /* a huge batch does not pin its buffers */
+        free_out(o);
     }
+    for (int j = 0; j <= m->c; j++)
+        if (dict_reset(&m->dicts[j]) < 0) goto fail;
+    if (new_lists(o) < 0) goto fail;
     return res;
+fail:
+    Py_DECREF(res);
+    return NULL;
 }
 
+/* After a failed call: every model's rows of it dropped. */
 static void discard_outputs(Decoder *d) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb); /* the error the call raises */
     for (int i = 0; i < d->nmodels; i++) {
-        Out *o = &d->models[i].out;
-        o->n = 0;
-        PyList_SetSlice(o->cat, 0, PY_SSIZE_T_MAX, NULL);
-        PyList_SetSlice(o->ids, 0, PY_SSIZE_T_MAX, NULL);
-        PyList_SetSlice(o->versions, 0, PY_SSIZE_T_MAX, NULL);
-        PyList_SetSlice(o->preds, 0, PY_SSIZE_T_MAX, NULL);
-        PyList_SetSlice(o->scores, 0, PY_SSIZE_T_MAX, NULL);
-        PyList_SetSlice(o->segments, 0, PY_SSIZE_T_MAX, NULL);
+        Model *m = &d->models[i];
+        m->out.n = 0;
+        for (int j = 0; j <= m->c; j++) dict_reset(&m->dicts[j]);
+        new_lists(&m->out);
     }
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
 }
 
 static PyObject *Decoder_decode(Decoder *d, PyObject *args) {

@@ -19,7 +19,7 @@ import numpy as np
 
 from .keys import event_keys
 
-__all__ = ["Columns", "build_columns", "column_names", "decode_array", "encode_array", "segment_matrix",
+__all__ = ["Codes", "Columns", "build_columns", "column_names", "decode_array", "encode_array", "segment_matrix",
            "PREDICTION", "SCORE"]
 
 #: Pseudo-feature names under which the prediction and the score are monitored.
@@ -28,6 +28,25 @@ SCORE = "score"
 
 _NUMERIC_TYPES = {int, float}
 _NUMERIC_OR_NONE = {int, float, type(None)}
+
+
+@dataclass(frozen=True, slots=True)
+class Codes:
+    """The categorical features and the model version dictionary-encoded, as the compiled decoder delivers them:
+    what lets a pane count a column with one ``bincount`` instead of hashing every value."""
+
+    codes: np.ndarray  # (n, c + 1) int32: each categorical feature's code, then the version's; -1 = missing
+    values: tuple[list[str], ...]  # per column, the values its codes index (a value may appear twice)
+
+    def take(self, idx: np.ndarray | slice) -> Codes:
+        return Codes(self.codes[idx], self.values)
+
+    def counts(self, j: int) -> tuple[list[str], np.ndarray, int]:
+        """Column ``j``'s values present in these rows, their counts, and the number of missing rows."""
+        vals = self.values[j]
+        cnt = np.bincount(self.codes[:, j] + 1, minlength=len(vals) + 1)
+        nz = np.flatnonzero(cnt[1:])
+        return [vals[i] for i in nz.tolist()], cnt[1:][nz], int(cnt[0])
 
 
 @dataclass(slots=True)
@@ -43,6 +62,7 @@ class Columns:
     latency_ms: np.ndarray  # (n,) float64, NaN when absent
     key: np.ndarray  # (n,) uint64 hash of event_id (see core.keys): the sampling order
     segment: np.ndarray  # (n, s) object: the value of each configured segment key (str or None); s = 0 without
+    codes: Codes | None = None  # the categorical features and version encoded (compiled decoder), else None
 
     @property
     def n(self) -> int:
@@ -52,8 +72,13 @@ class Columns:
         return Columns(
             self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
             self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx], self.latency_ms[idx],
-            self.key[idx], self.segment[idx],
+            self.key[idx], self.segment[idx], None if self.codes is None else self.codes.take(idx),
         )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Columns]) -> Columns:
+        """The rows of ``parts`` in order (their codes, each against its own values, are not carried)."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAYS))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (numbers as exact little-endian bytes, base64)."""
@@ -94,6 +119,9 @@ class Columns:
                    decode_array(d["categorical_type_error"], "u1", (n, c)).astype(bool),
                    np.array(versions, dtype=object).reshape(n), decode_array(d["latency_ms"], "<f8", (n,)),
                    decode_array(d["key"], "<u8", (n,)), seg)
+
+
+_ARRAYS = tuple(f for f in Columns.__slots__ if f != "codes")
 
 
 def encode_array(a: np.ndarray, dtype: str) -> str:

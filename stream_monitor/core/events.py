@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from .columns import Columns, _categorical_column, _numeric_matrix, build_columns, segment_matrix
+from .columns import Codes, Columns, _categorical_column, _numeric_matrix, build_columns, segment_matrix
 from .keys import event_keys
 
 try:  # the compiled decoder, built with the package (optional: the Python decoder gives the same results)
@@ -372,14 +372,19 @@ class PredictionDecoder:
         for name, out in zip(self._c_names, outs):
             if out is None:
                 continue
-            pos, t, num, keys, cat, ids, versions, preds, scores, latency, segments = out
+            pos, t, num, keys, codes, values, ids, preds, scores, latency, segments = out
             m = self.models[name]
             t = np.frombuffer(t, dtype=np.float64)
             n, k, c = t.shape[0], len(m.features.numeric), len(m.features.categorical)
+            enc = Codes(np.frombuffer(codes, dtype=np.int32).reshape(n, c + 1), values)
+            cat = np.empty((n, c), dtype=object)
+            for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
+                cat[:, j] = np.array([*values[j], None], dtype=object)[enc.codes[:, j]]
+            versions = np.array(values[c], dtype=object)[enc.codes[:, c]]
             cols = self._model_columns(
-                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k),
-                np.fromiter(cat, dtype=object, count=n * c).reshape(n, c), versions, preds, scores,
+                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), cat, versions, preds, scores,
                 np.frombuffer(latency, dtype=np.float64), np.frombuffer(keys, dtype=np.uint64), segments)
+            cols.codes = enc
             per_model.setdefault(name, []).append((np.frombuffer(pos, dtype=np.int64).tolist(), cols,
                                                    (ids, versions, preds, scores)))
         return declined
@@ -439,7 +444,8 @@ class PredictionDecoder:
         return pos, cols, (ids, versions, preds, scores)
 
     @staticmethod
-    def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray, versions: Sequence[str],
+    def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray,
+                       versions: Sequence[str] | np.ndarray,
                        preds: Sequence[Any], scores: Sequence[float | None], latency: np.ndarray, keys: np.ndarray,
                        segments: list[dict[str, str] | None] | None) -> Columns:
         """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths)."""
@@ -459,8 +465,9 @@ class PredictionDecoder:
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
         seg = (segment_matrix(segments, m.segments.keys) if segments is not None and m.segments.keys
                else np.empty((n, 0), dtype=object))
-        return Columns(t, num, num_err, cat, cat_err, np.fromiter(versions, dtype=object, count=n), latency, keys,
-                       seg)
+        if type(versions) is not np.ndarray:
+            versions = np.fromiter(versions, dtype=object, count=n)
+        return Columns(t, num, num_err, cat, cat_err, versions, latency, keys, seg)
 
 
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
@@ -495,7 +502,7 @@ def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
         pos, cols, extra = parts[0]
         return ModelEvents(pos, cols, extra) if type(extra) is list else ModelEvents(pos, cols, None, extra)
     pos = [p for ps, _, _ in parts for p in ps]
-    cols = Columns(*(np.concatenate([getattr(c, f) for _, c, _ in parts]) for f in Columns.__slots__))
+    cols = Columns.concat([c for _, c, _ in parts])
     if all(type(extra) is not list for _, _, extra in parts):  # all from the fast path
         envelopes = tuple(tuple(chain.from_iterable(extra[i] for _, _, extra in parts)) for i in range(4))
         me = ModelEvents(pos, cols, None, envelopes)

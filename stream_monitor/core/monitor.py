@@ -275,7 +275,7 @@ class ModelMonitor:
         if self._warmup_n < cfg.reference.size or rec.watermark is None:
             return None  # (a watermark comes with the last record of a partition's flush: decide once per flush)
         parts = [c for _, c in self._warmup]
-        every = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
+        every = Columns.concat(parts)
         order = np.lexsort((every.key, every.event_time))
         cut = float(every.event_time[order[cfg.reference.size - 1]])
         if self._warm_clock.low() < cut:
@@ -421,7 +421,7 @@ class ModelMonitor:
         cfg = self.cfg
         parts = [c for _, c in self._warmup]
         self._warmup = []
-        cols = Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in Columns.__slots__))
+        cols = Columns.concat(parts)
         ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
                                      cfg.drift.max_categories, cfg.drift.max_known_categories,
                                      cfg.drift.sample_size, cfg.segments.keys, cfg.segments.top_n)

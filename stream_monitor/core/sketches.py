@@ -244,7 +244,13 @@ class Pane:
         self.n += n
         self.t_min = min(self.t_min, float(cols.event_time.min()))
         self.t_max = max(self.t_max, float(cols.event_time.max()))
-        for v, count in Counter(cols.model_version.tolist()).items():  # counted in C; clipped per distinct value
+        enc = cols.codes
+        if enc is not None:  # dictionary-encoded by the decoder: one bincount
+            names, counts, _ = enc.counts(enc.codes.shape[1] - 1)
+            versions = zip(names, counts.tolist())
+        else:
+            versions = Counter(cols.model_version.tolist()).items()  # counted in C
+        for v, count in versions:  # clipped per distinct value
             self.versions[clip(v)] += count
         self.latency += LatencySketch.counts(cols.latency_ms)
         self._update_numeric(cols)
@@ -290,25 +296,31 @@ class Pane:
         errors = err.sum(axis=0)
         self.cat_type_error += errors
         errors_l = errors.tolist()
-        # Per feature, never per event: Counter counts a column at C speed; the rest works on the batch's
-        # distinct values only.
+        # Per feature, never per event: a column's distinct values and their counts come from the decoder's
+        # codes (one bincount) or from Counter (C speed); the rest works on the distinct values only.
+        enc = cols.codes
+        encoded = enc.codes.shape[1] - 1 if enc is not None else 0  # the prediction column, appended, is not
         for j, vocab in enumerate(b._vocab):
-            counts = Counter(cols.categorical[:, j].tolist())
-            missing = counts.pop(None, 0)
+            if j < encoded:
+                values, counts, missing = enc.counts(j)  # type: ignore[union-attr]
+            else:
+                counter = Counter(cols.categorical[:, j].tolist())
+                missing = counter.pop(None, 0)
+                values = list(counter)
+                counts = np.fromiter(counter.values(), dtype=np.int64, count=len(values))
             self.cat_missing[j] += missing - errors_l[j]  # wrong types were set to None
-            if not counts:
+            if not values:
                 continue
-            values = list(counts)
             m = len(values)
             slots = np.fromiter(map(vocab.get, values, itertools.repeat(other, m)), dtype=np.intp, count=m)
-            np.add.at(self.cat_counts[j], slots, np.fromiter(counts.values(), dtype=np.int64, count=m))
+            np.add.at(self.cat_counts[j], slots, counts)
             known = b.known[j]
             if known.issuperset(values):
                 continue
             ex = self.new_examples[j]
-            for v in values:
+            for v, count in zip(values, counts.tolist()):
                 if v not in known:
-                    self.cat_new[j] += counts[v]
+                    self.cat_new[j] += count
                     if len(ex) < _MAX_NEW_EXAMPLES:
                         ex.add(clip(v))
 

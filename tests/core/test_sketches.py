@@ -119,3 +119,39 @@ def test_binning_counts_edges_at_or_below_each_value():
         x = cur[:, j][~np.isnan(cur[:, j])]
         want[j] = np.bincount(np.searchsorted(binning.edges[j], x, side="right"), minlength=want.shape[1])
     assert (pane.num_counts == want).all()
+
+
+@pytest.mark.parametrize("levels", [12, 30000])  # 30,000 levels: equal values reach the decoder as several objects
+def test_a_pane_counts_the_decoders_codes_as_it_counts_the_values(levels):
+    import orjson
+
+    from stream_monitor.config import parse_config
+    from stream_monitor.core.events import PredictionDecoder
+
+    rng = np.random.default_rng(5)
+    models = parse_config({"models": {"m": {"features": {"numeric": ["a"], "categorical": ["k", "j"]},
+                                            "prediction": "categorical", "monitor_score": False}}}).models
+
+    def batch(n, start, levels):
+        return [orjson.dumps({"event_id": f"e{start + i}", "model": "m", "model_version": f"v{i % 3}",
+                              "timestamp": 1.7e9 + i, "prediction": str(rng.choice(["yes", "no"])),
+                              "features": {"a": float(rng.normal()), "k": f"level-{rng.integers(levels)}",
+                                           "j": None if rng.random() < 0.1 else str(rng.choice(["p", "q"]))}})
+                for i in range(n)]
+    decoder = PredictionDecoder(models, compiled=True)
+    ref = decoder.decode(batch(3000, 0, levels)).models["m"].cols
+    binning = Binning.fit(ref, ("a",), ("k", "j", "prediction"), bins=10, max_categories=8, max_known=50)
+    cols = decoder.decode(batch(5000, 3000, levels + 5)).models["m"].cols  # new levels too
+    assert cols.codes is not None
+    if levels > 4096:  # the case under test: one value, several objects, several codes
+        assert len(cols.codes.values[0]) > len(set(cols.codes.values[0]))
+    plain = Pane(binning, cap=100)
+    encoded = Pane(binning, cap=100)
+    for part in (slice(0, 1700), slice(1700, 5000), np.flatnonzero(cols.key % 3 == 0)):  # take() keeps codes
+        rows = cols.take(part)
+        assert rows.codes is not None
+        encoded.update(rows)
+        rows.codes = None
+        plain.update(rows)
+    assert encoded.snapshot() == plain.snapshot()
+    assert encoded.cat_new.sum() > 0 and encoded.cat_missing[1] > 0 and len(encoded.versions) == 3
