@@ -17,7 +17,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -187,39 +186,76 @@ static PyObject *cached_str(Decoder *d, const char *s, Py_ssize_t n, int high) {
 static const double P10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-#if (defined(__x86_64__) || defined(__i386__)) && LDBL_MANT_DIG == 64
-/* x87 extended precision: m and 10^e (e <= 27) are exact, so m * 10^e or m / 10^e is rounded once, to 64
- * bits; rounding that to 53 bits is the correct double unless it sits exactly halfway between two doubles. */
-#define EXTENDED 1
-static const long double P10L[28] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
-                                     1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
-                                     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+/* Powers of five, and for division by them 128-bit reciprocals: RECIP[k] = floor(2^(128 + B[k]) / 5^k) + 1,
+ * where 2^B[k] <= 5^k < 2^(B[k] + 1), so every reciprocal has its top bit set. Filled once at import. */
+#define MAX_POW5 27 /* 5^27 < 2^63 */
+static uint64_t P5[MAX_POW5 + 1];
+static u128 RECIP[MAX_POW5 + 1];
+static int B5[MAX_POW5 + 1];
 
-static int extended(uint64_t m, long e, double *out) {
-    long double x = e >= 0 ? (long double)m * P10L[e] : (long double)m / P10L[-e];
-    uint64_t mant;
-    memcpy(&mant, &x, sizeof mant); /* the 64-bit significand of the x87 format */
-    if ((mant & 0x7ff) == 0x400) return 0; /* halfway: the exact path decides */
-    *out = (double)x;
-    return 1;
+static void init_powers(void) {
+    uint64_t p = 1;
+    for (int k = 0; k <= MAX_POW5; k++, p *= 5) {
+        P5[k] = p;
+        int b = 63 - __builtin_clzll(p);
+        B5[k] = b;
+        /* 2^(128 + b) / p by long division in 64-bit limbs: (2^b, 0, 0) / p; 2^b < p gives a 128-bit quotient */
+        u128 r = (u128)1 << b, q1, q0;
+        r <<= 64;
+        q1 = r / p;
+        r = (r % p) << 64;
+        q0 = r / p;
+        RECIP[k] = (q1 << 64) + q0 + 1;
+    }
 }
-#endif
 
 static int bits128(u128 x) {
     uint64_t hi = (uint64_t)(x >> 64);
     return hi ? 128 - __builtin_clzll(hi) : (uint64_t)x ? 64 - __builtin_clzll((uint64_t)x) : 0;
 }
 
+/* mant * 2^e for mant in [2^52, 2^53], built from its bits (ldexp is a library call). */
+static inline double make_double(uint64_t mant, int e) {
+    if (mant == (1ULL << 53)) {
+        mant >>= 1;
+        e++;
+    }
+    int biased = e + 52 + 1023;
+    if (biased < 1 || biased > 2046) return ldexp((double)mant, e);
+    uint64_t bits = ((uint64_t)biased << 52) | (mant & ((1ULL << 52) - 1));
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
 /* (x + f) * 2^scale rounded to the nearest double, ties to even; f in [0, 1) is nonzero iff sticky.
  * x must have at least 55 bits when sticky. */
 static double round_bits(u128 x, int sticky, int scale) {
     int b = bits128(x);
-    if (b <= 53) return ldexp((double)(uint64_t)x, scale);
+    if (b <= 53) return make_double((uint64_t)x << (53 - b), scale - (53 - b)); /* exact */
     int shift = b - 53;
     uint64_t mant = (uint64_t)(x >> shift);
     u128 rem = x & (((u128)1 << shift) - 1), half = (u128)1 << (shift - 1);
     if (rem > half || (rem == half && (sticky || (mant & 1)))) mant++;
-    return ldexp((double)mant, shift + scale);
+    return make_double(mant, shift + scale);
+}
+
+/* m / 10^k (k <= MAX_POW5) as the nearest double, by one multiplication with the reciprocal of 5^k: the
+ * product overestimates m * 2^(128 + B) / 5^k by less than m < 2^64, i.e. by less than one unit of its upper
+ * 128 bits, so the rounding is decided unless those bits lie within one unit of a rounding boundary (odds
+ * ~2^-70); then 0, and the exact path decides. */
+static int divide(uint64_t m, int k, double *out) {
+    int lz = __builtin_clzll(m);
+    uint64_t w = m << lz;
+    u128 r = RECIP[k];
+    u128 x = (u128)w * (uint64_t)(r >> 64) + (((u128)w * (uint64_t)r) >> 64); /* 2^126 <= x < 2^128 */
+    uint64_t xh = (uint64_t)(x >> 64), xl = (uint64_t)x;
+    if (xl <= 1 || xl >= UINT64_MAX - 1) return 0; /* within a unit of a boundary, maybe */
+    int sh = 11 - __builtin_clzll(xh); /* keep 53 bits */
+    uint64_t rem = xh & ((1ULL << sh) - 1), half = 1ULL << (sh - 1);
+    uint64_t mant = (xh >> sh) + (rem >= half); /* rem == half: xl > 1, so above the halfway point */
+    *out = make_double(mant, sh + 64 + 64 - 128 - B5[k] - lz - k);
+    return 1;
 }
 
 typedef struct {
@@ -312,16 +348,12 @@ static int number(Cur *c, Number *out) {
     double v;
     if (m == 0) {
         v = 0.0;
-    } else if (digits <= 19 && m < (1ULL << 53) && e >= -22 && e <= 22) {
+    } else if (digits <= 19 && m < (1ULL << 53) && e >= -22 && e <= 22) { /* both exact: one rounding */
         v = e >= 0 ? (double)m * P10[e] : (double)m / P10[-e];
-#ifdef EXTENDED
-    } else if (digits <= 19 && e >= -27 && e <= 27 && extended(m, e, &v)) {
-#endif
-    } else if (digits <= 19 && e >= 0 && e <= 19) {
-        u128 p10 = 1;
-        for (long i = 0; i < e; i++) p10 *= 10;
-        v = round_bits((u128)m * p10, 0, 0);
-    } else if (digits <= 19 && e < 0 && e >= -21) {
+    } else if (digits <= 19 && e >= 0 && e <= MAX_POW5) { /* m * 5^e * 2^e, the product exact in 128 bits */
+        v = round_bits((u128)m * P5[e], 0, (int)e);
+    } else if (digits <= 19 && e < 0 && e >= -MAX_POW5 && divide(m, (int)-e, &v)) {
+    } else if (digits <= 19 && e < 0 && e >= -21) { /* m / 10^k exactly, by 128-bit division */
         u128 den = 1;
         for (long i = 0; i < -e; i++) den *= 10;
         int s = 127 - bits128(m);
@@ -1096,6 +1128,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__columnar(void) {
+    init_powers();
     if (PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
