@@ -308,6 +308,7 @@ class PredictionDecoder:
                                       for name, m in self.models.items()])
                    if _columnar is not None and compiled is not False and self.models else None)
         self._c_names = list(self.models)
+        self.compiled = self._c is not None  # the compiled decoder takes the common event
         self._types: dict[type, tuple[str, Any, Any]] = {}
         structs = []
         for i, (name, m) in enumerate(self.models.items()):

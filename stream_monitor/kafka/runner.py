@@ -125,6 +125,9 @@ class MonitorService:
         self._with_labels = any(m.uses_labels for m in cfg.models.values())  # labels and the join changelog
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
         self._predictions = PredictionDecoder(cfg.models, self._times)
+        if cfg.models and not self._predictions.compiled:
+            logger.warning("the compiled decoder is not built (no C compiler when the package was installed): "
+                           "decoding at about half its speed; reinstall with a C compiler for full throughput")
         self._breaker_latest: dict[str, BreakerSignal] = {}
         self._scale_out = cfg.scale_out.enabled
         self._published_refs: dict[str, Reference] = {}  # scale-out: warm-up references on topics.references

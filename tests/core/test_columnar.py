@@ -177,5 +177,28 @@ def _json(feats):
 
 def test_the_decoder_is_built_and_used():
     """The package is installed with its compiled decoder here; the monitor picks it when built."""
+    assert PredictionDecoder(_models()).compiled, "stream_monitor.core._columnar was not built by the install"
+
+
+def test_without_the_compiled_decoder_the_python_one_decides_and_asking_for_it_fails(monkeypatch):
+    from stream_monitor.core import events
+
+    monkeypatch.setattr(events, "_columnar", None)
     dec = PredictionDecoder(_models())
-    assert dec._c is not None
+    assert not dec.compiled
+    assert dec.decode([b'{"event_id": "e1", "model": "r", "model_version": "v1", "timestamp": 1700000000, '
+                       b'"features": {"a": 2.5}, "prediction": 1.5}']).models["r"].cols.numeric[0, 0] == 2.5
+    with pytest.raises(RuntimeError, match="not built"):
+        PredictionDecoder(_models(), compiled=True)
+
+
+def test_the_service_says_when_it_runs_without_the_compiled_decoder(monkeypatch, caplog):
+    from stream_monitor.core import events
+    from stream_monitor.kafka.runner import MonitorService
+
+    cfg = parse_config({"models": {"m": {"features": {"numeric": ["a"]}}}})
+    MonitorService(cfg, "127.0.0.1:9")  # no broker needed to build it
+    assert "compiled decoder" not in caplog.text
+    monkeypatch.setattr(events, "_columnar", None)
+    MonitorService(cfg, "127.0.0.1:9")
+    assert "the compiled decoder is not built" in caplog.text
