@@ -373,15 +373,15 @@ class PredictionDecoder:
         for name, out in zip(self._c_names, outs):
             if out is None:
                 continue
-            pos, t, num, keys, codes, values, ids, preds, scores, latency, segments = out
+            pos, t, num, keys, codes, distinct, ids, preds, scores, latency, segments = out
             m = self.models[name]
             t = np.frombuffer(t, dtype=np.float64)
             n, k, c = t.shape[0], len(m.features.numeric), len(m.features.categorical)
-            enc = Codes(np.frombuffer(codes, dtype=np.int32).reshape(n, c + 1), values)
+            enc = Codes(np.frombuffer(codes, dtype=np.int32).reshape(n, c + 1), distinct)
             cat = np.empty((n, c), dtype=object)
             for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
-                cat[:, j] = np.array([*values[j], None], dtype=object)[enc.codes[:, j]]
-            versions = np.array(values[c], dtype=object)[enc.codes[:, c]]
+                cat[:, j] = np.array([*distinct[j], None], dtype=object)[enc.codes[:, j]]
+            versions = np.array(distinct[c], dtype=object)[enc.codes[:, c]]
             cols = self._model_columns(
                 m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), cat, versions, preds, scores,
                 np.frombuffer(latency, dtype=np.float64), np.frombuffer(keys, dtype=np.uint64), segments)
