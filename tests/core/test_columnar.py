@@ -202,3 +202,21 @@ def test_the_service_says_when_it_runs_without_the_compiled_decoder(monkeypatch,
     monkeypatch.setattr(events, "_columnar", None)
     MonitorService(cfg, "127.0.0.1:9")
     assert "the compiled decoder is not built" in caplog.text
+
+
+def test_a_huge_batch_then_small_ones_decode_alike():
+    """A batch past the buffers' keep limit (65,536 rows) frees them; the next calls start afresh."""
+    def batch(n, start):
+        return [b'{"event_id": "e%d", "model": "m", "model_version": "v%d", "timestamp": 1700000000, '
+                b'"features": {"a": %d.5, "c": "k%d"}, "prediction": "yes"}' % (i, i % 2, i, i % 7)
+                for i in range(start, start + n)]
+    dec = _columnar.Decoder([("m", ("a",), ("c",), False)])
+    for n, start in ((70000, 0), (10, 70000), (70000, 1)):
+        declined, (out,) = dec.decode(batch(n, start), 0.0, 1e11)
+        assert declined == []
+        num = np.frombuffer(out[2], dtype=np.float64)
+        codes = np.frombuffer(out[4], dtype=np.int32).reshape(n, 2)
+        values = out[5]
+        assert num.tolist() == [i + 0.5 for i in range(start, start + n)]
+        assert [values[0][c] for c in codes[:, 0].tolist()] == [f"k{i % 7}" for i in range(start, start + n)]
+        assert [values[1][c] for c in codes[:, 1].tolist()] == [f"v{i % 2}" for i in range(start, start + n)]
