@@ -1,19 +1,23 @@
 /* Prediction events from JSON bytes straight into columns: the compiled decoder.
  *
  * One call takes a batch of message values and, for each configured model, fills the column buffers the
- * monitor works on (numeric features as float64, categorical values as shared str objects, the envelope
- * fields, the 64-bit event keys of core/keys.py). No dict, float or Struct object is built per event.
+ * monitor works on (numeric features as float64; categorical values and the model version dictionary-encoded:
+ * one shared str per distinct value and an int32 code per row; the envelope fields; the 64-bit event keys of
+ * core/keys.py). No dict, float or Struct object is built per event.
  *
  * It accepts only the common, valid event and leaves everything else to the Python decoder: a message it
  * does not take is reported back by position ("declined") and decided by the general path, so the outcome
  * never depends on which path took a message. Declined are, besides broken contracts: strings with escapes
  * in the fields it reads, a value of an unexpected type (a data-quality fact the Python path counts),
- * timestamps given as ISO strings or out of the plausible range, unknown models, duplicate known keys, ids
- * longer than 128 characters, integers of more than 18 digits where an int is kept, nesting deeper than 64.
+ * timestamps given as ISO strings or out of the plausible range, unknown models, duplicate known keys or
+ * features, ids longer than 128 characters, integers of more than 18 digits where an int is kept, \u escapes
+ * anywhere, nesting deeper than 64, invalid UTF-8.
  *
- * Numbers are converted with correct rounding (the same double as Python's float(text)): exactly by one
- * floating-point operation when the digits fit in 53 bits and the power of ten is exact, otherwise by exact
- * 128-bit integer arithmetic for up to 19 significant digits, otherwise by Python's own conversion.
+ * Numbers are converted with correct rounding (the same double as Python's float(text)): by one exact
+ * floating-point operation when the digits fit in 53 bits and the power of ten is exact; for up to 19
+ * significant digits, by an exact 128-bit product (positive powers) or a 128-bit reciprocal of the power of
+ * five (negative ones; exact 128-bit division when that product lies within a unit of a rounding boundary);
+ * beyond, by Python's own conversion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
