@@ -521,14 +521,15 @@ static int features(Decoder *d, Model *m, Cur *c) {
     }
 }
 
-/* The segment object: keys and values strings; a dict when kept (*out), else only validated. */
-static int segment(Decoder *d, Cur *c, PyObject **out, int keep) {
+/* The segment object (keys and values strings) as a dict in *out; null leaves *out NULL. Built even when the
+ * model (maybe not read yet) keeps no segments: a rare field. */
+static int segment(Decoder *d, Cur *c, PyObject **out) {
     ws(c);
     if (c->p < c->end && *c->p == 'n') return literal(c, "null", 4);
     if (c->p >= c->end || *c->p != '{') return DECLINE;
     c->p++;
-    PyObject *dict = keep ? PyDict_New() : NULL;
-    if (keep && dict == NULL) return FAIL;
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) return FAIL;
     int rc = DECLINE;
     if (eat(c, '}')) {
         rc = TAKE;
@@ -542,16 +543,12 @@ static int segment(Decoder *d, Cur *c, PyObject **out, int keep) {
         if (c->p >= c->end || *c->p != '"' || plain_string(c, &s, &n, &high) != TAKE || !eat(c, ':')) goto done;
         ws(c);
         if (c->p >= c->end || *c->p != '"' || plain_string(c, &v, &vn, &vh) != TAKE) goto done;
-        if (keep) {
-            PyObject *key = cached_str(d, s, n, high), *val = key ? cached_str(d, v, vn, vh) : NULL;
-            int err = key == NULL || val == NULL || PyDict_SetItem(dict, key, val) < 0;
-            Py_XDECREF(key);
-            Py_XDECREF(val);
-            if (err) {
-                rc = PyErr_Occurred() ? FAIL : DECLINE;
-                goto done;
-            }
-        } else if ((high && !valid_utf8(s, n)) || (vh && !valid_utf8(v, vn))) {
+        PyObject *key = cached_str(d, s, n, high), *val = key ? cached_str(d, v, vn, vh) : NULL;
+        int err = key == NULL || val == NULL || PyDict_SetItem(dict, key, val) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (err) {
+            rc = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;
         }
         if (eat(c, ',')) continue;
@@ -559,8 +556,8 @@ static int segment(Decoder *d, Cur *c, PyObject **out, int keep) {
         goto done;
     }
 done:
-    if (rc == TAKE && keep) *out = dict;
-    else Py_XDECREF(dict);
+    if (rc == TAKE) *out = dict;
+    else Py_DECREF(dict);
     return rc;
 }
 
@@ -814,8 +811,8 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             }
             break;
         case K_SEGMENT:
-            /* kept when a configured model wants it; the model may come later: keep it until then */
-            if ((rc = segment(d, c, &e.segment, 1)) != TAKE) goto reject;
+            /* kept when the model wants it; the model may come later: kept until then */
+            if ((rc = segment(d, c, &e.segment)) != TAKE) goto reject;
             rc = DECLINE;
             break;
         }
