@@ -61,6 +61,14 @@ def test_edge_numbers(tok, value):
     assert _bits(_columnar.parse_number(tok.encode())) == _bits(value)
 
 
+@pytest.mark.parametrize("tok", ["4503599627370496.5", "4503599627370497.5", "9007199254740993",
+                                 "9007199254740995", "2251799813685248.25", "2251799813685248.75",
+                                 "0.30000000000000004", "123456789012345678.9", "1.7976931348623157e308"])
+def test_exact_halfway_and_boundary_numbers_round_to_even(tok):
+    """Values exactly halfway between two doubles (ties go to the even one) and at the edges of the paths."""
+    assert _bits(_columnar.parse_number(tok.encode())) == _bits(float(tok))
+
+
 # ---- whole messages ------------------------------------------------------------------------------------------
 
 def _models():
