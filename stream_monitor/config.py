@@ -258,6 +258,10 @@ class FeaturesConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesConfig:
+        for kind, names in (("numeric", self.numeric), ("categorical", self.categorical)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{kind} lists a feature more than once: {twice}")
         both = set(self.numeric) & set(self.categorical)
         if both:
             raise ValueError(f"features listed as both numeric and categorical: {sorted(both)}")

@@ -34,6 +34,8 @@ def test_config_objects_are_frozen():
         ({"models": {"m": {**MODEL, "window": {"type": "sliding"}}}}, "models.m.window.slide"),
         ({"models": {"m": {**MODEL, "reference": {"type": "file"}}}}, "models.m.reference.path"),
         ({"models": {"m": {"features": {}}}}, "models.m.features"),
+        ({"models": {"m": {"features": {"numeric": ["a", "b", "a"]}}}}, "models.m.features"),
+        ({"models": {"m": {"features": {"numeric": ["a"], "categorical": ["a"]}}}}, "models.m.features"),
         ({"models": {"m": {**MODEL, "drift": {"thresholds": {"psi": -1}}}}}, "models.m.drift.thresholds.psi"),
         ({"models": {}}, "models"),
         ({"topics": {"alerts": 3}, "models": {"m": MODEL}}, "topics.alerts"),
