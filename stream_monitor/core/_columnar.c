@@ -143,6 +143,13 @@ static int plain_string(Cur *c, const char **s, Py_ssize_t *n, int *high) {
     return DECLINE;
 }
 
+/* After whitespace, a string without escapes (a key or a value). */
+static int string_field(Cur *c, const char **s, Py_ssize_t *n, int *high) {
+    ws(c);
+    if (c->p >= c->end || *c->p != '"') return DECLINE;
+    return plain_string(c, s, n, high);
+}
+
 /* Is this UTF-8 valid, as Python's strict decoder and JSON parsers see it? */
 static int valid_utf8(const char *s, Py_ssize_t n) {
     PyObject *u = PyUnicode_DecodeUTF8(s, n, "strict");
@@ -485,9 +492,7 @@ static int features(Decoder *d, Model *m, Cur *c) {
         const char *s;
         Py_ssize_t n;
         int high;
-        ws(c);
-        if (c->p >= c->end || *c->p != '"' || plain_string(c, &s, &n, &high) != TAKE || !eat(c, ':'))
-            return DECLINE;
+        if (string_field(c, &s, &n, &high) != TAKE || !eat(c, ':')) return DECLINE;
         int f = find_feature(m, s, n, at);
         if (f < 0) {
             if (high && !valid_utf8(s, n)) return DECLINE;
@@ -501,8 +506,7 @@ static int features(Decoder *d, Model *m, Cur *c) {
             if (ch == 'n') {
                 if (literal(c, "null", 4) != TAKE) return DECLINE;
             } else if (f < m->k) {
-                if (ch != '-' && (ch < '0' || ch > '9')) return DECLINE; /* a type error: counted by Python */
-                Number num;
+                Number num; /* anything but a number (a type error, counted by Python) is declined */
                 if (number(c, &num) != TAKE) return DECLINE;
                 d->row[f] = num.value;
             } else {
@@ -539,10 +543,8 @@ static int segment(Decoder *d, Cur *c, PyObject **out) {
         const char *s, *v;
         Py_ssize_t n, vn;
         int high, vh;
-        ws(c);
-        if (c->p >= c->end || *c->p != '"' || plain_string(c, &s, &n, &high) != TAKE || !eat(c, ':')) goto done;
-        ws(c);
-        if (c->p >= c->end || *c->p != '"' || plain_string(c, &v, &vn, &vh) != TAKE) goto done;
+        if (string_field(c, &s, &n, &high) != TAKE || !eat(c, ':') || string_field(c, &v, &vn, &vh) != TAKE)
+            goto done;
         PyObject *key = cached_str(d, s, n, high), *val = key ? cached_str(d, v, vn, vh) : NULL;
         int err = key == NULL || val == NULL || PyDict_SetItem(dict, key, val) < 0;
         Py_XDECREF(key);
@@ -696,12 +698,6 @@ static void reset_row(Decoder *d, Model *m) {
     for (int j = 0; j < m->c; j++) Py_CLEAR(d->catrow[j]);
 }
 
-static int string_field(Cur *c, const char **s, Py_ssize_t *n, int *high) {
-    ws(c);
-    if (c->p >= c->end || *c->p != '"') return DECLINE;
-    return plain_string(c, s, n, high);
-}
-
 /* Parse one message; on TAKE its row is appended to its model's output. */
 static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t position, double lo, double hi) {
     Cur cur = {buf, buf + len}, *c = &cur;
@@ -716,8 +712,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
         const char *k;
         Py_ssize_t kn;
         int kh;
-        ws(c);
-        if (c->p >= c->end || *c->p != '"' || plain_string(c, &k, &kn, &kh) != TAKE || !eat(c, ':')) goto out;
+        if (string_field(c, &k, &kn, &kh) != TAKE || !eat(c, ':')) goto out;
         unsigned which = 0;
         switch (kn) {
         case 8:
@@ -759,8 +754,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             break;
         case K_TIME:
             ws(c);
-            if (c->p >= c->end || (*c->p != '-' && (*c->p < '0' || *c->p > '9')) || number(c, &num) != TAKE)
-                goto out;
+            if (number(c, &num) != TAKE) goto out;
             e.t = num.value;
             break;
         case K_FEATURES:
@@ -800,8 +794,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
                 if (literal(c, "null", 4) != TAKE) goto out;
                 break;
             }
-            if (c->p >= c->end || (*c->p != '-' && (*c->p < '0' || *c->p > '9')) || number(c, &num) != TAKE)
-                goto out;
+            if (number(c, &num) != TAKE) goto out;
             if (which == K_SCORE) {
                 e.score = num.value;
                 e.has_score = 1;

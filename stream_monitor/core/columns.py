@@ -41,6 +41,15 @@ class Codes:
     def take(self, idx: np.ndarray | slice) -> Codes:
         return Codes(self.codes[idx], self.values)
 
+    @property
+    def features(self) -> int:
+        """The categorical feature columns encoded (the first ones of ``Columns.categorical``)."""
+        return self.codes.shape[1] - 1
+
+    def version_counts(self) -> tuple[list[str], np.ndarray, int]:
+        """:meth:`counts` of the model version."""
+        return self.counts(self.features)
+
     def counts(self, j: int) -> tuple[list[str], np.ndarray, int]:
         """Column ``j``'s values present in these rows, their counts, and the number of missing rows."""
         vals = self.values[j]

@@ -307,9 +307,14 @@ class PredictionDecoder:
         self._c = (_columnar.Decoder([(name, m.features.numeric, m.features.categorical, bool(m.segments.keys))
                                       for name, m in self.models.items()])
                    if _columnar is not None and compiled is not False and self.models else None)
-        self._c_names = list(self.models)
         self.compiled = self._c is not None  # the compiled decoder takes the common event
+        # without it, typed msgspec structures take that event
         self._types: dict[type, tuple[str, Any, Any]] = {}
+        self._decode = None if self.compiled else self._typed_decoder()
+
+    def _typed_decoder(self) -> Any:
+        """A msgspec decoder of one typed structure per model, selected by the ``model`` field (the structures'
+        column getters in ``_types``); None without models."""
         structs = []
         for i, (name, m) in enumerate(self.models.items()):
             # attributes f0, f1, ... renamed to the feature names: a name need not be an identifier, and a dot
@@ -329,7 +334,7 @@ class PredictionDecoder:
             num_get = attrgetter(*num) if num else None
             cat_get = attrgetter(*cat) if cat else None
             self._types[struct] = (name, num_get, cat_get)
-        self._decode = msgspec.json.Decoder(Union[tuple(structs)]).decode if structs else None  # noqa: UP007
+        return msgspec.json.Decoder(Union[tuple(structs)]).decode if structs else None  # noqa: UP007
 
     def decode(self, values: list[bytes | None]) -> PredictionBatch:
         batch = PredictionBatch({}, {}, [], 0)
@@ -370,7 +375,7 @@ class PredictionDecoder:
         """The compiled decoder's columns per model; returns the positions it declined."""
         assert self._c is not None
         declined, outs = self._c.decode(values if type(values) is list else list(values), *self._time_bounds())
-        for name, out in zip(self._c_names, outs):
+        for name, out in zip(self.models, outs):  # the models in the order the decoder was given them
             if out is None:
                 continue
             pos, t, num, keys, codes, distinct, ids, preds, scores, latency, segments = out

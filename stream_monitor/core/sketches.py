@@ -246,7 +246,7 @@ class Pane:
         self.t_max = max(self.t_max, float(cols.event_time.max()))
         enc = cols.codes
         if enc is not None:  # dictionary-encoded by the decoder: one bincount
-            names, counts, _ = enc.counts(enc.codes.shape[1] - 1)
+            names, counts, _ = enc.version_counts()
             versions = zip(names, counts.tolist())
         else:
             versions = Counter(cols.model_version.tolist()).items()  # counted in C
@@ -299,7 +299,7 @@ class Pane:
         # Per feature, never per event: a column's distinct values and their counts come from the decoder's
         # codes (one bincount) or from Counter (C speed); the rest works on the distinct values only.
         enc = cols.codes
-        encoded = enc.codes.shape[1] - 1 if enc is not None else 0  # the prediction column, appended, is not
+        encoded = enc.features if enc is not None else 0  # the prediction column, appended, is not
         for j, vocab in enumerate(b._vocab):
             if j < encoded:
                 values, counts, missing = enc.counts(j)  # type: ignore[union-attr]
