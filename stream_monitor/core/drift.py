@@ -46,6 +46,23 @@ class Finding:
     segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
 
+def _finding(feature: str, kind: str, statistic: str, value: float, threshold: float, over: bool,
+             p_value: float | None, n: int, details: dict[str, Any], segment: Segment | None = None) -> Finding:
+    """``Finding(feature, kind, statistic, ...)`` with the policy's defaults, without running the frozen
+    dataclass's ``__init__``, which sets each of the twelve fields through ``object.__setattr__``: a window
+    makes some 150 findings, and that ``__init__`` was a tenth of its evaluation."""
+    f = _new(Finding)
+    d = f.__dict__
+    d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
+        feature, kind, statistic, value, threshold, over)
+    d["p_value"], d["n"], d["details"], d["consecutive"], d["severity"], d["segment"] = (
+        p_value, n, details, None, None, segment)
+    return f
+
+
+_new = object.__new__
+
+
 def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
     """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``alpha``.
 
@@ -212,7 +229,7 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
             rate = count / max(n_cur_l[j], 1)
             over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
                     and new_p[j] <= cfg.family_alpha / c)
-            new_findings.append(Finding(
+            new_findings.append(_finding(
                 name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate,
                 bool(over), new_p[j], n_cur_l[j],
                 {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
@@ -262,8 +279,8 @@ def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
         if (seg, key, j) in alerted and not cfg.report_all_statistics:
             d["details"] = more[seg, key][j] | d["details"]  # what was computed already stays as it is
     return [
-        Finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
-                d["details"], segment=d.get("segment"))
+        _finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
+                 d["details"], d.get("segment"))
         for d, o in zip(drift, over)
     ]
 
@@ -371,33 +388,29 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
     thresholds come rounded (``*_r``) for findings and evidence, p-values and the window's thresholds as
     they are (lists of rows).
     """
-    stack = np.stack([cur_counts, *past])
-    shape = stack.shape
-    rc, cc, v = stats.pool_sparse(np.broadcast_to(ref_counts, shape), stack, np.broadcast_to(valid, shape))
-    bins = v.sum(axis=-1)
-    n_r, n_c = rc.sum(axis=-1), cc.sum(axis=-1)
+    got = stats.binned_statistics(ref_counts, np.stack([cur_counts, *past]), valid, need, signed)
+    bins, n_r, n_c = got["bins"], got["n_ref"], got["n_cur"]
     n_r[0], n_c[0] = n_ref, n_cur
-    out: dict[str, Any] = {"bins": bins, "events": stack.sum(axis=-1).tolist(), "signed": None}
+    out: dict[str, Any] = {"bins": bins, "events": got["events"].tolist(), "signed": None}
     if "psi" in need:
-        psi = stats.psi(rc, cc, v)
+        psi = got["psi"]
         psi_thr = np.maximum(th.psi, stats.psi_null_threshold(n_r, n_c, bins))
         out["psi_r"], out["psi_thr_r"] = _rounded(np.stack([psi, psi_thr]))
         out["psi_p_l"], out["psi_thr"] = stats.psi_pvalue(psi, n_r, n_c, bins).tolist(), psi_thr.tolist()
     if "chi2" in need:
-        chi, chi_p, w = stats.chi2_homogeneity(rc, cc, v)
+        chi, chi_p, w = got["chi2"], got["chi2_p"], got["w"]
         w_thr = np.maximum(th.chi2, stats.w_null_threshold(n_r, n_c, bins))
         out["chi2_r"], out["chi_r"], out["chi2_thr_r"] = _rounded(np.stack([w, chi, w_thr]))
         out["chi_p_l"], out["chi2_thr"] = chi_p.tolist(), w_thr.tolist()
     if "js" in need:
-        out["js_r"] = _rounded(stats.js_distance(rc, cc, v))
+        out["js_r"] = _rounded(got["js"])
     if "hellinger" in need:
-        out["hellinger_r"] = _rounded(stats.hellinger(rc, cc, v))
+        out["hellinger_r"] = _rounded(got["hellinger"])
     if signed == "rank_sum":  # signed (AUC - 0.5)
-        auc, p, floor = stats.rank_sum_with_floor(np.broadcast_to(ref_counts, shape), stack,
-                                                  np.broadcast_to(valid, shape))
+        auc, p, floor = got["signed"]
         out["signed"] = (auc - 0.5, p, np.maximum(th.rank_sum, floor), None)
     elif signed == "category_shift":  # signed change of one category's share, that category's index
-        delta, p, floor, level = stats.category_shift(rc, cc, v)
+        delta, p, floor, level = got["signed"]
         out["signed"] = (delta, p, np.maximum(th.category_shift, floor), level)
     return out
 
@@ -506,7 +519,7 @@ def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
     over = (rate >= threshold).tolist()
     rate_l, thr_l, ref_l = _rounded(np.stack([rate, threshold, ref_rate]))
     n = cur.n
-    return [Finding(name, "data_quality", statistic, r, t, o, None, n, {"reference_rate": rr})
+    return [_finding(name, "data_quality", statistic, r, t, o, None, n, {"reference_rate": rr})
             for (statistic, *_), rs, ts, os_, rrs in zip(rates, rate_l, thr_l, over, ref_l)
             for name, r, t, o, rr in zip(names, rs, ts, os_, rrs)]
 

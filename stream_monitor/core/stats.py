@@ -23,13 +23,22 @@ category_shift change of one category's share, floor       0.01       hypergeome
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import special
 
+try:  # the compiled kernel of binned_statistics, built with the package (the numpy path below without it)
+    from . import _binned as _kernel
+except ImportError:  # pragma: no cover - built without a C compiler
+    _kernel = None
+
 __all__ = [
+    "binned_statistics",
     "binomial_sf",
     "category_shift",
     "chi2_homogeneity",
+    "chi2_upper_quantile",
     "hypergeom_two_sided",
     "hellinger",
     "js_distance",
@@ -117,7 +126,23 @@ def psi_null_threshold(n_ref: np.ndarray, n_cur: np.ndarray, bins: np.ndarray, q
     routinely crossed by noise, on 50,000 it is not.
     """
     scale = 1.0 / np.maximum(n_ref, 1) + 1.0 / np.maximum(n_cur, 1)
-    return special.chdtri(np.maximum(np.asarray(bins) - 1, 1), 1.0 - q) * scale  # chi2 quantile, C ufunc
+    return chi2_upper_quantile(np.maximum(np.asarray(bins) - 1, 1), q) * scale
+
+
+#: chi2 quantiles per q, for 1, 2, ... degrees of freedom: the null thresholds of every window need them for a
+#: few bin counts, and an inverse incomplete gamma per feature and window is a visible share of a window's time
+_QUANTILES: dict[float, np.ndarray] = {}
+
+
+def chi2_upper_quantile(dof: np.ndarray, q: float) -> np.ndarray:
+    """``special.chdtri(dof, 1 - q)`` (the chi2 quantile at ``q``) for whole-number ``dof >= 1``, from a table
+    of the same values computed once."""
+    d = np.asarray(dof).astype(np.int64)
+    top = int(d.max(initial=1))
+    table = _QUANTILES.get(q)
+    if table is None or table.size < top:
+        table = _QUANTILES[q] = special.chdtri(np.arange(1, max(top, 64) + 1, dtype=np.float64), 1.0 - q)
+    return table[d - 1]
 
 
 def js_distance(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -176,7 +201,7 @@ def w_null_threshold(n_ref: np.ndarray, n_cur: np.ndarray, bins: np.ndarray, q: 
     (1/n_ref + 1/n_cur))``. Under no drift ``w^2 ~ (B - 1)(1/n_ref + 1/n_cur)``, so a fixed w of 0.1 is met by
     noise for features with many levels; the engine uses ``max(threshold, this)``."""
     scale = 1.0 / np.maximum(n_ref, 1) + 1.0 / np.maximum(n_cur, 1)
-    return np.sqrt(special.chdtri(np.maximum(np.asarray(bins) - 1, 1), 1.0 - q) * scale)
+    return np.sqrt(chi2_upper_quantile(np.maximum(np.asarray(bins) - 1, 1), q) * scale)
 
 
 def rank_sum(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray | None = None
@@ -370,3 +395,90 @@ def ks_wasserstein_columns(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[np.
     p = np.clip(special.kolmogorov((en + 0.12 + 0.11 / en) * d), 0.0, 1.0)
     nan = np.full(d.shape, np.nan)
     return np.where(ok, d, nan), np.where(ok, p, nan), np.where(ok, w, nan)
+
+
+#: Rows of the compiled kernel's output (see ``_binned.c``).
+_S_NR, _S_NC, _S_BINS, _S_EVENTS, _S_PSI, _S_CHI, _S_DOF, _S_BOTH, _S_W, _S_JS, _S_HEL, _S_U, _S_NM, _S_VAR = range(14)
+_FLAGS = {"psi": 1, "chi2": 2, "js": 4, "hellinger": 8}
+
+
+def binned_statistics(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.ndarray,
+                      need: frozenset[str] | set[str], signed: str | None = None, q: float = 0.999,
+                      compiled: bool | None = None) -> dict[str, Any]:
+    """The binned statistics in ``need`` (``psi``, ``chi2``, ``js``, ``hellinger``) of every row of
+    ``cur_counts`` ``(rows, features, bins)`` against ``ref_counts`` ``(features, bins)``, sparse bins pooled
+    (:func:`pool_sparse`; ``valid`` is ``(features, bins)``), and the ``signed`` test: ``"rank_sum"`` (on the
+    counts in value order, unpooled) or ``"category_shift"`` (on the pooled counts).
+
+    Returns ``(rows, features)`` arrays: ``bins`` (after pooling), ``n_ref`` and ``n_cur`` (pooled sums),
+    ``events`` (each row's events, all bins), the statistics asked for (``chi2`` as statistic, ``chi2_p`` and
+    ``w``), and ``signed``: ``(auc, p, floor)`` for the rank-sum, ``(delta, p, floor, level)`` for the
+    category shift (see :func:`rank_sum_with_floor`, :func:`category_shift`).
+
+    One pass of the compiled kernel (``_binned.c``) when it is built (``compiled``: True requires it, None
+    uses it when built, False never), else the numpy functions of this module: the same formulas; the
+    results agree to the last bits of sums of non-integer terms (``tests/core/test_stats.py``).
+    """
+    stack = np.asarray(cur_counts, dtype=np.float64)
+    if compiled and _kernel is None:
+        raise RuntimeError("the compiled statistics kernel (stream_monitor.core._binned) is not built")
+    if _kernel is None or compiled is False:
+        return _binned_numpy(np.asarray(ref_counts, dtype=np.float64), stack, valid, need, signed, q)
+    rows, feats, width = stack.shape
+    out = np.empty((14, rows, feats))
+    rc = np.empty((rows, feats, width + 1))
+    cc = np.empty((rows, feats, width + 1))
+    v = np.empty((rows, feats, width + 1), dtype=np.uint8)
+    flags = sum(_FLAGS[s] for s in need) | (16 if signed == "rank_sum" else 0)
+    _kernel.binned(np.ascontiguousarray(ref_counts, dtype=np.float64), np.ascontiguousarray(stack),
+                   np.ascontiguousarray(valid, dtype=np.uint8), rows, feats, width, MIN_EXPECTED, flags, out, rc,
+                   cc, v)
+    res: dict[str, Any] = {"bins": out[_S_BINS].astype(np.int64), "n_ref": out[_S_NR], "n_cur": out[_S_NC],
+                           "events": out[_S_EVENTS].astype(np.int64), "signed": None}
+    if "psi" in need:
+        res["psi"] = out[_S_PSI]
+    if "chi2" in need:
+        res["chi2"], res["w"] = out[_S_CHI], out[_S_W]
+        res["chi2_p"] = np.where(out[_S_BOTH] > 0, special.chdtrc(out[_S_DOF], out[_S_CHI]), 1.0)
+    if "js" in need:
+        res["js"] = out[_S_JS]
+    if "hellinger" in need:
+        res["hellinger"] = out[_S_HEL]
+    if signed == "rank_sum":
+        u, nm, var = out[_S_U], out[_S_NM], out[_S_VAR]
+        auc, p, _ = _rank_sum_test(u, nm, var)
+        res["signed"] = (auc, p, _rank_sum_floor(nm, var, q))
+    elif signed == "category_shift":
+        cells = rows * feats * (width + 1)
+        x, t, m, total = (np.empty(cells) for _ in range(4))
+        where = np.empty(cells, dtype=np.int64)
+        k = _kernel.shift_inputs(rc, cc, v, rows * feats, width + 1, x, t, m, total, where)
+        p_used = np.ascontiguousarray(hypergeom_two_sided(x[:k], t[:k], m[:k], total[:k]), dtype=np.float64)
+        picked = np.empty((4, rows * feats))
+        _kernel.shift_pick(p_used, where, k, rc, cc, v, rows * feats, width + 1, picked)
+        delta, p, noise, level = picked.reshape(4, rows, feats)
+        res["signed"] = (delta, p, special.ndtri(0.5 + 0.5 * q) * noise, level.astype(np.int64))
+    return res
+
+
+def _binned_numpy(ref: np.ndarray, stack: np.ndarray, valid: np.ndarray, need: frozenset[str] | set[str],
+                  signed: str | None, q: float) -> dict[str, Any]:
+    """:func:`binned_statistics` with this module's numpy functions."""
+    shape = stack.shape
+    ref_b, valid_b = np.broadcast_to(ref, shape), np.broadcast_to(valid, shape)
+    rc, cc, v = pool_sparse(ref_b, stack, valid_b)
+    res: dict[str, Any] = {"bins": v.sum(axis=-1), "n_ref": rc.sum(axis=-1), "n_cur": cc.sum(axis=-1),
+                           "events": stack.sum(axis=-1).astype(np.int64), "signed": None}
+    if "psi" in need:
+        res["psi"] = psi(rc, cc, v)
+    if "chi2" in need:
+        res["chi2"], res["chi2_p"], res["w"] = chi2_homogeneity(rc, cc, v)
+    if "js" in need:
+        res["js"] = js_distance(rc, cc, v)
+    if "hellinger" in need:
+        res["hellinger"] = hellinger(rc, cc, v)
+    if signed == "rank_sum":
+        res["signed"] = rank_sum_with_floor(ref_b, stack, valid_b, q)
+    elif signed == "category_shift":
+        res["signed"] = category_shift(rc, cc, v, q)
+    return res

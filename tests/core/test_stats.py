@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from scipy import stats as sps
+from scipy import special
 from scipy.spatial.distance import jensenshannon
 
 from stream_monitor.core import stats
@@ -315,3 +316,53 @@ def test_weighted_holm_splits_a_features_share_between_its_two_tests():
     p, w = np.array([0.001, 0.004, 0.02]), np.array([0.5, 0.5, 1.0])
     assert holm(p, 0.01, w).tolist() == [True, False, False]  # 0.002 <= 0.005; 0.008 > 0.01 / 1.5
     assert holm(np.array([0.001, 0.003, 0.009]), 0.01, w).tolist() == [True, True, True]
+
+
+def _count_stacks(seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(reference, stacked rows, valid) count matrices as windows produce them, and their corner cases: empty
+    rows and references, padded (invalid) bins, sparse bins that get pooled, a single bin, huge counts."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rows, feats, width in [(1, 1, 1), (3, 7, 51), (3, 23, 10), (2, 4, 3), (5, 9, 20)]:
+        valid = rng.random((feats, width)) < 0.8
+        valid[:, 0] = True
+        scale = rng.choice([0.3, 5, 200, 1e6])
+        ref = np.where(valid, rng.poisson(scale * rng.random((feats, width)) ** 3), 0).astype(np.float64)
+        cur = np.where(valid, rng.poisson(scale * rng.random((rows, feats, width)) ** 3), 0).astype(np.float64)
+        if feats > 2:
+            ref[1] = 0  # a feature the reference never saw
+            cur[0, 2] = 0  # and one this window has no value of
+        out.append((ref, cur, valid))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("signed", [None, "rank_sum", "category_shift"])
+def test_compiled_binned_statistics_equal_the_numpy_functions(seed, signed):
+    if stats._kernel is None:
+        pytest.fail("the compiled statistics kernel is not built")
+    need = {"psi", "chi2", "js", "hellinger"}
+    for ref, cur, valid in _count_stacks(seed):
+        got = stats.binned_statistics(ref, cur, valid, need, signed, compiled=True)
+        want = stats.binned_statistics(ref, cur, valid, need, signed, compiled=False)
+        assert set(got) == set(want)
+        for key in ("bins", "events"):
+            np.testing.assert_array_equal(got[key], want[key])
+            assert got[key].dtype == want[key].dtype
+        for key in ("n_ref", "n_cur"):  # sums of counts: exact either way
+            np.testing.assert_array_equal(got[key], want[key])
+        for key in ("psi", "chi2", "chi2_p", "w", "js", "hellinger"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-15, err_msg=key)
+        if signed is None:
+            assert got["signed"] is None and want["signed"] is None
+            continue
+        for g, w in zip(got["signed"][:3], want["signed"][:3]):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, err_msg=signed)
+        if signed == "category_shift":  # the same category picked, ties included
+            np.testing.assert_array_equal(got["signed"][3], want["signed"][3])
+
+
+def test_chi2_quantile_table_equals_the_ufunc():
+    dof = np.array([[1, 2, 9], [50, 3, 130]])
+    for q in (0.999, 0.95):
+        np.testing.assert_array_equal(stats.chi2_upper_quantile(dof, q), special.chdtri(dof, 1.0 - q))
