@@ -198,42 +198,57 @@ done:
     return res;
 }
 
-/* category_shift, first half: the (window count, pooled count, window events, all events) of every used
- * slot (pooled count > 0) of the pooled counts, in (row, feature, slot) order, and the slot's flat index.
- * Returns how many there are; their hypergeometric tails are scipy's (stats.hypergeom_two_sided). */
+/* category_shift, first half: for every used slot (pooled count > 0) of the pooled counts, in (row, feature,
+ * slot) order, the arguments of its hypergeometric tail as stats.hypergeom_two_sided computes them (the window's
+ * count x of the t pooled events of the slot, of m window events, of N events): the binomial tail's k, n and
+ * p (bdtr), the finite-population factor, whether a tail exists, and the slot's flat index. Returns how many
+ * slots there are; scipy's bdtr, ndtri and ndtr finish the tails. */
 static PyObject *shift_inputs(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer rc, cc, v, x, t, m, tot, idx;
+    Py_buffer rc, cc, v, bk, bn, bp, fpc, ok, idx;
     Py_ssize_t RF, B1;
-    if (!PyArg_ParseTuple(args, "y*y*y*nnw*w*w*w*w*", &rc, &cc, &v, &RF, &B1, &x, &t, &m, &tot, &idx))
+    if (!PyArg_ParseTuple(args, "y*y*y*nnw*w*w*w*w*w*", &rc, &cc, &v, &RF, &B1, &bk, &bn, &bp, &fpc, &ok, &idx))
         return NULL;
     PyObject *res = NULL;
     if (RF < 0 || B1 < 0 || check(&rc, RF * B1, 8, "rc") || check(&cc, RF * B1, 8, "cc") ||
-        check(&v, RF * B1, 1, "v") || check(&x, RF * B1, 8, "x") || check(&t, RF * B1, 8, "t") ||
-        check(&m, RF * B1, 8, "m") || check(&tot, RF * B1, 8, "tot") || check(&idx, RF * B1, 8, "idx"))
+        check(&v, RF * B1, 1, "v") || check(&bk, RF * B1, 8, "bk") || check(&bn, RF * B1, 8, "bn") ||
+        check(&bp, RF * B1, 8, "bp") || check(&fpc, RF * B1, 8, "fpc") || check(&ok, RF * B1, 1, "ok") ||
+        check(&idx, RF * B1, 8, "idx"))
         goto done;
     {
         const double *pr = rc.buf, *pc = cc.buf;
         const uint8_t *pv = v.buf;
-        double *px = x.buf, *pt = t.buf, *pm = m.buf, *ptot = tot.buf;
-        int64_t *pi = idx.buf;
+        int64_t *pk = bk.buf, *pn = bn.buf, *pi = idx.buf;
+        double *pp = bp.buf, *pf = fpc.buf;
+        uint8_t *po = ok.buf;
+        const double lo = 1e-12, hi = 1 - 1e-12;
         Py_ssize_t k = 0;
         for (Py_ssize_t i = 0; i < RF; i++) {
             const double *a = pr + i * B1, *c = pc + i * B1;
             const uint8_t *vv = pv + i * B1;
-            double n = 0.0, w = 0.0;
+            double n = 0.0, m = 0.0;
             for (Py_ssize_t b = 0; b < B1; b++)
                 if (vv[b]) {
                     n += a[b];
-                    w += c[b];
+                    m += c[b];
                 }
+            double total = n + m;
             for (Py_ssize_t b = 0; b < B1; b++) {
-                double ab = vv[b] ? a[b] : 0.0, cb = vv[b] ? c[b] : 0.0;
-                if (!(ab + cb > 0)) continue;
-                px[k] = cb;
-                pt[k] = ab + cb;
-                pm[k] = w;
-                ptot[k] = n + w;
+                double x = vv[b] ? c[b] : 0.0, t = (vv[b] ? a[b] : 0.0) + x;
+                if (!(t > 0)) continue;
+                /* X ~ Hyp(N, t, m) ~ Hyp(N, m, t): the fewer draws, the closer the binomial */
+                double d = t < m ? t : m, kk = t < m ? m : t;
+                double share = total > 0 ? kk / total : 1.0;
+                share = share < lo ? lo : (share > hi ? hi : share);
+                int64_t d1 = (int64_t)(d > 1.0 ? d : 1.0);
+                int64_t xi = (int64_t)(x < 0 ? 0 : (x > d ? d : x));
+                int up = (double)xi > (double)d1 * share; /* the tail on the side of the expected count */
+                double f = (total - d) / (total - 1 > 1 ? total - 1 : 1);
+                pk[k] = up ? d1 - xi : xi;
+                pn[k] = d1;
+                pp[k] = up ? 1.0 - share : share;
+                pf[k] = sqrt(f < lo ? lo : (f > 1.0 ? 1.0 : f));
+                po[k] = d > 0 && total > 1;
                 pi[k] = (int64_t)(i * B1 + b);
                 k++;
             }
@@ -244,10 +259,11 @@ done:
     PyBuffer_Release(&rc);
     PyBuffer_Release(&cc);
     PyBuffer_Release(&v);
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&t);
-    PyBuffer_Release(&m);
-    PyBuffer_Release(&tot);
+    PyBuffer_Release(&bk);
+    PyBuffer_Release(&bn);
+    PyBuffer_Release(&bp);
+    PyBuffer_Release(&fpc);
+    PyBuffer_Release(&ok);
     PyBuffer_Release(&idx);
     return res;
 }
@@ -321,7 +337,7 @@ static PyMethodDef methods[] = {
      "binned(ref, cur, valid, R, F, B, min_expected, flags, out, rc, cc, v): pool sparse bins and compute the "
      "requested statistics of every (row, feature) into out (NSTAT, R, F); pooled counts into rc, cc, v."},
     {"shift_inputs", shift_inputs, METH_VARARGS,
-     "shift_inputs(rc, cc, v, RF, B1, x, t, m, tot, idx) -> k: the used slots' hypergeometric arguments."},
+     "shift_inputs(rc, cc, v, RF, B1, k, n, p, fpc, ok, idx) -> count: the used slots' tail arguments."},
     {"shift_pick", shift_pick, METH_VARARGS,
      "shift_pick(p, idx, k, rc, cc, v, RF, B1, out): per (row, feature) the most significant slot."},
     {NULL, NULL, 0, NULL},

@@ -332,10 +332,16 @@ def hypergeom_two_sided(x: np.ndarray, successes: np.ndarray, draws: np.ndarray,
     # the tail on the side of the expected count, in one C call: P(X <= x) below it, and above it
     # P(X >= x) = P(d - X <= d - x) with d - X ~ Bin(d, 1 - share)
     up = xi > d1 * share
-    tail = np.minimum(special.bdtr(np.where(up, d1 - xi, xi), d1, np.where(up, 1.0 - share, share)), 0.5)
     fpc = np.sqrt(np.clip((total - d) / np.maximum(total - 1, 1), 1e-12, 1.0))
-    p = 2.0 * special.ndtr(special.ndtri(np.clip(tail, 1e-300, 0.5)) / fpc)
-    return np.where(ok, np.minimum(p, 1.0), 1.0)
+    return _hypergeom_tails(np.where(up, d1 - xi, xi), d1, np.where(up, 1.0 - share, share), fpc, ok)
+
+
+def _hypergeom_tails(k: np.ndarray, n: np.ndarray, p: np.ndarray, fpc: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """:func:`hypergeom_two_sided` from its binomial tail's arguments (``bdtr(k, n, p)``), finite-population
+    factor and which tails exist (the compiled kernel computes these for :func:`binned_statistics`)."""
+    tail = np.minimum(special.bdtr(k, n, p), 0.5)
+    two_sided = 2.0 * special.ndtr(special.ndtri(np.clip(tail, 1e-300, 0.5)) / fpc)
+    return np.where(ok, np.minimum(two_sided, 1.0), 1.0)
 
 
 def binomial_sf(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -450,10 +456,11 @@ def binned_statistics(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.
         res["signed"] = (auc, p, _rank_sum_floor(nm, var, q))
     elif signed == "category_shift":
         cells = rows * feats * (width + 1)
-        x, t, m, total = (np.empty(cells) for _ in range(4))
-        where = np.empty(cells, dtype=np.int64)
-        k = _kernel.shift_inputs(rc, cc, v, rows * feats, width + 1, x, t, m, total, where)
-        p_used = np.ascontiguousarray(hypergeom_two_sided(x[:k], t[:k], m[:k], total[:k]), dtype=np.float64)
+        bk, bn, where = (np.empty(cells, dtype=np.int64) for _ in range(3))
+        bp, fpc = np.empty(cells), np.empty(cells)
+        ok = np.empty(cells, dtype=bool)
+        k = _kernel.shift_inputs(rc, cc, v, rows * feats, width + 1, bk, bn, bp, fpc, ok.view(np.uint8), where)
+        p_used = np.ascontiguousarray(_hypergeom_tails(bk[:k], bn[:k], bp[:k], fpc[:k], ok[:k]))
         picked = np.empty((4, rows * feats))
         _kernel.shift_pick(p_used, where, k, rc, cc, v, rows * feats, width + 1, picked)
         delta, p, noise, level = picked.reshape(4, rows, feats)
