@@ -444,40 +444,50 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
         figures[test] = ([None, *_rounded(sv[1:])], [None, *sp[1:].tolist()], [None, *_rounded(sthr[1:])],
                          nothing if level is None else [None, *level[1:].tolist()])
     m = len(spans) + 1  # candidates per feature
+    rows = list(enumerate(spans, 1))
     for d in mine:
         j = d[key]
-        vals, ps, thrs, levels = figures[d["statistic"]]
+        test = d["statistic"]
+        vals, ps, thrs, levels = figures[test]
+        value, p0, thr0, n0 = d["value"], d["p"], d["threshold"], d["n"]
         # rank-sum and category-shift effects have a direction; for a category shift, this window's is that
         # of the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
-        mine_signed = d.get("signed", d["value"])
+        mine_signed = d.get("signed", value)
         per_category = isinstance(mine_signed, np.ndarray)
         # a span's candidate counts only while this window alone still shows at least half its effect, in the
         # same direction (on the squared scale for distances): after a large shift ends, the windows it spans
         # do not keep the incident open. Its alpha is also spent per 1,000 events rather than per window, so
         # that small windows (many per million events) do not multiply false alarms.
-        power = 2 if d["statistic"] in ("chi2", "js", "hellinger") else 1  # w, JS, Hellinger: square roots
-        per_events = max(1.0, 1000.0 / max(d["n"], 1))
-        first = (1, d["value"], d["p"], d["threshold"], d["n"])
+        power = 2 if test in _SQUARED else 1
+        per_events = max(1.0, 1000.0 / max(n0, 1))
+        first = (1, value, p0, thr0, n0)
         cands = [first]
         # the most significant candidate that counts (ties: the shorter span); the window's own when none does
-        best = (first[2] * (m * 1.0), 1, first) if first[1] >= first[3] else None
-        for i, s in enumerate(spans, 1):
+        best = (p0 * (m * 1.0), 1, first) if value >= thr0 else None
+        for i, s in rows:
             v = vals[i][j]
+            size, t = abs(v), thrs[i][j]
+            c = (s, size, ps[i][j], t, events[i][j])
+            cands.append(c)
+            if size < t:
+                continue
             here, signed = mine_signed, v
             if per_category:
                 level = levels[i][j]
                 picked = level < len(mine_signed)
-                here = float(mine_signed[level]) if picked else d["value"]
-                signed = v if picked else abs(v)
-            c = (s, abs(v), ps[i][j], thrs[i][j], events[i][j])
-            cands.append(c)
-            if c[1] >= c[3] and here * signed >= 0 and abs(here) ** power >= 0.5 * c[1] ** power:
+                here = float(mine_signed[level]) if picked else value
+                signed = v if picked else size
+            if here * signed >= 0 and abs(here) ** power >= 0.5 * size ** power:
                 score = c[2] * (m * (s * per_events))
                 if best is None or (score, s) < best[:2]:
                     best = (score, s, c)
-        score, span, (_, v, p, t, n) = best if best is not None else (first[2] * (m * 1.0), 1, first)
-        d.update(value=v, p=min(1.0, score), threshold=t, n=n, candidates=cands)
-        d["details"] = d["details"] | {"windows": span}
+        score, span, (_, v, p, t, n) = best if best is not None else (p0 * (m * 1.0), 1, first)
+        d["value"], d["p"], d["threshold"], d["n"], d["candidates"] = v, min(1.0, score), t, n, cands
+        d["details"]["windows"] = span
+
+
+#: Distances compared on the squared scale by the evidence rule (w, JS and Hellinger are square roots).
+_SQUARED = frozenset({"chi2", "js", "hellinger"})
 
 
 def _category_name(binning: Binning, j: int, level: int) -> str:

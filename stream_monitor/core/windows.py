@@ -59,6 +59,8 @@ class _Panes:
         return SegmentedPane(self.binning, self.pane_cap, self.segments)
 
     def _merge(self, panes: list[Pane], cap: int) -> Pane:
+        if len(panes) == 1 and panes[0].cap == cap:  # a tumbling window is its pane (which is not updated again)
+            return panes[0]
         return Pane.merge(panes, cap) if self.segments is None else SegmentedPane.merge(panes, cap)
 
 
