@@ -159,6 +159,8 @@ class AlertPolicy:
             findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality
                                                      and f.value < self.cfg.critical_factor * f.threshold)]
         touched: set[tuple[str, ...]] = set()
+        if not any(k[0] == model for k in self._conditions):  # a quiet model: only what is over starts something
+            findings = [f for f in findings if f.over]
         for f in findings:
             key = self.condition_key(model, f)
             c = self._conditions.get(key)

@@ -146,15 +146,16 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
         spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
         # PSI needs ~5 events per bin to be stable; below that, KS
         tests = np.where(n_cur >= 5 * f["bins"][0], "psi", "ks").tolist() if test == "auto" else [test] * k
-        ks_d = ks_p_all = w_all = np.full(k, np.nan)
         # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when
         # every statistic is reported; otherwise only for the features over threshold (for the alert)
         sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not every else list(range(k))
         if sampled:
             ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
-        w_norm = _w_norm(w_all, spreads)
-        ks_l, wn_l, wraw_l, spread_l = _rounded(np.stack([ks_d, w_norm, w_all, spreads]))
-        ks_pl = ks_p_all.tolist()
+            ks_l, wn_l, wraw_l, spread_l = _rounded(np.stack([ks_d, _w_norm(w_all, spreads), w_all, spreads]))
+            ks_pl = ks_p_all.tolist()
+        else:  # (NaN: not computed)
+            ks_l = wn_l = wraw_l = ks_pl = [float("nan")] * k
+            spread_l = _rounded(spreads)
         n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
         for j, name in enumerate(binning.numeric):
             if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
