@@ -51,7 +51,7 @@ from .labels import JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain,
 from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records, records_by_model
 from .reference import Reference
 from .segments import SegmentedPane
-from .sketches import Pane, clip
+from .sketches import Pane, PaneInput, clip
 from .windows import PANE_FORMAT
 
 __all__ = ["PaneBuilder", "piece_cap"]
@@ -146,12 +146,13 @@ class ModelPanes:
                 piece.update(cols.take(idx == p))
             return
         at = 0
+        batch = PaneInput(self.reference.binning, cols) if cols.n else None  # type: ignore[union-attr]
         while at < cols.n:
             piece = self._open.get(0)
             if piece is None:
                 piece = self._open[0] = self._new_piece()
             take = min(self.piece_events - piece.n, cols.n - at)
-            piece.update(cols.take(slice(at, at + take)))
+            piece.update_rows(batch, at, at + take)  # type: ignore[arg-type]
             at += take
             if piece.n >= self.piece_events:
                 self._emit_piece(None, self._open.pop(0))

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from .columns import Columns
-from .sketches import Binning, Pane
+from .sketches import Binning, Pane, PaneInput
 
 __all__ = ["Segment", "SegmentReference", "SegmentedPane"]
 
@@ -134,6 +134,9 @@ class SegmentedPane(Pane):
         for i, part in self.segments.split(cols):
             self.slices[i].update(part)
         return self
+
+    def update_rows(self, batch: PaneInput, lo: int, hi: int) -> SegmentedPane:
+        return self.update(batch.cols.take(slice(lo, hi))) if hi > lo else self
 
     @classmethod
     def merge(cls, panes: Sequence[Pane], cap: int) -> SegmentedPane:  # type: ignore[override]

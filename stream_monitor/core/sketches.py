@@ -30,7 +30,7 @@ import numpy as np
 
 from .columns import Columns, decode_array, encode_array
 
-__all__ = ["Binning", "LatencySketch", "Pane", "bin_edges", "clip"]
+__all__ = ["Binning", "LatencySketch", "Pane", "PaneInput", "bin_edges", "clip"]
 
 _MAX_NEW_EXAMPLES = 10
 
@@ -196,6 +196,61 @@ def bin_edges(x: np.ndarray, bins: int) -> np.ndarray:
     return e[: bins - 1]
 
 
+class PaneInput:
+    """A batch's values binned once for every pane it is cut into (:meth:`Pane.update_rows`): per numeric
+    feature and row the flat bin index (``j * bins + bin``), missing and out-of-range flags; per row the latency
+    bucket (an extra last bucket for none); for the categorical columns the decoder encoded, each row's slot as
+    a flat index into ``(encoded features, slots)`` (``encoded * slots`` when missing) and whether its value is
+    new to the reference."""
+
+    def __init__(self, binning: Binning, cols: Columns) -> None:
+        self.binning = binning
+        self.cols = cols
+        x = cols.numeric
+        k = x.shape[1]
+        xt = np.ascontiguousarray(x.T)  # (k, n): each feature's values contiguous for the per-feature work
+        self.num_nan = np.isnan(xt)
+        bins = max(binning.n_bins, 1)
+        # bin per value: the number of edges <= the value (what searchsorted(side="right") gives; +inf padding
+        # never counts), one comparison per edge position for all features at once (a few edges, many rows),
+        # counted in bytes (at most 100 bins)
+        idx = np.zeros(xt.shape, dtype=np.int8)
+        below = np.empty(xt.shape, dtype=bool)
+        for edge in binning.edges.T:
+            np.less_equal(edge[:, None], xt, out=below)
+            idx += below.view(np.int8)
+        self.num_flat = np.add(idx, (np.arange(k) * bins)[:, None], dtype=np.intp)
+        self.num_out_of_range = (xt < binning.lo[:, None]) | (xt > binning.hi[:, None])
+        lat = cols.latency_ms
+        with np.errstate(invalid="ignore"):
+            bucket = np.ceil(np.log(np.maximum(lat, LatencySketch.MIN_MS)) / LatencySketch.LOG_GAMMA)
+        self.latency_bucket = np.where(np.isnan(lat), LatencySketch.BUCKETS, np.clip(
+            np.nan_to_num(bucket).astype(np.int64) - LatencySketch.OFFSET, 0, LatencySketch.BUCKETS - 1))
+        enc = cols.codes
+        self.encoded = e = enc.features if enc is not None else 0  # the prediction column, appended, is not
+        if e:
+            width = binning.n_cat_slots
+            other = width - 1
+            slot = np.empty((cols.n, e), dtype=np.intp)
+            new = np.empty((cols.n, e), dtype=bool)
+            for j in range(e):
+                vals = enc.values[j]  # type: ignore[union-attr]
+                m = len(vals)
+                vocab, known = binning._vocab[j], binning.known[j]
+                # per distinct value: its flat slot and whether it is new; one more entry for "missing" (-1)
+                lut = np.empty(m + 1, dtype=np.intp)
+                lut[:m] = np.fromiter(map(vocab.get, vals, itertools.repeat(other, m)), dtype=np.intp, count=m)
+                lut[:m] += j * width
+                lut[m] = e * width
+                is_new = np.zeros(m + 1, dtype=bool)
+                if not known.issuperset(vals):
+                    is_new[:m] = np.fromiter((v not in known for v in vals), dtype=bool, count=m)
+                code = enc.codes[:, j]  # type: ignore[union-attr]
+                slot[:, j] = lut[code]  # -1 (missing) reads the last entry
+                new[:, j] = is_new[code]
+            self.cat_slot, self.cat_new = slot, new
+
+
 class Pane:
     """Counts and a bounded sample of a set of events, for all features of a model at once.
 
@@ -237,84 +292,99 @@ class Pane:
     # -- updates -------------------------------------------------------------------------------------------
     def update(self, cols: Columns) -> Pane:
         """Add a batch of events (all features at once)."""
-        n = cols.n
-        if n == 0:
-            return self
-        self.stamp = next(Pane._stamps)
-        self.n += n
-        self.t_min = min(self.t_min, float(cols.event_time.min()))
-        self.t_max = max(self.t_max, float(cols.event_time.max()))
-        enc = cols.codes
-        if enc is not None:  # dictionary-encoded by the decoder: one bincount
-            names, counts, _ = enc.version_counts()
-            versions = zip(names, counts.tolist())
-        else:
-            versions = Counter(cols.model_version.tolist()).items()  # counted in C
-        for v, count in versions:  # clipped per distinct value
-            self.versions[clip(v)] += count
-        self.latency += LatencySketch.counts(cols.latency_ms)
-        self._update_numeric(cols)
-        self._update_categorical(cols)
+        if cols.n:
+            self._add(PaneInput(self.binning, cols), 0, cols.n)
         return self
 
-    def _update_numeric(self, cols: Columns) -> None:
-        b = self.binning
-        x = cols.numeric
-        k = x.shape[1]
+    def update_rows(self, batch: PaneInput, lo: int, hi: int) -> Pane:
+        """Add rows ``lo:hi`` of a prepared batch: a batch cut into several panes (windows closing inside it)
+        bins its values once, and each pane only counts its rows."""
+        if hi <= lo:
+            return self
+        if batch.binning is not self.binning:  # binned under another reference: bin these rows afresh
+            return self.update(batch.cols.take(slice(lo, hi)))
+        self._add(batch, lo, hi)
+        return self
+
+    def _add(self, b: PaneInput, lo: int, hi: int) -> None:
+        cols = b.cols
+        self.stamp = next(Pane._stamps)
+        self.n += hi - lo
+        t = cols.event_time[lo:hi]
+        self.t_min = min(self.t_min, float(t.min()))
+        self.t_max = max(self.t_max, float(t.max()))
+        enc = cols.codes
+        if enc is not None:  # dictionary-encoded by the decoder: one bincount
+            names, counts, _ = enc.take(slice(lo, hi)).version_counts()
+            versions = zip(names, counts.tolist())
+        else:
+            versions = Counter(cols.model_version[lo:hi].tolist()).items()  # counted in C
+        for v, count in versions:  # clipped per distinct value
+            self.versions[clip(v)] += count
+        self.latency += np.bincount(b.latency_bucket[lo:hi], minlength=LatencySketch.BUCKETS + 1)[:-1]
+        self._add_numeric(b, lo, hi)
+        self._add_categorical(b, lo, hi)
+
+    def _add_numeric(self, b: PaneInput, lo: int, hi: int) -> None:
+        k = len(self.binning.numeric)
         if k == 0:
             return
-        xt = np.ascontiguousarray(x.T)  # (k, n): each feature's values contiguous for the per-feature work
-        nan = np.isnan(xt)
-        nan_count = np.count_nonzero(nan, axis=1)
         bins = self.num_counts.shape[1]
-        # bin per value: the number of edges <= the value (what searchsorted(side="right") gives; +inf padding
-        # never counts), one comparison per edge position for all features at once (a few edges, many rows),
-        # counted in bytes (at most 100 bins)
-        idx = np.zeros(xt.shape, dtype=np.int8)
-        below = np.empty(xt.shape, dtype=bool)
-        for edge in b.edges.T:
-            np.less_equal(edge[:, None], xt, out=below)
-            idx += below.view(np.int8)
-        flat = np.add(idx, (np.arange(k) * bins)[:, None], dtype=np.intp)
-        counts = np.bincount(flat.ravel(), minlength=k * bins).reshape(k, bins)
+        counts = np.bincount(b.num_flat[:, lo:hi].ravel(), minlength=k * bins).reshape(k, bins)
+        nan_count = np.count_nonzero(b.num_nan[:, lo:hi], axis=1)
         counts[:, 0] -= nan_count  # a missing value compares false with every edge: it landed in bin 0
         self.num_counts += counts
-        err = cols.numeric_type_error
+        err = b.cols.numeric_type_error[lo:hi]
         if err.any():  # rare: wrong types are NaN too, but not missing
             self.num_type_error += err.sum(axis=0)
-            self.num_missing += np.count_nonzero(nan & ~err.T, axis=1)
+            self.num_missing += np.count_nonzero(b.num_nan[:, lo:hi] & ~err.T, axis=1)
         else:
             self.num_missing += nan_count
-        self.num_out_of_range += np.count_nonzero((xt < b.lo[:, None]) | (xt > b.hi[:, None]), axis=1)
-        self.seen += x.shape[0]
-        self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys), (x, cols.key)])
+        self.num_out_of_range += np.count_nonzero(b.num_out_of_range[:, lo:hi], axis=1)
+        self.seen += hi - lo
+        self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys),
+                                                           (b.cols.numeric[lo:hi], b.cols.key[lo:hi])])
 
-    def _update_categorical(self, cols: Columns) -> None:
-        b = self.binning
-        other = b.n_cat_slots - 1
-        err = cols.categorical_type_error
-        errors = err.sum(axis=0)
+    def _add_categorical(self, b: PaneInput, lo: int, hi: int) -> None:
+        binning = self.binning
+        cols = b.cols
+        other = binning.n_cat_slots - 1
+        errors = cols.categorical_type_error[lo:hi].sum(axis=0)
         self.cat_type_error += errors
         errors_l = errors.tolist()
-        # Per feature, never per event: a column's distinct values and their counts come from the decoder's
-        # codes (one bincount) or from Counter (C speed); the rest works on the distinct values only.
-        enc = cols.codes
-        encoded = enc.features if enc is not None else 0  # the prediction column, appended, is not
-        for j, vocab in enumerate(b._vocab):
-            if j < encoded:
-                values, counts, missing = enc.counts(j)  # type: ignore[union-attr]
-            else:
-                counter = Counter(cols.categorical[:, j].tolist())
-                missing = counter.pop(None, 0)
-                values = list(counter)
-                counts = np.fromiter(counter.values(), dtype=np.int64, count=len(values))
+        # Per feature, never per event: the columns the decoder encoded are counted from their rows' slots in
+        # one bincount; the others from their distinct values (Counter, C speed)
+        e = b.encoded
+        if e:
+            width = self.cat_counts.shape[1]
+            slots = b.cat_slot[lo:hi]
+            counted = np.bincount(slots.ravel(), minlength=e * width + 1)[: e * width].reshape(e, width)
+            self.cat_counts[:e] += counted
+            self.cat_missing[:e] += np.count_nonzero(slots == e * width, axis=0) - errors[:e]
+            new = b.cat_new[lo:hi]
+            new_count = np.count_nonzero(new, axis=0)
+            self.cat_new[:e] += new_count
+            for j in np.flatnonzero(new_count).tolist():
+                ex = self.new_examples[j]
+                if len(ex) < _MAX_NEW_EXAMPLES:  # the values in code order, as counted
+                    vals = cols.codes.values[j]  # type: ignore[union-attr]
+                    for i in np.unique(cols.codes.codes[lo:hi, j][new[:, j]]).tolist():  # type: ignore[union-attr]
+                        if len(ex) >= _MAX_NEW_EXAMPLES:
+                            break
+                        ex.add(clip(vals[i]))
+        for j in range(e, len(binning.categorical)):
+            vocab = binning._vocab[j]
+            counter = Counter(cols.categorical[lo:hi, j].tolist())
+            missing = counter.pop(None, 0)
+            values = list(counter)
             self.cat_missing[j] += missing - errors_l[j]  # wrong types were set to None
             if not values:
                 continue
             m = len(values)
-            slots = np.fromiter(map(vocab.get, values, itertools.repeat(other, m)), dtype=np.intp, count=m)
-            np.add.at(self.cat_counts[j], slots, counts)
-            known = b.known[j]
+            counts = np.fromiter(counter.values(), dtype=np.int64, count=m)
+            where = np.fromiter(map(vocab.get, values, itertools.repeat(other, m)), dtype=np.intp, count=m)
+            np.add.at(self.cat_counts[j], where, counts)
+            known = binning.known[j]
             if known.issuperset(values):
                 continue
             ex = self.new_examples[j]

@@ -26,7 +26,7 @@ import numpy as np
 
 from .columns import Columns
 from .segments import SegmentedPane, SegmentReference
-from .sketches import Binning, Pane
+from .sketches import Binning, Pane, PaneInput
 
 __all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
            "SourceWatermarks", "TimeWindows", "WindowHistory", "decode_record"]
@@ -81,9 +81,10 @@ class CountWindows(_Panes):
     def update(self, cols: Columns) -> list[ClosedWindow]:
         closed: list[ClosedWindow] = []
         at = 0
+        batch = PaneInput(self.binning, cols) if cols.n else None
         while at < cols.n:
             take = min(self.pane_size - self._current.n, cols.n - at)
-            self._current.update(cols.take(slice(at, at + take)))
+            self._current.update_rows(batch, at, at + take)  # type: ignore[arg-type]
             at += take
             if self._current.n == self.pane_size:
                 self._panes.append(self._current)

@@ -155,3 +155,49 @@ def test_a_pane_counts_the_decoders_codes_as_it_counts_the_values(levels):
         plain.update(rows)
     assert encoded.snapshot() == plain.snapshot()
     assert encoded.cat_new.sum() > 0 and encoded.cat_missing[1] > 0 and len(encoded.versions) == 3
+
+
+def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row_slice():
+    """A batch cut into several panes (windows closing inside it) is binned once (PaneInput); each pane then
+    holds exactly what updating it with its rows alone gives: counts, missing, type errors, out of range, new
+    categories and their examples, versions, latency and the sample."""
+    import orjson
+
+    from stream_monitor.config import parse_config
+    from stream_monitor.core.events import PredictionDecoder
+    from stream_monitor.core.sketches import PaneInput
+
+    rng = np.random.default_rng(11)
+    models = parse_config({"models": {"m": {"features": {"numeric": ["a", "n"], "categorical": ["k", "j"]},
+                                            "prediction": "categorical"}}}).models
+
+    def batch(n, start, levels, oddities):
+        out = []
+        for i in range(n):
+            feats = {"a": float(rng.normal(0, 1 + start / 3000)) if rng.random() > 0.05 else None, "n": int(rng.poisson(2)),
+                     "k": f"level-{rng.integers(levels)}", "j": None if rng.random() < 0.1 else str(rng.choice(["p", "q"]))}
+            if oddities and i % 97 == 0:
+                feats["a"], feats["j"] = "oops", 3.5  # type errors: the general decode path
+            out.append(orjson.dumps({"event_id": f"e{start + i}", "model": "m", "model_version": f"v{i % 3}",
+                                     "timestamp": 1.7e9 + i, "prediction": str(rng.choice(["yes", "no"])),
+                                     "score": float(rng.random()),
+                                     "latency_ms": float(rng.gamma(2, 5)) if i % 5 else None, "features": feats}))
+        return out
+
+    decoder = PredictionDecoder(models)
+    ref = decoder.decode(batch(3000, 0, 20, False)).models["m"].cols
+    binning = Binning.fit(ref, ("a", "n", "score"), ("k", "j", "prediction"), bins=10, max_categories=8,
+                          max_known=15)
+    for oddities in (False, True):
+        cols = decoder.decode(batch(5000, 3000, 40, oddities)).models["m"].cols
+        assert (cols.codes is None) == oddities
+        cuts = [0, 700, 1700, 1701, 4000, 5000]
+        prepared = PaneInput(binning, cols)
+        one = Pane(binning, cap=300)
+        for lo, hi in zip(cuts, cuts[1:]):
+            sliced, fresh = Pane(binning, cap=300).update(cols.take(slice(lo, hi))), Pane(binning, cap=300)
+            assert fresh.update_rows(prepared, lo, hi).snapshot() == sliced.snapshot()
+            one.update_rows(prepared, lo, hi)
+        assert one.snapshot() == Pane(binning, cap=300).update(cols).snapshot()
+        assert one.cat_new.sum() > 0 and one.num_missing[0] > 0 and one.num_out_of_range.sum() > 0
+        assert (one.num_type_error[0] > 0) == oddities and one.latency.sum() > 0
