@@ -164,11 +164,12 @@ def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_o
             if rank_on:
                 figures["rank_sum"] = (rank_l[j], rank_pl[j], rank_thr[j])
             value, p, thr = figures[tests[j]]
+            details = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
+            details["reference_std"] = spread_l[j]
+            if "wasserstein" in figures:
+                details["wasserstein_raw"] = wraw_l[j]
             d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
-                 "threshold": thr, "n": n_cur_l[j], "column": j, "test": tests[j]}
-            d["details"] = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()} \
-                | {"reference_std": spread_l[j]} | ({"wasserstein_raw": wraw_l[j]} if "wasserstein" in figures
-                                                   else {})
+                 "threshold": thr, "n": n_cur_l[j], "column": j, "test": tests[j], "details": details}
             drift.append(d)
             if rank_on:  # a finding of its own (a location shift, on one degree of freedom); the two tests of
                 # the feature share its weight in the Holm family, so adding one costs the other features nothing
@@ -311,7 +312,7 @@ def _column_of(d: dict[str, Any]) -> tuple[Segment | None, str, int]:
 def _decision_details(details: dict[str, Any], test: str) -> dict[str, Any]:
     """A feature's details without the statistics that did not decide it (its test and the signed tests do)."""
     drop = _DROP[test]
-    return {k: v for k, v in details.items() if k not in drop}
+    return details if drop.isdisjoint(details) else {k: v for k, v in details.items() if k not in drop}
 
 
 def _numeric_figures(f: dict[str, Any], j: int, ks: float, ks_p: float, w: float, th: Any
