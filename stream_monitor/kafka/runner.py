@@ -341,7 +341,7 @@ class MonitorService:
             self.stats.restored_tasks += 1
             self.stats.restored_join_entries += sum(mm.join.pending for mm in mon.models.values() if mm.join)
             if restored:
-                logger.info("task %d: restored %s from %s", t, ", ".join(restored), cfg.topics.state)
+                logger.info("task %s: restored %s from %s", t, ", ".join(restored), cfg.topics.state)
             self.stats.restore_errors += mon.counters.restore_errors
             if mon.counters.restore_errors and self.metrics is not None:
                 self.metrics.checkpoint_errors.inc(mon.counters.restore_errors)

@@ -80,13 +80,16 @@ def test_an_uninterrupted_run_publishes_what_the_core_computes(kafka_bootstrap, 
 
 
 def test_sigkills_at_random_points_of_a_fast_stream_change_nothing(kafka_bootstrap, run_id, tmp_path):
-    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 41, 100)
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 41, 140)
+    # transactions every 0.1 s, kills within 0.15 s of the first: a run gets through some 10^4 events (the
+    # monitor reads this topic at ~10^5 events/s), so all six kills land inside the 352,000-event stream
+    raw = {**raw, "kafka": {**raw["kafka"], "commit_interval_s": 0.1}}
     rng = np.random.default_rng(42)
     proc = MonitorProcess(raw, kafka_bootstrap, tmp_path, "m")
     progress = []
     for _ in range(6):  # each run: start, commit something, die at a random point shortly after
         got = kill_mid_stream(proc, kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions, [0], rng,
-                              most_s=0.3)
+                              most_s=0.15)
         progress.append(got[0])
     proc.start()
     try:
