@@ -46,6 +46,9 @@ class Finding:
     segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
 
+_new = object.__new__
+
+
 def _finding(feature: str, kind: str, statistic: str, value: float, threshold: float, over: bool,
              p_value: float | None, n: int, details: dict[str, Any], segment: Segment | None = None) -> Finding:
     """``Finding(feature, kind, statistic, ...)`` with the policy's defaults, without running the frozen
@@ -58,9 +61,6 @@ def _finding(feature: str, kind: str, statistic: str, value: float, threshold: f
     d["p_value"], d["n"], d["details"], d["consecutive"], d["severity"], d["segment"] = (
         p_value, n, details, None, None, segment)
     return f
-
-
-_new = object.__new__
 
 
 def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
@@ -384,8 +384,9 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
     test (categorical, on the pooled counts) as ``signed``: (signed effect, p-value, threshold, picked
     category or None) arrays of rows.
 
-    The counts are stacked ``(1 + spans, features, bins)``, so each statistic is one set of numpy calls for
-    all of them; every row is computed on its own counts, so row 0 is what the window alone gives. The
+    The counts are stacked ``(1 + spans, features, bins)`` and go through :func:`stats.binned_statistics` at
+    once (one compiled pass, or one set of numpy calls per statistic without the kernel); every row is computed
+    on its own counts, so row 0 is what the window alone gives. The
     window's sample sizes are its counts of present values, a span's the sums of its pooled counts. Values and
     thresholds come rounded (``*_r``) for findings and evidence, p-values and the window's thresholds as
     they are (lists of rows).

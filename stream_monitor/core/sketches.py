@@ -54,10 +54,21 @@ class LatencySketch:
         return np.zeros(cls.BUCKETS, dtype=np.int64)
 
     @classmethod
-    def counts(cls, values: np.ndarray) -> np.ndarray:
-        x = values[~np.isnan(values)]
+    def buckets(cls, values: np.ndarray) -> np.ndarray:
+        """Each value's bucket; ``BUCKETS`` (one past the last) for a missing (NaN) value."""
+        missing = np.isnan(values)
+        x = np.where(missing, cls.MIN_MS, values)
         idx = np.ceil(np.log(np.maximum(x, cls.MIN_MS)) / cls.LOG_GAMMA).astype(np.int64) - cls.OFFSET
-        return np.bincount(np.clip(idx, 0, cls.BUCKETS - 1), minlength=cls.BUCKETS)
+        return np.where(missing, cls.BUCKETS, np.clip(idx, 0, cls.BUCKETS - 1))
+
+    @classmethod
+    def counts(cls, values: np.ndarray) -> np.ndarray:
+        return cls.bincount(cls.buckets(values))
+
+    @classmethod
+    def bincount(cls, buckets: np.ndarray) -> np.ndarray:
+        """The counts of :meth:`buckets` values (missing ones not counted)."""
+        return np.bincount(buckets, minlength=cls.BUCKETS + 1)[: cls.BUCKETS]
 
     @classmethod
     def quantile(cls, counts: np.ndarray, q: float) -> float:
@@ -221,11 +232,7 @@ class PaneInput:
             idx += below.view(np.int8)
         self.num_flat = np.add(idx, (np.arange(k) * bins)[:, None], dtype=np.intp)
         self.num_out_of_range = (xt < binning.lo[:, None]) | (xt > binning.hi[:, None])
-        lat = cols.latency_ms
-        with np.errstate(invalid="ignore"):
-            bucket = np.ceil(np.log(np.maximum(lat, LatencySketch.MIN_MS)) / LatencySketch.LOG_GAMMA)
-        self.latency_bucket = np.where(np.isnan(lat), LatencySketch.BUCKETS, np.clip(
-            np.nan_to_num(bucket).astype(np.int64) - LatencySketch.OFFSET, 0, LatencySketch.BUCKETS - 1))
+        self.latency_bucket = LatencySketch.buckets(cols.latency_ms)
         enc = cols.codes
         self.encoded = e = enc.features if enc is not None else 0  # the prediction column, appended, is not
         if e:
@@ -321,7 +328,7 @@ class Pane:
             versions = Counter(cols.model_version[lo:hi].tolist()).items()  # counted in C
         for v, count in versions:  # clipped per distinct value
             self.versions[clip(v)] += count
-        self.latency += np.bincount(b.latency_bucket[lo:hi], minlength=LatencySketch.BUCKETS + 1)[:-1]
+        self.latency += LatencySketch.bincount(b.latency_bucket[lo:hi])
         self._add_numeric(b, lo, hi)
         self._add_categorical(b, lo, hi)
 

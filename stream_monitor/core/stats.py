@@ -39,6 +39,7 @@ __all__ = [
     "category_shift",
     "chi2_homogeneity",
     "chi2_upper_quantile",
+    "compiled",
     "hypergeom_two_sided",
     "hellinger",
     "js_distance",
@@ -401,6 +402,11 @@ def ks_wasserstein_columns(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[np.
     p = np.clip(special.kolmogorov((en + 0.12 + 0.11 / en) * d), 0.0, 1.0)
     nan = np.full(d.shape, np.nan)
     return np.where(ok, d, nan), np.where(ok, p, nan), np.where(ok, w, nan)
+
+
+def compiled() -> bool:
+    """Whether the compiled kernel of :func:`binned_statistics` is built (the numpy path stands in without)."""
+    return _kernel is not None
 
 
 #: Rows of the compiled kernel's output (see ``_binned.c``).
