@@ -30,6 +30,7 @@ demo: install                ## drifting loan-approval workload -> monitor -> al
 bench: install               ## benchmark figures (see README, "Measured figures")
 	$(PY) bench/drift_engine.py
 	$(PY) bench/decode.py
+	$(PY) bench/core_profile.py
 	$(PY) bench/label_join.py
 	$(PY) bench/kafka_throughput.py
 	$(PY) bench/scale_out.py

@@ -9,8 +9,8 @@ topic, then, per window size, in the same run:
 - stream-monitor: the full monitor (decode, validate, columns, sketches, drift decisions, alerts, window
   reports) on the same topic, from the beginning, in a fresh consumer group, with the exactly-once
   path on: outputs, changed state and offsets committed in one Kafka transaction every ``--commit-interval``
-  seconds (default 1, as in production), and where its time went per stage (consume, decode, core, publish,
-  commit) in microseconds per event;
+  seconds (default 1, as in production), where its time went per stage (consume, decode, core, publish,
+  commit) in microseconds per event over the measured pass, and how long each transaction commit waited;
 - the cost of exactly-once: the same monitor committing only once at the end of the pass (``--commit-interval
   30``: one transaction), so the difference between the two is what the transactions and state writes cost.
 
@@ -49,6 +49,7 @@ from workload import make, model_config  # noqa: E402
 
 from stream_monitor.config import parse_config  # noqa: E402
 from stream_monitor.kafka.broker import kafka_broker  # noqa: E402
+from stream_monitor.kafka.checkpoint import Checkpointer  # noqa: E402
 from stream_monitor.kafka.clients import CONSUMER_DEFAULTS, consumer_config  # noqa: E402
 from stream_monitor.kafka.runner import MonitorService, tune_gc  # noqa: E402
 
@@ -120,6 +121,18 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
         "models": {"bench": model_config(window)},
     })
     svc = MonitorService(cfg, bootstrap, log_every_s=3600)
+    commits: list[float] = []  # wall seconds of each transaction commit of the measured pass
+    commit = Checkpointer.commit
+
+    def timed_commit(self: Checkpointer, *a: object, **k: object) -> None:
+        t = time.perf_counter()
+        try:
+            commit(self, *a, **k)
+        finally:
+            if t0 is not None:
+                commits.append(time.perf_counter() - t)
+
+    Checkpointer.commit = timed_commit  # type: ignore[method-assign]
     th = threading.Thread(target=svc.run, daemon=True)
     samples: list[tuple[int, float]] = []
     th.start()
@@ -142,10 +155,11 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
     stages = " | ".join(f"{k} {(v - stages0.get(k, 0.0)) / (n - first) * 1e6:.2f}"
                         for k, v in svc.stats.seconds.items()) + " (us per event)"
     samples.append((svc.stats.messages, rss_mib()))
-    windows, commits = svc.stats.windows, svc.stats.commits
+    windows, waits = svc.stats.windows, ", ".join(f"{c * 1e3:.0f}" for c in commits)
     svc.stop()
     th.join(30)
-    return (n - first) / dt, samples, f"{stages}; {windows} windows, {commits} transactions", \
+    Checkpointer.commit = commit  # type: ignore[method-assign]
+    return (n - first) / dt, samples, f"{stages}; {windows} windows; transaction commits waited {waits} ms", \
         cpu / (n - first) * 1e6
 
 

@@ -1,0 +1,118 @@
+"""Where the pure core's time goes per window, without a broker: the monitor's core on the benchmark model.
+
+Decodes the events of ``workload.py`` (30 features, ~790 bytes each) once with the monitor's decoder, then feeds
+the same batches of 5,000 to a fresh ``Monitor`` per pass (after a warm-up reference of 5,000 events) and
+reports, per window size, the core's microseconds per event and, per window, the time in each stage (timed
+around the calls, best of ``--rounds`` passes): the window evaluation (``evaluate_window``), and in it the binned
+statistics of a window and its evidence spans; pane updates are the rest of the core besides the window report
+(``to_dict``) and the alert policy. The binned statistics are timed with the compiled kernel and, in the same
+run, with the numpy functions it replaced (``stats.binned_statistics(compiled=False)``).
+
+    python bench/core_profile.py [--events 200000] [--windows 1000 5000 100] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from workload import make, model_config  # noqa: E402
+
+from stream_monitor.config import parse_config  # noqa: E402
+from stream_monitor.core import alerts, drift, monitor, stats  # noqa: E402
+from stream_monitor.core.events import PredictionDecoder  # noqa: E402
+from stream_monitor.kafka.runner import tune_gc  # noqa: E402
+
+BATCH = 5000
+
+
+def timed(obj: Any, name: str, acc: dict[str, float], label: str) -> Callable[[], None]:
+    """Wrap ``obj.name`` to add its wall time to ``acc[label]``; returns the undo."""
+    f = getattr(obj, name)
+
+    @functools.wraps(f)
+    def g(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
+
+    setattr(obj, name, g)
+    return lambda: setattr(obj, name, f)
+
+
+def one_pass(cfg: Any, batches: list[Any], compiled: bool | None) -> tuple[float, dict[str, float], int]:
+    acc: dict[str, float] = {}
+    binned = stats.binned_statistics
+    undo = [timed(monitor, "evaluate_window", acc, "window evaluation"),
+            timed(monitor.WindowResult, "to_dict", acc, "window report"),
+            timed(alerts.AlertPolicy, "update", acc, "alert policy")]
+    stats.binned_statistics = functools.partial(binned, compiled=compiled)  # type: ignore[assignment]
+    undo.append(lambda: setattr(stats, "binned_statistics", binned))
+    undo.append(timed(stats, "binned_statistics", acc, "  binned statistics"))  # undone first
+    try:
+        mon = monitor.Monitor(cfg)
+        warm = 5000 // BATCH  # the warm-up reference
+        for b in batches[:warm]:
+            mon.process_batch(b, [])
+        acc.clear()
+        windows = 0
+        t0 = time.perf_counter()
+        for b in batches[warm:]:
+            windows += len(mon.process_batch(b, []).results)
+        return time.perf_counter() - t0, acc, windows
+    finally:
+        for u in reversed(undo):
+            u()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--windows", type=int, nargs="+", default=[1000, 5000, 100])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    tune_gc()
+    rng = np.random.default_rng(0)
+    values = [orjson.dumps(e) for start in range(0, args.events, 10_000)
+              for e in make(min(10_000, args.events - start), rng, start)]
+    print(f"{len(values):,} events of the benchmark model, batches of {BATCH:,}, reference of 5,000 (warm-up), "
+          f"best of {args.rounds} passes; statistics kernel built: {stats.compiled()}")
+    for window in args.windows:
+        cfg = parse_config({"models": {"bench": model_config(window)}})
+        decoder = PredictionDecoder(cfg.models)
+        batches = [decoder.decode(values[i:i + BATCH]) for i in range(0, len(values), BATCH)]
+        events = len(values) - 5000
+        best: dict[str, tuple[float, dict[str, float], int]] = {}
+        for _ in range(args.rounds):  # alternating: the kernel, then the numpy functions
+            for label, compiled in (("kernel", None), ("numpy", False)):
+                got = one_pass(cfg, batches, compiled)
+                if label not in best or got[0] < best[label][0]:
+                    best[label] = got
+        dt, acc, windows = best["kernel"]
+        print(f"window {window:,}: core {dt / events * 1e6:.2f} us/event, {windows} windows, "
+              f"{dt / windows * 1e3:.3f} ms per window of which:")
+        rest = dt - sum(v for k, v in acc.items() if not k.startswith(" "))
+        order = ("window evaluation", "  binned statistics", "window report", "alert policy")
+        for label, v in [*((k, acc.get(k, 0.0)) for k in order), ("pane updates and the rest", rest)]:
+            print(f"  {label:28s} {v / windows * 1e3:7.3f} ms/window  {v / events * 1e6:6.2f} us/event")
+        dt_np, acc_np, _ = best["numpy"]
+        print(f"  with the numpy statistics:   binned {acc_np['  binned statistics'] / windows * 1e3:.3f} ms/window"
+              f" (kernel {acc['  binned statistics'] / windows * 1e3:.3f}), core {dt_np / events * 1e6:.2f} "
+              f"us/event (kernel {dt / events * 1e6:.2f})")
+
+
+if __name__ == "__main__":
+    main()
