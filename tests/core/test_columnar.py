@@ -200,16 +200,21 @@ def test_without_the_compiled_decoder_the_python_one_decides_and_asking_for_it_f
         PredictionDecoder(_models(), compiled=True)
 
 
-def test_the_service_says_when_it_runs_without_the_compiled_decoder(monkeypatch, caplog):
-    from stream_monitor.core import events
+@pytest.mark.parametrize("module, attr, says", [
+    ("events", "_columnar", "the compiled decoder is not built"),
+    ("stats", "_kernel", "the compiled statistics kernel is not built"),
+])
+def test_the_service_says_when_it_runs_without_a_compiled_part(monkeypatch, caplog, module, attr, says):
+    import importlib
+
     from stream_monitor.kafka.runner import MonitorService
 
     cfg = parse_config({"models": {"m": {"features": {"numeric": ["a"]}}}})
     MonitorService(cfg, "127.0.0.1:9")  # no broker needed to build it
-    assert "compiled decoder" not in caplog.text
-    monkeypatch.setattr(events, "_columnar", None)
+    assert "is not built" not in caplog.text
+    monkeypatch.setattr(importlib.import_module(f"stream_monitor.core.{module}"), attr, None)
     MonitorService(cfg, "127.0.0.1:9")
-    assert "the compiled decoder is not built" in caplog.text
+    assert says in caplog.text
 
 
 def test_a_huge_batch_then_small_ones_decode_alike():
