@@ -41,6 +41,23 @@ enum {
 
 enum { F_PSI = 1, F_CHI2 = 2, F_JS = 4, F_HEL = 8, F_RANK = 16 };
 
+/* Releases the buffers a successful PyArg_ParseTuple filled (it releases them itself when it fails). */
+static void release(Py_buffer *const *bufs, size_t n) {
+    for (size_t i = 0; i < n; i++) PyBuffer_Release(bufs[i]);
+}
+
+/* The reference's and the window's events of one (row, feature): the sums of its valid pooled slots. */
+static void pooled_sums(const double *a, const double *c, const uint8_t *vv, Py_ssize_t B1, double *n, double *w) {
+    double sn = 0.0, sw = 0.0;
+    for (Py_ssize_t b = 0; b < B1; b++)
+        if (vv[b]) {
+            sn += a[b];
+            sw += c[b];
+        }
+    *n = sn;
+    *w = sw;
+}
+
 static int check(Py_buffer *b, Py_ssize_t items, Py_ssize_t size, const char *what) {
     if (b->len != items * size) {
         PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", what, b->len, items * size);
@@ -188,13 +205,7 @@ static PyObject *binned(PyObject *self, PyObject *args) {
     }
     res = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&ref);
-    PyBuffer_Release(&cur);
-    PyBuffer_Release(&valid);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&rc);
-    PyBuffer_Release(&cc);
-    PyBuffer_Release(&v);
+    release((Py_buffer *const[]){&ref, &cur, &valid, &out, &rc, &cc, &v}, 7);
     return res;
 }
 
@@ -226,12 +237,8 @@ static PyObject *shift_inputs(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < RF; i++) {
             const double *a = pr + i * B1, *c = pc + i * B1;
             const uint8_t *vv = pv + i * B1;
-            double n = 0.0, m = 0.0;
-            for (Py_ssize_t b = 0; b < B1; b++)
-                if (vv[b]) {
-                    n += a[b];
-                    m += c[b];
-                }
+            double n, m;
+            pooled_sums(a, c, vv, B1, &n, &m);
             double total = n + m;
             for (Py_ssize_t b = 0; b < B1; b++) {
                 double x = vv[b] ? c[b] : 0.0, t = (vv[b] ? a[b] : 0.0) + x;
@@ -256,15 +263,7 @@ static PyObject *shift_inputs(PyObject *self, PyObject *args) {
         res = PyLong_FromSsize_t(k);
     }
 done:
-    PyBuffer_Release(&rc);
-    PyBuffer_Release(&cc);
-    PyBuffer_Release(&v);
-    PyBuffer_Release(&bk);
-    PyBuffer_Release(&bn);
-    PyBuffer_Release(&bp);
-    PyBuffer_Release(&fpc);
-    PyBuffer_Release(&ok);
-    PyBuffer_Release(&idx);
+    release((Py_buffer *const[]){&rc, &cc, &v, &bk, &bn, &bp, &fpc, &ok, &idx}, 9);
     return res;
 }
 
@@ -290,13 +289,9 @@ static PyObject *shift_pick(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < RF; i++) {
             const double *a = pr + i * B1, *c = pc + i * B1;
             const uint8_t *vv = pv + i * B1;
-            double n = 0.0, w = 0.0, best = INFINITY, used = 0.0;
+            double n, w, best = INFINITY, used = 0.0;
             Py_ssize_t level = 0;
-            for (Py_ssize_t b = 0; b < B1; b++)
-                if (vv[b]) {
-                    n += a[b];
-                    w += c[b];
-                }
+            pooled_sums(a, c, vv, B1, &n, &w);
             /* numpy's argmin over the slots, unused ones holding 1: the first smallest */
             for (Py_ssize_t b = 0; b < B1; b++) {
                 double pb = 1.0;
@@ -323,12 +318,7 @@ static PyObject *shift_pick(PyObject *self, PyObject *args) {
     }
     res = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&p);
-    PyBuffer_Release(&idx);
-    PyBuffer_Release(&rc);
-    PyBuffer_Release(&cc);
-    PyBuffer_Release(&v);
-    PyBuffer_Release(&out);
+    release((Py_buffer *const[]){&p, &idx, &rc, &cc, &v, &out}, 6);
     return res;
 }
 
