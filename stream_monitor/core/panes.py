@@ -137,22 +137,22 @@ class ModelPanes:
             for at in range(0, cols.n, RAW_CHUNK_EVENTS):
                 self._out.append({"raw": cols.take(slice(at, at + RAW_CHUNK_EVENTS)).to_dict()})
             return
+        batch = PaneInput(self.reference.binning, cols)
         if self.by_time:
             idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
             for p in np.unique(idx).tolist():
                 piece = self._open.get(p)
                 if piece is None:
                     piece = self._open[p] = self._new_piece()
-                piece.update(cols.take(idx == p))
+                piece.update_rows(batch, np.flatnonzero(idx == p))
             return
         at = 0
-        batch = PaneInput(self.reference.binning, cols) if cols.n else None  # type: ignore[union-attr]
         while at < cols.n:
             piece = self._open.get(0)
             if piece is None:
                 piece = self._open[0] = self._new_piece()
             take = min(self.piece_events - piece.n, cols.n - at)
-            piece.update_rows(batch, at, at + take)  # type: ignore[arg-type]
+            piece.update_rows(batch, slice(at, at + take))
             at += take
             if piece.n >= self.piece_events:
                 self._emit_piece(None, self._open.pop(0))

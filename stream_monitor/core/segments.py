@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from .columns import Columns
 from .sketches import Binning, Pane, PaneInput
 
@@ -135,8 +137,8 @@ class SegmentedPane(Pane):
             self.slices[i].update(part)
         return self
 
-    def update_rows(self, batch: PaneInput, lo: int, hi: int) -> SegmentedPane:
-        return self.update(batch.cols.take(slice(lo, hi))) if hi > lo else self
+    def update_rows(self, batch: PaneInput, rows: slice | np.ndarray) -> SegmentedPane:
+        return self.update(batch.cols.take(rows))
 
     @classmethod
     def merge(cls, panes: Sequence[Pane], cap: int) -> SegmentedPane:  # type: ignore[override]

@@ -300,63 +300,63 @@ class Pane:
     def update(self, cols: Columns) -> Pane:
         """Add a batch of events (all features at once)."""
         if cols.n:
-            self._add(PaneInput(self.binning, cols), 0, cols.n)
+            self._add(PaneInput(self.binning, cols), slice(0, cols.n))
         return self
 
-    def update_rows(self, batch: PaneInput, lo: int, hi: int) -> Pane:
-        """Add rows ``lo:hi`` of a prepared batch: a batch cut into several panes (windows closing inside it)
-        bins its values once, and each pane only counts its rows."""
-        if hi <= lo:
-            return self
+    def update_rows(self, batch: PaneInput, rows: slice | np.ndarray) -> Pane:
+        """Add some rows of a prepared batch (a slice, or row positions in increasing order): a batch cut into
+        several panes (windows closing inside it) bins its values once, and each pane only counts its rows."""
         if batch.binning is not self.binning:  # binned under another reference: bin these rows afresh
-            return self.update(batch.cols.take(slice(lo, hi)))
-        self._add(batch, lo, hi)
+            return self.update(batch.cols.take(rows))
+        if batch.cols.event_time[rows].size:
+            self._add(batch, rows)
         return self
 
-    def _add(self, b: PaneInput, lo: int, hi: int) -> None:
+    def _add(self, b: PaneInput, rows: slice | np.ndarray) -> None:
         cols = b.cols
+        t = cols.event_time[rows]
         self.stamp = next(Pane._stamps)
-        self.n += hi - lo
-        t = cols.event_time[lo:hi]
+        self.n += t.size
         self.t_min = min(self.t_min, float(t.min()))
         self.t_max = max(self.t_max, float(t.max()))
         enc = cols.codes
         if enc is not None:  # dictionary-encoded by the decoder: one bincount
-            names, counts, _ = enc.take(slice(lo, hi)).version_counts()
+            names, counts, _ = enc.take(rows).version_counts()
             versions = zip(names, counts.tolist())
         else:
-            versions = Counter(cols.model_version[lo:hi].tolist()).items()  # counted in C
+            versions = Counter(cols.model_version[rows].tolist()).items()  # counted in C
         for v, count in versions:  # clipped per distinct value
             self.versions[clip(v)] += count
-        self.latency += LatencySketch.bincount(b.latency_bucket[lo:hi])
-        self._add_numeric(b, lo, hi)
-        self._add_categorical(b, lo, hi)
+        self.latency += LatencySketch.bincount(b.latency_bucket[rows])
+        self._add_numeric(b, rows, t.size)
+        self._add_categorical(b, rows)
 
-    def _add_numeric(self, b: PaneInput, lo: int, hi: int) -> None:
+    def _add_numeric(self, b: PaneInput, rows: slice | np.ndarray, n: int) -> None:
         k = len(self.binning.numeric)
         if k == 0:
             return
         bins = self.num_counts.shape[1]
-        counts = np.bincount(b.num_flat[:, lo:hi].ravel(), minlength=k * bins).reshape(k, bins)
-        nan_count = np.count_nonzero(b.num_nan[:, lo:hi], axis=1)
+        nan = b.num_nan[:, rows]
+        counts = np.bincount(b.num_flat[:, rows].ravel(), minlength=k * bins).reshape(k, bins)
+        nan_count = np.count_nonzero(nan, axis=1)
         counts[:, 0] -= nan_count  # a missing value compares false with every edge: it landed in bin 0
         self.num_counts += counts
-        err = b.cols.numeric_type_error[lo:hi]
+        err = b.cols.numeric_type_error[rows]
         if err.any():  # rare: wrong types are NaN too, but not missing
             self.num_type_error += err.sum(axis=0)
-            self.num_missing += np.count_nonzero(b.num_nan[:, lo:hi] & ~err.T, axis=1)
+            self.num_missing += np.count_nonzero(nan & ~err.T, axis=1)
         else:
             self.num_missing += nan_count
-        self.num_out_of_range += np.count_nonzero(b.num_out_of_range[:, lo:hi], axis=1)
-        self.seen += hi - lo
+        self.num_out_of_range += np.count_nonzero(b.num_out_of_range[:, rows], axis=1)
+        self.seen += n
         self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys),
-                                                           (b.cols.numeric[lo:hi], b.cols.key[lo:hi])])
+                                                           (b.cols.numeric[rows], b.cols.key[rows])])
 
-    def _add_categorical(self, b: PaneInput, lo: int, hi: int) -> None:
+    def _add_categorical(self, b: PaneInput, rows: slice | np.ndarray) -> None:
         binning = self.binning
         cols = b.cols
         other = binning.n_cat_slots - 1
-        errors = cols.categorical_type_error[lo:hi].sum(axis=0)
+        errors = cols.categorical_type_error[rows].sum(axis=0)
         self.cat_type_error += errors
         errors_l = errors.tolist()
         # Per feature, never per event: the columns the decoder encoded are counted from their rows' slots in
@@ -364,24 +364,24 @@ class Pane:
         e = b.encoded
         if e:
             width = self.cat_counts.shape[1]
-            slots = b.cat_slot[lo:hi]
+            slots = b.cat_slot[rows]
             counted = np.bincount(slots.ravel(), minlength=e * width + 1)[: e * width].reshape(e, width)
             self.cat_counts[:e] += counted
             self.cat_missing[:e] += np.count_nonzero(slots == e * width, axis=0) - errors[:e]
-            new = b.cat_new[lo:hi]
+            new = b.cat_new[rows]
             new_count = np.count_nonzero(new, axis=0)
             self.cat_new[:e] += new_count
             for j in np.flatnonzero(new_count).tolist():
                 ex = self.new_examples[j]
                 if len(ex) < _MAX_NEW_EXAMPLES:  # the values in code order, as counted
                     vals = cols.codes.values[j]  # type: ignore[union-attr]
-                    for i in np.unique(cols.codes.codes[lo:hi, j][new[:, j]]).tolist():  # type: ignore[union-attr]
+                    for i in np.unique(cols.codes.codes[rows, j][new[:, j]]).tolist():  # type: ignore[union-attr]
                         if len(ex) >= _MAX_NEW_EXAMPLES:
                             break
                         ex.add(clip(vals[i]))
         for j in range(e, len(binning.categorical)):
             vocab = binning._vocab[j]
-            counter = Counter(cols.categorical[lo:hi, j].tolist())
+            counter = Counter(cols.categorical[rows, j].tolist())
             missing = counter.pop(None, 0)
             values = list(counter)
             self.cat_missing[j] += missing - errors_l[j]  # wrong types were set to None

@@ -84,7 +84,7 @@ class CountWindows(_Panes):
         batch = PaneInput(self.binning, cols) if cols.n else None
         while at < cols.n:
             take = min(self.pane_size - self._current.n, cols.n - at)
-            self._current.update_rows(batch, at, at + take)  # type: ignore[arg-type]
+            self._current.update_rows(batch, slice(at, at + take))  # type: ignore[arg-type]
             at += take
             if self._current.n == self.pane_size:
                 self._panes.append(self._current)
@@ -153,11 +153,12 @@ class TimeWindows(_Panes):
                 self.late_events += int(late.sum())
                 keep = ~late
                 cols, idx = cols.take(keep), idx[keep]
+            batch = PaneInput(self.binning, cols)
             for p in np.unique(idx).tolist():
                 pane = self._panes.get(p)
                 if pane is None:
                     pane = self._panes[p] = self._new_pane()
-                pane.update(cols.take(idx == p))
+                pane.update_rows(batch, np.flatnonzero(idx == p))
             self._max_t = max(self._max_t, float(t.max()))
         return self._close()
 
@@ -360,8 +361,9 @@ class MergedTimeWindows(TimeWindows):
     def add_columns(self, cols: Columns) -> None:
         """Raw events (forwarded before the sources had the reference): binned here, as pieces per pane."""
         idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
+        batch = PaneInput(self.binning, cols)
         for p in np.unique(idx).tolist():
-            self.add_piece(int(p), self._new_pane().update(cols.take(idx == p)))
+            self.add_piece(int(p), self._new_pane().update_rows(batch, np.flatnonzero(idx == p)))
 
     def advance(self, source: int, stamp: float, watermark: float | None) -> list[ClosedWindow]:
         self.clock.advance(source, stamp, watermark)

@@ -196,8 +196,12 @@ def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row
         one = Pane(binning, cap=300)
         for lo, hi in zip(cuts, cuts[1:]):
             sliced, fresh = Pane(binning, cap=300).update(cols.take(slice(lo, hi))), Pane(binning, cap=300)
-            assert fresh.update_rows(prepared, lo, hi).snapshot() == sliced.snapshot()
-            one.update_rows(prepared, lo, hi)
+            assert fresh.update_rows(prepared, slice(lo, hi)).snapshot() == sliced.snapshot()
+            one.update_rows(prepared, slice(lo, hi))
         assert one.snapshot() == Pane(binning, cap=300).update(cols).snapshot()
+        rows = np.flatnonzero(cols.key % 3 == 0)  # row positions (time windows' panes), not a slice
+        picked = Pane(binning, cap=300).update_rows(prepared, rows)
+        assert picked.snapshot() == Pane(binning, cap=300).update(cols.take(rows)).snapshot()
+        assert Pane(binning, cap=300).update_rows(prepared, rows[:0]).n == 0
         assert one.cat_new.sum() > 0 and one.num_missing[0] > 0 and one.num_out_of_range.sum() > 0
         assert (one.num_type_error[0] > 0) == oddities and one.latency.sum() > 0
