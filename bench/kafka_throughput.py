@@ -26,6 +26,7 @@ flat however long the stream runs). ``--pin 0:1`` puts the broker on CPU 0 and t
 
     python bench/kafka_throughput.py [--events 1000000] [--windows 1000 5000 100] [--rounds 3]
                                      [--commit-interval 1] [--rss-events 1000000] [--pin 0:1]
+                                     [--decode-ahead]
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None) -> tu
     return (n - first) / dt, cpu / (n - first) * 1e6
 
 
-def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
+def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float, decode_ahead: bool = False
               ) -> tuple[float, list[tuple[int, float]], str, float]:
     """Events/s, RSS samples, where the time went (per stage, from the first processed batch on, as the rate)
     and the CPU microseconds per event of its thread."""
@@ -117,7 +118,7 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float
         "topics": {"predictions": topic, "alerts": f"bench-{run}.alerts", "breaker": f"bench-{run}.breaker",
                    "dead_letter": f"bench-{run}.dlq", "state": f"bench-{run}.state",
                    "metrics": f"bench-{run}.metrics", "join": f"bench-{run}.join", "partitions": 1},
-        "batch": {"max_messages": 5000, "timeout_s": 0.5},
+        "batch": {"max_messages": 5000, "timeout_s": 0.5, "decode_ahead": decode_ahead},
         "models": {"bench": model_config(window)},
     })
     svc = MonitorService(cfg, bootstrap, log_every_s=3600)
@@ -202,6 +203,8 @@ def main() -> None:
                     help="events of the final long pass that samples the monitor's RSS (0: skip it)")
     ap.add_argument("--pin", metavar="BROKER_CPU:MONITOR_CPU", help="pin the local broker and this process "
                     "to separate CPUs (as taskset would), e.g. 0:1")
+    ap.add_argument("--decode-ahead", action="store_true", help="each round also runs the monitor with "
+                    "batch.decode_ahead (the next batch parsed on a second thread), and prints its ratio")
     args = ap.parse_args()
     tune_gc()  # the monitor's garbage-collector settings, for both passes: the baseline gets them too
     with kafka_broker() as bootstrap:
@@ -215,7 +218,7 @@ def main() -> None:
         print(f"for scale, the bare loop with librdkafka's default fetch settings: {default_rate:,.0f} events/s",
               flush=True)
         for window in args.windows:
-            ratios, costs, cpu_ratios = [], [], []
+            ratios, costs, cpu_ratios, ahead_ratios = [], [], [], []
             for r in range(args.rounds):
                 base, base_cpu = bare(bootstrap, topic, args.events)
                 rate, _, stages, cpu = monitored(bootstrap, topic, args.events, window, args.commit_interval)
@@ -229,10 +232,16 @@ def main() -> None:
                 print(f"  CPU of the consuming thread per event: bare {base_cpu:.2f} us, monitor {cpu:.2f} us",
                       flush=True)
                 print(f"  where the monitor's time went: {stages}", flush=True)
+                if args.decode_ahead:
+                    ahead, _, stages, _ = monitored(bootstrap, topic, args.events, window, args.commit_interval, True)
+                    ahead_ratios.append(ahead / base)
+                    print(f"  with batch.decode_ahead: {ahead:9,.0f} events/s, ratio {ahead / base:.2f}; "
+                          f"{stages}", flush=True)
             print(f"window {window}: median ratio {float(np.median(ratios)):.2f} (bar: >= 0.80), CPU ratio "
                   f"{float(np.median(cpu_ratios)):.2f}; exactly-once cost (transactions every "
                   f"{args.commit_interval:g}s vs one per pass) median {100 * float(np.median(costs)):.0f} % of "
-                  "throughput", flush=True)
+                  "throughput" + (f"; with batch.decode_ahead median ratio {float(np.median(ahead_ratios)):.2f}"
+                                  if ahead_ratios else ""), flush=True)
         if args.rss_events:
             rate, samples, _, _ = monitored(bootstrap, topic, args.rss_events, args.windows[0],
                                             args.commit_interval)

@@ -1,9 +1,15 @@
 /* Prediction events from JSON bytes straight into columns: the compiled decoder.
  *
  * One call takes a batch of message values and, for each configured model, fills the column buffers the
- * monitor works on (numeric features as float64; categorical values and the model version dictionary-encoded:
- * one shared str per distinct value and an int32 code per row; the envelope fields; the 64-bit event keys of
- * core/keys.py). No dict, float or Struct object is built per event.
+ * monitor works on (numeric features as float64; categorical values, the model version and class predictions
+ * dictionary-encoded: one shared str per distinct value and an int32 code per row; the envelope fields; the
+ * 64-bit event keys of core/keys.py). No dict, float or Struct object is built per event.
+ *
+ * A call has two phases. The parse reads every message into plain C buffers (numbers, codes, and the byte
+ * ranges of ids, string predictions and segments within their messages) without the GIL, so other Python
+ * threads run meanwhile: the service parses the next batch while the previous one is in the core. Then, with
+ * the GIL, the few Python objects the caller needs are made from those buffers: the distinct strings, each
+ * event's id, prediction and score. A Decoder runs one call at a time (a second thread's call is refused).
  *
  * It accepts only the common, valid event and leaves everything else to the Python decoder: a message it
  * does not take is reported back by position ("declined") and decided by the general path, so the outcome
@@ -11,37 +17,32 @@
  * in the fields it reads, a value of an unexpected type (a data-quality fact the Python path counts),
  * timestamps given as ISO strings or out of the plausible range, unknown models, duplicate known keys or
  * features, ids longer than 128 characters, integers of more than 18 digits where an int is kept, \u escapes
- * anywhere, nesting deeper than 64, invalid UTF-8.
+ * anywhere, nesting deeper than 64, invalid UTF-8 (as Python's strict decoder sees it).
  *
  * Numbers are converted with correct rounding (the same double as Python's float(text)): by one exact
  * floating-point operation when the digits fit in 53 bits and the power of ten is exact; for up to 19
  * significant digits, by an exact 128-bit product (positive powers) or a 128-bit reciprocal of the power of
  * five (negative ones; exact 128-bit division when that product lies within a unit of a rounding boundary);
- * beyond, by Python's own conversion.
+ * beyond, by the C library's correctly rounded strtod in the C locale (elsewhere than glibc: declined).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <locale.h>
+#endif
 
 typedef unsigned __int128 u128;
 
-enum { TAKE = 0, DECLINE = 1, FAIL = -1 }; /* FAIL: a Python exception is set */
+enum { TAKE = 0, DECLINE = 1, FAIL = -1 }; /* FAIL: out of memory (the parse), or a Python exception is set */
 
 #define MAX_DEPTH 64
 #define MAX_ID_CHARS 128
 #define CACHE_SLOTS 4096
 #define CACHE_MAX_LEN 64
-
-/* ---- string cache: categorical values, versions, class predictions repeat; one str object each ---- */
-
-typedef struct {
-    PyObject *obj;
-    uint64_t hash;
-    Py_ssize_t len;
-    const char *utf8; /* the object's own UTF-8 buffer */
-} Slot;
 
 /* Short strings compared inline (a libc call costs more than the compare). */
 static inline int same(const char *a, const char *b, Py_ssize_t n) {
@@ -57,26 +58,90 @@ static uint64_t fnv1a(const char *s, Py_ssize_t n) {
     return h;
 }
 
-/* ---- per model: feature name lookup and the output buffers ---- */
+/* ---- UTF-8, checked as Python's strict decoder does (no GIL needed) ---- */
 
-/* Dictionary encoding of one string column within a call: the distinct objects and a code per row. Equal
- * strings are one object (the cache), so the table is keyed by the object; two objects of one value (a cache
- * slot reused within a call) only make two codes of one value, which the reader adds up. */
+/* The code point at s[*i] (advancing *i), or -1 when the bytes there are not valid UTF-8: truncated or
+ * stray continuation bytes, overlong forms, surrogates, beyond U+10FFFF. */
+static inline int32_t next_code_point(const unsigned char *s, Py_ssize_t n, Py_ssize_t *i) {
+    unsigned char c = s[*i];
+    if (c < 0x80) {
+        (*i)++;
+        return c;
+    }
+    int len;
+    uint32_t cp, min;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2, cp = c & 0x1F, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+        len = 3, cp = c & 0x0F, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return -1;
+    }
+    if (*i + len > n) return -1;
+    for (int k = 1; k < len; k++) {
+        unsigned char cc = s[*i + k];
+        if ((cc & 0xC0) != 0x80) return -1;
+        cp = (cp << 6) | (cc & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+    *i += len;
+    return (int32_t)cp;
+}
+
+/* Is s[0, n) valid UTF-8? Its code points counted in *chars (when not NULL). */
+static int utf8_ok(const char *s, Py_ssize_t n, Py_ssize_t *chars) {
+    Py_ssize_t i = 0, count = 0;
+    while (i < n) {
+        if (next_code_point((const unsigned char *)s, n, &i) < 0) return 0;
+        count++;
+    }
+    if (chars) *chars = count;
+    return 1;
+}
+
+/* ---- string cache: categorical values, versions, class predictions repeat; one str object each (GIL) ---- */
+
 typedef struct {
-    PyObject **keys; /* borrowed: the values list holds them */
-    int32_t *codes;
+    PyObject *obj;
+    uint64_t hash;
+    Py_ssize_t len;
+    const char *utf8; /* the object's own UTF-8 buffer */
+} Slot;
+
+/* ---- dictionary encoding of one string column within a call (no GIL) ---- */
+
+typedef struct {
+    const char *s; /* in a message of the call; NULL: missing */
+    Py_ssize_t n;
+    uint64_t hash;
+    int high; /* has non-ASCII bytes (already checked to be valid UTF-8) */
+} Key;
+
+/* The distinct values of a column in order of first appearance (their index is the code), found by their
+ * bytes through an open-addressing table. */
+typedef struct {
+    int32_t *slots; /* code + 1, 0 = empty */
     uint32_t mask;
-    PyObject *values; /* list, in order of first appearance */
+    Key *keys;
+    int32_t count, cap;
 } Dict;
 
 typedef struct {
     Py_ssize_t n, cap;
     int64_t *pos;
-    double *t, *num, *lat;
+    double *t, *num, *lat, *score;
     uint64_t *key;
     int32_t *codes; /* (n, c + 1): each categorical feature's code, then the model version's; -1 = missing */
-    PyObject *ids, *preds, *scores, *segments; /* lists */
+    /* read back with the GIL into the objects the caller gets */
+    const char **id, **seg; /* the id's bytes, the segment object's bytes (NULL: none) */
+    int32_t *id_len, *seg_len;
+    uint8_t *flags; /* ID_HIGH, HAS_SCORE, and the prediction's kind */
+    union pred { int64_t i; double f; int32_t code; } *pred;
 } Out;
+
+enum { ID_HIGH = 1, HAS_SCORE = 2, PRED_STR = 4, PRED_INT = 8, PRED_FLOAT = 16 };
 
 typedef struct {
     char *name;
@@ -89,7 +154,7 @@ typedef struct {
     int32_t *guess; /* the feature seen at each key position of the previous event */
     int segments;   /* keep the segment object (the model has segment keys) */
     Out out;
-    Dict *dicts;    /* c + 1: the categorical features, then the model version */
+    Dict *dicts;    /* c + 2: the categorical features, the model version, class predictions */
 } Model;
 
 typedef struct {
@@ -97,10 +162,11 @@ typedef struct {
     int nmodels;
     Model *models;
     Slot *cache;
+    int busy; /* a call is running (its parse without the GIL) */
     /* per-event scratch, sized for the widest model */
     int maxf;
     double *row;
-    PyObject **catrow;
+    Key *catrow;
     uint32_t *seen;
     uint32_t stamp;
 } Decoder;
@@ -150,46 +216,30 @@ static int string_field(Cur *c, const char **s, Py_ssize_t *n, int *high) {
     return plain_string(c, s, n, high);
 }
 
-/* Is this UTF-8 valid, as Python's strict decoder and JSON parsers see it? */
-static int valid_utf8(const char *s, Py_ssize_t n) {
-    PyObject *u = PyUnicode_DecodeUTF8(s, n, "strict");
-    if (u == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(u);
+/* A plain string value whose bytes are valid UTF-8. */
+static int text_field(Cur *c, const char **s, Py_ssize_t *n, int *high) {
+    if (string_field(c, s, n, high) != TAKE) return DECLINE;
+    return *high && !utf8_ok(*s, *n, NULL) ? DECLINE : TAKE;
+}
+
+#ifdef __GLIBC__
+static locale_t c_locale; /* made at import */
+#endif
+
+/* A number token too long for the exact paths: strtod of glibc rounds correctly; in the C locale the decimal
+ * point is '.' whatever the process's locale. 0: not finite, or no such conversion here. */
+static int long_number(const char *buf, Py_ssize_t len, double *out) {
+#ifdef __GLIBC__
+    if (c_locale == (locale_t)0) return 0;
+    char *end;
+    double r = strtod_l(buf, &end, c_locale);
+    if (end != buf + len || !isfinite(r)) return 0;
+    *out = r;
     return 1;
-}
-
-static PyObject *new_str(const char *s, Py_ssize_t n, int high) {
-    PyObject *u = high ? PyUnicode_DecodeUTF8(s, n, "strict") : PyUnicode_FromStringAndSize(s, n);
-    if (u == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
-    return u; /* NULL: declined when no exception is set */
-}
-
-static PyObject *cached_str(Decoder *d, const char *s, Py_ssize_t n, int high) {
-    if (n > CACHE_MAX_LEN) return new_str(s, n, high);
-    uint64_t h = fnv1a(s, n);
-    Slot *slot = &d->cache[h & (CACHE_SLOTS - 1)];
-    if (slot->obj != NULL && slot->hash == h && slot->len == n && same(slot->utf8, s, n)) {
-        Py_INCREF(slot->obj);
-        return slot->obj;
-    }
-    PyObject *u = new_str(s, n, high);
-    if (u == NULL) return NULL;
-    Py_ssize_t len;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(u, &len);
-    if (utf8 == NULL) {
-        Py_DECREF(u);
-        return NULL;
-    }
-    Py_XDECREF(slot->obj);
-    Py_INCREF(u);
-    slot->obj = u;
-    slot->hash = h;
-    slot->len = len;
-    slot->utf8 = utf8;
-    return u;
+#else
+    (void)buf, (void)len, (void)out;
+    return 0;
+#endif
 }
 
 /* ---- numbers ---- */
@@ -376,12 +426,8 @@ static int number(Cur *c, Number *out) {
         if (len >= (Py_ssize_t)sizeof buf) return DECLINE;
         memcpy(buf, start, (size_t)len);
         buf[len] = 0;
-        double r = PyOS_string_to_double(buf, NULL, NULL);
-        if (r == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return DECLINE;
-        }
-        if (!isfinite(r)) return DECLINE;
+        double r;
+        if (!long_number(buf, len, &r)) return DECLINE;
         out->value = r;
         return TAKE;
     }
@@ -400,7 +446,7 @@ static int skip_string(Cur *c) {
     for (; p < end; p++) {
         unsigned char ch = (unsigned char)*p;
         if (ch == '"') {
-            if (high && !valid_utf8(s, p - s)) return DECLINE;
+            if (high && !utf8_ok(s, p - s, NULL)) return DECLINE;
             c->p = p + 1;
             return TAKE;
         }
@@ -457,7 +503,7 @@ static int skip_value(Cur *c, int depth) {
     }
 }
 
-/* ---- one event ---- */
+/* ---- one event (no GIL) ---- */
 
 enum { K_ID = 1, K_MODEL = 2, K_VERSION = 4, K_TIME = 8, K_FEATURES = 16, K_PRED = 32, K_SCORE = 64,
        K_LATENCY = 128, K_SEGMENT = 256 };
@@ -481,7 +527,7 @@ static int find_feature(Model *m, const char *s, Py_ssize_t n, int at) {
     }
 }
 
-/* The features object of model m into d->row / d->catrow (already reset to NaN / NULL). */
+/* The features object of model m into d->row / d->catrow (already reset to NaN / missing). */
 static int features(Decoder *d, Model *m, Cur *c) {
     ws(c);
     if (c->p >= c->end || *c->p != '{') return DECLINE;
@@ -495,7 +541,7 @@ static int features(Decoder *d, Model *m, Cur *c) {
         if (string_field(c, &s, &n, &high) != TAKE || !eat(c, ':')) return DECLINE;
         int f = find_feature(m, s, n, at);
         if (f < 0) {
-            if (high && !valid_utf8(s, n)) return DECLINE;
+            if (high && !utf8_ok(s, n, NULL)) return DECLINE;
             if (skip_value(c, 2) != TAKE) return DECLINE;
         } else {
             if (d->seen[f] == stamp) return DECLINE; /* a duplicate: the Python path decides */
@@ -511,13 +557,9 @@ static int features(Decoder *d, Model *m, Cur *c) {
                 d->row[f] = num.value;
             } else {
                 if (ch != '"') return DECLINE;
-                const char *v;
-                Py_ssize_t vn;
-                int vh;
-                if (plain_string(c, &v, &vn, &vh) != TAKE) return DECLINE;
-                PyObject *u = cached_str(d, v, vn, vh);
-                if (u == NULL) return PyErr_Occurred() ? FAIL : DECLINE;
-                d->catrow[f - m->k] = u;
+                Key *v = &d->catrow[f - m->k];
+                if (plain_string(c, &v->s, &v->n, &v->high) != TAKE) return DECLINE;
+                if (v->high && !utf8_ok(v->s, v->n, NULL)) return DECLINE;
             }
         }
         if (eat(c, ',')) continue;
@@ -525,54 +567,38 @@ static int features(Decoder *d, Model *m, Cur *c) {
     }
 }
 
-/* The segment object (keys and values strings) as a dict in *out; null leaves *out NULL. Built even when the
- * model (maybe not read yet) keeps no segments: a rare field. */
-static int segment(Decoder *d, Cur *c, PyObject **out) {
+/* The segment object: keys and values plain strings (the dict is built with the GIL, from its bytes in
+ * *s, *n); null leaves *s NULL. Checked even when the model (maybe not read yet) keeps no segments. */
+static int segment_bytes(Cur *c, const char **s, Py_ssize_t *n) {
     ws(c);
     if (c->p < c->end && *c->p == 'n') return literal(c, "null", 4);
     if (c->p >= c->end || *c->p != '{') return DECLINE;
-    c->p++;
-    PyObject *dict = PyDict_New();
-    if (dict == NULL) return FAIL;
-    int rc = DECLINE;
-    if (eat(c, '}')) {
-        rc = TAKE;
-        goto done;
-    }
-    for (;;) {
-        const char *s, *v;
-        Py_ssize_t n, vn;
-        int high, vh;
-        if (string_field(c, &s, &n, &high) != TAKE || !eat(c, ':') || string_field(c, &v, &vn, &vh) != TAKE)
-            goto done;
-        PyObject *key = cached_str(d, s, n, high), *val = key ? cached_str(d, v, vn, vh) : NULL;
-        int err = key == NULL || val == NULL || PyDict_SetItem(dict, key, val) < 0;
-        Py_XDECREF(key);
-        Py_XDECREF(val);
-        if (err) {
-            rc = PyErr_Occurred() ? FAIL : DECLINE;
-            goto done;
+    const char *start = c->p++;
+    if (!eat(c, '}'))
+        for (;;) {
+            const char *k, *v;
+            Py_ssize_t kn, vn;
+            int kh, vh;
+            if (text_field(c, &k, &kn, &kh) != TAKE || !eat(c, ':') || text_field(c, &v, &vn, &vh) != TAKE)
+                return DECLINE;
+            if (eat(c, ',')) continue;
+            if (!eat(c, '}')) return DECLINE;
+            break;
         }
-        if (eat(c, ',')) continue;
-        rc = eat(c, '}') ? TAKE : DECLINE;
-        goto done;
-    }
-done:
-    if (rc == TAKE) *out = dict;
-    else Py_DECREF(dict);
-    return rc;
+    *s = start;
+    *n = c->p - start;
+    return TAKE;
 }
 
-/* The key of core/keys.py: FNV-1a over the id's code points (NUL skipped), SplitMix64 finaliser. */
-static int event_key(PyObject *id, uint64_t *key) {
-    Py_ssize_t n = PyUnicode_GET_LENGTH(id);
-    if (n > MAX_ID_CHARS) return DECLINE;
-    int kind = PyUnicode_KIND(id);
-    const void *data = PyUnicode_DATA(id);
+/* The key of core/keys.py from the id's UTF-8 bytes: FNV-1a over its code points (NUL skipped), SplitMix64
+ * finaliser. Declined: invalid UTF-8, more than MAX_ID_CHARS code points. */
+static int event_key(const char *s, Py_ssize_t n, uint64_t *key) {
     uint64_t h = 0xcbf29ce484222325ULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
-        if (ch != 0) h = (h ^ ch) * 0x100000001b3ULL;
+    Py_ssize_t i = 0, chars = 0;
+    while (i < n) {
+        int32_t ch = next_code_point((const unsigned char *)s, n, &i);
+        if (ch < 0 || ++chars > MAX_ID_CHARS) return DECLINE;
+        if (ch != 0) h = (h ^ (uint32_t)ch) * 0x100000001b3ULL;
     }
     h ^= h >> 30;
     h *= 0xbf58476d1ce4e5b9ULL;
@@ -583,109 +609,118 @@ static int event_key(PyObject *id, uint64_t *key) {
 }
 
 static int dict_init(Dict *t, uint32_t size) {
-    t->keys = PyMem_Calloc(size, sizeof *t->keys);
-    t->codes = PyMem_Malloc(size * sizeof *t->codes);
+    t->slots = PyMem_RawCalloc(size, sizeof *t->slots);
     t->mask = size - 1;
-    if (t->values == NULL) t->values = PyList_New(0);
-    if (!t->keys || !t->codes) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return t->values ? 0 : -1;
+    t->count = 0;
+    return t->slots ? 0 : -1;
 }
 
 static void dict_free(Dict *t) {
-    PyMem_Free(t->keys);
-    PyMem_Free(t->codes);
-    t->keys = NULL;
-    t->codes = NULL;
-    Py_CLEAR(t->values);
+    PyMem_RawFree(t->slots);
+    PyMem_RawFree(t->keys);
+    memset(t, 0, sizeof *t);
 }
 
-static inline uint32_t pointer_hash(PyObject *o) {
-    uint64_t h = (uint64_t)(uintptr_t)o >> 4;
-    h *= 0x9e3779b97f4a7c15ULL;
-    return (uint32_t)(h >> 32);
-}
-
-/* The code of obj in t, added when new; -1 with an exception set on failure. */
-static int32_t dict_code(Dict *t, PyObject *obj) {
-    uint32_t i = pointer_hash(obj) & t->mask;
-    while (t->keys[i] != NULL) {
-        if (t->keys[i] == obj) return t->codes[i];
-        i = (i + 1) & t->mask;
+/* The code of the string s[0, n) in t, added when new; -1 when out of memory. */
+static int32_t dict_code(Dict *t, const char *s, Py_ssize_t n, int high) {
+    uint64_t h = fnv1a(s, n);
+    uint32_t i = (uint32_t)h & t->mask;
+    for (int32_t at; (at = t->slots[i]) != 0; i = (i + 1) & t->mask) {
+        Key *k = &t->keys[at - 1];
+        if (k->hash == h && k->n == n && same(k->s, s, n)) return at - 1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(t->values);
-    if ((uint64_t)(n + 1) * 2 > (uint64_t)t->mask + 1) { /* grow: rehash the values, in code order */
-        Dict bigger = {NULL, NULL, 0, t->values};
-        if (dict_init(&bigger, (t->mask + 1) * 2) < 0) return -1;
-        for (Py_ssize_t c = 0; c < n; c++) {
-            PyObject *v = PyList_GET_ITEM(t->values, c);
-            uint32_t j = pointer_hash(v) & bigger.mask;
-            while (bigger.keys[j] != NULL) j = (j + 1) & bigger.mask;
-            bigger.keys[j] = v;
-            bigger.codes[j] = (int32_t)c;
+    if ((uint64_t)(t->count + 1) * 2 > (uint64_t)t->mask + 1) { /* grow: rehash the values, in code order */
+        uint32_t size = (t->mask + 1) * 2;
+        int32_t *slots = PyMem_RawCalloc(size, sizeof *slots);
+        if (slots == NULL) return -1;
+        for (int32_t code = 0; code < t->count; code++) {
+            uint32_t j = (uint32_t)t->keys[code].hash & (size - 1);
+            while (slots[j] != 0) j = (j + 1) & (size - 1);
+            slots[j] = code + 1;
         }
-        PyMem_Free(t->keys);
-        PyMem_Free(t->codes);
-        *t = bigger;
-        i = pointer_hash(obj) & t->mask;
-        while (t->keys[i] != NULL) i = (i + 1) & t->mask;
+        PyMem_RawFree(t->slots);
+        t->slots = slots;
+        t->mask = size - 1;
+        i = (uint32_t)h & t->mask;
+        while (t->slots[i] != 0) i = (i + 1) & t->mask;
     }
-    if (PyList_Append(t->values, obj) < 0) return -1;
-    t->keys[i] = obj;
-    t->codes[i] = (int32_t)n;
-    return (int32_t)n;
+    if (t->count == t->cap) {
+        int32_t cap = t->cap ? t->cap * 2 : 16;
+        Key *keys = PyMem_RawRealloc(t->keys, (size_t)cap * sizeof *keys);
+        if (keys == NULL) return -1;
+        t->keys = keys;
+        t->cap = cap;
+    }
+    t->keys[t->count] = (Key){s, n, h, high};
+    t->slots[i] = ++t->count;
+    return t->count - 1;
 }
 
 /* Empty the table for the next call (a table grown by a huge batch starts small again). */
 static int dict_reset(Dict *t) {
-    Py_CLEAR(t->values);
+    t->count = 0;
     if (t->mask + 1 > 4096) {
-        PyMem_Free(t->keys);
-        PyMem_Free(t->codes);
+        dict_free(t);
         return dict_init(t, 64);
     }
-    memset(t->keys, 0, ((size_t)t->mask + 1) * sizeof *t->keys);
-    t->values = PyList_New(0);
-    return t->values ? 0 : -1;
+    memset(t->slots, 0, ((size_t)t->mask + 1) * sizeof *t->slots);
+    return 0;
 }
 
+#define GROW(field, per_row)                                                                                 \
+    do {                                                                                                     \
+        void *p_ = PyMem_RawRealloc(o->field, (size_t)cap * (size_t)(per_row) * sizeof *o->field);           \
+        if (p_ == NULL) return -1;                                                                           \
+        o->field = p_;                                                                                       \
+    } while (0)
+
+/* Room for one more row; -1 when out of memory (the buffers grown so far stay valid). */
 static int grow(Out *o, int k, int c) {
     if (o->n < o->cap) return 0;
     Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
-    int64_t *pos = PyMem_Realloc(o->pos, (size_t)cap * sizeof *pos);
-    if (pos) o->pos = pos;
-    double *t = PyMem_Realloc(o->t, (size_t)cap * sizeof *t);
-    if (t) o->t = t;
-    double *lat = PyMem_Realloc(o->lat, (size_t)cap * sizeof *lat);
-    if (lat) o->lat = lat;
-    uint64_t *key = PyMem_Realloc(o->key, (size_t)cap * sizeof *key);
-    if (key) o->key = key;
-    double *num = PyMem_Realloc(o->num, (size_t)cap * (size_t)(k ? k : 1) * sizeof *num);
-    if (num) o->num = num;
-    int32_t *codes = PyMem_Realloc(o->codes, (size_t)cap * (size_t)(c + 1) * sizeof *codes);
-    if (codes) o->codes = codes;
-    if (!pos || !t || !lat || !key || !num || !codes) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    GROW(pos, 1);
+    GROW(t, 1);
+    GROW(lat, 1);
+    GROW(score, 1);
+    GROW(key, 1);
+    GROW(num, k ? k : 1);
+    GROW(codes, c + 1);
+    GROW(id, 1);
+    GROW(seg, 1);
+    GROW(id_len, 1);
+    GROW(seg_len, 1);
+    GROW(flags, 1);
+    GROW(pred, 1);
     o->cap = cap;
     return 0;
 }
 
+static void free_out(Out *o) {
+    PyMem_RawFree(o->pos);
+    PyMem_RawFree(o->t);
+    PyMem_RawFree(o->num);
+    PyMem_RawFree(o->lat);
+    PyMem_RawFree(o->score);
+    PyMem_RawFree(o->key);
+    PyMem_RawFree(o->codes);
+    PyMem_RawFree(o->id);
+    PyMem_RawFree(o->seg);
+    PyMem_RawFree(o->id_len);
+    PyMem_RawFree(o->seg_len);
+    PyMem_RawFree(o->flags);
+    PyMem_RawFree(o->pred);
+    memset(o, 0, sizeof *o);
+}
+
 typedef struct {
-    PyObject *id, *version, *pred, *segment;
+    Key id, version, pred;
+    const char *seg;
+    Py_ssize_t seg_n;
+    int pred_kind;
+    union pred value;
     double t, score, latency;
     int has_score;
 } Envelope;
-
-static void drop_envelope(Envelope *e) {
-    Py_CLEAR(e->id);
-    Py_CLEAR(e->version);
-    Py_CLEAR(e->pred);
-    Py_CLEAR(e->segment);
-}
 
 static Model *model_named(Decoder *d, const char *s, Py_ssize_t n) {
     for (int i = 0; i < d->nmodels; i++)
@@ -695,24 +730,25 @@ static Model *model_named(Decoder *d, const char *s, Py_ssize_t n) {
 
 static void reset_row(Decoder *d, Model *m) {
     for (int j = 0; j < m->k; j++) d->row[j] = NAN;
-    for (int j = 0; j < m->c; j++) Py_CLEAR(d->catrow[j]);
+    for (int j = 0; j < m->c; j++) d->catrow[j].s = NULL;
 }
 
-/* Parse one message; on TAKE its row is appended to its model's output. */
+/* Parse one message; on TAKE its row is appended to its model's output. Runs without the GIL: touches no
+ * Python object. */
 static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t position, double lo, double hi) {
     Cur cur = {buf, buf + len}, *c = &cur;
-    Envelope e = {NULL, NULL, NULL, NULL, 0.0, NAN, NAN, 0};
+    Envelope e = {.t = NAN, .latency = NAN};
     Model *m = NULL;
     const char *feats = NULL; /* the features object, when it came before the model */
     unsigned seen = 0;
-    int rc = DECLINE;
-    if (!eat(c, '{')) goto out;
-    if (eat(c, '}')) goto out;
+    int rc;
+    if (!eat(c, '{')) return DECLINE;
+    if (eat(c, '}')) return DECLINE;
     for (;;) {
         const char *k;
         Py_ssize_t kn;
         int kh;
-        if (string_field(c, &k, &kn, &kh) != TAKE || !eat(c, ':')) goto out;
+        if (string_field(c, &k, &kn, &kh) != TAKE || !eat(c, ':')) return DECLINE;
         unsigned which = 0;
         switch (kn) {
         case 8:
@@ -724,7 +760,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
         case 10: which = !memcmp(k, "prediction", 10) ? K_PRED : !memcmp(k, "latency_ms", 10) ? K_LATENCY : 0; break;
         case 7: which = !memcmp(k, "segment", 7) ? K_SEGMENT : 0; break;
         }
-        if (which & seen) goto out; /* a duplicate known key */
+        if (which & seen) return DECLINE; /* a duplicate known key */
         seen |= which;
         const char *s;
         Py_ssize_t n;
@@ -732,153 +768,269 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
         Number num;
         switch (which) {
         case 0:
-            if ((kh && !valid_utf8(k, kn)) || skip_value(c, 1) != TAKE) goto out;
+            if ((kh && !utf8_ok(k, kn, NULL)) || skip_value(c, 1) != TAKE) return DECLINE;
             break;
         case K_ID:
-            if (string_field(c, &s, &n, &high) != TAKE || n == 0) goto out;
-            if ((e.id = new_str(s, n, high)) == NULL) goto fail_or_decline;
+            if (string_field(c, &e.id.s, &e.id.n, &e.id.high) != TAKE || e.id.n == 0) return DECLINE;
             break;
         case K_MODEL:
-            if (string_field(c, &s, &n, &high) != TAKE) goto out;
-            if ((m = model_named(d, s, n)) == NULL) goto out;
+            if (string_field(c, &s, &n, &high) != TAKE) return DECLINE;
+            if ((m = model_named(d, s, n)) == NULL) return DECLINE;
             reset_row(d, m);
             if (feats != NULL) {
                 Cur fc = {feats, buf + len};
-                if ((rc = features(d, m, &fc)) != TAKE) goto reject;
-                rc = DECLINE;
+                if (features(d, m, &fc) != TAKE) return DECLINE;
             }
             break;
         case K_VERSION:
-            if (string_field(c, &s, &n, &high) != TAKE || n == 0) goto out;
-            if ((e.version = cached_str(d, s, n, high)) == NULL) goto fail_or_decline;
+            if (text_field(c, &e.version.s, &e.version.n, &e.version.high) != TAKE || e.version.n == 0)
+                return DECLINE;
             break;
         case K_TIME:
             ws(c);
-            if (number(c, &num) != TAKE) goto out;
+            if (number(c, &num) != TAKE) return DECLINE;
             e.t = num.value;
             break;
         case K_FEATURES:
             if (m != NULL) {
-                if ((rc = features(d, m, c)) != TAKE) goto reject;
-                rc = DECLINE;
+                if (features(d, m, c) != TAKE) return DECLINE;
             } else {
                 ws(c);
                 feats = c->p;
-                if (skip_value(c, 1) != TAKE) goto out;
+                if (skip_value(c, 1) != TAKE) return DECLINE;
             }
             break;
         case K_PRED:
             ws(c);
-            if (c->p >= c->end) goto out;
+            if (c->p >= c->end) return DECLINE;
             if (*c->p == '"') {
-                if (plain_string(c, &s, &n, &high) != TAKE) goto out;
-                if ((e.pred = cached_str(d, s, n, high)) == NULL) goto fail_or_decline;
+                if (plain_string(c, &e.pred.s, &e.pred.n, &e.pred.high) != TAKE) return DECLINE;
+                if (e.pred.high && !utf8_ok(e.pred.s, e.pred.n, NULL)) return DECLINE;
+                e.pred_kind = PRED_STR;
             } else if (*c->p == '-' || (*c->p >= '0' && *c->p <= '9')) {
-                if (number(c, &num) != TAKE) goto out;
+                if (number(c, &num) != TAKE) return DECLINE;
                 if (num.is_int) {
-                    if (num.digits > 18) goto out;
+                    if (num.digits > 18) return DECLINE;
                     long long v = (long long)num.mant;
-                    e.pred = PyLong_FromLongLong(num.negative ? -v : v);
+                    e.value.i = num.negative ? -v : v;
+                    e.pred_kind = PRED_INT;
                 } else {
-                    e.pred = PyFloat_FromDouble(num.value);
+                    e.value.f = num.value;
+                    e.pred_kind = PRED_FLOAT;
                 }
-                if (e.pred == NULL) goto fail;
             } else {
-                goto out;
+                return DECLINE;
             }
             break;
         case K_SCORE:
         case K_LATENCY:
             ws(c);
             if (c->p < c->end && *c->p == 'n') {
-                if (literal(c, "null", 4) != TAKE) goto out;
+                if (literal(c, "null", 4) != TAKE) return DECLINE;
                 break;
             }
-            if (number(c, &num) != TAKE) goto out;
+            if (number(c, &num) != TAKE) return DECLINE;
             if (which == K_SCORE) {
                 e.score = num.value;
                 e.has_score = 1;
             } else {
-                if (num.value < 0) goto out;
+                if (num.value < 0) return DECLINE;
                 e.latency = num.value;
             }
             break;
         case K_SEGMENT:
-            /* kept when the model wants it; the model may come later: kept until then */
-            if ((rc = segment(d, c, &e.segment)) != TAKE) goto reject;
-            rc = DECLINE;
+            if (segment_bytes(c, &e.seg, &e.seg_n) != TAKE) return DECLINE;
             break;
         }
         if (eat(c, ',')) continue;
-        if (!eat(c, '}')) goto out;
+        if (!eat(c, '}')) return DECLINE;
         break;
     }
     ws(c);
-    if (c->p != c->end || (seen & REQUIRED) != REQUIRED) goto out;
-    if (!(e.t >= lo && e.t <= hi)) goto out;
+    if (c->p != c->end || (seen & REQUIRED) != REQUIRED) return DECLINE;
+    if (!(e.t >= lo && e.t <= hi)) return DECLINE;
     uint64_t key;
-    if (event_key(e.id, &key) != TAKE) goto out;
+    if (event_key(e.id.s, e.id.n, &key) != TAKE) return DECLINE;
     Out *o = &m->out;
-    if (grow(o, m->k, m->c) < 0) goto fail;
+    if (grow(o, m->k, m->c) < 0) return FAIL;
     int32_t *codes = o->codes + o->n * (m->c + 1);
-    for (int j = 0; j < m->c; j++)
-        if ((codes[j] = d->catrow[j] ? dict_code(&m->dicts[j], d->catrow[j]) : -1) < -1) goto fail;
-    if ((codes[m->c] = dict_code(&m->dicts[m->c], e.version)) < 0) goto fail;
-    PyObject *score = e.has_score ? PyFloat_FromDouble(e.score) : Py_NewRef(Py_None);
-    if (score == NULL) goto fail;
-    if (PyList_Append(o->ids, e.id) < 0 || PyList_Append(o->preds, e.pred) < 0 ||
-        PyList_Append(o->scores, score) < 0 ||
-        (m->segments && PyList_Append(o->segments, e.segment ? e.segment : Py_None) < 0)) {
-        Py_DECREF(score);
-        goto fail;
+    for (int j = 0; j < m->c; j++) {
+        Key *v = &d->catrow[j];
+        codes[j] = -1;
+        if (v->s != NULL && (codes[j] = dict_code(&m->dicts[j], v->s, v->n, v->high)) < 0) return FAIL;
     }
-    Py_DECREF(score);
-    o->pos[o->n] = position;
-    o->t[o->n] = e.t;
-    o->lat[o->n] = e.latency;
-    o->key[o->n] = key;
-    memcpy(o->num + o->n * m->k, d->row, (size_t)m->k * sizeof(double));
-    o->n++;
+    if ((codes[m->c] = dict_code(&m->dicts[m->c], e.version.s, e.version.n, e.version.high)) < 0) return FAIL;
+    if (e.pred_kind == PRED_STR && (e.value.code = dict_code(&m->dicts[m->c + 1], e.pred.s, e.pred.n,
+                                                             e.pred.high)) < 0)
+        return FAIL;
     rc = TAKE;
-    goto out;
-fail_or_decline:
-    if (!PyErr_Occurred()) goto out;
-fail:
-    rc = FAIL;
-    goto out;
-reject:
-    if (rc != FAIL) rc = DECLINE;
-out:
-    drop_envelope(&e);
-    if (m != NULL)
-        for (int j = 0; j < m->c; j++) Py_CLEAR(d->catrow[j]);
+    Py_ssize_t r = o->n++;
+    o->pos[r] = position;
+    o->t[r] = e.t;
+    o->lat[r] = e.latency;
+    o->score[r] = e.score;
+    o->key[r] = key;
+    o->id[r] = e.id.s;
+    o->id_len[r] = (int32_t)e.id.n;
+    o->seg[r] = e.seg;
+    o->seg_len[r] = (int32_t)e.seg_n;
+    o->flags[r] = (uint8_t)((e.id.high ? ID_HIGH : 0) | (e.has_score ? HAS_SCORE : 0) | e.pred_kind);
+    o->pred[r] = e.value;
+    memcpy(o->num + r * m->k, d->row, (size_t)m->k * sizeof(double));
+    return rc;
+}
+
+/* ---- the Python objects of a call's rows (with the GIL) ---- */
+
+/* A str of bytes already checked to be valid UTF-8. */
+static PyObject *new_str(const char *s, Py_ssize_t n, int high) {
+    return high ? PyUnicode_DecodeUTF8(s, n, "strict") : PyUnicode_FromStringAndSize(s, n);
+}
+
+static PyObject *cached_str(Decoder *d, const char *s, Py_ssize_t n, int high) {
+    if (n > CACHE_MAX_LEN) return new_str(s, n, high);
+    uint64_t h = fnv1a(s, n);
+    Slot *slot = &d->cache[h & (CACHE_SLOTS - 1)];
+    if (slot->obj != NULL && slot->hash == h && slot->len == n && same(slot->utf8, s, n)) {
+        Py_INCREF(slot->obj);
+        return slot->obj;
+    }
+    PyObject *u = new_str(s, n, high);
+    if (u == NULL) return NULL;
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(u, &len);
+    if (utf8 == NULL) {
+        Py_DECREF(u);
+        return NULL;
+    }
+    Py_XDECREF(slot->obj);
+    Py_INCREF(u);
+    slot->obj = u;
+    slot->hash = h;
+    slot->len = len;
+    slot->utf8 = utf8;
+    return u;
+}
+
+/* The segment object checked by segment_bytes, as a dict of str. */
+static PyObject *segment_dict(Decoder *d, const char *s, Py_ssize_t n) {
+    Cur cur = {s + 1, s + n}, *c = &cur; /* after the '{' */
+    PyObject *dict = PyDict_New();
+    if (dict == NULL || eat(c, '}')) return dict;
+    for (;;) {
+        const char *k, *v;
+        Py_ssize_t kn, vn;
+        int kh, vh;
+        string_field(c, &k, &kn, &kh);
+        eat(c, ':');
+        string_field(c, &v, &vn, &vh);
+        PyObject *key = cached_str(d, k, kn, kh), *val = key ? cached_str(d, v, vn, vh) : NULL;
+        int err = key == NULL || val == NULL || PyDict_SetItem(dict, key, val) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (err) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+        if (!eat(c, ',')) return dict;
+    }
+}
+
+/* The distinct values of a dictionary, as str, in code order. */
+static PyObject *dict_values(Decoder *d, Dict *t) {
+    PyObject *list = PyList_New(t->count);
+    if (list == NULL) return NULL;
+    for (int32_t i = 0; i < t->count; i++) {
+        PyObject *u = cached_str(d, t->keys[i].s, t->keys[i].n, t->keys[i].high);
+        if (u == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, u);
+    }
+    return list;
+}
+
+/* The rows' ids, predictions, scores and segments (each a list of n objects). */
+static int row_objects(Decoder *d, Model *m, PyObject *classes, PyObject **ids, PyObject **preds,
+                       PyObject **scores, PyObject **segments) {
+    Out *o = &m->out;
+    Py_ssize_t n = o->n;
+    *ids = PyList_New(n);
+    *preds = PyList_New(n);
+    *scores = PyList_New(n);
+    *segments = m->segments ? PyList_New(n) : Py_NewRef(Py_None);
+    if (!*ids || !*preds || !*scores || !*segments) return -1;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        uint8_t f = o->flags[r];
+        PyObject *id = new_str(o->id[r], o->id_len[r], f & ID_HIGH);
+        if (id == NULL) return -1;
+        PyList_SET_ITEM(*ids, r, id);
+        PyObject *pred = f & PRED_STR ? Py_NewRef(PyList_GET_ITEM(classes, o->pred[r].code))
+                         : f & PRED_INT ? PyLong_FromLongLong(o->pred[r].i)
+                                        : PyFloat_FromDouble(o->pred[r].f);
+        if (pred == NULL) return -1;
+        PyList_SET_ITEM(*preds, r, pred);
+        PyObject *score = f & HAS_SCORE ? PyFloat_FromDouble(o->score[r]) : Py_NewRef(Py_None);
+        if (score == NULL) return -1;
+        PyList_SET_ITEM(*scores, r, score);
+        if (m->segments) {
+            PyObject *seg = o->seg[r] ? segment_dict(d, o->seg[r], o->seg_len[r]) : Py_NewRef(Py_None);
+            if (seg == NULL) return -1;
+            PyList_SET_ITEM(*segments, r, seg);
+        }
+    }
+    return 0;
+}
+
+static PyObject *bytes_of(const void *p, Py_ssize_t n) {
+    return PyByteArray_FromStringAndSize(n ? (const char *)p : "", n);
+}
+
+/* The columns of model m as a tuple. */
+static PyObject *take_out(Decoder *d, Model *m) {
+    Out *o = &m->out;
+    Py_ssize_t n = o->n;
+    PyObject *values = PyTuple_New(m->c + 1), *classes = NULL, *res = NULL;
+    PyObject *ids = NULL, *preds = NULL, *scores = NULL, *segments = NULL;
+    if (values == NULL) return NULL;
+    for (int j = 0; j <= m->c; j++) {
+        PyObject *v = dict_values(d, &m->dicts[j]);
+        if (v == NULL) goto done;
+        PyTuple_SET_ITEM(values, j, v);
+    }
+    if ((classes = dict_values(d, &m->dicts[m->c + 1])) == NULL ||
+        row_objects(d, m, classes, &ids, &preds, &scores, &segments) < 0)
+        goto done;
+    res = Py_BuildValue("(NNNNNOOOONO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8),
+                        bytes_of(o->num, n * m->k * 8), bytes_of(o->key, n * 8),
+                        bytes_of(o->codes, n * (m->c + 1) * 4), values, ids, preds, scores, bytes_of(o->lat, n * 8),
+                        segments);
+done:
+    Py_XDECREF(values);
+    Py_XDECREF(classes);
+    Py_XDECREF(ids);
+    Py_XDECREF(preds);
+    Py_XDECREF(scores);
+    Py_XDECREF(segments);
+    return res;
+}
+
+/* Every model's rows and dictionaries emptied for the next call (after it succeeded or failed). */
+static int reset_outputs(Decoder *d) {
+    int rc = 0;
+    for (int i = 0; i < d->nmodels; i++) {
+        Model *m = &d->models[i];
+        if (m->out.cap > 65536) free_out(&m->out); /* a huge batch does not pin its buffers */
+        m->out.n = 0;
+        for (int j = 0; j <= m->c + 1; j++)
+            if (dict_reset(&m->dicts[j]) < 0) rc = -1;
+    }
+    if (rc < 0) PyErr_NoMemory();
     return rc;
 }
 
 /* ---- the Python type ---- */
-
-/* Fresh (empty) lists for the next call's rows. */
-static int new_lists(Out *o) {
-    Py_XSETREF(o->ids, PyList_New(0));
-    Py_XSETREF(o->preds, PyList_New(0));
-    Py_XSETREF(o->scores, PyList_New(0));
-    Py_XSETREF(o->segments, PyList_New(0));
-    return o->ids && o->preds && o->scores && o->segments ? 0 : -1;
-}
-
-static void free_out(Out *o) {
-    PyMem_Free(o->pos);
-    PyMem_Free(o->t);
-    PyMem_Free(o->num);
-    PyMem_Free(o->lat);
-    PyMem_Free(o->key);
-    PyMem_Free(o->codes);
-    Py_CLEAR(o->ids);
-    Py_CLEAR(o->preds);
-    Py_CLEAR(o->scores);
-    Py_CLEAR(o->segments);
-    memset(o, 0, sizeof *o);
-}
 
 static void Decoder_dealloc(Decoder *d) {
     for (int i = 0; i < d->nmodels; i++) {
@@ -891,7 +1043,7 @@ static void Decoder_dealloc(Decoder *d) {
         PyMem_Free(m->guess);
         free_out(&m->out);
         if (m->dicts)
-            for (int j = 0; j <= m->c; j++) dict_free(&m->dicts[j]);
+            for (int j = 0; j <= m->c + 1; j++) dict_free(&m->dicts[j]);
         PyMem_Free(m->dicts);
     }
     PyMem_Free(d->models);
@@ -957,13 +1109,16 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
         m->table[i] = j + 1;
     }
     if (m->nf > d->maxf) d->maxf = m->nf;
-    if ((m->dicts = PyMem_Calloc((size_t)m->c + 1, sizeof *m->dicts)) == NULL) {
+    if ((m->dicts = PyMem_Calloc((size_t)m->c + 2, sizeof *m->dicts)) == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    for (int j = 0; j <= m->c; j++)
-        if (dict_init(&m->dicts[j], 64) < 0) return -1;
-    return new_lists(&m->out);
+    for (int j = 0; j <= m->c + 1; j++)
+        if (dict_init(&m->dicts[j], 64) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    return 0;
 }
 
 static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
@@ -995,89 +1150,74 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-static PyObject *bytes_of(const void *p, Py_ssize_t n) {
-    return PyByteArray_FromStringAndSize(n ? (const char *)p : "", n);
-}
-
-/* The columns of model m as a tuple, and its buffers emptied for the next call. */
-static PyObject *take_out(Model *m) {
-    Out *o = &m->out;
-    Py_ssize_t n = o->n;
-    PyObject *values = PyTuple_New(m->c + 1);
-    if (values == NULL) return NULL;
-    for (int j = 0; j <= m->c; j++) PyTuple_SET_ITEM(values, j, Py_NewRef(m->dicts[j].values));
-    PyObject *res = Py_BuildValue(
-        "(NNNNNNOOONO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8), bytes_of(o->num, n * m->k * 8),
-        bytes_of(o->key, n * 8), bytes_of(o->codes, n * (m->c + 1) * 4), values, o->ids, o->preds, o->scores,
-        bytes_of(o->lat, n * 8), m->segments ? o->segments : Py_None);
-    if (res == NULL) return NULL;
-    o->n = 0;
-    if (o->cap > 65536) { /* a huge batch does not pin its buffers */
-        free_out(o);
-    }
-    for (int j = 0; j <= m->c; j++)
-        if (dict_reset(&m->dicts[j]) < 0) goto fail;
-    if (new_lists(o) < 0) goto fail;
-    return res;
-fail:
-    Py_DECREF(res);
-    return NULL;
-}
-
-/* After a failed call: every model's rows of it dropped. */
-static void discard_outputs(Decoder *d) {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb); /* the error the call raises */
-    for (int i = 0; i < d->nmodels; i++) {
-        Model *m = &d->models[i];
-        m->out.n = 0;
-        for (int j = 0; j <= m->c; j++) dict_reset(&m->dicts[j]);
-        new_lists(&m->out);
-    }
-    PyErr_Clear();
-    PyErr_Restore(type, value, tb);
-}
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+    PyObject *obj; /* a reference held for the call; NULL: not bytes */
+} Value;
 
 static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
-    PyObject *values;
+    PyObject *list;
     double lo, hi;
-    if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &values, &lo, &hi)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &list, &lo, &hi)) return NULL;
     if (d->models == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Decoder is not initialised");
         return NULL;
     }
-    PyObject *declined = PyList_New(0);
-    if (declined == NULL) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyList_GET_ITEM(values, i);
-        int rc = DECLINE;
-        if (PyBytes_Check(v)) rc = event(d, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), i, lo, hi);
-        if (rc == FAIL) goto fail;
-        if (rc == DECLINE) {
-            PyObject *idx = PyLong_FromSsize_t(i);
-            if (idx == NULL || PyList_Append(declined, idx) < 0) {
-                Py_XDECREF(idx);
-                goto fail;
-            }
-            Py_DECREF(idx);
-        }
+    if (d->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this Decoder is decoding in another thread: one call at a time");
+        return NULL;
     }
-    PyObject *models = PyList_New(d->nmodels);
-    if (models == NULL) goto fail;
-    for (int i = 0; i < d->nmodels; i++) {
-        PyObject *cols = d->models[i].out.n ? take_out(&d->models[i]) : Py_NewRef(Py_None);
-        if (cols == NULL) {
-            Py_DECREF(models);
-            goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(list), nd = 0;
+    Value *values = PyMem_RawCalloc((size_t)n + 1, sizeof *values);
+    Py_ssize_t *declined = PyMem_RawMalloc(((size_t)n + 1) * sizeof *declined);
+    PyObject *out = NULL, *dl = NULL, *models = NULL;
+    if (values == NULL || declined == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) { /* the bytes stay alive however the list changes meanwhile */
+        PyObject *v = PyList_GET_ITEM(list, i);
+        if (PyBytes_Check(v)) values[i] = (Value){PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), Py_NewRef(v)};
+    }
+    d->busy = 1;
+    int rc = TAKE;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int r = values[i].obj ? event(d, values[i].p, values[i].n, i, lo, hi) : DECLINE;
+        if (r == FAIL) {
+            rc = FAIL;
+            break;
         }
+        if (r == DECLINE) declined[nd++] = i;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc == FAIL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if ((dl = PyList_New(nd)) == NULL || (models = PyList_New(d->nmodels)) == NULL) goto done;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *idx = PyLong_FromSsize_t(declined[i]);
+        if (idx == NULL) goto done;
+        PyList_SET_ITEM(dl, i, idx);
+    }
+    for (int i = 0; i < d->nmodels; i++) {
+        PyObject *cols = d->models[i].out.n ? take_out(d, &d->models[i]) : Py_NewRef(Py_None);
+        if (cols == NULL) goto done;
         PyList_SET_ITEM(models, i, cols);
     }
-    return Py_BuildValue("(NN)", declined, models);
-fail:
-    Py_DECREF(declined);
-    discard_outputs(d);
-    return NULL;
+    out = PyTuple_Pack(2, dl, models);
+done:
+    Py_XDECREF(dl);
+    Py_XDECREF(models);
+    if (d->models != NULL && reset_outputs(d) < 0) Py_CLEAR(out);
+    if (values != NULL)
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(values[i].obj);
+    PyMem_RawFree(values);
+    PyMem_RawFree(declined);
+    d->busy = 0;
+    return out;
 }
 
 static PyObject *parse_number(PyObject *self, PyObject *arg) {
@@ -1095,7 +1235,7 @@ static PyObject *parse_number(PyObject *self, PyObject *arg) {
 
 static PyMethodDef Decoder_methods[] = {
     {"decode", (PyCFunction)Decoder_decode, METH_VARARGS,
-     "decode(values, lo, hi) -> (declined positions, per model: columns tuple or None)"},
+     "decode(values, lo, hi) -> (declined positions, per model: columns tuple or None); parses without the GIL"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1123,6 +1263,9 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__columnar(void) {
     init_powers();
+#ifdef __GLIBC__
+    if (c_locale == (locale_t)0) c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+#endif
     if (PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;

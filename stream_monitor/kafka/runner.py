@@ -20,6 +20,13 @@ last committed state and offsets (the work is redone; nothing was visible).
 **Checkpointer.** :class:`~.checkpoint.Checkpointer` owns the transactional producer: begin, produce, commit,
 abort.
 
+**Decoding ahead** (``batch.decode_ahead``). While the core works on batch N, a second thread decodes batch
+N+1's predictions (the compiled decoder parses without the GIL, so the two run on two CPUs). Nothing of N+1
+happens before N is done: its dead letters, labels, core work, outputs and positions follow in order, on
+this thread. A batch consumed but not processed has no effect: a rebalance processes it before the
+revocation's commit (it was consumed before), a rewind or a replaced consumer drops it (its offsets are read
+again), and on stop it is dropped uncommitted.
+
 **Scale-out** (``scale_out.enabled``). Task N of the predictions topic is a
 :class:`~..core.panes.PaneBuilder`: it hands out partial panes, produced to ``topics.panes`` keyed by model in
 the same transaction as its offsets. Partition N of the panes topic is task ``pN``: a
@@ -36,6 +43,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +112,14 @@ class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: it must be replaced."""
 
 
+@dataclass
+class _Consumed:
+    """A consumed batch, sorted into tasks, its predictions being decoded (on the decode thread when ahead)."""
+
+    by_task: dict[str, list[Message]]
+    decoding: dict[str, tuple[list[Message], list[Message], Future[PredictionBatch]]]  # predictions, labels
+
+
 class MonitorService:
     """Runs the monitor against Kafka until :meth:`stop` (or SIGTERM via the CLI)."""
 
@@ -142,6 +158,8 @@ class MonitorService:
         self._discard = False  # set when run() fails: nothing more is committed
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
         self._progress = Progress(metrics)
+        self._ahead: _Consumed | None = None  # consumed, decoding, not processed yet (batch.decode_ahead)
+        self._decoder: ThreadPoolExecutor | None = None
         if metrics is not None:
             metrics.bind(lambda: list(self.tasks.values()))  # breaker states, pending joins: read at scrape
 
@@ -182,15 +200,21 @@ class MonitorService:
                     self.checkpointer.producer_id, cfg.kafka.commit_interval_s)
         last_log = last_commit = time.monotonic()
         seconds = self.stats.seconds
+        if cfg.batch.decode_ahead and self._predictions.compiled:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
                 msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 seconds["consume"] += time.perf_counter() - t0
                 self._follow_breakers()
-                if msgs:
+                if msgs or self._ahead is not None:
                     try:
-                        self._process(msgs)
+                        consumed = self._consumed(msgs) if msgs else None
+                        if self._decoder is None:
+                            self._ahead = consumed  # processed now
+                        self._process_ahead()
+                        self._ahead = consumed if self._decoder is not None else None
                     except CommitFailed as exc:  # an output was refused: aborted; redo from the last commit
                         self._failed(str(exc))
                     except ConsumerFailed as exc:
@@ -208,6 +232,9 @@ class MonitorService:
             self.failure = exc
             raise
         finally:
+            self._ahead = None  # consumed, not processed: its offsets are not committed, the next owner reads it
+            if self._decoder is not None:
+                self._decoder.shutdown(wait=True)
             try:
                 if self.failure is None:
                     self._commit_or_rewind(final=True)
@@ -233,6 +260,7 @@ class MonitorService:
         uncommitted work is aborted and redone by the new one from the committed state and offsets."""
         logger.error("consumer failed (%s): replacing it; work since the last commit is redone", why)
         self._discard = True
+        self._ahead = None
         try:
             self.checkpointer.abort()
             with contextlib.suppress(KafkaException, RuntimeError):
@@ -268,8 +296,17 @@ class MonitorService:
                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions), tasks, len(reuse), len(fresh))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # before the partitions go, their work must be committed (unless it is being thrown away)
-        ok = False if self._discard else self._commit_or_rewind(rewind=False)
+        # before the partitions go, their work must be committed (unless it is being thrown away), the batch
+        # consumed before this rebalance included
+        ok = False
+        if not self._discard:
+            try:
+                self._process_ahead()
+            except CommitFailed as exc:  # aborted: nothing since the last commit is kept
+                self._failed(str(exc), rewind=False)
+            else:
+                ok = self._commit_or_rewind(rewind=False)
+        self._ahead = None
         gone = {self._task(tp.topic, tp.partition) for tp in partitions}
         if not ok and set(self.tasks) - gone:  # cooperative revoke of some partitions: rewind the others
             self._rewind_all(consumer, exclude=gone)
@@ -285,6 +322,7 @@ class MonitorService:
         logger.warning("lost %s (session timed out): their uncommitted work is aborted",
                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         self.checkpointer.abort()
+        self._ahead = None
         self._rewind_all(consumer, exclude={self._task(tp.topic, tp.partition) for tp in partitions})
         for tp in partitions:
             self.tasks.pop(self._task(tp.topic, tp.partition), None)
@@ -415,6 +453,7 @@ class MonitorService:
         tasks = sorted({self._task(tp.topic, tp.partition) for tp in assigned})
         for t in tasks:
             self.tasks.pop(t, None)
+        self._ahead = None  # consumed before the rewind: read again from the committed offsets
         self._positions.clear()
         self._parked.clear()
         if not tasks:
@@ -458,7 +497,47 @@ class MonitorService:
                         mon.adopt_reference(ref)
             self._count_skipped(self._refs.skipped - skipped)
 
-    def _process(self, msgs: list[Message]) -> None:
+    def _consumed(self, msgs: list[Message]) -> _Consumed:
+        """A consumed batch sorted into tasks, its predictions' decoding started (on the decode thread when
+        decoding ahead, else when asked for)."""
+        by_task = self._by_task(msgs)
+        decoding = {}
+        topic_labels = self.cfg.topics.labels
+        for t, good in by_task.items():
+            mon = self.tasks.get(t)
+            if mon is None or (isinstance(mon, Monitor) and mon.merged):
+                continue  # not ours, or pane records (decoded as they are processed)
+            if topic_labels in set(map(Message.topic, good)):
+                pred_msgs = [m for m in good if m.topic() != topic_labels]
+                label_msgs = [m for m in good if m.topic() == topic_labels]
+            else:
+                pred_msgs, label_msgs = good, []
+            values = list(map(Message.value, pred_msgs))
+            if self._decoder is not None:
+                fut = self._decoder.submit(self._predictions.decode, values)
+            else:
+                started = time.perf_counter()
+                fut = Future()
+                fut.set_result(self._predictions.decode(values))
+                self.stats.seconds["decode"] += time.perf_counter() - started
+            decoding[t] = (pred_msgs, label_msgs, fut)
+        return _Consumed(by_task, decoding)
+
+    def _process_ahead(self) -> None:
+        """Process the batch consumed before (if any): everything but its decoding happens here, in order."""
+        consumed, self._ahead = self._ahead, None
+        if consumed is None:
+            return
+        for t, good in consumed.by_task.items():
+            mon = self.tasks.get(t)
+            if mon is None:  # not ours (a stale fetch around a rebalance): its owner processes it
+                continue
+            if isinstance(mon, Monitor) and mon.merged:
+                self._process_panes(mon, good)
+            elif t in consumed.decoding:
+                self._process_task(mon, *consumed.decoding[t])
+
+    def _by_task(self, msgs: list[Message]) -> dict[str, list[Message]]:
         # The common batch (no errors, one partition) is sorted without a Python loop over its messages
         parts = set(map(Message.partition, msgs))
         by_task: dict[str, list[Message]] = defaultdict(list)
@@ -480,14 +559,7 @@ class MonitorService:
                     logger.warning("topic %s does not exist yet; waiting for it", m.topic())
             else:
                 logger.warning("consumer error: %s", err)
-        for t, good in by_task.items():
-            mon = self.tasks.get(t)
-            if mon is None:  # not ours (a stale fetch around a rebalance): its owner processes it
-                continue
-            if isinstance(mon, Monitor) and mon.merged:
-                self._process_panes(mon, good)
-            else:
-                self._process_task(mon, good)
+        return by_task
 
     def _process_panes(self, mon: Monitor, msgs: list[Message]) -> None:
         """Scale-out, deciding task: pane records in, decisions out (a malformed record is dead-lettered)."""
@@ -518,16 +590,14 @@ class MonitorService:
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, {self.cfg.topics.panes: len(msgs)},
                                        len(msgs) - len(kept) + len(out.rejected))
 
-    def _process_task(self, mon: Monitor | PaneBuilder, good: list[Message]) -> None:
-        started = time.perf_counter()
+    def _process_task(self, mon: Monitor | PaneBuilder, pred_msgs: list[Message], label_msgs: list[Message],
+                      decoding: Future[PredictionBatch]) -> None:
+        started = time.perf_counter()  # decode stage: waiting for the decode thread, dead letters, labels
         dead_before = self.stats.dead_letters
         topic_labels = self.cfg.topics.labels
-        if topic_labels in set(map(Message.topic, good)):
-            pred_msgs = [m for m in good if m.topic() != topic_labels]
-            label_msgs = [m for m in good if m.topic() == topic_labels]
-        else:
-            pred_msgs, label_msgs = good, []
-        preds = self._decode_predictions(pred_msgs)
+        preds = decoding.result()
+        for r in preds.rejects:
+            self._dead_letter(pred_msgs[r.index], r.reason)
         labels, label_pos = self._decode_labels(label_msgs)
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
@@ -577,12 +647,6 @@ class MonitorService:
         self.stats.messages += sum(map(len, parts))
         self.stats.batches += 1
         self.stats.windows += len(out.results)
-
-    def _decode_predictions(self, msgs: list[Message]) -> PredictionBatch:
-        batch = self._predictions.decode(list(map(Message.value, msgs)))
-        for r in batch.rejects:
-            self._dead_letter(msgs[r.index], r.reason)
-        return batch
 
     def _decode_labels(self, msgs: list[Message]) -> tuple[list[dict[str, Any]], list[int]]:
         if not msgs:

@@ -233,3 +233,36 @@ def test_a_huge_batch_then_small_ones_decode_alike():
         assert num.tolist() == [i + 0.5 for i in range(start, start + n)]
         assert [values[0][c] for c in codes[:, 0].tolist()] == [f"k{i % 7}" for i in range(start, start + n)]
         assert [values[1][c] for c in codes[:, 1].tolist()] == [f"v{i % 2}" for i in range(start, start + n)]
+
+
+def test_threads_decoding_at_once_get_what_one_thread_gets():
+    """The parse runs without the GIL: decoders used by several threads at once (each its own) give exactly
+    the columns of sequential calls, and a thread's call on a decoder busy in another thread is refused, never
+    interleaved."""
+    import threading
+
+    rng = random.Random(11)
+    batches = [[_message(rng, i) for i in range(b * 800, (b + 1) * 800)] for b in range(6)]
+    alone = PredictionDecoder(_models(), TimeRange(946684800.0, 86400.0), compiled=True)
+    want = [alone._c.decode(b, 0.0, 1e11) for b in batches]
+    got: dict[int, list] = {}
+    refused: list[str] = []
+    shared = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True), ("r", ("a",), (), False)])
+
+    def work(t):
+        mine = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True), ("r", ("a",), (), False)])
+        got[t] = [mine.decode(b, 0.0, 1e11) for b in batches for _ in range(3)][::3]
+        for b in batches:
+            try:
+                shared.decode(b, 0.0, 1e11)
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(got[t] == want for t in range(3))
+    assert all("one call at a time" in r for r in refused)
+    assert shared.decode(batches[0], 0.0, 1e11) == want[0]  # usable after refusals

@@ -33,13 +33,14 @@ def _reap_monitors():
 
 
 def eos_config(run_id: str, models: dict[str, Any], partitions: int = 1, instance: str | None = "a",
-               **over: Any) -> dict[str, Any]:
+               decode_ahead: bool = False, **over: Any) -> dict[str, Any]:
     kafka = {"commit_interval_s": 0.3, "transaction_timeout_s": 10,
              "consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}}
     if instance:
         kafka["instance_id"] = instance
     return config_dict(run_id, models, kafka=kafka, topics={"partitions": partitions},
-                       batch={"max_messages": 400, "timeout_s": 0.1}, prometheus={"port": None}, **over)
+                       batch={"max_messages": 400, "timeout_s": 0.1, "decode_ahead": decode_ahead},
+                       prometheus={"port": None}, **over)
 
 
 def drifting(model: str, rng: np.random.Generator, segments: int, seg: int = 2500) -> list[dict[str, Any]]:
@@ -51,11 +52,12 @@ def drifting(model: str, rng: np.random.Generator, segments: int, seg: int = 250
     return events
 
 
-def drifting_on_broker(bootstrap: str, run_id: str, seed: int, segments: int
+def drifting_on_broker(bootstrap: str, run_id: str, seed: int, segments: int, decode_ahead: bool = False
                        ) -> tuple[dict[str, Any], Any, dict[int, list[dict[str, Any]]]]:
     """One breaker-enabled model (windows of 500, warm-up of 2,000) and its drifting stream, produced to a fresh
     predictions topic: (raw config, config, events by partition)."""
-    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)})
+    raw = eos_config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)},
+                     decode_ahead=decode_ahead)
     cfg = parse_config(raw)
     create_topic(bootstrap, cfg.topics.predictions)
     events = {0: drifting("m", np.random.default_rng(seed), segments)}
@@ -79,8 +81,9 @@ def test_an_uninterrupted_run_publishes_what_the_core_computes(kafka_bootstrap, 
     assert_same(seen(kafka_bootstrap, raw), want)
 
 
-def test_sigkills_at_random_points_of_a_fast_stream_change_nothing(kafka_bootstrap, run_id, tmp_path):
-    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 41, 140)
+@pytest.mark.parametrize("decode_ahead", [False, True], ids=["in-turn", "decode-ahead"])
+def test_sigkills_at_random_points_of_a_fast_stream_change_nothing(kafka_bootstrap, run_id, tmp_path, decode_ahead):
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 41, 140, decode_ahead)
     # transactions every 0.1 s, kills within 0.15 s of the first: a run gets through some 10^4 events (the
     # monitor reads this topic at ~10^5 events/s), so all six kills land inside the 352,000-event stream
     raw = {**raw, "kafka": {**raw["kafka"], "commit_interval_s": 0.1}}
@@ -163,10 +166,12 @@ def test_a_kill_right_after_a_single_over_threshold_window_pages_nobody(kafka_bo
     assert_same(got, want)
 
 
-def test_a_second_instance_killed_mid_stream_hands_its_tasks_over_exactly(kafka_bootstrap, run_id, tmp_path):
+@pytest.mark.parametrize("decode_ahead", [False, True], ids=["in-turn", "decode-ahead"])
+def test_a_second_instance_killed_mid_stream_hands_its_tasks_over_exactly(kafka_bootstrap, run_id, tmp_path,
+                                                                          decode_ahead):
     models = {f"m{i}": model_config(window={"size": 500}, reference={"size": 2000}, breaker=BREAKER)
               for i in range(2)}
-    raw = eos_config(run_id, models, partitions=2)
+    raw = eos_config(run_id, models, partitions=2, decode_ahead=decode_ahead)
     cfg = parse_config(raw)
     create_topic(kafka_bootstrap, cfg.topics.predictions, partitions=2)
     rng = np.random.default_rng(45)
@@ -188,8 +193,9 @@ def test_a_second_instance_killed_mid_stream_hands_its_tasks_over_exactly(kafka_
     assert_same(seen(kafka_bootstrap, raw), expected(raw, events))
 
 
-def test_an_output_topic_that_refuses_writes_then_is_fixed_loses_no_page(kafka_bootstrap, run_id):
-    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 46, 6)
+@pytest.mark.parametrize("decode_ahead", [False, True], ids=["in-turn", "decode-ahead"])
+def test_an_output_topic_that_refuses_writes_then_is_fixed_loses_no_page(kafka_bootstrap, run_id, decode_ahead):
+    raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 46, 6, decode_ahead)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(cfg.topics.alerts, 1, 1, config={"max.message.bytes": "200"})])[
         cfg.topics.alerts].result(30)  # every alert is refused (the monitor starts after this)

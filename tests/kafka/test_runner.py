@@ -36,8 +36,11 @@ def test_drifting_feature_is_alerted_and_stable_ones_are_not(kafka_bootstrap, ru
     assert run.service.stats.dead_letters == 0
 
 
-def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_are_processed(kafka_bootstrap, run_id):
-    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+@pytest.mark.parametrize("decode_ahead", [False, True], ids=["in-turn", "decode-ahead"])
+def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_are_processed(kafka_bootstrap, run_id,
+                                                                                      decode_ahead):
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})},
+                 batch={"max_messages": 700, "decode_ahead": decode_ahead})
     create_topic(kafka_bootstrap, cfg.topics.predictions)
     rng = np.random.default_rng(32)
     good = make_events(1000, rng)
