@@ -7,9 +7,9 @@
  *
  * A call has two phases. The parse reads every message into plain C buffers (numbers, codes, and the byte
  * ranges of ids, string predictions and segments within their messages) without the GIL, so other Python
- * threads run meanwhile: the service parses the next batch while the previous one is in the core. Then, with
- * the GIL, the few Python objects the caller needs are made from those buffers: the distinct strings, each
- * event's id, prediction and score. A Decoder runs one call at a time (a second thread's call is refused).
+ * threads run meanwhile (with batch.decode_ahead the service parses the next batch while the core works on the
+ * previous one). Then, with the GIL, the few Python objects the caller needs are made from those buffers: the
+ * distinct strings, each event's id, prediction and score. A Decoder runs one call at a time (a second thread's call is refused).
  *
  * It accepts only the common, valid event and leaves everything else to the Python decoder: a message it
  * does not take is reported back by position ("declined") and decided by the general path, so the outcome
