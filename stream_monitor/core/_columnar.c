@@ -555,11 +555,9 @@ static int features(Decoder *d, Model *m, Cur *c) {
                 Number num; /* anything but a number (a type error, counted by Python) is declined */
                 if (number(c, &num) != TAKE) return DECLINE;
                 d->row[f] = num.value;
-            } else {
-                if (ch != '"') return DECLINE;
+            } else { /* anything but a string is declined (text_field wants the quote) */
                 Key *v = &d->catrow[f - m->k];
-                if (plain_string(c, &v->s, &v->n, &v->high) != TAKE) return DECLINE;
-                if (v->high && !utf8_ok(v->s, v->n, NULL)) return DECLINE;
+                if (text_field(c, &v->s, &v->n, &v->high) != TAKE) return DECLINE;
             }
         }
         if (eat(c, ',')) continue;
@@ -667,48 +665,32 @@ static int dict_reset(Dict *t) {
     return 0;
 }
 
+/* The row buffers of Out and the values each row holds in them (k numeric, c categorical features): one
+ * list for growing and for freeing them. */
+#define OUT_BUFFERS(X)                                                                                       \
+    X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, k ? k : 1) X(codes, c + 1) X(id, 1) X(seg, 1)    \
+    X(id_len, 1) X(seg_len, 1) X(flags, 1) X(pred, 1)
+
 #define GROW(field, per_row)                                                                                 \
-    do {                                                                                                     \
+    {                                                                                                        \
         void *p_ = PyMem_RawRealloc(o->field, (size_t)cap * (size_t)(per_row) * sizeof *o->field);           \
         if (p_ == NULL) return -1;                                                                           \
         o->field = p_;                                                                                       \
-    } while (0)
+    }
 
 /* Room for one more row; -1 when out of memory (the buffers grown so far stay valid). */
 static int grow(Out *o, int k, int c) {
     if (o->n < o->cap) return 0;
     Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
-    GROW(pos, 1);
-    GROW(t, 1);
-    GROW(lat, 1);
-    GROW(score, 1);
-    GROW(key, 1);
-    GROW(num, k ? k : 1);
-    GROW(codes, c + 1);
-    GROW(id, 1);
-    GROW(seg, 1);
-    GROW(id_len, 1);
-    GROW(seg_len, 1);
-    GROW(flags, 1);
-    GROW(pred, 1);
+    OUT_BUFFERS(GROW)
     o->cap = cap;
     return 0;
 }
 
+#define FREE(field, per_row) PyMem_RawFree(o->field);
+
 static void free_out(Out *o) {
-    PyMem_RawFree(o->pos);
-    PyMem_RawFree(o->t);
-    PyMem_RawFree(o->num);
-    PyMem_RawFree(o->lat);
-    PyMem_RawFree(o->score);
-    PyMem_RawFree(o->key);
-    PyMem_RawFree(o->codes);
-    PyMem_RawFree(o->id);
-    PyMem_RawFree(o->seg);
-    PyMem_RawFree(o->id_len);
-    PyMem_RawFree(o->seg_len);
-    PyMem_RawFree(o->flags);
-    PyMem_RawFree(o->pred);
+    OUT_BUFFERS(FREE)
     memset(o, 0, sizeof *o);
 }
 
@@ -804,8 +786,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             ws(c);
             if (c->p >= c->end) return DECLINE;
             if (*c->p == '"') {
-                if (plain_string(c, &e.pred.s, &e.pred.n, &e.pred.high) != TAKE) return DECLINE;
-                if (e.pred.high && !utf8_ok(e.pred.s, e.pred.n, NULL)) return DECLINE;
+                if (text_field(c, &e.pred.s, &e.pred.n, &e.pred.high) != TAKE) return DECLINE;
                 e.pred_kind = PRED_STR;
             } else if (*c->p == '-' || (*c->p >= '0' && *c->p <= '9')) {
                 if (number(c, &num) != TAKE) return DECLINE;
