@@ -308,13 +308,14 @@ class Pane:
         several panes (windows closing inside it) bins its values once, and each pane only counts its rows."""
         if batch.binning is not self.binning:  # binned under another reference: bin these rows afresh
             return self.update(batch.cols.take(rows))
-        if batch.cols.event_time[rows].size:
-            self._add(batch, rows)
+        self._add(batch, rows)
         return self
 
     def _add(self, b: PaneInput, rows: slice | np.ndarray) -> None:
         cols = b.cols
         t = cols.event_time[rows]
+        if not t.size:
+            return
         self.stamp = next(Pane._stamps)
         self.n += t.size
         self.t_min = min(self.t_min, float(t.min()))
