@@ -212,9 +212,11 @@ class MonitorService:
                     try:
                         consumed = self._consumed(msgs) if msgs else None
                         if self._decoder is None:
-                            self._ahead = consumed  # processed now
-                        self._process_ahead()
-                        self._ahead = consumed if self._decoder is not None else None
+                            if consumed is not None:
+                                self._process_consumed(consumed)
+                        else:  # the batch before this one, then this one waits (decoding) until the next turn
+                            self._process_ahead()
+                            self._ahead = consumed
                     except CommitFailed as exc:  # an output was refused: aborted; redo from the last commit
                         self._failed(str(exc))
                     except ConsumerFailed as exc:
@@ -524,10 +526,13 @@ class MonitorService:
         return _Consumed(by_task, decoding)
 
     def _process_ahead(self) -> None:
-        """Process the batch consumed before (if any): everything but its decoding happens here, in order."""
+        """Process the batch consumed before and decoded ahead (if any)."""
         consumed, self._ahead = self._ahead, None
-        if consumed is None:
-            return
+        if consumed is not None:
+            self._process_consumed(consumed)
+
+    def _process_consumed(self, consumed: _Consumed) -> None:
+        """Everything of a consumed batch but its decoding, in order, on this thread."""
         for t, good in consumed.by_task.items():
             mon = self.tasks.get(t)
             if mon is None:  # not ours (a stale fetch around a rebalance): its owner processes it
