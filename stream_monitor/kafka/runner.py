@@ -18,7 +18,10 @@ windows, the same alert ids. On a failed commit the transaction is aborted and e
 last committed state and offsets (the work is redone; nothing was visible).
 
 **Checkpointer.** :class:`~.checkpoint.Checkpointer` owns the transactional producer: begin, produce, commit,
-abort.
+abort. The interval's commit completes in the background while the next batches are processed: their outputs
+are held and begin the next transaction once it is committed; if it fails, the loop learns it at its next turn
+and rewinds as above (the held outputs are redone with the rest). Before a revocation and on stop, the commit
+is waited for.
 
 **Decoding ahead** (``batch.decode_ahead``). While the core works on batch N, a second thread decodes batch
 N+1's predictions (the compiled decoder parses without the GIL, so the two run on two CPUs). Nothing of N+1
@@ -38,6 +41,7 @@ both kinds of task; a model has one deciding task, so one writer of its incident
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import threading
@@ -207,6 +211,7 @@ class MonitorService:
                 t0 = time.perf_counter()
                 msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 seconds["consume"] += time.perf_counter() - t0
+                self._settle()
                 self._follow_breakers()
                 if msgs or self._ahead is not None:
                     try:
@@ -224,7 +229,7 @@ class MonitorService:
                 now = time.monotonic()
                 if now - last_commit >= cfg.kafka.commit_interval_s:
                     t0 = time.perf_counter()
-                    self._commit_or_rewind()
+                    self._commit_or_rewind(wait=False)  # completes while the next batches are processed
                     seconds["commit"] += time.perf_counter() - t0
                     last_commit = time.monotonic()
                 if now - last_log >= self.log_every_s:
@@ -407,14 +412,21 @@ class MonitorService:
                 self.metrics.checkpoint_errors.inc(n)
 
     # -- commits ---------------------------------------------------------------------------------------
-    def _commit_or_rewind(self, rewind: bool = True, final: bool = False) -> bool:
+    def _commit_or_rewind(self, rewind: bool = True, final: bool = False, wait: bool = True) -> bool:
         """Commit outputs, changed state and offsets as one transaction. On failure the transaction is aborted
-        and (``rewind``) every task goes back to its last committed state and offsets; returns success."""
+        and (``rewind``) every task goes back to its last committed state and offsets; returns success.
+
+        Without ``wait`` the commit completes in the background while processing goes on (outputs produced
+        meanwhile are held for the next transaction, see :class:`Checkpointer`): its outcome is taken by
+        :meth:`_settle` or the next commit; if the previous commit is still running, this one waits for the
+        next interval."""
         cp = self.checkpointer
-        dirty = any(mm.dirty for mon in self.tasks.values() for mm in mon.models.values())
-        if not cp.open and not dirty and self._positions.items() <= self._committed_by_us.items():
-            return True
         try:
+            if not cp.settle(block=wait):
+                return True
+            dirty = any(mm.dirty for mon in self.tasks.values() for mm in mon.models.values())
+            if not cp.open and not dirty and self._positions.items() <= self._committed_by_us.items():
+                return True
             for t, mon in self.tasks.items():
                 changes = mon.checkpoint()
                 for model, record in changes.outputs:  # scale-out: pieces for the model's deciding task
@@ -424,17 +436,29 @@ class MonitorService:
                     for key, value in records.items():  # None: a tombstone, compaction drops the key
                         cp.produce(topic, f"{t}/{key}".encode(), None if value is None else orjson.dumps(value),
                                    partition=_number(t) % parts)
-            offsets = [TopicPartition(topic, p, off) for (topic, p), off in self._positions.items()]
-            cp.commit(offsets, self.consumer.consumer_group_metadata())
+            positions = dict(self._positions)
+            offsets = [TopicPartition(topic, p, off) for (topic, p), off in positions.items()]
+            cp.commit(offsets, self.consumer.consumer_group_metadata(), wait=wait,
+                      done=functools.partial(self._committed_now, positions))
         except (CommitFailed, KafkaException) as exc:
             if isinstance(exc, KafkaException):
                 cp.abort(exc.args[0])
             self._failed(str(exc), rewind=rewind and not final)
             return False
+        return True
+
+    def _committed_now(self, positions: dict[tuple[str, int], int]) -> None:
+        """A transaction went through: its offsets are the group's."""
         self._failures = 0
         self.stats.commits += 1
-        self._committed_by_us.update(self._positions)
-        return True
+        self._committed_by_us.update(positions)
+
+    def _settle(self) -> None:
+        """Take the outcome of a commit running in the background, if it has one (a failure rewinds)."""
+        try:
+            self.checkpointer.settle(block=False)
+        except CommitFailed as exc:
+            self._failed(str(exc))
 
     def _failed(self, why: str, rewind: bool = True) -> None:
         """A transaction was aborted: count it, say why, and (``rewind``) redo the work from the last commit
