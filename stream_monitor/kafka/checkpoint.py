@@ -159,9 +159,9 @@ class Checkpointer:
 
     def settle(self, block: bool = True) -> bool:
         """Take the outcome of the commit in flight, waiting for it (``block``) or not; returns whether none is
-        in flight any more. A commit still running past its deadline is wedged, waiting or not. Once committed, the records held meanwhile begin the next transaction; if it failed,
-        it is aborted, they are dropped and :class:`CommitFailed` is raised (the caller redoes the work since
-        the last commit)."""
+        in flight any more. A commit still running past its deadline is wedged, waiting or not. Once committed,
+        the records held meanwhile begin the next transaction; if it failed, it is aborted, they are dropped and
+        :class:`CommitFailed` is raised (the caller redoes the work since the last commit)."""
         job = self._inflight
         if job is None:
             return True
