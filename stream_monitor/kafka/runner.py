@@ -208,10 +208,10 @@ class MonitorService:
             self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")
         try:
             while not self._stop.is_set():
+                self._settle()  # before consuming: a failed commit rewinds, and the next batch comes after the seek
                 t0 = time.perf_counter()
                 msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
                 seconds["consume"] += time.perf_counter() - t0
-                self._settle()
                 self._follow_breakers()
                 if msgs or self._ahead is not None:
                     try:
