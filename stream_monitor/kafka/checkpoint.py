@@ -64,6 +64,7 @@ class Checkpointer:
         self.cfg = cfg
         self.conn = conn
         self.timeout_s = max(10.0, cfg.kafka.transaction_timeout_s)
+        self.watchdog_s = 2 * self.timeout_s + 10  # a commit running longer is wedged (see commit())
         self.open = False
         self.errors: list[str] = []
         self._wedged: list[Producer] = []
@@ -151,7 +152,7 @@ class Checkpointer:
                 outcome.append(exc)
 
         job = _InFlight(threading.Thread(target=run, name="txn-commit", daemon=True),
-                        time.monotonic() + 2 * self.timeout_s + 10, done, outcome)
+                        time.monotonic() + self.watchdog_s, done, outcome)
         self._inflight = job
         job.worker.start()
         if wait:
@@ -175,7 +176,7 @@ class Checkpointer:
         held, self._held, self._held_bytes = self._held, [], 0
         if not job.outcome:
             logger.error("transaction commit stuck for %.0fs: replacing the producer (its work is aborted)",
-                         2 * self.timeout_s + 10)
+                         self.watchdog_s)
             self._wedged.append(self.producer)  # never destroyed under a blocked call
             self.open = False
             self._new_producer()

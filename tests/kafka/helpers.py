@@ -38,9 +38,10 @@ def config_dict(run_id: str, models: dict[str, Any], **over: Any) -> dict[str, A
     return raw
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+def create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for fut in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+    topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
+    for fut in admin.create_topics([topic]).values():
         fut.result(30)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_monitor.kafka.checkpoint import Checkpointer, CommitFailed
 from stream_monitor.kafka.clients import Connection
@@ -48,8 +47,7 @@ def test_records_produced_while_a_commit_runs_belong_to_the_next_transaction(kaf
 def test_a_commit_that_fails_in_the_background_is_reported_and_drops_what_was_held(kafka_bootstrap, run_id):
     out, small = f"out-{run_id}", f"small-{run_id}"
     create_topic(kafka_bootstrap, out)
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    admin.create_topics([NewTopic(small, 1, 1, config={"max.message.bytes": "200"})])[small].result(30)
+    create_topic(kafka_bootstrap, small, config={"max.message.bytes": "200"})
     cp = checkpointer(kafka_bootstrap, run_id)
     done: list[int] = []
     try:

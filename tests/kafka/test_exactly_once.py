@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.kafka.chaos import (MonitorProcess, assert_same, committed_offsets, expected, kill_mid_stream,
                                produce_partitioned, read_committed, seen, wait_committed)
@@ -196,9 +196,9 @@ def test_a_second_instance_killed_mid_stream_hands_its_tasks_over_exactly(kafka_
 @pytest.mark.parametrize("decode_ahead", [False, True], ids=["in-turn", "decode-ahead"])
 def test_an_output_topic_that_refuses_writes_then_is_fixed_loses_no_page(kafka_bootstrap, run_id, decode_ahead):
     raw, cfg, events = drifting_on_broker(kafka_bootstrap, run_id, 46, 6, decode_ahead)
+    # every alert is refused (the monitor starts after this)
+    create_topic(kafka_bootstrap, cfg.topics.alerts, config={"max.message.bytes": "200"})
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    admin.create_topics([NewTopic(cfg.topics.alerts, 1, 1, config={"max.message.bytes": "200"})])[
-        cfg.topics.alerts].result(30)  # every alert is refused (the monitor starts after this)
     with Running(cfg, kafka_bootstrap) as run:
         deadline = time.monotonic() + 60
         while run.service.stats.aborts < 2 and time.monotonic() < deadline:
