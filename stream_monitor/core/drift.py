@@ -14,6 +14,7 @@ is also raised to the PSI that noise alone reaches at these sample sizes (:func:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,14 @@ class Finding:
     severity: str | None = None  # fixed severity; None: the policy's per-kind severity and escalation
     segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
+    def __getattr__(self, name: str) -> Any:
+        # a finding of the window evaluation may have its details built when first read (see _lazy)
+        make = self.__dict__.pop("_details_of", None) if name == "details" else None
+        if make is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        details = self.__dict__["details"] = make()
+        return details
+
 
 _new = object.__new__
 
@@ -60,6 +69,20 @@ def _finding(feature: str, kind: str, statistic: str, value: float, threshold: f
         feature, kind, statistic, value, threshold, over)
     d["p_value"], d["n"], d["details"], d["consecutive"], d["severity"], d["segment"] = (
         p_value, n, details, None, None, segment)
+    return f
+
+
+def _lazy(feature: str, kind: str, statistic: str, value: float, threshold: float, over: bool,
+          p_value: float | None, n: int, details_of: Callable[[], dict[str, Any]], segment: Segment | None = None
+          ) -> Finding:
+    """As :func:`_finding`, the details built by ``details_of()`` when first read: a window's findings under
+    threshold are mostly only lines of its report, never alerted on."""
+    f = _new(Finding)
+    d = f.__dict__
+    d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
+        feature, kind, statistic, value, threshold, over)
+    d["p_value"], d["n"], d["_details_of"], d["consecutive"], d["severity"], d["segment"] = (
+        p_value, n, details_of, None, None, segment)
     return f
 
 
@@ -105,186 +128,401 @@ def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,
     like the model's (a feature with fewer than ``slice_min_events`` events in the slice's window is not), and
     their p-values join the model's Holm family, so the family-wise false-alarm rate per window stays
     ``family_alpha`` however many slices there are. Their findings carry the segment.
+
+    The drift candidates stay columns (:class:`_Block`) through the evidence rule and Holm's procedure; a
+    finding's details are built when first read, except for the features over threshold (their alert shows
+    them, and they need the panes): most of a window's findings only ever become a line of its report.
     """
     def kind_of(name: str) -> str:
         return "prediction_drift" if name in prediction_features else "data_drift"
 
-    drift, side = _candidates(binning, ref, cur, cfg, kind_of, cfg.min_window_events, evidence or {}, True)
+    side: list[Finding] = []
+    blocks = _blocks(binning, ref, cur, cfg, kind_of, cfg.min_window_events, evidence or {}, None, side)
     for seg, slice_ref, slice_cur in slices:  # drift candidates only: quality is the model's (same events)
-        mine, _ = _candidates(binning, slice_ref, slice_cur, cfg, kind_of,
-                              slice_min_events or cfg.min_window_events, {}, False)
-        for d in mine:
-            d["segment"] = seg
-        drift += mine
-    return _decide(binning, drift, cfg, {None: (ref, cur)} | {seg: (r, c) for seg, r, c in slices}) + side
+        blocks += _blocks(binning, slice_ref, slice_cur, cfg, kind_of, slice_min_events or cfg.min_window_events,
+                          {}, seg, None)
+    return _decide(binning, blocks, cfg, {None: (ref, cur)} | {seg: (r, c) for seg, r, c in slices}) + side
 
 
-def _candidates(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
-                min_events: int, evidence: dict[int, tuple[np.ndarray, np.ndarray]], side: bool
-                ) -> tuple[list[dict[str, Any]], list[Finding]]:
-    """Drift candidates for the Holm family (dicts: decision statistic, p-value, threshold, figures) and, with
-    ``side``, the findings decided on their own (new categories, data quality)."""
+class _Block:
+    """The drift candidates of one pane pair's numeric (``key`` "column") or categorical ("cat_column")
+    features, as columns. Per feature with enough events, in feature order: its decision test's row and, with
+    the signed test (rank-sum, category shift) on, that test's row; the two share the feature's weight in the
+    Holm family. ``details(i)`` builds row ``i``'s details (every statistic computed for its feature; the
+    evidence rule's span) from the block's arrays, when a finding's details are first read."""
+
+    def __init__(self, key: str, segment: Segment | None, names: tuple[str, ...],
+                 kind_of: Callable[[str], str], keep: np.ndarray, signed_on: bool, tests: list[str],
+                 main: tuple[np.ndarray, np.ndarray, np.ndarray], signed: tuple[np.ndarray, ...] | None,
+                 n: np.ndarray, figures: Callable[[int], dict[str, Any]]) -> None:
+        self.key, self.segment, self.keep = key, segment, keep
+        per = 2 if signed_on else 1
+        self.col = np.repeat(keep, per)
+        self.signed_row = np.tile(np.array([False, True][:per]), keep.size)
+        cols = self.col.tolist()
+        self.names = [names[j] for j in cols]
+        self.kinds = [kind_of(x) for x in self.names]
+        self.tests = [tests[j] for j in cols]  # the feature's decision test
+        self.stats = [s if not sg else ("rank_sum" if key == "column" else "category_shift")
+                      for s, sg in zip(self.tests, self.signed_row.tolist())]
+        pick = (lambda a, b: np.stack([a[keep], b[keep]], axis=1).reshape(-1)) if signed_on else \
+            (lambda a, b: a[keep])
+        sv = signed[0] if signed is not None else main[0]
+        self.value = pick(main[0], sv if signed is None else signed[1])
+        self.p = pick(main[1], main[1] if signed is None else signed[2])
+        self.thr = pick(main[2], main[2] if signed is None else signed[3])
+        self.signed = pick(main[0], sv)  # the effect with its direction (evidence's rule)
+        self.n = np.repeat(n[keep], per).astype(np.int64)
+        self.weight = np.full(self.col.size, 0.5 if signed_on else 1.0)
+        self._figures = figures
+        self.span: list[int] | None = None  # per row: the evidence rule's span (1: the window); None: no rule
+        self.cands: Callable[[int], list[tuple[Any, ...]] | None] = lambda i: None
+
+    def details(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s details: every statistic computed for its feature, and the evidence rule's span."""
+        out = self._figures(int(self.col[i]))
+        if self.span is not None and self.span[i] is not None:
+            out["windows"] = self.span[i]
+        return out
+
+    def evidence(self, i: int) -> dict[str, Any] | None:
+        """Row ``i``'s evidence candidates (the window's and each span's figures), as in an alert."""
+        cands = self.cands(i)
+        if not cands:
+            return None
+        return {str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}
+
+
+def _blocks(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
+            min_events: int, evidence: dict[int, tuple[np.ndarray, np.ndarray]], seg: Segment | None,
+            side: list[Finding] | None) -> list[_Block]:
+    """The drift candidates of one pane pair (numeric, then categorical) and, into ``side`` when given, the
+    findings decided on their own: new categories, then data quality (numeric, then categorical)."""
+    out = []
+    if binning.numeric:
+        out.append(_numeric(binning, ref, cur, cfg, kind_of, min_events, evidence, seg))
+    if binning.categorical:
+        out.append(_categorical(binning, ref, cur, cfg, kind_of, min_events, evidence, seg))
+    if side is None:
+        return out
+    if binning.categorical:
+        side += _new_categories(binning, ref, cur, cfg, kind_of, out[-1].keep)
+    if binning.numeric:
+        side += _quality(binning.numeric, ref, cur, cfg, (
+            ("missing_rate", ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
+            ("type_error_rate", ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
+            ("out_of_range_rate", ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)))
+    if binning.categorical:
+        side += _quality(binning.categorical, ref, cur, cfg, (
+            ("missing_rate", ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
+            ("type_error_rate", ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)))
+    return out
+
+
+def _numeric(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
+             min_events: int, evidence: dict[int, tuple[np.ndarray, np.ndarray]], seg: Segment | None
+             ) -> _Block:
+    """Numeric features: binned statistics for all features (and all spans) at once."""
     th = cfg.thresholds
-    spans = list(evidence)
     every = cfg.report_all_statistics
-    drift: list[dict[str, Any]] = []  # candidates for the Holm family
-    quality: list[Finding] = []
-
-    # ---- numeric: binned statistics for all features (and all spans) at once ----
     k = len(binning.numeric)
-    if k:
-        n_ref, n_cur = ref.num_present, cur.num_present
-        past = [e[0] for e in evidence.values()]
-        rank_on = th.rank_sum is not None
-        test = cfg.numeric_test
-        f = _binned(ref.num_counts, cur.num_counts, past, binning.bin_valid, n_ref, n_cur, th,
-                    "rank_sum" if rank_on else None, _ALL_BINNED if every else _NEEDS[test])
+    n_ref, n_cur = ref.num_present, cur.num_present
+    rank_on = th.rank_sum is not None
+    test = cfg.numeric_test
+    f = _binned(ref.num_counts, cur.num_counts, [e[0] for e in evidence.values()], binning.bin_valid, n_ref,
+                n_cur, th, "rank_sum" if rank_on else None, _ALL_BINNED if every else _NEEDS[test])
+    spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
+    # PSI needs ~5 events per bin to be stable; below that, KS
+    tests = np.where(n_cur >= 5 * f["bins"][0], "psi", "ks").tolist() if test == "auto" else [test] * k
+    # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when every
+    # statistic is reported; otherwise only for the features over threshold (for the alert)
+    sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not every else list(range(k))
+    if sampled:
+        ks_d, ks_p, w_all = _sample_statistics(ref, cur, sampled, k)
+        ks_r, wn_r, wraw_r, spread_r = np.round(np.stack([ks_d, _w_norm(w_all, spreads), w_all, spreads]), 6)
+    else:  # (NaN: not computed)
+        ks_r = wn_r = wraw_r = ks_p = np.full(k, np.nan)
+        spread_r = np.round(spreads, 6)
+    table = _row0(f, k, th) | {"ks": (ks_r, ks_p, np.full(k, th.ks))}
+    if "chi_p" in f:
+        table["wasserstein"] = (wn_r, f["chi_p"][0], np.full(k, th.wasserstein))
+    signed = None
+    if rank_on:
+        auc = f["signed"][0][0] + 0.5
+        auc_r = np.round(auc, 6)
+        signed = (auc_r - 0.5, np.round(np.abs(auc - 0.5), 6), f["signed"][1][0], f["signed"][2][0])
+
+    def figures(j: int) -> dict[str, Any]:
+        got = _numeric_figures(f, j, ks_r[j].item(), ks_p[j].item(), wn_r[j].item(), th)
+        out = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in got.items()}
         if rank_on:
-            auc = f["signed"][0][0] + 0.5
-            rank_l, rank_pl, auc_l = _rounded(np.abs(auc - 0.5)), f["signed"][1][0].tolist(), _rounded(auc)
-            rank_thr = f["signed"][2][0].tolist()
-        spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
-        # PSI needs ~5 events per bin to be stable; below that, KS
-        tests = np.where(n_cur >= 5 * f["bins"][0], "psi", "ks").tolist() if test == "auto" else [test] * k
-        # KS and Wasserstein need the exact samples: computed when one of them decides a feature, or when
-        # every statistic is reported; otherwise only for the features over threshold (for the alert)
-        sampled = [j for j, t in enumerate(tests) if t in _SAMPLE_TESTS] if not every else list(range(k))
-        if sampled:
-            ks_d, ks_p_all, w_all = _sample_statistics(ref, cur, sampled, k)
-            ks_l, wn_l, wraw_l, spread_l = _rounded(np.stack([ks_d, _w_norm(w_all, spreads), w_all, spreads]))
-            ks_pl = ks_p_all.tolist()
-        else:  # (NaN: not computed)
-            ks_l = wn_l = wraw_l = ks_pl = [float("nan")] * k
-            spread_l = _rounded(spreads)
-        n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
-        for j, name in enumerate(binning.numeric):
-            if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
-                continue
-            figures = _numeric_figures(f, j, ks_l[j], ks_pl[j], wn_l[j], th)
-            if rank_on:
-                figures["rank_sum"] = (rank_l[j], rank_pl[j], rank_thr[j])
-            value, p, thr = figures[tests[j]]
-            details = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-            details["reference_std"] = spread_l[j]
-            if "wasserstein" in figures:
-                details["wasserstein_raw"] = wraw_l[j]
-            d = {"feature": name, "kind": kind_of(name), "statistic": tests[j], "value": value, "p": p,
-                 "threshold": thr, "n": n_cur_l[j], "column": j, "test": tests[j], "details": details}
-            drift.append(d)
-            if rank_on:  # a finding of its own (a location shift, on one degree of freedom); the two tests of
-                # the feature share its weight in the Holm family, so adding one costs the other features nothing
-                d["weight"] = 0.5
-                d["details"]["rank_sum"]["auc"] = auc_l[j]
-                drift.append(d | {"statistic": "rank_sum", "value": rank_l[j], "p": rank_pl[j],
-                                  "threshold": rank_thr[j], "signed": auc_l[j] - 0.5, "details": dict(d["details"])})
-        if spans:
-            _evidence(drift, "column", spans, f, th)
-        if side:
-            quality += _quality(binning.numeric, ref, cur, cfg, (
-                ("missing_rate", ref.num_missing, cur.num_missing, cfg.missing_rate_increase),
-                ("type_error_rate", ref.num_type_error, cur.num_type_error, cfg.type_error_rate),
-                ("out_of_range_rate", ref.num_out_of_range, cur.num_out_of_range, cfg.out_of_range_rate)))
+            out["rank_sum"] = {"value": signed[1][j].item(), "p_value": signed[2][j].item(), "auc": auc_r[j].item()}
+        out["reference_std"] = spread_r[j].item()
+        if "wasserstein" in got:
+            out["wasserstein_raw"] = wraw_r[j].item()
+        return out
 
-    # ---- categorical ----
+    keep = np.flatnonzero((n_cur >= min_events) & (n_ref >= min_events))
+    block = _Block("column", seg, binning.numeric, kind_of, keep, rank_on, tests,
+                   _main(table, tests, k), signed, n_cur, figures)
+    if evidence:
+        _evidence(block, list(evidence), f, th, None)
+    return block
+
+
+def _categorical(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
+                 min_events: int, evidence: dict[int, tuple[np.ndarray, np.ndarray]], seg: Segment | None
+                 ) -> _Block:
+    """Categorical features: binned statistics for all features (and all spans) at once."""
+    th = cfg.thresholds
     c = len(binning.categorical)
-    new_findings: list[Finding] = []
-    if c:
-        n_ref, n_cur = ref.cat_present, cur.cat_present
-        past = [e[1] for e in evidence.values()]
-        shift_on = th.category_shift is not None
-        test = cfg.categorical_test
-        f = _binned(ref.cat_counts, cur.cat_counts, past, binning.cat_valid, n_ref, n_cur, th,
-                    "category_shift" if shift_on else None, _ALL_BINNED if every else _NEEDS[test])
-        unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
-        # a new category is unusual when more events carry never-seen values than the reference's unseen mass
-        # predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features
-        new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1))).tolist()
-        n_ref_l, n_cur_l = n_ref.tolist(), n_cur.tolist()
-        new_l, unseen_l = cur.cat_new.tolist(), _rounded(unseen)
-        if shift_on:  # the one category whose share moved most significantly
-            shift, shift_p, shift_thr_a, shift_level = (a[0] for a in f["signed"])
-            shift_l, shift_pl = _rounded(np.abs(shift)), shift_p.tolist()
-            shift_thr = shift_thr_a.tolist()
-            level_l = shift_level.tolist()
-            with np.errstate(divide="ignore", invalid="ignore"):  # per tracked category, for evidence's rule
-                moved = cur.cat_counts / np.maximum(n_cur, 1)[:, None] - ref.cat_counts / np.maximum(n_ref, 1)[:, None]
-        for j, name in enumerate(binning.categorical):
-            if n_cur_l[j] < min_events or n_ref_l[j] < min_events:
-                continue
-            figures = _categorical_figures(f, j, th)
-            if shift_on:
-                figures["category_shift"] = (shift_l[j], shift_pl[j], shift_thr[j])
-            value, p, thr = figures[test]
-            d = {"feature": name, "kind": kind_of(name), "statistic": test, "value": value, "p": p,
-                 "threshold": thr, "n": n_cur_l[j], "cat_column": j, "test": test,
-                 "details": {s: {"value": v, "p_value": pv} for s, (v, pv, _) in figures.items()}
-                 | ({"chi2_statistic": f["chi_r"][0][j]} if "chi2" in figures else {})}
-            drift.append(d)
-            if shift_on:  # a finding of its own, sharing the feature's weight in the Holm family (as rank_sum)
-                d["weight"] = 0.5
-                d["details"]["category_shift"]["category"] = _category_name(binning, j, level_l[j])
-                drift.append(d | {"statistic": "category_shift", "value": shift_l[j], "p": shift_pl[j],
-                                  "threshold": shift_thr[j], "signed": moved[j], "details": dict(d["details"])})
-            if not side:
-                continue
-            count = new_l[j]
-            rate = count / max(n_cur_l[j], 1)
-            over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
-                    and new_p[j] <= cfg.family_alpha / c)
-            new_findings.append(_finding(
-                name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate,
-                bool(over), new_p[j], n_cur_l[j],
-                {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
-                 "reference_unseen_mass": unseen_l[j]},
-            ))
-        if spans:
-            _evidence(drift, "cat_column", spans, f, th)
-        if side:
-            quality += _quality(binning.categorical, ref, cur, cfg, (
-                ("missing_rate", ref.cat_missing, cur.cat_missing, cfg.missing_rate_increase),
-                ("type_error_rate", ref.cat_type_error, cur.cat_type_error, cfg.type_error_rate)))
-    return drift, new_findings + quality
+    n_ref, n_cur = ref.cat_present, cur.cat_present
+    shift_on = th.category_shift is not None
+    test = cfg.categorical_test
+    f = _binned(ref.cat_counts, cur.cat_counts, [e[1] for e in evidence.values()], binning.cat_valid, n_ref,
+                n_cur, th, "category_shift" if shift_on else None,
+                _ALL_BINNED if cfg.report_all_statistics else _NEEDS[test])
+    table = _row0(f, c, th)
+    signed = None
+    if shift_on:  # the one category whose share moved most significantly
+        shift, shift_p, shift_thr, level = (a[0] for a in f["signed"])
+        signed = (np.round(shift, 6), np.round(np.abs(shift), 6), shift_p, shift_thr)
+
+    def figures(j: int) -> dict[str, Any]:
+        got = _categorical_figures(f, j, th)
+        out = {s: {"value": v, "p_value": pv} for s, (v, pv, _) in got.items()}
+        if shift_on:
+            out["category_shift"] = {"value": signed[1][j].item(), "p_value": signed[2][j].item(),
+                                     "category": _category_name(binning, j, int(level[j]))}
+        if "chi2" in got:
+            out["chi2_statistic"] = f["chi_r"][0][j].item()
+        return out
+
+    keep = np.flatnonzero((n_cur >= min_events) & (n_ref >= min_events))
+    block = _Block("cat_column", seg, binning.categorical, kind_of, keep, shift_on, [test] * c,
+                   _main(table, [test] * c, c), signed, n_cur, figures)
+    if evidence:
+        def moved() -> np.ndarray:  # per tracked category, the change of its share (evidence's rule)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (cur.cat_counts / np.maximum(n_cur, 1)[:, None]
+                        - ref.cat_counts / np.maximum(n_ref, 1)[:, None])
+        _evidence(block, list(evidence), f, th, moved)
+    return block
 
 
-def _decide(binning: Binning, drift: list[dict[str, Any]], cfg: DriftConfig,
+def _new_categories(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig, kind_of: Callable[[str], str],
+                    keep: np.ndarray) -> list[Finding]:
+    """A new category is unusual when more events carry never-seen values than the reference's unseen mass
+    predicts (Good-Turing; at least one in the reference's size); Bonferroni over the model's features."""
+    c = len(binning.categorical)
+    n_ref, n_cur = ref.cat_present, cur.cat_present
+    unseen = np.array(binning.unseen_mass or (0.0,) * c, dtype=np.float64)
+    new_p = stats.binomial_sf(cur.cat_new, n_cur, np.maximum(unseen, 1.0 / np.maximum(n_ref, 1))).tolist()
+    n_cur_l, new_l, unseen_l = n_cur.tolist(), cur.cat_new.tolist(), _rounded(unseen)
+    out = []
+    for j in keep.tolist():
+        name, count = binning.categorical[j], new_l[j]
+        rate = count / max(n_cur_l[j], 1)
+        over = (rate >= cfg.new_category_rate and count >= cfg.new_category_min_count
+                and new_p[j] <= cfg.family_alpha / c)
+        out.append(_finding(name, kind_of(name), "new_category_rate", _r(rate), cfg.new_category_rate, bool(over),
+                            new_p[j], n_cur_l[j], {"new_categories": sorted(cur.new_examples[j]), "new_count": count,
+                                                   "reference_unseen_mass": unseen_l[j]}))
+    return out
+
+
+def _row0(f: dict[str, Any], k: int, th: Any) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(value, p-value, threshold) arrays over the features of every binned statistic computed in ``f`` (row 0
+    of :func:`_binned`: the window's own counts)."""
+    out = {}
+    chi_p = f["chi_p"][0] if "chi_p" in f else None
+    if "psi_r" in f:
+        out["psi"] = (f["psi_r"][0], f["psi_p"][0], f["psi_thr"][0])
+    if "chi2_r" in f:
+        out["chi2"] = (f["chi2_r"][0], chi_p, f["chi2_thr"][0])
+    if "js_r" in f:
+        out["js"] = (f["js_r"][0], chi_p, np.full(k, th.js))
+    if "hellinger_r" in f:
+        out["hellinger"] = (f["hellinger_r"][0], chi_p, np.full(k, th.hellinger))
+    return out
+
+
+def _main(table: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], tests: list[str], k: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, p-value, threshold) of every feature's decision test."""
+    first = tests[0] if tests else None
+    if all(t == first for t in tests):
+        return table[first] if first is not None else (np.empty(0),) * 3
+    got = np.empty((3, k))
+    which = np.array(tests)
+    for t in set(tests):
+        here = which == t
+        for a, x in zip(got, table[t]):
+            a[here] = x[here]
+    return got[0], got[1], got[2]
+
+
+def _decide(binning: Binning, blocks: list[_Block], cfg: DriftConfig,
             panes: dict[Segment | None, tuple[Pane, Pane]]) -> list[Finding]:
-    """One Holm family per model and window (its slices included): the drift findings."""
-    rejected = holm(np.array([d["p"] for d in drift]), cfg.family_alpha,
-                    np.array([d.get("weight", 1.0) for d in drift]))
-    over = [bool(rej and d["value"] >= d["threshold"]) for d, rej in zip(drift, rejected)]
-    for d, o in zip(drift, over):  # every candidate's figures when it matters: in alerts, or when asked
-        cands = d.pop("candidates", None)
-        if cands and (o or cfg.report_all_statistics):
-            d["details"] = d["details"] | {"evidence": {
-                str(s): {"value": cv, "p_value": cp, "threshold": ct, "events": cn} for s, cv, cp, ct, cn in cands}}
-    # details: a feature over threshold shows every statistic (the alert names it: the missing binned ones on
-    # the window's counts, KS and Wasserstein on the samples); the others only their decision tests, unless
-    # every statistic is asked for
-    at = [_column_of(d) for d in drift]  # (segment, "column" or "cat_column", index) of each candidate
-    alerted = {c for c, o in zip(at, over) if o}
-    late: dict[tuple[Segment | None, str], tuple[set[int], set[int]]] = {}
-    for d, (seg, key, j) in zip(drift, at):
-        d.pop("signed", None)
-        test = d.pop("test")
-        if cfg.report_all_statistics:  # every statistic is there already
+    """One Holm family per model and window (its slices included): the drift findings.
+
+    Details: a feature over threshold shows every statistic (the alert names it: the missing binned ones on
+    the window's counts, KS and Wasserstein on the samples) and, on its rows over threshold, the evidence
+    candidates; the other features only their decision tests, unless every statistic is asked for."""
+    if not blocks:
+        return []
+    rejected = holm(np.concatenate([b.p for b in blocks]), cfg.family_alpha,
+                    np.concatenate([b.weight for b in blocks]))
+    every = cfg.report_all_statistics
+    out: list[Finding] = []
+    at = 0
+    for b in blocks:
+        rows = b.col.size
+        over_a = rejected[at:at + rows] & (b.value >= b.thr)
+        at += rows
+        over = over_a.tolist()
+        alerted = set(b.col[over_a].tolist()) if not every else set()
+        more = {}
+        if alerted:
+            cols = sorted(alerted)
+            sampled = [j for j in cols if b.key == "column" and "ks" not in b.details(_first_row(b, j))]
+            more = _all_figures(binning, *panes[b.segment], b.key, cols, sampled, cfg)
+        thr_r = [round(x, 6) for x in b.thr.tolist()]
+        cols = b.col.tolist()
+        for i, (name, kind, stat, v, t, o, p, n, j) in enumerate(zip(
+                b.names, b.kinds, b.stats, b.value.tolist(), thr_r, over, b.p.tolist(), b.n.tolist(), cols)):
+            if j in alerted or every:
+                details = b.details(i)
+                if o or every:
+                    ev = b.evidence(i)
+                    if ev is not None:
+                        details["evidence"] = ev
+                if j in alerted:
+                    details = more[j] | details  # what was computed already stays as it is
+                out.append(_finding(name, kind, stat, v, t, o, p, n, details, b.segment))
+            else:
+                out.append(_lazy(name, kind, stat, v, t, o, p, n,
+                                 functools.partial(_decision_of, b, i, b.tests[i]), b.segment))
+    return out
+
+
+def _first_row(b: _Block, j: int) -> int:
+    return int(np.flatnonzero(b.col == j)[0])
+
+
+def _decision_of(b: _Block, i: int, test: str) -> dict[str, Any]:
+    return _decision_details(b.details(i), test)
+
+
+def _evidence(b: _Block, spans: list[int], f: dict[str, Any], th: Any, moved: Callable[[], np.ndarray] | None
+              ) -> None:
+    """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
+    last ``s`` windows for each span ``s`` (rows 1... of :func:`_binned`), and the feature is decided on the
+    most significant candidate that reaches its effect threshold, its p-value multiplied by the number of
+    candidates and, for a span, by the span and by 1,000 / the window's events when smaller (weighted
+    Bonferroni within the feature; Holm across features follows). A shift too small for one window (0.1 sd is
+    a PSI of ~0.01) is caught once enough windows show it; a one-window blip is unchanged: it is only one of
+    the candidates.
+
+    Rows whose spans all stay under their thresholds (most of them) keep the window's own figures, with the
+    p-value multiplied by the number of candidates, in one set of array operations; the others go through
+    the rule one by one."""
+    rows = np.flatnonzero([s not in _SAMPLE_TESTS for s in b.stats])
+    if not rows.size:
+        return
+    S = len(spans)
+    m = S + 1  # candidates per feature
+    width = f["events"].shape[1]
+    # per test, its span rows (1...): values (signed for the signed tests), p-values, thresholds, picked level
+    span_figures: dict[str, tuple[np.ndarray, ...]] = {}
+    js_thr, hel_thr = np.round(np.array([th.js, th.hellinger]), 6)
+    if "psi_r" in f:
+        span_figures["psi"] = (f["psi_r"][1:], f["psi_p"][1:], f["psi_thr_r"][1:])
+    if "chi2_r" in f:
+        span_figures["chi2"] = (f["chi2_r"][1:], f["chi_p"][1:], f["chi2_thr_r"][1:])
+    if "js_r" in f:
+        span_figures["js"] = (f["js_r"][1:], f["chi_p"][1:], np.full((S, width), js_thr))
+    if "hellinger_r" in f:
+        span_figures["hellinger"] = (f["hellinger_r"][1:], f["chi_p"][1:], np.full((S, width), hel_thr))
+    level = None
+    if f["signed"] is not None:
+        sv, sp, sthr, level = f["signed"]
+        span_figures["rank_sum" if level is None else "category_shift"] = (
+            np.round(sv[1:], 6), sp[1:], np.round(sthr[1:], 6))
+    vals, ps, thrs = (np.empty((rows.size, S)) for _ in range(3))
+    stat_of = np.array(b.stats)[rows]
+    cols = b.col[rows]
+    for s in set(stat_of.tolist()):
+        here = stat_of == s
+        for a, x in zip((vals, ps, thrs), span_figures[s]):
+            a[here] = x[:, cols[here]].T
+    events = f["events"][1:, cols].T
+    reaching = np.abs(vals) >= thrs  # a span's candidate counts only if it reaches its effect threshold
+    v0, p0, t0, n0 = b.value[rows], b.p[rows], b.thr[rows], b.n[rows]
+    first_score = p0 * (m * 1.0)
+    b.p[rows] = np.where(first_score < 1.0, first_score, 1.0)
+    span = [None] * b.col.size
+    for i in rows.tolist():
+        span[i] = 1
+    shares = None
+    for r in np.flatnonzero(reaching.any(axis=1)).tolist():
+        i = int(rows[r])
+        value, p, thr, n = v0[r].item(), p0[r].item(), t0[r].item(), int(n0[r])
+        here = b.signed[i].item()
+        if b.stats[i] == "category_shift":
+            shares = moved() if shares is None else shares
+            here = shares[int(cols[r])]
+        got = _best(value, p, thr, n, here, b.stats[i], m, spans, vals[r].tolist(), ps[r].tolist(),
+                    thrs[r].tolist(), events[r].tolist(),
+                    None if level is None else level[1:, int(cols[r])].tolist())
+        (b.value[i], b.p[i], b.thr[i], b.n[i]), span[i] = got
+    b.span = span
+    row_of = {int(i): r for r, i in enumerate(rows.tolist())}
+
+    def cands(i: int) -> list[tuple[Any, ...]] | None:
+        r = row_of.get(i)
+        if r is None:
+            return None
+        first = (1, v0[r].item(), p0[r].item(), t0[r].item(), int(n0[r]))
+        return [first, *zip(spans, np.abs(vals[r]).tolist(), ps[r].tolist(), thrs[r].tolist(), events[r].tolist())]
+
+    b.cands = cands
+
+
+def _best(value: float, p0: float, thr0: float, n0: int, mine_signed: Any, test: str, m: int, spans: list[int],
+          vals: list[float], ps: list[float], thrs: list[float], events: list[int], levels: list[int] | None
+          ) -> tuple[tuple[float, float, float, int], int]:
+    """The evidence rule for one row with a span that reaches its threshold: (value, p-value, threshold,
+    events) of the most significant candidate that counts (ties: the shorter span; the window's own when none
+    does), and its span."""
+    # rank-sum and category-shift effects have a direction; for a category shift, this window's is that of
+    # the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
+    per_category = isinstance(mine_signed, np.ndarray)
+    # a span's candidate counts only while this window alone still shows at least half its effect, in the
+    # same direction (on the squared scale for distances): after a large shift ends, the windows it spans do
+    # not keep the incident open. Its alpha is also spent per 1,000 events rather than per window, so that
+    # small windows (many per million events) do not multiply false alarms.
+    power = 2 if test in _SQUARED else 1
+    per_events = max(1.0, 1000.0 / max(n0, 1))
+    first = (value, p0, thr0, n0)
+    best = (p0 * (m * 1.0), 1, first) if value >= thr0 else None
+    for i, s in enumerate(spans):
+        v, t = vals[i], thrs[i]
+        size = abs(v)
+        if size < t:
             continue
-        if (seg, key, j) in alerted:
-            columns, sampled = late.setdefault((seg, key), (set(), set()))
-            columns.add(j)
-            if key == "column" and "ks" not in d["details"]:
-                sampled.add(j)
-        else:
-            d["details"] = _decision_details(d["details"], test)
-    more = {(seg, key): _all_figures(binning, *panes[seg], key, sorted(columns), sorted(sampled), cfg)
-            for (seg, key), (columns, sampled) in late.items()}
-    for d, (seg, key, j) in zip(drift, at):
-        if (seg, key, j) in alerted and not cfg.report_all_statistics:
-            d["details"] = more[seg, key][j] | d["details"]  # what was computed already stays as it is
-    return [
-        _finding(d["feature"], d["kind"], d["statistic"], d["value"], _r(d["threshold"]), o, d["p"], d["n"],
-                 d["details"], d.get("segment"))
-        for d, o in zip(drift, over)
-    ]
+        here, signed = mine_signed, v
+        if per_category:
+            assert levels is not None
+            picked = levels[i] < len(mine_signed)
+            here = float(mine_signed[levels[i]]) if picked else value
+            signed = v if picked else size
+        if here * signed >= 0 and abs(here) ** power >= 0.5 * size ** power:
+            score = ps[i] * (m * (s * per_events))
+            if best is None or (score, s) < best[:2]:
+                best = (score, s, (size, ps[i], t, events[i]))
+    score, span, (v, p, t, n) = best if best is not None else (p0 * (m * 1.0), 1, first)
+    return (v, min(1.0, score), t, n), span
 
 
 _SAMPLE_TESTS = frozenset({"ks", "wasserstein"})
@@ -304,11 +542,6 @@ _DROP = {test: frozenset(s for s in _FIGURES if s != test) | frozenset(v for k, 
          for test in _FIGURES}
 
 
-def _column_of(d: dict[str, Any]) -> tuple[Segment | None, str, int]:
-    key = "column" if "column" in d else "cat_column"
-    return d.get("segment"), key, d[key]
-
-
 def _decision_details(details: dict[str, Any], test: str) -> dict[str, Any]:
     """A feature's details without the statistics that did not decide it (its test and the signed tests do)."""
     drop = _DROP[test]
@@ -321,31 +554,31 @@ def _numeric_figures(f: dict[str, Any], j: int, ks: float, ks_p: float, w: float
     :func:`_binned`) and of KS / Wasserstein when computed (not NaN)."""
     out: dict[str, tuple[Any, Any, Any]] = {}
     if "psi_r" in f:
-        out["psi"] = (f["psi_r"][0][j], f["psi_p_l"][0][j], f["psi_thr"][0][j])
+        out["psi"] = (f["psi_r"][0, j].item(), f["psi_p"][0, j].item(), f["psi_thr"][0, j].item())
     if ks == ks:
         out["ks"] = (ks, ks_p, th.ks)
-    chi_p = f["chi_p_l"][0][j] if "chi_p_l" in f else None
+    chi_p = f["chi_p"][0, j].item() if "chi_p" in f else None
     if w == w and chi_p is not None:
         out["wasserstein"] = (w, chi_p, th.wasserstein)
     if "js_r" in f:
-        out["js"] = (f["js_r"][0][j], chi_p, th.js)
+        out["js"] = (f["js_r"][0, j].item(), chi_p, th.js)
     if "hellinger_r" in f:
-        out["hellinger"] = (f["hellinger_r"][0][j], chi_p, th.hellinger)
+        out["hellinger"] = (f["hellinger_r"][0, j].item(), chi_p, th.hellinger)
     return out
 
 
 def _categorical_figures(f: dict[str, Any], j: int, th: Any) -> dict[str, tuple[Any, Any, Any]]:
     """As :func:`_numeric_figures`, for categorical column ``j``."""
     out: dict[str, tuple[Any, Any, Any]] = {}
-    chi_p = f["chi_p_l"][0][j] if "chi_p_l" in f else None
+    chi_p = f["chi_p"][0, j].item() if "chi_p" in f else None
     if "chi2_r" in f:
-        out["chi2"] = (f["chi2_r"][0][j], chi_p, f["chi2_thr"][0][j])
+        out["chi2"] = (f["chi2_r"][0, j].item(), chi_p, f["chi2_thr"][0, j].item())
     if "psi_r" in f:
-        out["psi"] = (f["psi_r"][0][j], f["psi_p_l"][0][j], f["psi_thr"][0][j])
+        out["psi"] = (f["psi_r"][0, j].item(), f["psi_p"][0, j].item(), f["psi_thr"][0, j].item())
     if "js_r" in f:
-        out["js"] = (f["js_r"][0][j], chi_p, th.js)
+        out["js"] = (f["js_r"][0, j].item(), chi_p, th.js)
     if "hellinger_r" in f:
-        out["hellinger"] = (f["hellinger_r"][0][j], chi_p, th.hellinger)
+        out["hellinger"] = (f["hellinger_r"][0, j].item(), chi_p, th.hellinger)
     return out
 
 
@@ -371,7 +604,7 @@ def _all_figures(binning: Binning, ref: Pane, cur: Pane, key: str, columns: list
     f = _binned(ref.cat_counts, cur.cat_counts, [], binning.cat_valid, ref.cat_present, cur.cat_present, th,
                 None, _ALL_BINNED)
     return {j: {s: {"value": v, "p_value": pv} for s, (v, pv, _) in _categorical_figures(f, j, th).items()}
-            | {"chi2_statistic": f["chi_r"][0][j]} for j in columns}
+            | {"chi2_statistic": f["chi_r"][0, j].item()} for j in columns}
 
 
 def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarray], valid: np.ndarray,
@@ -389,26 +622,26 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
     on its own counts, so row 0 is what the window alone gives. The
     window's sample sizes are its counts of present values, a span's the sums of its pooled counts. Values and
     thresholds come rounded (``*_r``) for findings and evidence, p-values and the window's thresholds as
-    they are (lists of rows).
+    they are; every entry is an array ``(1 + spans, features)``.
     """
     got = stats.binned_statistics(ref_counts, np.stack([cur_counts, *past]), valid, need, signed)
     bins, n_r, n_c = got["bins"], got["n_ref"], got["n_cur"]
     n_r[0], n_c[0] = n_ref, n_cur
-    out: dict[str, Any] = {"bins": bins, "events": got["events"].tolist(), "signed": None}
+    out: dict[str, Any] = {"bins": bins, "events": got["events"], "signed": None}
     if "psi" in need:
         psi = got["psi"]
         psi_thr = np.maximum(th.psi, stats.psi_null_threshold(n_r, n_c, bins))
-        out["psi_r"], out["psi_thr_r"] = _rounded(np.stack([psi, psi_thr]))
-        out["psi_p_l"], out["psi_thr"] = stats.psi_pvalue(psi, n_r, n_c, bins).tolist(), psi_thr.tolist()
+        out["psi_r"], out["psi_thr_r"] = np.round(np.stack([psi, psi_thr]), 6)
+        out["psi_p"], out["psi_thr"] = stats.psi_pvalue(psi, n_r, n_c, bins), psi_thr
     if "chi2" in need:
         chi, chi_p, w = got["chi2"], got["chi2_p"], got["w"]
         w_thr = np.maximum(th.chi2, stats.w_null_threshold(n_r, n_c, bins))
-        out["chi2_r"], out["chi_r"], out["chi2_thr_r"] = _rounded(np.stack([w, chi, w_thr]))
-        out["chi_p_l"], out["chi2_thr"] = chi_p.tolist(), w_thr.tolist()
+        out["chi2_r"], out["chi_r"], out["chi2_thr_r"] = np.round(np.stack([w, chi, w_thr]), 6)
+        out["chi_p"], out["chi2_thr"] = chi_p, w_thr
     if "js" in need:
-        out["js_r"] = _rounded(got["js"])
+        out["js_r"] = np.round(got["js"], 6)
     if "hellinger" in need:
-        out["hellinger_r"] = _rounded(got["hellinger"])
+        out["hellinger_r"] = np.round(got["hellinger"], 6)
     if signed == "rank_sum":  # signed (AUC - 0.5)
         auc, p, floor = got["signed"]
         out["signed"] = (auc - 0.5, p, np.maximum(th.rank_sum, floor), None)
@@ -416,77 +649,6 @@ def _binned(ref_counts: np.ndarray, cur_counts: np.ndarray, past: list[np.ndarra
         delta, p, floor, level = got["signed"]
         out["signed"] = (delta, p, np.maximum(th.category_shift, floor), level)
     return out
-
-
-def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[str, Any], th: Any) -> None:
-    """Evidence across windows: a feature's binned decision statistic is also computed on the counts of its
-    last ``s`` windows for each span ``s`` (rows 1... of :func:`_binned`), and the feature is decided on the
-    most significant candidate that reaches its effect threshold, its p-value multiplied by the number of
-    candidates and, for a span, by the span and by 1,000 / the window's events when smaller (weighted
-    Bonferroni within the feature; Holm across features follows). A shift too small for one window (0.1 sd is
-    a PSI of ~0.01) is caught once enough windows show it; a one-window blip is unchanged: it is only one of
-    the candidates."""
-    mine = [d for d in drift if key in d and d["statistic"] not in _SAMPLE_TESTS]
-    events = f["events"]
-    width = len(events[0])
-    js_thr, hel_thr = _rounded(np.array([th.js, th.hellinger]))
-    # per test: (values, p-values, thresholds, picked category) of every row (row 0 is the window)
-    nothing = [[None] * width] * len(events)
-    figures: dict[str, tuple[Any, ...]] = {}
-    if "psi_r" in f:
-        figures["psi"] = (f["psi_r"], f["psi_p_l"], f["psi_thr_r"], nothing)
-    if "chi2_r" in f:
-        figures["chi2"] = (f["chi2_r"], f["chi_p_l"], f["chi2_thr_r"], nothing)
-    if "js_r" in f:
-        figures["js"] = (f["js_r"], f["chi_p_l"], [[js_thr] * width] * len(events), nothing)
-    if "hellinger_r" in f:
-        figures["hellinger"] = (f["hellinger_r"], f["chi_p_l"], [[hel_thr] * width] * len(events), nothing)
-    if f["signed"] is not None:  # the rank-sum or category-shift test (row 0 is in the findings already)
-        sv, sp, sthr, level = f["signed"]
-        test = "rank_sum" if level is None else "category_shift"
-        figures[test] = ([None, *_rounded(sv[1:])], [None, *sp[1:].tolist()], [None, *_rounded(sthr[1:])],
-                         nothing if level is None else [None, *level[1:].tolist()])
-    m = len(spans) + 1  # candidates per feature
-    rows = list(enumerate(spans, 1))
-    for d in mine:
-        j = d[key]
-        test = d["statistic"]
-        vals, ps, thrs, levels = figures[test]
-        value, p0, thr0, n0 = d["value"], d["p"], d["threshold"], d["n"]
-        # rank-sum and category-shift effects have a direction; for a category shift, this window's is that
-        # of the category the span picked (its magnitude alone when the span picked the pooled sparse ones)
-        mine_signed = d.get("signed", value)
-        per_category = isinstance(mine_signed, np.ndarray)
-        # a span's candidate counts only while this window alone still shows at least half its effect, in the
-        # same direction (on the squared scale for distances): after a large shift ends, the windows it spans
-        # do not keep the incident open. Its alpha is also spent per 1,000 events rather than per window, so
-        # that small windows (many per million events) do not multiply false alarms.
-        power = 2 if test in _SQUARED else 1
-        per_events = max(1.0, 1000.0 / max(n0, 1))
-        first = (1, value, p0, thr0, n0)
-        cands = [first]
-        # the most significant candidate that counts (ties: the shorter span); the window's own when none does
-        best = (p0 * (m * 1.0), 1, first) if value >= thr0 else None
-        for i, s in rows:
-            v = vals[i][j]
-            size, t = abs(v), thrs[i][j]
-            c = (s, size, ps[i][j], t, events[i][j])
-            cands.append(c)
-            if size < t:
-                continue
-            here, signed = mine_signed, v
-            if per_category:
-                level = levels[i][j]
-                picked = level < len(mine_signed)
-                here = float(mine_signed[level]) if picked else value
-                signed = v if picked else size
-            if here * signed >= 0 and abs(here) ** power >= 0.5 * size ** power:
-                score = c[2] * (m * (s * per_events))
-                if best is None or (score, s) < best[:2]:
-                    best = (score, s, c)
-        score, span, (_, v, p, t, n) = best if best is not None else (p0 * (m * 1.0), 1, first)
-        d["value"], d["p"], d["threshold"], d["n"], d["candidates"] = v, min(1.0, score), t, n, cands
-        d["details"]["windows"] = span
 
 
 #: Distances compared on the squared scale by the evidence rule (w, JS and Hellinger are square roots).

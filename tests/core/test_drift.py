@@ -1,4 +1,6 @@
-"""The window evaluation against the per-feature one it replaced (``drift_oracle.py``), on seeded streams."""
+"""The window evaluation against the ones it replaced, on seeded streams: the per-feature evaluation
+(``drift_oracle.py``: the statistics) and the row-by-row one (``drift_rows_oracle.py``: every finding and its
+details, with the signed tests, evidence spans, slices and every statistic)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import pytest
 from stream_monitor.config import parse_config
 from stream_monitor.core import drift, monitor, stats
 from stream_monitor.core.monitor import Monitor
-from tests.core import drift_oracle
-from tests.streams import make_events, model_config
+from tests.core import drift_oracle, drift_rows_oracle
+from tests.streams import make_events, make_segmented_events, model_config, segmented_config
 
 
 def _plain(findings: list[Any]) -> list[dict[str, Any]]:
@@ -104,3 +106,76 @@ def test_findings_made_without_init_equal_the_dataclass_and_stay_frozen() -> Non
     assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)}  # every field, no other
     with pytest.raises(dataclasses.FrozenInstanceError):
         f.value = 1.0  # type: ignore[misc]
+
+
+def _full(findings: list[Any]) -> list[dict[str, Any]]:
+    """Every field, details included (reading them builds the ones made lazily), the segment as published."""
+    return [dataclasses.asdict(f) | {"segment": None if f.segment is None else f.segment.to_dict()}
+            for f in findings]
+
+
+@pytest.mark.parametrize("over", [
+    {"window": {"size": 1000}},
+    {"window": {"size": 100}},  # KS deciding; evidence's alpha spent per 1,000 events
+    {"window": {"size": 250}, "drift": {"report_all_statistics": True, "evidence_windows": [2, 3, 8]}},
+    {"window": {"size": 500}, "drift": {"numeric_test": "js", "categorical_test": "psi", "bins": 7}},
+    {"window": {"size": 500}, "drift": {"numeric_test": "hellinger", "categorical_test": "hellinger",
+                                        "max_categories": 3}},
+    {"window": {"size": 400}, "drift": {"numeric_test": "wasserstein", "categorical_test": "js",
+                                        "evidence_windows": []}},
+    {"window": {"size": 300}, "drift": {"numeric_test": "ks", "categorical_test": "chi2", "evidence_windows": [2, 5]}},
+    {"window": {"size": 300}, "drift": {"thresholds": {"category_shift": None}, "report_all_statistics": True}},
+])
+def test_columnar_evaluation_equals_row_by_row(monkeypatch: pytest.MonkeyPatch, over: dict[str, Any]) -> None:
+    """Exactly: the same findings in the same order, the same details (built lazily or not)."""
+    checked = []
+
+    def both(*args: Any, **kwargs: Any) -> list[drift.Finding]:
+        got = drift.evaluate_window(*args, **kwargs)
+        assert_same(_full(got), _full(drift_rows_oracle.evaluate_window(*args, **kwargs)))
+        checked.append(sum(f.over for f in got))
+        return got
+
+    monkeypatch.setattr(monitor, "evaluate_window", both)
+    cfg = parse_config({"models": {"m": model_config(**over)}})
+    mon = Monitor(cfg)
+    for batch in _stream(0, cfg.models["m"].window.size):
+        mon.process(batch)
+    assert len(checked) > 10
+    assert sum(checked) > 0  # drifts found: the over-threshold paths (full details, evidence candidates) ran
+
+
+def test_columnar_evaluation_equals_row_by_row_with_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = []
+
+    def both(*args: Any, **kwargs: Any) -> list[drift.Finding]:
+        got = drift.evaluate_window(*args, **kwargs)
+        assert_same(_full(got), _full(drift_rows_oracle.evaluate_window(*args, **kwargs)))
+        checked.append(sum(f.over and f.segment is not None for f in got))
+        return got
+
+    monkeypatch.setattr(monitor, "evaluate_window", both)
+    rng = np.random.default_rng(11)
+    events = make_segmented_events(5000, rng) + make_segmented_events(6000, rng, start=5000, shifted="eu", shift=0.8)
+    mon = Monitor(parse_config({"models": {"seg": segmented_config(segments={"keys": ["region", "channel"],
+                                                                             "top_n": 5})}}))
+    for i in range(0, len(events), 1000):
+        mon.process(events[i:i + 1000])
+    assert len(checked) >= 5 and sum(checked) > 0  # a slice went over threshold
+
+
+def test_lazy_details_are_built_once_when_read_and_equal_eager_ones() -> None:
+    calls = []
+
+    def make() -> dict[str, Any]:
+        calls.append(1)
+        return {"psi": {"value": 0.1}}
+
+    f = drift._lazy("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, make)
+    assert not calls
+    eager = drift.Finding("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, {"psi": {"value": 0.1}})
+    assert f == eager and repr(f) == repr(eager) and dataclasses.asdict(f) == dataclasses.asdict(eager)
+    assert f.details is f.details and len(calls) == 1
+    assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)}
+    with pytest.raises(AttributeError):
+        f.no_such_field  # noqa: B018
