@@ -30,7 +30,7 @@ from ..config import ModelConfig, MonitorConfig
 from .alerts import Alert, AlertPolicy, WindowInfo
 from .breaker import BreakerSignal, CircuitBreaker
 from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
-from .drift import Finding, evaluate_window
+from .drift import Finding, evaluate_windows
 from .concept import ConceptDriftDetectors
 from .events import ModelEvents, PredictionBatch
 from .keys import event_keys, key_fraction
@@ -244,7 +244,7 @@ class ModelMonitor:
             if not cols.n:
                 return []
         assert self.windows is not None
-        return [self._evaluate(w) for w in self.windows.update(cols)]
+        return self._evaluate(self.windows.update(cols))
 
     def _warm_up(self, cols: Columns) -> Columns:
         """Add ``cols`` to the warm-up; once it is complete, build the reference. Returns the events left over
@@ -336,7 +336,7 @@ class ModelMonitor:
             self.last_event_time = max(self.last_event_time or rec.watermark, rec.watermark)
         if isinstance(self.windows, (MergedCountWindows, MergedTimeWindows)):
             closed += self.windows.advance(rec.source, rec.at, rec.watermark)
-        return [self._evaluate(w) for w in closed]
+        return self._evaluate(closed)
 
     def _add_pairs(self, pairs: list[Any]) -> None:
         assert self.performance is not None
@@ -432,31 +432,59 @@ class ModelMonitor:
             logger.info("model %s: warm-up reference saved to %s", cfg.name, path)
         return ref
 
-    def _evaluate(self, w: ClosedWindow) -> WindowResult:
+    def _evaluate(self, closed: list[ClosedWindow]) -> list[WindowResult]:
+        """Evaluate the windows that closed in one update, in order: each one's bookkeeping (its reference, the
+        rolling or calendar store, the evidence history) window by window, then the windows compared with the
+        same reference pane evaluated together (:func:`~.drift.evaluate_windows`: the same findings as one by
+        one, in one set of array operations)."""
+        if not closed:
+            return []
         assert self.reference is not None
         cfg = self.cfg
-        info = WindowInfo(w.index, w.start, w.end, w.pane.n)
-        ref_id: str | None = self.reference.id
-        ref_pane = self.reference.pane
-        if self.rolling is not None:
-            got = self.rolling.reference_for(self.reference.id)
-            self.rolling.add(w.start, w.end, w.pane)
-            ref_id, ref_pane = got if got else (None, None)
-        elif self.calendar is not None:
-            got = self.calendar.reference_for(self.reference.id, w.start)
-            self.calendar.add(w.start, w.pane)
-            ref_id, ref_pane = got if got else (None, None)
-        if ref_pane is None or ref_pane.n < cfg.reference.min_events:
-            return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="reference not ready")
-        if w.pane.n < cfg.drift.min_window_events:
-            return WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small")
-        evidence = None
-        if self.history is not None:
-            evidence = self.history.evidence(w.pane)
-            self.history.add(w.pane)
-        slices, segments = self._slices(w.pane)
-        findings = evaluate_window(self.reference.binning, ref_pane, w.pane, cfg.drift, self.prediction_features,
-                                   evidence, slices, cfg.segments.min_window_events)
+        out: list[WindowResult | None] = []
+        jobs: list[tuple[int, ClosedWindow, WindowInfo, str | None, Pane, Any, Any, Any]] = []
+        for w in closed:
+            info = WindowInfo(w.index, w.start, w.end, w.pane.n)
+            ref_id: str | None = self.reference.id
+            ref_pane = self.reference.pane
+            if self.rolling is not None:
+                got = self.rolling.reference_for(self.reference.id)
+                self.rolling.add(w.start, w.end, w.pane)
+                ref_id, ref_pane = got if got else (None, None)
+            elif self.calendar is not None:
+                got = self.calendar.reference_for(self.reference.id, w.start)
+                self.calendar.add(w.start, w.pane)
+                ref_id, ref_pane = got if got else (None, None)
+            if ref_pane is None or ref_pane.n < cfg.reference.min_events:
+                out.append(WindowResult(cfg.name, w.pane.main_version, info, ref_id, [],
+                                        skipped="reference not ready"))
+                continue
+            if w.pane.n < cfg.drift.min_window_events:
+                out.append(WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small"))
+                continue
+            evidence = None
+            if self.history is not None:
+                evidence = self.history.evidence(w.pane)
+                self.history.add(w.pane)
+            slices, segments = self._slices(w.pane)
+            jobs.append((len(out), w, info, ref_id, ref_pane, evidence, slices, segments))
+            out.append(None)
+        at = 0
+        while at < len(jobs):  # runs of windows against the same reference pane
+            end = at + 1
+            while end < len(jobs) and jobs[end][4] is jobs[at][4]:
+                end += 1
+            run = jobs[at:end]
+            found = evaluate_windows(self.reference.binning, run[0][4], [(j[1].pane, j[5], j[6]) for j in run],
+                                     cfg.drift, self.prediction_features, cfg.segments.min_window_events)
+            for (i, w, info, ref_id, ref_pane, _, _, segments), findings in zip(run, found):
+                out[i] = self._result(w, info, ref_id, ref_pane, findings, segments)
+            at = end
+        return out  # type: ignore[return-value]
+
+    def _result(self, w: ClosedWindow, info: WindowInfo, ref_id: str | None, ref_pane: Pane,
+                findings: list[Finding], segments: list[dict[str, Any]] | None) -> WindowResult:
+        cfg = self.cfg
         latency = None
         if w.pane.latency.sum():
             latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}

@@ -14,7 +14,7 @@ import numpy as np
 from stream_monitor.config import DriftConfig
 from stream_monitor.core import stats
 from stream_monitor.core.drift import (_ALL_BINNED, _NEEDS, _SAMPLE_TESTS, _SQUARED, Finding, _category_name,
-                                       _decision_details, _finding, _quality, _r, _rounded, _sample_statistics,
+                                       _decision_details, _finding, _r, _rounded, _sample_statistics,
                                        _w_norm, holm)
 from stream_monitor.core.segments import Segment
 from stream_monitor.core.sketches import Binning, Pane
@@ -397,3 +397,20 @@ def _evidence(drift: list[dict[str, Any]], key: str, spans: list[int], f: dict[s
         score, span, (_, v, p, t, n) = best if best is not None else (p0 * (m * 1.0), 1, first)
         d["value"], d["p"], d["threshold"], d["n"], d["candidates"] = v, min(1.0, score), t, n, cands
         d["details"]["windows"] = span
+
+
+def _quality(names: tuple[str, ...], ref: Pane, cur: Pane, cfg: DriftConfig,
+             rates: tuple[tuple[str, np.ndarray, np.ndarray, float], ...]) -> list[Finding]:
+    """Data-quality findings: a rate over the reference's own rate plus the allowed increase (every rate of
+    every feature in one set of numpy calls)."""
+    if cur.n < cfg.min_window_events:
+        return []
+    ref_rate = np.stack([r[1] for r in rates]) / (ref.n or 1)
+    rate = np.stack([r[2] for r in rates]) / (cur.n or 1)
+    threshold = ref_rate + np.array([r[3] for r in rates])[:, None]
+    over = (rate >= threshold).tolist()
+    rate_l, thr_l, ref_l = _rounded(np.stack([rate, threshold, ref_rate]))
+    n = cur.n
+    return [_finding(name, "data_quality", statistic, r, t, o, None, n, {"reference_rate": rr})
+            for (statistic, *_), rs, ts, os_, rrs in zip(rates, rate_l, thr_l, over, ref_l)
+            for name, r, t, o, rr in zip(names, rs, ts, os_, rrs)]

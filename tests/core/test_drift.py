@@ -80,15 +80,16 @@ def test_batched_evaluation_equals_per_feature(monkeypatch: pytest.MonkeyPatch, 
     elif stats._kernel is None:
         pytest.fail("the compiled statistics kernel is not built")
 
-    def both(*args: Any, **kwargs: Any) -> list[drift.Finding]:
-        got = drift.evaluate_window(*args, **kwargs)
-        assert not args[6]  # no slices here: the oracle is the per-feature evaluation without them
-        want = drift_oracle.evaluate_window(*args[:6])
-        assert_same(_plain(got), _plain(want), 1e-9 if compiled else 0.0)
-        checked.append(sum(f.over for f in got))
+    def both(binning: Any, ref: Any, windows: Any, cfg: Any, *args: Any) -> list[list[drift.Finding]]:
+        got = drift.evaluate_windows(binning, ref, windows, cfg, *args)
+        for (cur, evidence, slices), findings in zip(windows, got):
+            assert not slices  # no slices here: the oracle is the per-feature evaluation without them
+            want = drift_oracle.evaluate_window(binning, ref, cur, cfg, args[0], evidence)
+            assert_same(_plain(findings), _plain(want), 1e-9 if compiled else 0.0)
+            checked.append(sum(f.over for f in findings))
         return got
 
-    monkeypatch.setattr(monitor, "evaluate_window", both)
+    monkeypatch.setattr(monitor, "evaluate_windows", both)
     # the oracle predates the signed tests (rank_sum, category_shift): compare the statistics it knows
     over = {**over, "drift": {**over.get("drift", {}), "thresholds": {"rank_sum": None, "category_shift": None}}}
     cfg = parse_config({"models": {"m": model_config(**over)}})
@@ -114,9 +115,25 @@ def _full(findings: list[Any]) -> list[dict[str, Any]]:
             for f in findings]
 
 
+def _against_rows(checked: list[int], counted: Any) -> Any:
+    """``evaluate_windows`` checking each window's findings against the row-by-row oracle's, alone."""
+    def both(binning: Any, ref: Any, windows: Any, cfg: Any, *args: Any) -> list[list[drift.Finding]]:
+        got = drift.evaluate_windows(binning, ref, windows, cfg, *args)
+        for (cur, evidence, slices), findings in zip(windows, got):
+            want = drift_rows_oracle.evaluate_window(binning, ref, cur, cfg, args[0], evidence, slices, args[1])
+            assert_same(_full(findings), _full(want))
+            checked.append(sum(map(counted, findings)))
+        batches.append(len(windows))
+        return got
+
+    batches: list[int] = []
+    both.batches = batches  # type: ignore[attr-defined]
+    return both
+
+
 @pytest.mark.parametrize("over", [
     {"window": {"size": 1000}},
-    {"window": {"size": 100}},  # KS deciding; evidence's alpha spent per 1,000 events
+    {"window": {"size": 100}},  # KS deciding; evidence's alpha spent per 1,000 events; 7 windows per batch
     {"window": {"size": 250}, "drift": {"report_all_statistics": True, "evidence_windows": [2, 3, 8]}},
     {"window": {"size": 500}, "drift": {"numeric_test": "js", "categorical_test": "psi", "bins": 7}},
     {"window": {"size": 500}, "drift": {"numeric_test": "hellinger", "categorical_test": "hellinger",
@@ -127,34 +144,27 @@ def _full(findings: list[Any]) -> list[dict[str, Any]]:
     {"window": {"size": 300}, "drift": {"thresholds": {"category_shift": None}, "report_all_statistics": True}},
 ])
 def test_columnar_evaluation_equals_row_by_row(monkeypatch: pytest.MonkeyPatch, over: dict[str, Any]) -> None:
-    """Exactly: the same findings in the same order, the same details (built lazily or not)."""
-    checked = []
+    """Exactly: the same findings in the same order, the same details (built lazily or not), whether windows
+    are evaluated alone or with the others that closed in the same batch."""
+    checked: list[int] = []
 
-    def both(*args: Any, **kwargs: Any) -> list[drift.Finding]:
-        got = drift.evaluate_window(*args, **kwargs)
-        assert_same(_full(got), _full(drift_rows_oracle.evaluate_window(*args, **kwargs)))
-        checked.append(sum(f.over for f in got))
-        return got
-
-    monkeypatch.setattr(monitor, "evaluate_window", both)
+    both = _against_rows(checked, lambda f: f.over)
+    monkeypatch.setattr(monitor, "evaluate_windows", both)
     cfg = parse_config({"models": {"m": model_config(**over)}})
     mon = Monitor(cfg)
     for batch in _stream(0, cfg.models["m"].window.size):
         mon.process(batch)
     assert len(checked) > 10
     assert sum(checked) > 0  # drifts found: the over-threshold paths (full details, evidence candidates) ran
+    if cfg.models["m"].window.size <= 350:  # batches of 700 events: windows evaluated together
+        assert max(both.batches) >= 2
 
 
 def test_columnar_evaluation_equals_row_by_row_with_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked = []
+    checked: list[int] = []
 
-    def both(*args: Any, **kwargs: Any) -> list[drift.Finding]:
-        got = drift.evaluate_window(*args, **kwargs)
-        assert_same(_full(got), _full(drift_rows_oracle.evaluate_window(*args, **kwargs)))
-        checked.append(sum(f.over and f.segment is not None for f in got))
-        return got
-
-    monkeypatch.setattr(monitor, "evaluate_window", both)
+    monkeypatch.setattr(monitor, "evaluate_windows",
+                        _against_rows(checked, lambda f: f.over and f.segment is not None))
     rng = np.random.default_rng(11)
     events = make_segmented_events(5000, rng) + make_segmented_events(6000, rng, start=5000, shifted="eu", shift=0.8)
     mon = Monitor(parse_config({"models": {"seg": segmented_config(segments={"keys": ["region", "channel"],
