@@ -28,7 +28,7 @@ flat however long the stream runs). ``--pin 0:1`` puts the broker on CPU 0 and t
 
     python bench/kafka_throughput.py [--events 1000000] [--windows 1000 5000 100] [--rounds 3]
                                      [--commit-interval 1] [--rss-events 1000000] [--pin 0:1]
-                                     [--decode-ahead]
+                                     [--batch 10000] [--decode-ahead]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from workload import make, model_config  # noqa: E402
 
-from stream_monitor.config import parse_config  # noqa: E402
+from stream_monitor.config import BatchConfig, parse_config  # noqa: E402
 from stream_monitor.kafka.broker import kafka_broker  # noqa: E402
 from stream_monitor.kafka.clients import CONSUMER_DEFAULTS, consumer_config  # noqa: E402
 from stream_monitor.kafka.runner import MonitorService, tune_gc  # noqa: E402
@@ -79,13 +79,16 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int, by_event_id: bo
     print(f"produced {n} events ({len(orjson.dumps(ev))} bytes each)", flush=True)
 
 
+#: Messages per consume() call of both loops: the monitor's default batch.max_messages.
+BATCH = BatchConfig().max_messages
+
 #: The monitor's consumer settings that decide how fast data arrives: the bare loop gets the same ones.
 FETCH = {k: v for k, v in {**CONSUMER_DEFAULTS,
                            **consumer_config(parse_config({"models": {"bench": model_config(1000)}}))}.items()
          if k.startswith(("fetch.", "queued.", "max.partition"))}
 
 
-def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None) -> tuple[float, float]:
+def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None, batch: int = 0) -> tuple[float, float]:
     """Events/s and CPU microseconds per event of the consuming thread, with the monitor's fetch settings
     (or ``settings``)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-{uuid.uuid4().hex}",
@@ -96,7 +99,7 @@ def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None) -> tu
     t0 = None
     loads = orjson.loads
     while seen < n:
-        for m in c.consume(5000, 0.5):
+        for m in c.consume(batch or BATCH, 0.5):
             if m.error() is None:
                 loads(m.value())
                 seen += 1
@@ -108,8 +111,8 @@ def bare(bootstrap: str, topic: str, n: int, settings: dict | None = None) -> tu
     return (n - first) / dt, cpu / (n - first) * 1e6
 
 
-def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float, decode_ahead: bool = False
-              ) -> tuple[float, list[tuple[int, float]], str, float]:
+def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float, decode_ahead: bool = False,
+              batch: int = 0) -> tuple[float, list[tuple[int, float]], str, float]:
     """Events/s, RSS samples, where the time went (per stage, from the first processed batch on, as the rate)
     and the CPU microseconds per event of its thread."""
     run = uuid.uuid4().hex[:8]
@@ -119,7 +122,7 @@ def monitored(bootstrap: str, topic: str, n: int, window: int, commit_s: float, 
         "topics": {"predictions": topic, "alerts": f"bench-{run}.alerts", "breaker": f"bench-{run}.breaker",
                    "dead_letter": f"bench-{run}.dlq", "state": f"bench-{run}.state",
                    "metrics": f"bench-{run}.metrics", "join": f"bench-{run}.join", "partitions": 1},
-        "batch": {"max_messages": 5000, "timeout_s": 0.5, "decode_ahead": decode_ahead},
+        "batch": {"max_messages": batch or BATCH, "timeout_s": 0.5, "decode_ahead": decode_ahead},
         "models": {"bench": model_config(window)},
     })
     svc = MonitorService(cfg, bootstrap, log_every_s=3600)
@@ -194,6 +197,8 @@ def main() -> None:
                     help="events of the final long pass that samples the monitor's RSS (0: skip it)")
     ap.add_argument("--pin", metavar="BROKER_CPU:MONITOR_CPU", help="pin the local broker and this process "
                     "to separate CPUs (as taskset would), e.g. 0:1")
+    ap.add_argument("--batch", type=int, default=BATCH, help="messages per consume() call of both loops (the "
+                    f"monitor's batch.max_messages; default {BATCH:,}, the monitor's default)")
     ap.add_argument("--decode-ahead", action="store_true", help="each round also runs the monitor with "
                     "batch.decode_ahead (the next batch parsed on a second thread), and prints its ratio")
     args = ap.parse_args()
@@ -203,17 +208,18 @@ def main() -> None:
             print(pin(args.pin), flush=True)
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, max(args.events, args.rss_events), args.partitions)
-        bare(bootstrap, topic, args.events)  # warm-up pass, discarded: the first read of a topic is cold
+        bare(bootstrap, topic, args.events, batch=args.batch)  # warm-up pass, discarded: the first read of a topic is cold
         print(f"fetch settings of both loops: {FETCH}", flush=True)
-        default_rate, _ = bare(bootstrap, topic, args.events, {})
+        default_rate, _ = bare(bootstrap, topic, args.events, {}, args.batch)
         print(f"for scale, the bare loop with librdkafka's default fetch settings: {default_rate:,.0f} events/s",
               flush=True)
         for window in args.windows:
             ratios, costs, cpu_ratios, ahead_ratios = [], [], [], []
             for r in range(args.rounds):
-                base, base_cpu = bare(bootstrap, topic, args.events)
-                rate, _, stages, cpu = monitored(bootstrap, topic, args.events, window, args.commit_interval)
-                once, _, _, _ = monitored(bootstrap, topic, args.events, window, 30.0)
+                base, base_cpu = bare(bootstrap, topic, args.events, batch=args.batch)
+                rate, _, stages, cpu = monitored(bootstrap, topic, args.events, window, args.commit_interval,
+                                                 batch=args.batch)
+                once, _, _, _ = monitored(bootstrap, topic, args.events, window, 30.0, batch=args.batch)
                 ratios.append(rate / base)
                 cpu_ratios.append(base_cpu / cpu)
                 costs.append(1 - rate / once)
@@ -224,7 +230,8 @@ def main() -> None:
                       flush=True)
                 print(f"  where the monitor's time went: {stages}", flush=True)
                 if args.decode_ahead:
-                    ahead, _, stages, _ = monitored(bootstrap, topic, args.events, window, args.commit_interval, True)
+                    ahead, _, stages, _ = monitored(bootstrap, topic, args.events, window, args.commit_interval, True,
+                                                    args.batch)
                     ahead_ratios.append(ahead / base)
                     print(f"  with batch.decode_ahead: {ahead:9,.0f} events/s, ratio {ahead / base:.2f}; "
                           f"{stages}", flush=True)
@@ -235,7 +242,7 @@ def main() -> None:
                                   if ahead_ratios else ""), flush=True)
         if args.rss_events:
             rate, samples, _, _ = monitored(bootstrap, topic, args.rss_events, args.windows[0],
-                                            args.commit_interval)
+                                            args.commit_interval, batch=args.batch)
             print(f"monitor RSS along {args.rss_events:,} events (window {args.windows[0]}, {rate:,.0f} events/s): "
                   + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
 

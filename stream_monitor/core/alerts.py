@@ -156,8 +156,9 @@ class AlertPolicy:
                             if c.firing and c.kind == "data_quality" and k[0] == model}
             # a large shift (critical: factor x threshold) is never hidden: a broken pipeline that also moves
             # the distribution far pages as drift too, and breaker rules on data_drift see it
-            findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality
-                                                     and f.value < self.cfg.critical_factor * f.threshold)]
+            if bad_quality:
+                findings = [f for f in findings if not (f.kind in _DRIFT_KINDS and f.feature in bad_quality
+                                                         and f.value < self.cfg.critical_factor * f.threshold)]
         touched: set[tuple[str, ...]] = set()
         if not any(k[0] == model for k in self._conditions):  # a quiet model: only what is over starts something
             findings = [f for f in findings if f.over]

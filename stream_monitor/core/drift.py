@@ -14,7 +14,6 @@ is also raised to the PSI that noise alone reaches at these sample sizes (:func:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,7 @@ class Finding:
         make = self.__dict__.pop("_details_of", None) if name == "details" else None
         if make is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        details = self.__dict__["details"] = make()
+        details = self.__dict__["details"] = make[0](*make[1:])
         return details
 
 
@@ -73,10 +72,9 @@ def _finding(feature: str, kind: str, statistic: str, value: float, threshold: f
 
 
 def _lazy(feature: str, kind: str, statistic: str, value: float, threshold: float, over: bool,
-          p_value: float | None, n: int, details_of: Callable[[], dict[str, Any]], segment: Segment | None = None
-          ) -> Finding:
-    """As :func:`_finding`, the details built by ``details_of()`` when first read: a window's findings under
-    threshold are mostly only lines of its report, never alerted on."""
+          p_value: float | None, n: int, details_of: tuple[Any, ...], segment: Segment | None = None) -> Finding:
+    """As :func:`_finding`, the details built by ``details_of[0](*details_of[1:])`` when first read: a window's
+    findings under threshold are mostly only lines of its report, never alerted on."""
     f = _new(Finding)
     d = f.__dict__
     d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
@@ -498,7 +496,7 @@ def _decide(binning: Binning, blocks: list[_Block], cfg: DriftConfig,
                                          ps[i], ns[i], details, b.segment))
                 else:
                     mine.append(_lazy(b.names[i], b.kinds[i], stats_w[i], values[i], round(thrs[i], 6), o, ps[i],
-                                      ns[i], functools.partial(_decision_of, b, w, i, tests_w[i]), b.segment))
+                                      ns[i], (_decision_of, b, w, i, tests_w[i]), b.segment))
     return out
 
 

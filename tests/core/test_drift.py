@@ -181,7 +181,7 @@ def test_lazy_details_are_built_once_when_read_and_equal_eager_ones() -> None:
         calls.append(1)
         return {"psi": {"value": 0.1}}
 
-    f = drift._lazy("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, make)
+    f = drift._lazy("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, (make,))
     assert not calls
     eager = drift.Finding("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, {"psi": {"value": 0.1}})
     assert f == eager and repr(f) == repr(eager) and dataclasses.asdict(f) == dataclasses.asdict(eager)
