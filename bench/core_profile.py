@@ -3,10 +3,12 @@
 Decodes the events of ``workload.py`` (30 features, ~790 bytes each) once with the monitor's decoder, then feeds
 the same batches of 5,000 to a fresh ``Monitor`` per pass (after a warm-up reference of 5,000 events) and
 reports, per window size, the core's microseconds per event and, per window, the time in each stage (timed
-around the calls, best of ``--rounds`` passes): the window evaluation (``evaluate_window``), and in it the binned
-statistics of a window and its evidence spans; pane updates are the rest of the core besides the window report
-(``to_dict``) and the alert policy. The binned statistics are timed with the compiled kernel and, in the same
-run, with the numpy functions it replaced (``stats.binned_statistics(compiled=False)``).
+around the calls, best of ``--rounds`` passes): the window evaluation (``evaluate_windows``: the windows that
+close in one batch, together), and in it the binned statistics of the windows and their evidence spans; pane
+updates are the rest of the core besides the window report (``to_dict``) and the alert policy. In the same run,
+alternating: the binned statistics with the numpy functions the compiled kernel replaced
+(``stats.binned_statistics(compiled=False)``), and the windows evaluated one at a time (a call each, as before
+they were evaluated together).
 
 Then decode and core together, as the service runs them on one thread (each batch decoded, then processed)
 and with ``batch.decode_ahead`` (batch N+1 decoded on a second thread while the core processes batch N; the
@@ -59,10 +61,20 @@ def timed(obj: Any, name: str, acc: dict[str, float], label: str) -> Callable[[]
     return lambda: setattr(obj, name, f)
 
 
-def one_pass(cfg: Any, batches: list[Any], compiled: bool | None) -> tuple[float, dict[str, float], int]:
+def one_at_a_time(binning: Any, ref: Any, windows: Any, *args: Any) -> list[Any]:
+    """``evaluate_windows`` as before windows were evaluated together: each window in a call of its own."""
+    return [drift.evaluate_windows(binning, ref, [w], *args)[0] for w in windows]
+
+
+def one_pass(cfg: Any, batches: list[Any], compiled: bool | None, alone: bool = False
+             ) -> tuple[float, dict[str, float], int]:
     acc: dict[str, float] = {}
     binned = stats.binned_statistics
-    undo = [timed(monitor, "evaluate_window", acc, "window evaluation"),
+    together = monitor.evaluate_windows
+    if alone:
+        monitor.evaluate_windows = one_at_a_time  # type: ignore[assignment]
+    undo = [lambda: setattr(monitor, "evaluate_windows", together),
+            timed(monitor, "evaluate_windows", acc, "window evaluation"),
             timed(monitor.WindowResult, "to_dict", acc, "window report"),
             timed(alerts.AlertPolicy, "update", acc, "alert policy")]
     stats.binned_statistics = functools.partial(binned, compiled=compiled)  # type: ignore[assignment]
@@ -122,9 +134,10 @@ def main() -> None:
         batches = [decoder.decode(values[i:i + BATCH]) for i in range(0, len(values), BATCH)]
         events = len(values) - 5000
         best: dict[str, tuple[float, dict[str, float], int]] = {}
-        for _ in range(args.rounds):  # alternating: the kernel, then the numpy functions
-            for label, compiled in (("kernel", None), ("numpy", False)):
-                got = one_pass(cfg, batches, compiled)
+        for _ in range(args.rounds):  # alternating: the kernel, the numpy functions, windows one at a time
+            for label, compiled, alone in (("kernel", None, False), ("numpy", False, False),
+                                           ("alone", None, True)):
+                got = one_pass(cfg, batches, compiled, alone)
                 if label not in best or got[0] < best[label][0]:
                     best[label] = got
         dt, acc, windows = best["kernel"]
@@ -138,6 +151,11 @@ def main() -> None:
         print(f"  with the numpy statistics:   binned {acc_np['  binned statistics'] / windows * 1e3:.3f} ms/window"
               f" (kernel {acc['  binned statistics'] / windows * 1e3:.3f}), core {dt_np / events * 1e6:.2f} "
               f"us/event (kernel {dt / events * 1e6:.2f})")
+        dt_1, acc_1, _ = best["alone"]
+        print(f"  windows evaluated one at a time: evaluation {acc_1['window evaluation'] / windows * 1e3:.3f} "
+              f"ms/window (together {acc['window evaluation'] / windows * 1e3:.3f}: "
+              f"{acc_1['window evaluation'] / acc['window evaluation']:.2f}x), core {dt_1 / events * 1e6:.2f} "
+              f"us/event (together {dt / events * 1e6:.2f})")
     window = args.windows[0]
     cfg = parse_config({"models": {"bench": model_config(window)}})
     best_turn = best_ahead = float("inf")
