@@ -208,7 +208,7 @@ def main() -> None:
             print(pin(args.pin), flush=True)
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, max(args.events, args.rss_events), args.partitions)
-        bare(bootstrap, topic, args.events, batch=args.batch)  # warm-up pass, discarded: the first read of a topic is cold
+        bare(bootstrap, topic, args.events, batch=args.batch)  # warm-up, discarded: a topic's first read is cold
         print(f"fetch settings of both loops: {FETCH}", flush=True)
         default_rate, _ = bare(bootstrap, topic, args.events, {}, args.batch)
         print(f"for scale, the bare loop with librdkafka's default fetch settings: {default_rate:,.0f} events/s",

@@ -344,6 +344,20 @@ static inline int eight_digits(const char *p, const char *end, uint64_t *out) {
     return 1;
 }
 
+/* Four ASCII digits at p, if they are four digits: their value (as eight_digits, on 32 bits). */
+static inline int four_digits(const char *p, const char *end, uint64_t *out) {
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    return 0;
+#endif
+    if (end - p < 4) return 0;
+    uint32_t v;
+    memcpy(&v, p, 4);
+    if ((((v & 0xF0F0F0F0u) | (((v + 0x06060606u) & 0xF0F0F0F0u) >> 4))) != 0x33333333u) return 0;
+    v = (v & 0x0F0F0F0Fu) * 2561u >> 8;
+    *out = ((v & 0x00FF00FFu) * 6553601u >> 16) & 0xFFFFu;
+    return 1;
+}
+
 /* A JSON number at c->p (strict grammar), as the nearest double: value = m * 10^e while digits <= 19. */
 static int number(Cur *c, Number *out) {
     const char *start = c->p, *p = c->p, *end = c->end;
@@ -370,18 +384,32 @@ static int number(Cur *c, Number *out) {
         is_int = 0;
         p++;
         if (p >= end || *p < '0' || *p > '9') return DECLINE;
+        int eights = 1, fours = 1; /* chunks of digits may still follow (a failed one ends the run) */
         for (; p < end && *p >= '0' && *p <= '9'; p++) {
-            uint64_t eight;
-            if (digits > 0 && digits <= 11 && eight_digits(p, end, &eight)) { /* the common long fraction */
-                m = m * 100000000ULL + eight;
-                e -= 8;
-                digits += 8;
-                p += 7;
-                continue;
-            }
+            uint64_t chunk;
             if (digits == 0 && *p == '0') { /* a leading zero of 0.000x: a position, not a digit */
                 e--;
                 continue;
+            }
+            if (eights && digits <= 11) { /* the common long fraction: 8 digits at once, while m < 10^19 */
+                if (eight_digits(p, end, &chunk)) {
+                    m = m * 100000000ULL + chunk;
+                    e -= 8;
+                    digits += 8;
+                    p += 7;
+                    continue;
+                }
+                eights = 0;
+            }
+            if (fours && digits <= 15) {
+                if (four_digits(p, end, &chunk)) {
+                    m = m * 10000ULL + chunk;
+                    e -= 4;
+                    digits += 4;
+                    p += 3;
+                    continue;
+                }
+                fours = 0;
             }
             if (digits < 19) {
                 m = m * 10 + (uint64_t)(*p - '0');

@@ -25,7 +25,7 @@ from . import stats
 from .segments import Segment
 from .sketches import Binning, Pane
 
-__all__ = ["Finding", "evaluate_window", "holm"]
+__all__ = ["Finding", "evaluate_window", "evaluate_windows", "holm", "holm_rows"]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,19 @@ def test_numbers_convert_to_the_double_python_gives():
     assert n > 150000
 
 
+def test_fractions_of_every_length_convert_exactly():
+    """The fraction's digits are read 8 and 4 at a time while they last: every length from 1 to 25 digits,
+    after leading zeros and integer parts of any length, with and without an exponent."""
+    rng = random.Random(5)
+    for _ in range(50000):
+        frac = "0" * rng.randint(0, 4) + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 25)))
+        whole = rng.choice(["0", "1", "12", "123456789", "9" * rng.randint(1, 20)])
+        tok = ("-" if rng.random() < 0.5 else "") + whole + "." + frac + (
+            f"e{rng.randint(-30, 30)}" if rng.random() < 0.2 else "")
+        got = _columnar.parse_number(tok.encode())
+        assert got is not None and _bits(got) == _bits(float(tok)), tok
+
+
 @pytest.mark.parametrize("tok", ["01", "-", "1.", ".5", "1e", "1e+", "--1", "+1", "0x1", "NaN", "Infinity",
                                  "1e400", "-1e999", "1 ", "1.5.2", ""])
 def test_what_is_not_a_json_number_or_not_finite_is_declined(tok):

@@ -318,6 +318,27 @@ def test_weighted_holm_splits_a_features_share_between_its_two_tests():
     assert holm(np.array([0.001, 0.003, 0.009]), 0.01, w).tolist() == [True, True, True]
 
 
+def test_holm_per_row_equals_holm_on_each_rows_valid_hypotheses():
+    """Families (windows) in one call: each row rejects what holm rejects on its valid entries alone, with
+    weights, ties, p-values of 1 and NaN among them; the invalid entries are never rejected."""
+    from stream_monitor.core.drift import holm, holm_rows
+
+    rng = np.random.default_rng(35)
+    for _ in range(300):
+        families, m = int(rng.integers(1, 6)), int(rng.integers(1, 40))
+        p = rng.random((families, m)) ** rng.choice([1, 4, 12])
+        p[rng.random(p.shape) < 0.1] = 1.0
+        p[rng.random(p.shape) < 0.1] = 1e-6  # ties
+        p[rng.random(p.shape) < 0.03] = np.nan
+        w = rng.choice([0.5, 1.0], size=p.shape)
+        valid = rng.random(p.shape) < 0.85
+        got = holm_rows(p, 0.05, w, valid)
+        assert not (got & ~valid).any()
+        for row in range(families):
+            v = valid[row]
+            assert got[row][v].tolist() == holm(p[row][v], 0.05, w[row][v]).tolist()
+
+
 def _count_stacks(seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(reference, stacked rows, valid) count matrices as windows produce them, and their corner cases: empty
     rows and references, padded (invalid) bins, sparse bins that get pooled, a single bin, huge counts."""
