@@ -358,6 +358,16 @@ static inline int four_digits(const char *p, const char *end, uint64_t *out) {
     return 1;
 }
 
+/* The n (8 or 4) digits at *p appended to *m, *p left on the last of them; 0, changing nothing, when they are
+ * not n digits. */
+static inline int take_digits(const char **p, const char *end, int n, uint64_t *m) {
+    uint64_t chunk;
+    if (!(n == 8 ? eight_digits(*p, end, &chunk) : four_digits(*p, end, &chunk))) return 0;
+    *m = *m * (n == 8 ? 100000000ULL : 10000ULL) + chunk;
+    *p += n - 1;
+    return 1;
+}
+
 /* A JSON number at c->p (strict grammar), as the nearest double: value = m * 10^e while digits <= 19. */
 static int number(Cur *c, Number *out) {
     const char *start = c->p, *p = c->p, *end = c->end;
@@ -386,30 +396,24 @@ static int number(Cur *c, Number *out) {
         if (p >= end || *p < '0' || *p > '9') return DECLINE;
         int eights = 1, fours = 1; /* chunks of digits may still follow (a failed one ends the run) */
         for (; p < end && *p >= '0' && *p <= '9'; p++) {
-            uint64_t chunk;
             if (digits == 0 && *p == '0') { /* a leading zero of 0.000x: a position, not a digit */
                 e--;
                 continue;
             }
-            if (eights && digits <= 11) { /* the common long fraction: 8 digits at once, while m < 10^19 */
-                if (eight_digits(p, end, &chunk)) {
-                    m = m * 100000000ULL + chunk;
-                    e -= 8;
-                    digits += 8;
-                    p += 7;
-                    continue;
-                }
-                eights = 0;
+            /* the common long fraction: 8, else 4 digits at once, while m stays under 10^19 */
+            int n = 0;
+            if (eights && digits <= 11) {
+                if (take_digits(&p, end, 8, &m)) n = 8;
+                else eights = 0; /* fewer than 8 digits are left */
             }
-            if (fours && digits <= 15) {
-                if (four_digits(p, end, &chunk)) {
-                    m = m * 10000ULL + chunk;
-                    e -= 4;
-                    digits += 4;
-                    p += 3;
-                    continue;
-                }
-                fours = 0;
+            if (!n && fours && digits <= 15) {
+                if (take_digits(&p, end, 4, &m)) n = 4;
+                else fours = 0;
+            }
+            if (n) {
+                e -= n;
+                digits += n;
+                continue;
             }
             if (digits < 19) {
                 m = m * 10 + (uint64_t)(*p - '0');

@@ -270,9 +270,17 @@ def _side(binning: Binning, ref: Pane, curs: list[Pane], cfg: DriftConfig, kind_
     return out
 
 
-def _stacked(curs: list[np.ndarray], evidence: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Rows for :func:`_binned`: each window's counts followed by its spans' counts."""
-    return [x for cur, spans in zip(curs, evidence) for x in (cur, *spans)]
+def _counted(kind: str, ref: Pane, curs: list[Pane], evidence: list[dict[int, tuple[np.ndarray, np.ndarray]]],
+             spans: list[int], valid: np.ndarray, th: Any, signed: str | None, need: frozenset[str]
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The reference's and each window's present values per feature (``kind`` "num" or "cat"), and
+    :func:`_binned` of each window's counts followed by its spans' counts."""
+    part = 0 if kind == "num" else 1
+    n_ref = getattr(ref, f"{kind}_present")
+    n_cur = np.stack([getattr(c, f"{kind}_present") for c in curs])
+    rows = [x for c, e in zip(curs, evidence) for x in (getattr(c, f"{kind}_counts"), *(e[s][part] for s in spans))]
+    return n_ref, n_cur, _binned(getattr(ref, f"{kind}_counts"), rows, len(curs), valid, n_ref, n_cur, th, signed,
+                                 need)
 
 
 def _numeric(binning: Binning, ref: Pane, curs: list[Pane], cfg: DriftConfig, kind_of: Callable[[str], str],
@@ -283,14 +291,10 @@ def _numeric(binning: Binning, ref: Pane, curs: list[Pane], cfg: DriftConfig, ki
     every = cfg.report_all_statistics
     k = len(binning.numeric)
     windows = len(curs)
-    n_ref = ref.num_present
-    n_cur = np.stack([c.num_present for c in curs])
     rank_on = th.rank_sum is not None
     test = cfg.numeric_test
-    f = _binned(ref.num_counts, _stacked([c.num_counts for c in curs],
-                                         [[e[s][0] for s in spans] for e in evidence]),
-                windows, binning.bin_valid, n_ref, n_cur, th, "rank_sum" if rank_on else None,
-                _ALL_BINNED if every else _NEEDS[test])
+    n_ref, n_cur, f = _counted("num", ref, curs, evidence, spans, binning.bin_valid, th,
+                               "rank_sum" if rank_on else None, _ALL_BINNED if every else _NEEDS[test])
     spreads = np.nan_to_num(ref.sample_std())  # cached with the reference's sorted sample
     # PSI needs ~5 events per bin to be stable; below that, KS
     tests = (np.where(n_cur >= 5 * f["bins"][:, 0], "psi", "ks") if test == "auto" else
@@ -338,14 +342,11 @@ def _categorical(binning: Binning, ref: Pane, curs: list[Pane], cfg: DriftConfig
     th = cfg.thresholds
     c = len(binning.categorical)
     windows = len(curs)
-    n_ref = ref.cat_present
-    n_cur = np.stack([x.cat_present for x in curs])
     shift_on = th.category_shift is not None
     test = cfg.categorical_test
-    f = _binned(ref.cat_counts, _stacked([x.cat_counts for x in curs],
-                                         [[e[s][1] for s in spans] for e in evidence]),
-                windows, binning.cat_valid, n_ref, n_cur, th, "category_shift" if shift_on else None,
-                _ALL_BINNED if cfg.report_all_statistics else _NEEDS[test])
+    n_ref, n_cur, f = _counted("cat", ref, curs, evidence, spans, binning.cat_valid, th,
+                               "category_shift" if shift_on else None,
+                               _ALL_BINNED if cfg.report_all_statistics else _NEEDS[test])
     tests = np.full((windows, c), test, dtype=_NAME)
     table = _row0(f, windows, c, th)
     signed = None

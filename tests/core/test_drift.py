@@ -59,18 +59,24 @@ def _stream(seed: int, window: int) -> list[list[dict[str, Any]]]:
     return batches
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("over", [
+#: Model configurations the evaluation is checked on: window sizes (small ones: sparse bins pooled, KS deciding
+#: below 5 events per bin, several windows per batch), every decision test, evidence spans, every statistic.
+CONFIGS = [
     {"window": {"size": 1000}},
-    {"window": {"size": 100}},  # sparse bins: pooled, and KS deciding below 5 events per bin
+    {"window": {"size": 100}},
     {"window": {"size": 250}, "drift": {"report_all_statistics": True, "evidence_windows": [2, 3, 8]}},
     {"window": {"size": 500}, "drift": {"numeric_test": "js", "categorical_test": "psi", "bins": 7}},
     {"window": {"size": 500}, "drift": {"numeric_test": "hellinger", "categorical_test": "hellinger",
                                         "max_categories": 3}},
     {"window": {"size": 400}, "drift": {"numeric_test": "wasserstein", "categorical_test": "js",
                                         "evidence_windows": []}},
-])
+    {"window": {"size": 300}, "drift": {"numeric_test": "ks", "categorical_test": "chi2", "evidence_windows": [2, 5]}},
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("over", CONFIGS)
 def test_batched_evaluation_equals_per_feature(monkeypatch: pytest.MonkeyPatch, seed: int,
                                                over: dict[str, Any], compiled: bool) -> None:
     """Exactly with the numpy statistics; within 1e-9 (relative) with the compiled kernel."""
@@ -131,18 +137,8 @@ def _against_rows(checked: list[int], counted: Any) -> Any:
     return both
 
 
-@pytest.mark.parametrize("over", [
-    {"window": {"size": 1000}},
-    {"window": {"size": 100}},  # KS deciding; evidence's alpha spent per 1,000 events; 7 windows per batch
-    {"window": {"size": 250}, "drift": {"report_all_statistics": True, "evidence_windows": [2, 3, 8]}},
-    {"window": {"size": 500}, "drift": {"numeric_test": "js", "categorical_test": "psi", "bins": 7}},
-    {"window": {"size": 500}, "drift": {"numeric_test": "hellinger", "categorical_test": "hellinger",
-                                        "max_categories": 3}},
-    {"window": {"size": 400}, "drift": {"numeric_test": "wasserstein", "categorical_test": "js",
-                                        "evidence_windows": []}},
-    {"window": {"size": 300}, "drift": {"numeric_test": "ks", "categorical_test": "chi2", "evidence_windows": [2, 5]}},
-    {"window": {"size": 300}, "drift": {"thresholds": {"category_shift": None}, "report_all_statistics": True}},
-])
+@pytest.mark.parametrize("over", [*CONFIGS, {"window": {"size": 300}, "drift": {
+    "thresholds": {"category_shift": None}, "report_all_statistics": True}}])
 def test_columnar_evaluation_equals_row_by_row(monkeypatch: pytest.MonkeyPatch, over: dict[str, Any]) -> None:
     """Exactly: the same findings in the same order, the same details (built lazily or not), whether windows
     are evaluated alone or with the others that closed in the same batch."""
