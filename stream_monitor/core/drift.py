@@ -58,15 +58,17 @@ _new = object.__new__
 
 
 def _finding(feature: str, kind: str, statistic: str, value: float, threshold: float, over: bool,
-             p_value: float | None, n: int, details: dict[str, Any], segment: Segment | None = None) -> Finding:
+             p_value: float | None, n: int, details: Any, segment: Segment | None = None,
+             details_key: str = "details") -> Finding:
     """``Finding(feature, kind, statistic, ...)`` with the policy's defaults, without running the frozen
     dataclass's ``__init__``, which sets each of the twelve fields through ``object.__setattr__``: a window
-    makes some 150 findings, and that ``__init__`` was a tenth of its evaluation."""
+    makes some 150 findings, and that ``__init__`` was a tenth of its evaluation. (``details_key``: see
+    :func:`_lazy`.)"""
     f = _new(Finding)
     d = f.__dict__
     d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
         feature, kind, statistic, value, threshold, over)
-    d["p_value"], d["n"], d["details"], d["consecutive"], d["severity"], d["segment"] = (
+    d["p_value"], d["n"], d[details_key], d["consecutive"], d["severity"], d["segment"] = (
         p_value, n, details, None, None, segment)
     return f
 
@@ -75,13 +77,8 @@ def _lazy(feature: str, kind: str, statistic: str, value: float, threshold: floa
           p_value: float | None, n: int, details_of: tuple[Any, ...], segment: Segment | None = None) -> Finding:
     """As :func:`_finding`, the details built by ``details_of[0](*details_of[1:])`` when first read: a window's
     findings under threshold are mostly only lines of its report, never alerted on."""
-    f = _new(Finding)
-    d = f.__dict__
-    d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
-        feature, kind, statistic, value, threshold, over)
-    d["p_value"], d["n"], d["_details_of"], d["consecutive"], d["severity"], d["segment"] = (
-        p_value, n, details_of, None, None, segment)
-    return f
+    return _finding(feature, kind, statistic, value, threshold, over, p_value, n, details_of, segment,
+                    "_details_of")
 
 
 def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
