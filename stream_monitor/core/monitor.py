@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,19 @@ CALENDAR_SLOT_CAP = 250
 
 #: Version of the checkpoint records written by :meth:`ModelMonitor.checkpoint`.
 FORMAT = 1
+
+
+class _Job(NamedTuple):
+    """A closed window to evaluate, its bookkeeping done (:meth:`ModelMonitor._evaluate`)."""
+
+    at: int  # its position among the update's results
+    window: ClosedWindow
+    info: WindowInfo
+    ref_id: str | None
+    ref_pane: Pane
+    evidence: dict[int, tuple[np.ndarray, np.ndarray]] | None
+    slices: list[Any]
+    segments: list[dict[str, Any]] | None
 
 
 @dataclass(frozen=True)
@@ -442,7 +455,7 @@ class ModelMonitor:
         assert self.reference is not None
         cfg = self.cfg
         out: list[WindowResult | None] = []
-        jobs: list[tuple[int, ClosedWindow, WindowInfo, str | None, Pane, Any, Any, Any]] = []
+        jobs: list[_Job] = []
         for w in closed:
             info = WindowInfo(w.index, w.start, w.end, w.pane.n)
             ref_id: str | None = self.reference.id
@@ -467,24 +480,26 @@ class ModelMonitor:
                 evidence = self.history.evidence(w.pane)
                 self.history.add(w.pane)
             slices, segments = self._slices(w.pane)
-            jobs.append((len(out), w, info, ref_id, ref_pane, evidence, slices, segments))
+            jobs.append(_Job(len(out), w, info, ref_id, ref_pane, evidence, slices, segments))
             out.append(None)
         at = 0
         while at < len(jobs):  # runs of windows against the same reference pane
             end = at + 1
-            while end < len(jobs) and jobs[end][4] is jobs[at][4]:
+            while end < len(jobs) and jobs[end].ref_pane is jobs[at].ref_pane:
                 end += 1
             run = jobs[at:end]
-            found = evaluate_windows(self.reference.binning, run[0][4], [(j[1].pane, j[5], j[6]) for j in run],
-                                     cfg.drift, self.prediction_features, cfg.segments.min_window_events)
-            for (i, w, info, ref_id, ref_pane, _, _, segments), findings in zip(run, found):
-                out[i] = self._result(w, info, ref_id, ref_pane, findings, segments)
+            found = evaluate_windows(self.reference.binning, run[0].ref_pane,
+                                     [(j.window.pane, j.evidence, j.slices) for j in run], cfg.drift,
+                                     self.prediction_features, cfg.segments.min_window_events)
+            for j, findings in zip(run, found):
+                out[j.at] = self._result(j, findings)
             at = end
         return out  # type: ignore[return-value]
 
-    def _result(self, w: ClosedWindow, info: WindowInfo, ref_id: str | None, ref_pane: Pane,
-                findings: list[Finding], segments: list[dict[str, Any]] | None) -> WindowResult:
+    def _result(self, job: _Job, findings: list[Finding]) -> WindowResult:
+        """The window's result: its findings, and its latency quantiles (a finding too, with an SLA)."""
         cfg = self.cfg
+        w = job.window
         latency = None
         if w.pane.latency.sum():
             latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}
@@ -492,8 +507,8 @@ class ModelMonitor:
             if sla is not None:
                 findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
                                         int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
-        return WindowResult(cfg.name, w.pane.main_version, info, ref_id, findings, latency_ms=latency,
-                            panes=(ref_pane, w.pane), segments=segments)
+        return WindowResult(cfg.name, w.pane.main_version, job.info, job.ref_id, findings, latency_ms=latency,
+                            panes=(job.ref_pane, w.pane), segments=job.segments)
 
     def _slices(self, pane: Pane) -> tuple[list[Any], list[dict[str, Any]] | None]:
         """The slices a window evaluates (segment, reference pane, window pane), and every slice's line of the
