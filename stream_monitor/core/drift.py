@@ -1,10 +1,12 @@
-"""Data-drift and data-quality decisions for one window against its reference.
+"""Data-drift and data-quality decisions for a window against its reference.
 
 :func:`evaluate_window` computes the decision statistics of every feature (binned ones for all features and
 evidence spans in one vectorised call), picks the decision statistic per feature type and sample size, controls
 false alarms across the model's features with Holm's step-down correction, and returns one :class:`Finding` per
 (feature, statistic). A feature over threshold then gets every other statistic in its details (the alert shows
 them); the others keep their decision figures only, unless ``report_all_statistics`` asks for everything.
+:func:`evaluate_windows` does the same for the windows that closed in one batch at once: each window's findings
+are exactly what it gives alone, every statistic one set of array operations for all of them.
 
 Decision rule for a drift statistic: over threshold when the effect size reaches its threshold **and** the
 test's p-value survives Holm at ``family_alpha``. Effect sizes keep huge windows (where every p-value is tiny)
