@@ -27,7 +27,7 @@ from . import stats
 from .segments import Segment
 from .sketches import Binning, Pane
 
-__all__ = ["Finding", "evaluate_window", "evaluate_windows", "holm", "holm_rows"]
+__all__ = ["Finding", "evaluate_window", "evaluate_windows", "holm_rows"]
 
 
 @dataclass(frozen=True)
@@ -81,28 +81,6 @@ def _lazy(feature: str, kind: str, statistic: str, value: float, threshold: floa
     findings under threshold are mostly only lines of its report, never alerted on."""
     return _finding(feature, kind, statistic, value, threshold, over, p_value, n, details_of, segment,
                     "_details_of")
-
-
-def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``alpha``.
-
-    With ``weights`` (positive), the weighted version (Holm 1979): hypotheses are taken in order of ``p / w``
-    and the one at each step is rejected when ``p / w <= alpha / (sum of the weights not yet rejected)``.
-    Unit weights give the plain procedure; two tests of one feature with weight 1/2 each spend that feature's
-    share of alpha between them, as a Bonferroni split inside the feature would.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    m = p.size
-    reject = np.zeros(m, dtype=bool)
-    if m == 0:
-        return reject
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
-    order = np.argsort(p / w, kind="stable")
-    remaining = np.cumsum(w[order][::-1])[::-1]  # weight of the hypotheses from this step on
-    passed = p[order] / w[order] <= alpha / remaining
-    stop = np.argmin(passed) if not passed.all() else m
-    reject[order[:stop]] = True
-    return reject
 
 
 def _r(x: float) -> float:
@@ -189,7 +167,7 @@ class _Block:
                  main: tuple[np.ndarray, np.ndarray, np.ndarray], signed: tuple[np.ndarray, ...] | None,
                  n: np.ndarray, figures: Callable[[int, int], dict[str, Any]]) -> None:
         self.key, self.segment, self.keep = key, segment, keep
-        windows, k = keep.shape
+        k = keep.shape[1]
         self.per = per = 1 if signed is None else 2
         self.col = np.repeat(np.arange(k), per)
         self.valid = np.repeat(keep, per, axis=1)
@@ -433,12 +411,18 @@ def _main(table: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], tests: np
 
 
 def holm_rows(p_values: np.ndarray, alpha: float, weights: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """:func:`holm` on each row of ``(families, hypotheses)`` arrays at once, over the hypotheses ``valid``
-    in that row (the others are never rejected): the same rejections, row by row, as :func:`holm` on a row's
-    valid entries."""
+    """Holm's step-down procedure on each row of ``(families, hypotheses)`` arrays at once (a family per
+    window): which hypotheses are rejected at family-wise error ``alpha``, among the ones ``valid`` in their row
+    (the others are never rejected).
+
+    Weighted (Holm 1979; ``weights`` positive): a row's hypotheses are taken in order of ``p / w`` and the one at
+    each step is rejected when ``p / w <= alpha / (sum of the weights not yet rejected)``. Unit weights give the
+    plain procedure; two tests of one feature with weight 1/2 each spend that feature's share of alpha between
+    them, as a Bonferroni split inside the feature would.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(valid, p_values / np.where(valid, weights, 1.0), np.inf)
-        order = np.argsort(ratio, axis=1, kind="stable")  # invalid ones last (NaN, as in holm, after them)
+        order = np.argsort(ratio, axis=1, kind="stable")  # invalid ones last (a NaN p-value after them)
         w_sorted = np.take_along_axis(np.where(valid, weights, 0.0), order, axis=1)
         remaining = np.cumsum(w_sorted[:, ::-1], axis=1)[:, ::-1]  # weight of the hypotheses from this step on
         passed = (np.take_along_axis(ratio, order, axis=1) <= alpha / remaining) & np.take_along_axis(

@@ -15,11 +15,34 @@ from stream_monitor.config import DriftConfig
 from stream_monitor.core import stats
 from stream_monitor.core.drift import (_ALL_BINNED, _NEEDS, _SAMPLE_TESTS, _SQUARED, Finding, _category_name,
                                        _decision_details, _finding, _r, _rounded, _sample_statistics,
-                                       _w_norm, holm)
+                                       _w_norm)
 from stream_monitor.core.segments import Segment
 from stream_monitor.core.sketches import Binning, Pane
 
-__all__ = ["evaluate_window"]
+__all__ = ["evaluate_window", "holm"]
+
+
+def holm(p_values: np.ndarray, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Holm's step-down procedure on one family (the row-by-row evaluation's; ``drift.holm_rows`` does it per
+    window): which hypotheses are rejected at family-wise error ``alpha``.
+
+    With ``weights`` (positive), the weighted version (Holm 1979): hypotheses are taken in order of ``p / w``
+    and the one at each step is rejected when ``p / w <= alpha / (sum of the weights not yet rejected)``.
+    Unit weights give the plain procedure; two tests of one feature with weight 1/2 each spend that feature's
+    share of alpha between them, as a Bonferroni split inside the feature would.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    reject = np.zeros(m, dtype=bool)
+    if m == 0:
+        return reject
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    order = np.argsort(p / w, kind="stable")
+    remaining = np.cumsum(w[order][::-1])[::-1]  # weight of the hypotheses from this step on
+    passed = p[order] / w[order] <= alpha / remaining
+    stop = np.argmin(passed) if not passed.all() else m
+    reject[order[:stop]] = True
+    return reject
 
 
 def evaluate_window(binning: Binning, ref: Pane, cur: Pane, cfg: DriftConfig,

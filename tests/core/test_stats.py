@@ -306,12 +306,16 @@ def test_category_shift_finds_the_category_that_moved_and_is_calibrated():
 
 
 def test_weighted_holm_splits_a_features_share_between_its_two_tests():
-    from stream_monitor.core.drift import holm
+    from stream_monitor.core.drift import holm_rows
+    from tests.core.drift_oracle import holm as plain_holm
+
+    def holm(p: np.ndarray, alpha: float, w: np.ndarray) -> np.ndarray:  # one family
+        return holm_rows(p[None], alpha, w[None], np.ones((1, p.size), dtype=bool))[0]
 
     rng = np.random.default_rng(34)
     for _ in range(100):  # unit weights: the plain procedure
         p = rng.random(7) ** 3
-        assert (holm(p, 0.05) == holm(p, 0.05, np.ones(7))).all()
+        assert (plain_holm(p, 0.05) == holm(p, 0.05, np.ones(7))).all()
     # two tests of one feature (weight 1/2 each) and one of another: p / w against alpha / remaining weight
     p, w = np.array([0.001, 0.004, 0.02]), np.array([0.5, 0.5, 1.0])
     assert holm(p, 0.01, w).tolist() == [True, False, False]  # 0.002 <= 0.005; 0.008 > 0.01 / 1.5
@@ -319,9 +323,11 @@ def test_weighted_holm_splits_a_features_share_between_its_two_tests():
 
 
 def test_holm_per_row_equals_holm_on_each_rows_valid_hypotheses():
-    """Families (windows) in one call: each row rejects what holm rejects on its valid entries alone, with
-    weights, ties, p-values of 1 and NaN among them; the invalid entries are never rejected."""
-    from stream_monitor.core.drift import holm, holm_rows
+    """Families (windows) in one call: each row rejects what the single-family procedure of the evaluation it
+    replaced rejects on its valid entries alone, with weights, ties, p-values of 1 and NaN among them; the
+    invalid entries are never rejected."""
+    from stream_monitor.core.drift import holm_rows
+    from tests.core.drift_rows_oracle import holm
 
     rng = np.random.default_rng(35)
     for _ in range(300):
