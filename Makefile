@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install kafka-jars test test-unit demo bench broker docs clean
 
-$(STAMP): pyproject.toml stream_monitor/core/_columnar.c stream_monitor/core/_binned.c   # built by the install
+$(STAMP): pyproject.toml stream_monitor/core/_columnar.c stream_monitor/core/_binned.c stream_monitor/core/_panes.c   # built by the install
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -30,7 +30,12 @@ import numpy as np
 
 from .columns import Columns, decode_array, encode_array
 
-__all__ = ["Binning", "LatencySketch", "Pane", "PaneInput", "bin_edges", "clip"]
+try:  # the compiled pane kernel, built with the package (the numpy functions below without it)
+    from . import _panes as _kernel
+except ImportError:  # pragma: no cover - built without a C compiler
+    _kernel = None
+
+__all__ = ["Binning", "LatencySketch", "Pane", "PaneInput", "bin_edges", "clip", "compiled"]
 
 _MAX_NEW_EXAMPLES = 10
 
@@ -208,54 +213,119 @@ def bin_edges(x: np.ndarray, bins: int) -> np.ndarray:
 
 
 class PaneInput:
-    """A batch's values binned once for every pane it is cut into (:meth:`Pane.update_rows`): per numeric
-    feature and row the flat bin index (``j * bins + bin``), missing and out-of-range flags; per row the latency
-    bucket (an extra last bucket for none); for the categorical columns the decoder encoded, each row's slot as
-    a flat index into ``(encoded features, slots)`` (``encoded * slots`` when missing) and whether its value is
-    new to the reference."""
+    """A batch's values coded once for every pane it is cut into (:meth:`Pane.update_rows`), as the compiled
+    kernel (``_panes.c``) or its numpy counterpart counts them: per row and numeric feature one byte (its bin,
+    +128 when out of the reference's range, 255 when missing); per row the latency bucket (an extra last bucket
+    for none); for the categorical columns the decoder encoded, per row and column its slot (``W`` when
+    missing, ``W + 1`` when new to the reference, counted in "other"; ``W`` = :attr:`Binning.n_cat_slots`)."""
 
-    def __init__(self, binning: Binning, cols: Columns) -> None:
+    def __init__(self, binning: Binning, cols: Columns, compiled: bool | None = None) -> None:
         self.binning = binning
         self.cols = cols
-        x = cols.numeric
-        k = x.shape[1]
-        xt = np.ascontiguousarray(x.T)  # (k, n): each feature's values contiguous for the per-feature work
-        self.num_nan = np.isnan(xt)
-        bins = max(binning.n_bins, 1)
-        # bin per value: the number of edges <= the value (what searchsorted(side="right") gives; +inf padding
-        # never counts), one comparison per edge position for all features at once (a few edges, many rows),
-        # counted in bytes (at most 100 bins)
-        idx = np.zeros(xt.shape, dtype=np.int8)
-        below = np.empty(xt.shape, dtype=bool)
-        for edge in binning.edges.T:
-            np.less_equal(edge[:, None], xt, out=below)
-            idx += below.view(np.int8)
-        self.num_flat = np.add(idx, (np.arange(k) * bins)[:, None], dtype=np.intp)
-        self.num_out_of_range = (xt < binning.lo[:, None]) | (xt > binning.hi[:, None])
+        self.compiled = _kernel is not None if compiled is None else compiled
+        if self.compiled and _kernel is None:
+            raise RuntimeError("the compiled pane kernel (stream_monitor.core._panes) is not built")
+        x = np.ascontiguousarray(cols.numeric, dtype=np.float64)
+        self.num_code = (_bin_numeric if self.compiled else _bin_numeric_numpy)(
+            x, np.ascontiguousarray(binning.edges, dtype=np.float64), binning.lo, binning.hi)
+        self.num_errors = bool(cols.numeric_type_error.any())  # rare: wrong types are NaN too, but not missing
+        self.cat_errors = bool(cols.categorical_type_error.any())
         self.latency_bucket = LatencySketch.buckets(cols.latency_ms)
         enc = cols.codes
         self.encoded = e = enc.features if enc is not None else 0  # the prediction column, appended, is not
-        if e:
-            width = binning.n_cat_slots
-            other = width - 1
-            slot = np.empty((cols.n, e), dtype=np.intp)
-            new = np.empty((cols.n, e), dtype=bool)
-            for j in range(e):
-                vals = enc.values[j]  # type: ignore[union-attr]
-                m = len(vals)
-                vocab, known = binning._vocab[j], binning.known[j]
-                # per distinct value: its flat slot and whether it is new; one more entry for "missing" (-1)
-                lut = np.empty(m + 1, dtype=np.intp)
-                lut[:m] = np.fromiter(map(vocab.get, vals, itertools.repeat(other, m)), dtype=np.intp, count=m)
-                lut[:m] += j * width
-                lut[m] = e * width
-                is_new = np.zeros(m + 1, dtype=bool)
-                if not known.issuperset(vals):
-                    is_new[:m] = np.fromiter((v not in known for v in vals), dtype=bool, count=m)
-                code = enc.codes[:, j]  # type: ignore[union-attr]
-                slot[:, j] = lut[code]  # -1 (missing) reads the last entry
-                new[:, j] = is_new[code]
-            self.cat_slot, self.cat_new = slot, new
+        width = binning.n_cat_slots
+        # one lookup for all columns: per column, its entry for "missing" (code -1), then per distinct value its
+        # slot (new ones: W + 1), laid end to end; a row's code is read at its column's offset + 1 + its code
+        luts, offsets, at = [], np.empty(e, dtype=np.int32), 0
+        for j in range(e):
+            vals = enc.values[j]  # type: ignore[union-attr]
+            m = len(vals)
+            vocab, known = binning._vocab[j], binning.known[j]
+            lut = np.empty(m + 1, dtype=np.int32)
+            lut[0] = width
+            lut[1:] = np.fromiter(map(vocab.get, vals, itertools.repeat(width - 1, m)), dtype=np.int32, count=m)
+            if not known.issuperset(vals):
+                lut[1:][np.fromiter((v not in known for v in vals), dtype=bool, count=m)] = width + 1
+            luts.append(lut)
+            offsets[j] = at + 1
+            at += m + 1
+        self.cat_code = np.concatenate(luts)[enc.codes[:, :e] + offsets] if e else \
+            np.empty((cols.n, 0), dtype=np.int32)  # type: ignore[union-attr]
+
+
+def compiled() -> bool:
+    """Whether the compiled pane kernel is built (the numpy functions below stand in without)."""
+    return _kernel is not None
+
+
+def _rows(rows: slice | np.ndarray, n: int) -> tuple[int, int, np.ndarray | None]:
+    """``rows`` as the kernel takes them: a range, or int64 positions."""
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(n)
+        if step == 1:
+            return start, max(start, stop), None
+        rows = np.arange(start, stop, step)
+    return 0, 0, np.ascontiguousarray(rows, dtype=np.int64)
+
+
+def _bin_numeric(x: np.ndarray, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    n, k = x.shape
+    out = np.empty((n, k), dtype=np.uint8)
+    _kernel.bin_numeric(x, edges, np.ascontiguousarray(lo, dtype=np.float64),  # type: ignore[union-attr]
+                        np.ascontiguousarray(hi, dtype=np.float64), n, k, edges.shape[1], out)
+    return out
+
+
+def _bin_numeric_numpy(x: np.ndarray, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The codes of :class:`PaneInput` (see ``_panes.c``): the number of edges <= the value (+inf padding never
+    counts but for +inf), +128 out of range, 255 missing; one comparison per edge position for all features."""
+    code = np.zeros(x.shape, dtype=np.uint8)
+    below = np.empty(x.shape, dtype=bool)
+    for edge in edges.T:
+        np.less_equal(edge, x, out=below)
+        code += below.view(np.uint8)
+    code[(x < lo) | (x > hi)] += 128
+    code[np.isnan(x)] = 255
+    return code
+
+
+def _count_numeric(codes: np.ndarray, rows: slice | np.ndarray, counts: np.ndarray, missing: np.ndarray,
+                   out_of_range: np.ndarray, compiled: bool) -> None:
+    """Adds the ``rows`` of ``codes`` (n, k) to ``counts`` (k, B), ``missing`` and ``out_of_range`` (k)."""
+    n, k = codes.shape
+    if compiled:
+        start, stop, index = _rows(rows, n)
+        _kernel.count_numeric(codes, n, k, counts.shape[1], start, stop, index,  # type: ignore[union-attr]
+                              counts, missing, out_of_range)
+        return
+    c = codes[rows]
+    nan = c == 255
+    bins = counts.shape[1]
+    flat = (c & 127).astype(np.intp) + (np.arange(k) * bins)
+    counts += np.bincount(flat[~nan], minlength=k * bins).reshape(k, bins)
+    missing += np.count_nonzero(nan, axis=0)
+    out_of_range += np.count_nonzero((c >= 128) & ~nan, axis=0)
+
+
+def _count_categorical(codes: np.ndarray, rows: slice | np.ndarray, counts: np.ndarray, missing: np.ndarray,
+                       new: np.ndarray, compiled: bool) -> int:
+    """Adds the ``rows`` of ``codes`` (n, e) to the first ``e`` features of ``counts`` (c, W), ``missing`` and
+    ``new`` (c); returns how many new values it counted."""
+    n, e = codes.shape
+    width = counts.shape[1]
+    if compiled:
+        start, stop, index = _rows(rows, n)
+        return int(_kernel.count_categorical(codes, n, e, width, start, stop, index,  # type: ignore[union-attr]
+                                             counts, missing, new))
+    c = codes[rows]
+    fresh = c == width + 1
+    slot = np.where(fresh, width - 1, c).astype(np.intp) + (np.arange(e) * (width + 1))
+    counted = np.bincount(slot.ravel(), minlength=e * (width + 1)).reshape(e, width + 1)
+    counts[:e] += counted[:, :width]
+    missing[:e] += counted[:, width]
+    new_count = np.count_nonzero(fresh, axis=0)
+    new[:e] += new_count
+    return int(new_count.sum())
 
 
 class Pane:
@@ -333,22 +403,14 @@ class Pane:
         self._add_categorical(b, rows)
 
     def _add_numeric(self, b: PaneInput, rows: slice | np.ndarray, n: int) -> None:
-        k = len(self.binning.numeric)
-        if k == 0:
+        if not len(self.binning.numeric):
             return
-        bins = self.num_counts.shape[1]
-        nan = b.num_nan[:, rows]
-        counts = np.bincount(b.num_flat[:, rows].ravel(), minlength=k * bins).reshape(k, bins)
-        nan_count = np.count_nonzero(nan, axis=1)
-        counts[:, 0] -= nan_count  # a missing value compares false with every edge: it landed in bin 0
-        self.num_counts += counts
-        err = b.cols.numeric_type_error[rows]
-        if err.any():  # rare: wrong types are NaN too, but not missing
+        _count_numeric(b.num_code, rows, self.num_counts, self.num_missing, self.num_out_of_range, b.compiled)
+        if b.num_errors:  # rare: wrong types are NaN, counted as type errors instead of missing
+            err = b.cols.numeric_type_error[rows]
+            wrong = np.count_nonzero(err & np.isnan(b.cols.numeric[rows]), axis=0)
             self.num_type_error += err.sum(axis=0)
-            self.num_missing += np.count_nonzero(nan & ~err.T, axis=1)
-        else:
-            self.num_missing += nan_count
-        self.num_out_of_range += np.count_nonzero(b.num_out_of_range[:, rows], axis=1)
+            self.num_missing -= wrong
         self.seen += n
         self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys),
                                                            (b.cols.numeric[rows], b.cols.key[rows])])
@@ -357,26 +419,21 @@ class Pane:
         binning = self.binning
         cols = b.cols
         other = binning.n_cat_slots - 1
-        errors = cols.categorical_type_error[rows].sum(axis=0)
-        self.cat_type_error += errors
-        errors_l = errors.tolist()
-        # Per feature, never per event: the columns the decoder encoded are counted from their rows' slots in
-        # one bincount; the others from their distinct values (Counter, C speed)
+        if b.cat_errors:  # wrong types were set to None: type errors, not missing
+            errors = cols.categorical_type_error[rows].sum(axis=0)
+            self.cat_type_error += errors
+            self.cat_missing -= errors
+        # Per feature, never per event: the columns the decoder encoded are counted from their codes in one
+        # pass; the others from their distinct values (Counter, C speed)
         e = b.encoded
-        if e:
-            width = self.cat_counts.shape[1]
-            slots = b.cat_slot[rows]
-            counted = np.bincount(slots.ravel(), minlength=e * width + 1)[: e * width].reshape(e, width)
-            self.cat_counts[:e] += counted
-            self.cat_missing[:e] += np.count_nonzero(slots == e * width, axis=0) - errors[:e]
-            new = b.cat_new[rows]
-            new_count = np.count_nonzero(new, axis=0)
-            self.cat_new[:e] += new_count
-            for j in np.flatnonzero(new_count).tolist():
+        if e and _count_categorical(b.cat_code, rows, self.cat_counts, self.cat_missing, self.cat_new,
+                                    b.compiled):
+            fresh = b.cat_code[rows] == other + 2
+            for j in np.flatnonzero(fresh.any(axis=0)).tolist():
                 ex = self.new_examples[j]
                 if len(ex) < _MAX_NEW_EXAMPLES:  # the values in code order, as counted
                     vals = cols.codes.values[j]  # type: ignore[union-attr]
-                    for i in np.unique(cols.codes.codes[rows, j][new[:, j]]).tolist():  # type: ignore[union-attr]
+                    for i in np.unique(cols.codes.codes[rows, j][fresh[:, j]]).tolist():  # type: ignore[union-attr]
                         if len(ex) >= _MAX_NEW_EXAMPLES:
                             break
                         ex.add(clip(vals[i]))
@@ -385,7 +442,7 @@ class Pane:
             counter = Counter(cols.categorical[rows, j].tolist())
             missing = counter.pop(None, 0)
             values = list(counter)
-            self.cat_missing[j] += missing - errors_l[j]  # wrong types were set to None
+            self.cat_missing[j] += missing
             if not values:
                 continue
             m = len(values)

@@ -204,3 +204,73 @@ def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row
         assert Pane(binning, cap=300).update_rows(prepared, rows[:0]).n == 0
         assert one.cat_new.sum() > 0 and one.num_missing[0] > 0 and one.num_out_of_range.sum() > 0
         assert (one.num_type_error[0] > 0) == oddities and one.latency.sum() > 0
+
+
+def test_the_pane_kernel_is_built():
+    from stream_monitor.core import sketches
+
+    assert sketches.compiled(), "stream_monitor.core._panes was not built by the install"
+
+
+@pytest.mark.parametrize("bins", [10, 40, 100])  # 40 and 100: more than 16 edges, found by bisection
+def test_the_pane_kernel_counts_what_its_numpy_counterpart_counts(bins):
+    """The compiled pane updates (_panes.c) and the numpy functions they replace give the same codes and the
+    same panes: values on edges, out of range, infinities, missing, wrong types, new and missing categories,
+    rows as ranges, as positions and as a stepped slice."""
+    import orjson
+
+    from stream_monitor.config import parse_config
+    from stream_monitor.core import sketches
+    from stream_monitor.core.events import PredictionDecoder
+    from stream_monitor.core.sketches import PaneInput
+
+    rng = np.random.default_rng(bins)
+    models = parse_config({"models": {"m": {"features": {"numeric": ["a", "flag", "n"], "categorical": ["k", "j"]},
+                                            "prediction": "categorical"}}}).models
+
+    def batch(n, start, levels, oddities, edges=()):
+        out = []
+        for i in range(n):
+            a = float(rng.normal(0, 1 + start / 3000))
+            if edges and i % 13 == 0:
+                a = float(edges[i % len(edges)])  # exactly on an edge
+            feats = {"a": a if rng.random() > 0.05 else None, "flag": int(rng.random() < 0.2),
+                     "n": int(rng.poisson(3)), "k": f"level-{rng.integers(levels)}",
+                     "j": None if rng.random() < 0.1 else str(rng.choice(["p", "q"]))}
+            if oddities and i % 97 == 0:
+                feats["a"], feats["j"] = "oops", 3.5  # type errors: the general decode path
+            out.append(orjson.dumps({"event_id": f"e{start + i}", "model": "m", "model_version": "v1",
+                                     "timestamp": 1.7e9 + i, "prediction": str(rng.choice(["yes", "no"])),
+                                     "score": float(rng.random()), "features": feats}))
+        return out
+
+    decoder = PredictionDecoder(models)
+    ref = decoder.decode(batch(4000, 0, 30, False)).models["m"].cols
+    binning = Binning.fit(ref, ("a", "flag", "n", "score"), ("k", "j", "prediction"), bins=bins,
+                          max_categories=12, max_known=25)
+    assert binning.edges.shape[1] == bins - 1
+    for oddities in (False, True):
+        cols = decoder.decode(batch(3000, 4000, 60, oddities, binning.edges[0, :5].tolist())).models["m"].cols
+        cols.numeric[:4, 0] = [np.inf, -np.inf, binning.hi[0], binning.lo[0]]
+        fast, slow = PaneInput(binning, cols, compiled=True), PaneInput(binning, cols, compiled=False)
+        assert (fast.num_code == slow.num_code).all() and (fast.cat_code == slow.cat_code).all()
+        assert (fast.num_code == 255).any() and (fast.num_code[fast.num_code != 255] >= 128).any()
+        for rows in (slice(0, 3000), slice(17, 1999), np.flatnonzero(cols.key % 3 == 0), slice(5, 2900, 7),
+                     slice(40, 40)):
+            a = Pane(binning, cap=200).update_rows(fast, rows)
+            b = Pane(binning, cap=200).update_rows(slow, rows)
+            assert a.snapshot() == b.snapshot()
+        whole = Pane(binning, cap=200).update_rows(fast, slice(0, 3000))
+        assert whole.num_out_of_range.sum() > 0 and whole.num_missing[0] > 0
+        assert (whole.cat_new.sum() > 0) and (whole.num_type_error[0] > 0) == oddities
+    # codes of another binning are refused before anything is counted
+    counts = np.zeros((1, 3), dtype=np.int64)
+    missing, out = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    with pytest.raises(ValueError, match="past"):
+        sketches._count_numeric(np.array([[1], [3]], dtype=np.uint8), slice(0, 2), counts, missing, out, True)
+    with pytest.raises(IndexError):
+        sketches._count_numeric(np.array([[1], [2]], dtype=np.uint8), np.array([0, 2]), counts, missing, out, True)
+    assert counts.sum() == missing.sum() == out.sum() == 0
+    with pytest.raises(ValueError, match="outside"):
+        sketches._count_categorical(np.array([[0], [5]], dtype=np.int32), slice(0, 2), counts, missing, out, True)
+    assert counts.sum() == 0
