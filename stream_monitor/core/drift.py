@@ -64,14 +64,19 @@ def _finding(feature: str, kind: str, statistic: str, value: float, threshold: f
              details_key: str = "details") -> Finding:
     """``Finding(feature, kind, statistic, ...)`` with the policy's defaults, without running the frozen
     dataclass's ``__init__``, which sets each of the twelve fields through ``object.__setattr__``: a window
-    makes some 150 findings, and that ``__init__`` was a tenth of its evaluation. (``details_key``: see
+    makes some 150 findings, and that ``__init__`` was a tenth of its evaluation. Its line of the window report
+    is made with it (under ``_line``, not a field), from the arguments at hand. (``details_key``: see
     :func:`_lazy`.)"""
+    # its line of the window report (WindowResult.to_dict) first: the finding's own fields are copied from it
+    line = {"feature": feature, "kind": kind, "statistic": statistic, "value": value, "threshold": threshold,
+            "p_value": p_value, "over": over}
     f = _new(Finding)
     d = f.__dict__
-    d["feature"], d["kind"], d["statistic"], d["value"], d["threshold"], d["over"] = (
-        feature, kind, statistic, value, threshold, over)
-    d["p_value"], d["n"], d[details_key], d["consecutive"], d["severity"], d["segment"] = (
-        p_value, n, details, None, None, segment)
+    d.update(line)
+    d["n"], d[details_key], d["consecutive"], d["severity"], d["segment"] = n, details, None, None, segment
+    if segment is not None:
+        line["segment"] = segment.to_dict()
+    d["_line"] = line
     return f
 
 

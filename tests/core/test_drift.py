@@ -110,7 +110,11 @@ def test_findings_made_without_init_equal_the_dataclass_and_stay_frozen() -> Non
     args = ("a", "data_drift", "psi", 0.1, 0.2, True, 0.01, 100, {"psi": {"value": 0.1}})
     f = drift._finding(*args)
     assert f == drift.Finding(*args) and repr(f) == repr(drift.Finding(*args))
-    assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)}  # every field, no other
+    # every field, and its line of the window report, made with it (the same as one made from the fields)
+    assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)} | {"_line"}
+    assert vars(f)["_line"] == monitor._report_line(drift.Finding(*args)) == {
+        "feature": "a", "kind": "data_drift", "statistic": "psi", "value": 0.1, "threshold": 0.2, "p_value": 0.01,
+        "over": True}
     with pytest.raises(dataclasses.FrozenInstanceError):
         f.value = 1.0  # type: ignore[misc]
 
@@ -182,6 +186,6 @@ def test_lazy_details_are_built_once_when_read_and_equal_eager_ones() -> None:
     eager = drift.Finding("a", "data_drift", "psi", 0.1, 0.2, False, 0.3, 100, {"psi": {"value": 0.1}})
     assert f == eager and repr(f) == repr(eager) and dataclasses.asdict(f) == dataclasses.asdict(eager)
     assert f.details is f.details and len(calls) == 1
-    assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)}
+    assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)} | {"_line"}  # its report line
     with pytest.raises(AttributeError):
         f.no_such_field  # noqa: B018
