@@ -152,6 +152,7 @@ typedef struct {
     int32_t *table; /* open addressing: feature index + 1, 0 = empty */
     uint32_t mask;
     int32_t *guess; /* the feature seen at each key position of the previous event */
+    uint8_t *fplain; /* the name holds no quote, backslash or control byte: its bytes are its JSON string */
     int segments;   /* keep the segment object (the model has segment keys) */
     Out out;
     Dict *dicts;    /* c + 2: the categorical features, the model version, class predictions */
@@ -567,11 +568,24 @@ static int features(Decoder *d, Model *m, Cur *c) {
     if (eat(c, '}')) return TAKE;
     uint32_t stamp = ++d->stamp;
     for (int at = 0;; at++) {
-        const char *s;
-        Py_ssize_t n;
-        int high;
-        if (string_field(c, &s, &n, &high) != TAKE || !eat(c, ':')) return DECLINE;
-        int f = find_feature(m, s, n, at);
+        const char *s = NULL;
+        Py_ssize_t n = 0;
+        int high = 0, f = -1;
+        ws(c);
+        if (at < m->nf) { /* the key the previous event had here, compared in place (no scan, no lookup) */
+            int g = m->guess[at];
+            Py_ssize_t gl = g >= 0 ? m->flen[g] : 0;
+            if (g >= 0 && m->fplain[g] && c->end - c->p > gl + 1 && c->p[0] == '"' && c->p[gl + 1] == '"' &&
+                same(m->fname[g], c->p + 1, gl)) {
+                f = g;
+                c->p += gl + 2;
+            }
+        }
+        if (f < 0) {
+            if (string_field(c, &s, &n, &high) != TAKE) return DECLINE;
+            f = find_feature(m, s, n, at);
+        }
+        if (!eat(c, ':')) return DECLINE;
         if (f < 0) {
             if (high && !utf8_ok(s, n, NULL)) return DECLINE;
             if (skip_value(c, 2) != TAKE) return DECLINE;
@@ -1054,6 +1068,7 @@ static void Decoder_dealloc(Decoder *d) {
         PyMem_Free(m->flen);
         PyMem_Free(m->table);
         PyMem_Free(m->guess);
+        PyMem_Free(m->fplain);
         free_out(&m->out);
         if (m->dicts)
             for (int j = 0; j <= m->c + 1; j++) dict_free(&m->dicts[j]);
@@ -1098,7 +1113,8 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
     m->flen = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->flen);
     m->table = PyMem_Calloc(size, sizeof *m->table);
     m->guess = PyMem_Malloc(((size_t)m->nf + 1) * sizeof *m->guess);
-    if (!m->fname || !m->flen || !m->table || !m->guess) {
+    m->fplain = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->fplain);
+    if (!m->fname || !m->flen || !m->table || !m->guess || !m->fplain) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1110,6 +1126,11 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
         }
         if ((m->fname[j] = copy_utf8(f, &m->flen[j])) == NULL) return -1;
         m->guess[j] = j;
+        m->fplain[j] = 1;
+        for (Py_ssize_t b = 0; b < m->flen[j]; b++) {
+            unsigned char ch = (unsigned char)m->fname[j][b];
+            if (ch == '"' || ch == '\\' || ch < 0x20) m->fplain[j] = 0;
+        }
         uint32_t i = (uint32_t)fnv1a(m->fname[j], m->flen[j]) & m->mask;
         while (m->table[i]) {
             int32_t other = m->table[i] - 1;

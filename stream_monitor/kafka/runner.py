@@ -56,7 +56,7 @@ from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consu
                              Message, TopicPartition)  # clients come from .clients
 
 from ..config import MonitorConfig
-from ..core import stats
+from ..core import sketches, stats
 from ..core.breaker import BreakerSignal
 from ..core.events import PredictionBatch, PredictionDecoder, TimeRange, decode_labels
 from ..core.monitor import BatchOutput, Monitor, load_references
@@ -152,6 +152,9 @@ class MonitorService:
         if cfg.models and not stats.compiled():
             logger.warning("the compiled statistics kernel is not built (no C compiler when the package was "
                            "installed): windows are evaluated with numpy, slower, with the same decisions")
+        if cfg.models and not sketches.compiled():
+            logger.warning("the compiled pane kernel is not built (no C compiler when the package was installed): "
+                           "panes are counted with numpy, slower, with the same counts")
         self._breaker_latest: dict[str, BreakerSignal] = {}
         self._scale_out = cfg.scale_out.enabled
         self._published_refs: dict[str, Reference] = {}  # scale-out: warm-up references on topics.references

@@ -190,6 +190,32 @@ def test_the_common_event_is_never_declined():
     assert np.frombuffer(outs[0][0], dtype=np.int64).tolist() == list(range(500))
 
 
+def test_feature_keys_compared_in_place_decide_as_the_general_path():
+    """A feature key is first compared, in place, with the key the previous event had at its position: keys
+    that extend or cut the expected one, keys in another order than the previous event's, escaped keys, and a
+    configured name with a quote or a backslash (never compared in place) decide as the general path does."""
+    rng = random.Random(7)
+    models = parse_config({"models": {"m": {"features": {"numeric": ["a", "ab", 'q"t', "b\\s"],
+                                                         "categorical": ["c", "cc"]}}}}).models
+    keys = {'"a"': "a", '"ab"': "ab", '"q\\"t"': 'q"t', '"b\\\\s"': "b\\s", '"c"': "c", '"cc"': "cc",
+            '"a\\u0062"': "ab", '"abc"': "abc", '"zz"': "zz"}  # JSON key text: the name it reads as
+    values = []
+    for i in range(3000):
+        order = list(keys) if i % 4 else rng.sample(list(keys), len(keys))  # mostly the same order, not always
+        if i % 7 == 0:
+            order = order[: rng.randint(1, len(order))]
+        if i % 5:  # escaped keys (and a second "ab") in a fifth of the events: those go to the general path
+            order = [k for k in order if "\\" not in k]
+        feats = ", ".join(f"{k}: " + (_json(rng.choice(["p", "q"])) if keys[k] in ("c", "cc") else repr(rng.random()))
+                          for k in order)
+        values.append((f'{{"event_id": "e{i}", "model": "m", "model_version": "v1", "timestamp": {1.7e9 + i}, '
+                       f'"prediction": 1.0, "features": {{{feats}}}}}').encode())
+    dec = PredictionDecoder(models, TimeRange(946684800.0, 86400.0), compiled=True)
+    assert_decides_as_the_general_path(dec, values)
+    declined, _ = dec._c.decode(values, 0.0, 1e11)
+    assert 0.1 * len(values) < len(declined) < 0.3 * len(values)  # the events with escaped keys, no other
+
+
 def _json(feats):
     import orjson
 
@@ -216,6 +242,7 @@ def test_without_the_compiled_decoder_the_python_one_decides_and_asking_for_it_f
 @pytest.mark.parametrize("module, attr, says", [
     ("events", "_columnar", "the compiled decoder is not built"),
     ("stats", "_kernel", "the compiled statistics kernel is not built"),
+    ("sketches", "_kernel", "the compiled pane kernel is not built"),
 ])
 def test_the_service_says_when_it_runs_without_a_compiled_part(monkeypatch, caplog, module, attr, says):
     import importlib
