@@ -536,7 +536,7 @@ class MonitorService:
             mon = self.tasks.get(t)
             if mon is None or (isinstance(mon, Monitor) and mon.merged):
                 continue  # not ours, or pane records (decoded as they are processed)
-            if topic_labels in set(map(Message.topic, good)):
+            if self._with_labels and topic_labels in set(map(Message.topic, good)):  # not subscribed otherwise
                 pred_msgs = [m for m in good if m.topic() != topic_labels]
                 label_msgs = [m for m in good if m.topic() == topic_labels]
             else:
