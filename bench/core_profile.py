@@ -7,8 +7,9 @@ around the calls, best of ``--rounds`` passes): the window evaluation (``evaluat
 close in one batch, together), and in it the binned statistics of the windows and their evidence spans; pane
 updates are the rest of the core besides the window report (``to_dict``) and the alert policy. In the same run,
 alternating: the binned statistics with the numpy functions the compiled kernel replaced
-(``stats.binned_statistics(compiled=False)``), and the windows evaluated one at a time (a call each, as before
-they were evaluated together).
+(``stats.binned_statistics(compiled=False)``), the panes counted with the numpy functions the compiled pane
+kernel replaced (``PaneInput(compiled=False)``: the batch coded and each pane counted by numpy calls), and the
+windows evaluated one at a time (a call each, as before they were evaluated together).
 
 Then decode and core together, as the service runs them on one thread (each batch decoded, then processed)
 and with ``batch.decode_ahead`` (batch N+1 decoded on a second thread while the core processes batch N; the
@@ -38,7 +39,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from workload import make, model_config  # noqa: E402
 
 from stream_monitor.config import parse_config  # noqa: E402
-from stream_monitor.core import alerts, drift, monitor, stats  # noqa: E402
+from stream_monitor.core import alerts, drift, monitor, sketches, stats  # noqa: E402
 from stream_monitor.core.events import PredictionDecoder  # noqa: E402
 from stream_monitor.kafka.runner import tune_gc  # noqa: E402
 
@@ -66,14 +67,17 @@ def one_at_a_time(binning: Any, ref: Any, windows: Any, *args: Any) -> list[Any]
     return [drift.evaluate_windows(binning, ref, [w], *args)[0] for w in windows]
 
 
-def one_pass(cfg: Any, batches: list[Any], compiled: bool | None, alone: bool = False
+def one_pass(cfg: Any, batches: list[Any], compiled: bool | None, alone: bool = False, panes_numpy: bool = False
              ) -> tuple[float, dict[str, float], int]:
     acc: dict[str, float] = {}
+    kernel = sketches._kernel
+    if panes_numpy:  # every PaneInput then codes and counts with the numpy functions
+        sketches._kernel = None
     binned = stats.binned_statistics
     together = monitor.evaluate_windows
     if alone:
         monitor.evaluate_windows = one_at_a_time  # type: ignore[assignment]
-    undo = [lambda: setattr(monitor, "evaluate_windows", together),
+    undo = [lambda: setattr(sketches, "_kernel", kernel), lambda: setattr(monitor, "evaluate_windows", together),
             timed(monitor, "evaluate_windows", acc, "window evaluation"),
             timed(monitor.WindowResult, "to_dict", acc, "window report"),
             timed(alerts.AlertPolicy, "update", acc, "alert policy")]
@@ -127,17 +131,18 @@ def main() -> None:
     values = [orjson.dumps(e) for start in range(0, args.events, 10_000)
               for e in make(min(10_000, args.events - start), rng, start)]
     print(f"{len(values):,} events of the benchmark model, batches of {BATCH:,}, reference of 5,000 (warm-up), "
-          f"best of {args.rounds} passes; statistics kernel built: {stats.compiled()}")
+          f"best of {args.rounds} passes; statistics kernel built: {stats.compiled()}, pane kernel built: "
+          f"{sketches.compiled()}")
     for window in args.windows:
         cfg = parse_config({"models": {"bench": model_config(window)}})
         decoder = PredictionDecoder(cfg.models)
         batches = [decoder.decode(values[i:i + BATCH]) for i in range(0, len(values), BATCH)]
         events = len(values) - 5000
         best: dict[str, tuple[float, dict[str, float], int]] = {}
-        for _ in range(args.rounds):  # alternating: the kernel, the numpy functions, windows one at a time
-            for label, compiled, alone in (("kernel", None, False), ("numpy", False, False),
-                                           ("alone", None, True)):
-                got = one_pass(cfg, batches, compiled, alone)
+        for _ in range(args.rounds):  # alternating: the kernels, numpy statistics, numpy panes, windows one at a time
+            for label, compiled, alone, panes_numpy in (("kernel", None, False, False), ("numpy", False, False, False),
+                                                        ("panes", None, False, True), ("alone", None, True, False)):
+                got = one_pass(cfg, batches, compiled, alone, panes_numpy)
                 if label not in best or got[0] < best[label][0]:
                     best[label] = got
         dt, acc, windows = best["kernel"]
@@ -151,6 +156,9 @@ def main() -> None:
         print(f"  with the numpy statistics:   binned {acc_np['  binned statistics'] / windows * 1e3:.3f} ms/window"
               f" (kernel {acc['  binned statistics'] / windows * 1e3:.3f}), core {dt_np / events * 1e6:.2f} "
               f"us/event (kernel {dt / events * 1e6:.2f})")
+        dt_p, _, _ = best["panes"]
+        print(f"  with the numpy pane counting: core {dt_p / events * 1e6:.2f} us/event (kernel {dt / events * 1e6:.2f}:"
+              f" {dt_p / dt:.2f}x)")
         dt_1, acc_1, _ = best["alone"]
         print(f"  windows evaluated one at a time: evaluation {acc_1['window evaluation'] / windows * 1e3:.3f} "
               f"ms/window (together {acc['window evaluation'] / windows * 1e3:.3f}: "

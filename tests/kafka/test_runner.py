@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import time
+
 import numpy as np
 import orjson
 import pytest
@@ -79,6 +81,9 @@ def test_offsets_are_committed_only_for_processed_events(kafka_bootstrap, run_id
     with Running(cfg, kafka_bootstrap) as run:
         run.wait_consumed(more)
     assert run.service.stats.messages == more
+    # the loop stamps its progress at each batch's end: messages, then its wall clock and thread CPU time
+    done, at, cpu = run.service.stats.progress
+    assert done == more and 0 < at <= time.perf_counter() and cpu > 0
     assert committed(kafka_bootstrap, cfg.kafka.group_id, cfg.topics.predictions) == n + more
 
 
