@@ -12,16 +12,26 @@ as the monitor consumes them, best of ``--repeat`` passes each (the machine is s
 - the same without the compiled decoder (typed msgspec structures per model, columns filled from them): what
   runs where the package was installed without a C compiler.
 
-    python bench/decode.py [--events 100000] [--repeat 5]
+With ``--against REV`` it also builds the compiled decoder of git revision ``REV`` (its ``_columnar.c``, with
+the compiler and flags Python's own extensions use) into a temporary directory and times the two builds on the
+same batches, alternating, ``--repeat`` rounds: the speed-up of this build over that one, per round and median.
+
+    python bench/decode.py [--events 100000] [--repeat 5] [--against REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shlex
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
+from typing import Any
 
 import numpy as np
 import orjson
@@ -36,10 +46,52 @@ from stream_monitor.core.events import PredictionBatch, PredictionDecoder, decod
 from stream_monitor.kafka.runner import tune_gc  # noqa: E402
 
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def build_of(rev: str, tmp: str) -> Any:
+    """The compiled decoder module of git revision ``rev``, built in ``tmp``."""
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:stream_monitor/core/_columnar.c"], check=True,
+                            capture_output=True).stdout
+    src, so = os.path.join(tmp, "_columnar.c"), os.path.join(tmp, "_columnar" + sysconfig.get_config_var("EXT_SUFFIX"))
+    with open(src, "wb") as fh:
+        fh.write(source)
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + shlex.split(sysconfig.get_config_var("CCSHARED") or "")
+    subprocess.run([*cc, *flags, "-shared", f"-I{sysconfig.get_paths()['include']}", src, "-o", so], check=True)
+    spec = importlib.util.spec_from_file_location("against._columnar", so)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def against(rev: str, cfg: Any, batches: list[list[bytes]], events: int, repeat: int) -> None:
+    from stream_monitor.core import _columnar
+
+    specs = [(name, m.features.numeric, m.features.categorical, bool(m.segments.keys)) for name, m in cfg.models.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        decoders = {"this build": _columnar.Decoder(specs), rev: build_of(rev, tmp).Decoder(specs)}
+        for d in decoders.values():
+            d.decode(batches[0], 0.0, 1e11)  # warm
+        times: dict[str, list[float]] = {k: [] for k in decoders}
+        for _ in range(repeat):  # alternating
+            for name, d in decoders.items():
+                t = time.perf_counter()
+                for b in batches:
+                    d.decode(b, 0.0, 1e11)
+                times[name].append(time.perf_counter() - t)
+    ratios = [o / n for n, o in zip(times["this build"], times[rev])]
+    print(f"this build against {rev}'s decoder, alternating, {repeat} rounds: "
+          f"{min(times['this build']) / events * 1e6:.2f} vs {min(times[rev]) / events * 1e6:.2f} us/event (best); "
+          f"speed-up per round {', '.join(f'{r:.2f}' for r in ratios)}; median {float(np.median(ratios)):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--against", metavar="REV", help="also time the compiled decoder of git revision REV")
     args = ap.parse_args()
     tune_gc()
     rng = np.random.default_rng(0)
@@ -88,6 +140,8 @@ def main() -> None:
     for name, secs in best.items():
         print(f"{labels[name]:32s} {args.events / secs:10,.0f} events/s  {secs / args.events * 1e6:5.2f} us/event  "
               f"{base / secs:4.2f}x orjson.loads")
+    if args.against:
+        against(args.against, cfg, batches, args.events, args.repeat)
 
 
 if __name__ == "__main__":
