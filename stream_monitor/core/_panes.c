@@ -3,9 +3,9 @@
  * A batch is coded once (PaneInput): each numeric value becomes one byte, each categorical value of a column
  * the decoder dictionary-encoded one int32; then every pane the batch is cut into counts its rows from those
  * codes in one pass (Pane._add), instead of a dozen numpy calls per pane (a batch of 5,000 cut into windows of
- * 100 makes 50 panes). The numpy functions of sketches.py (_bin_numeric_numpy, _count_numeric_numpy,
- * _count_categorical_numpy) are the reference: the codes and the counts are the same integers either way,
- * which the tests check.
+ * 100 makes 50 panes). The numpy code of sketches.py (_bin_numeric_numpy, and _count_numeric and
+ * _count_categorical with compiled=False) is the reference: the codes and the counts are the same integers
+ * either way, which the tests check.
  *
  * Numeric code of a value (uint8): 255 when it is missing (NaN); else its bin, the number of the feature's
  * edges <= the value (what searchsorted(side="right") gives; the +inf padding of a feature with fewer edges
@@ -36,7 +36,8 @@ static int check(Py_buffer *b, Py_ssize_t items, Py_ssize_t size, const char *wh
     return 0;
 }
 
-/* The rows to count: a range, or the positions of an int64 index (each checked to lie in [0, n)). */
+/* The rows to count: a range, or the positions of an int64 index (each checked to lie in [0, n)). On failure
+ * nothing is held (rows_close does nothing). */
 typedef struct {
     Py_buffer index;
     int indexed;
@@ -44,8 +45,8 @@ typedef struct {
 } Rows;
 
 static int rows_open(Rows *r, PyObject *index, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n) {
-    r->indexed = index != Py_None;
-    if (r->indexed) {
+    r->indexed = 0;
+    if (index != Py_None) {
         if (PyObject_GetBuffer(index, &r->index, PyBUF_C_CONTIGUOUS) < 0) return -1;
         if (r->index.len % 8) {
             PyErr_SetString(PyExc_ValueError, "index: int64 positions expected");
@@ -59,6 +60,7 @@ static int rows_open(Rows *r, PyObject *index, Py_ssize_t start, Py_ssize_t stop
                 PyBuffer_Release(&r->index);
                 return -1;
             }
+        r->indexed = 1;
         r->start = 0, r->stop = r->index.len / 8;
     } else {
         if (start < 0 || stop > n || start > stop) {

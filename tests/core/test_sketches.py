@@ -273,4 +273,9 @@ def test_the_pane_kernel_counts_what_its_numpy_counterpart_counts(bins):
     assert counts.sum() == missing.sum() == out.sum() == 0
     with pytest.raises(ValueError, match="outside"):
         sketches._count_categorical(np.array([[0], [5]], dtype=np.int32), slice(0, 2), counts, missing, out, True)
+    codes = np.array([[1], [2]], dtype=np.uint8)
+    with pytest.raises(TypeError):  # rows that are not a buffer: refused, nothing held
+        sketches._kernel.count_numeric(codes, 2, 1, 3, 0, 0, "rows", counts, missing, out)
+    with pytest.raises(ValueError, match="int64"):
+        sketches._kernel.count_numeric(codes, 2, 1, 3, 0, 0, b"\x00" * 9, counts, missing, out)
     assert counts.sum() == 0
