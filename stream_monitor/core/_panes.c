@@ -16,6 +16,8 @@
  * value is missing, W + 1 when the reference never saw it (counted in "other" and as new).
  *
  * Rows are a range [start, stop) or, when index is not None, the int64 positions it holds (time panes).
+ *
+ * The calls keep the GIL (as the statistics kernel's do): each is short, and the core runs on one thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -96,7 +98,6 @@ static PyObject *bin_numeric(PyObject *self, PyObject *args) {
     {
         const double *px = x.buf, *pe = edges.buf, *pl = lo.buf, *ph = hi.buf;
         uint8_t *po = out.buf;
-        Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
             const double *row = px + i * k;
             uint8_t *code = po + i * k;
@@ -117,7 +118,6 @@ static PyObject *bin_numeric(PyObject *self, PyObject *args) {
                 code[j] = (uint8_t)(v != v ? MISSING : c);
             }
         }
-        Py_END_ALLOW_THREADS
     }
     res = Py_NewRef(Py_None);
 done:
@@ -157,7 +157,6 @@ static PyObject *count_numeric(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "codes: a bin past %zd bins", B);
             goto done;
         }
-        Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = r.start; i < r.stop; i++) {
             const uint8_t *row = pc + rows_at(&r, i) * k;
             for (Py_ssize_t j = 0; j < k; j++) {
@@ -170,7 +169,6 @@ static PyObject *count_numeric(PyObject *self, PyObject *args) {
                 out[j] += c >> 7;
             }
         }
-        Py_END_ALLOW_THREADS
     }
     res = Py_NewRef(Py_None);
 done:
@@ -209,7 +207,6 @@ static PyObject *count_categorical(PyObject *self, PyObject *args) {
                 }
         }
         int64_t *cnt = counts.buf, *mis = missing.buf, *nw = fresh.buf, total = 0;
-        Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = r.start; i < r.stop; i++) {
             const int32_t *row = pc + rows_at(&r, i) * e;
             for (Py_ssize_t j = 0; j < e; j++) {
@@ -225,7 +222,6 @@ static PyObject *count_categorical(PyObject *self, PyObject *args) {
                 }
             }
         }
-        Py_END_ALLOW_THREADS
         res = PyLong_FromLongLong(total);
     }
 done:
