@@ -542,11 +542,11 @@ enum { K_ID = 1, K_MODEL = 2, K_VERSION = 4, K_TIME = 8, K_FEATURES = 16, K_PRED
        K_LATENCY = 128, K_SEGMENT = 256 };
 #define REQUIRED (K_ID | K_MODEL | K_VERSION | K_TIME | K_FEATURES | K_PRED)
 
+/* The feature named by the scanned key s (-1: not configured), remembered as the guess for key position at.
+ * The guess itself was tried before the scan, in place (features()): a key that reaches this lookup is not it
+ * (a configured name is either compared in place, or holds a byte only an escape can write, which the scan
+ * declines). */
 static int find_feature(Model *m, const char *s, Py_ssize_t n, int at) {
-    if (at < m->nf) {
-        int g = m->guess[at];
-        if (g >= 0 && m->flen[g] == n && same(m->fname[g], s, n)) return g;
-    }
     uint32_t i = (uint32_t)fnv1a(s, n) & m->mask;
     for (;;) {
         int32_t f = m->table[i];
