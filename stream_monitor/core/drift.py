@@ -47,6 +47,17 @@ class Finding:
     severity: str | None = None  # fixed severity; None: the policy's per-kind severity and escalation
     segment: Segment | None = None  # the slice this finding is about; None: the model's whole traffic
 
+    def report_line(self) -> dict[str, Any]:
+        """Its line of the window report: made with the finding by the window evaluation (:func:`_finding`),
+        else from its fields."""
+        line = self.__dict__.get("_line")
+        if line is None:
+            line = {"feature": self.feature, "kind": self.kind, "statistic": self.statistic, "value": self.value,
+                    "threshold": self.threshold, "p_value": self.p_value, "over": self.over}
+            if self.segment is not None:
+                line["segment"] = self.segment.to_dict()
+        return line
+
     def __getattr__(self, name: str) -> Any:
         # a finding of the window evaluation may have its details built when first read (see _lazy)
         make = self.__dict__.pop("_details_of", None) if name == "details" else None
@@ -67,7 +78,7 @@ def _finding(feature: str, kind: str, statistic: str, value: float, threshold: f
     makes some 150 findings, and that ``__init__`` was a tenth of its evaluation. Its line of the window report
     is made with it (under ``_line``, not a field), from the arguments at hand. (``details_key``: see
     :func:`_lazy`.)"""
-    # its line of the window report (WindowResult.to_dict) first: the finding's own fields are copied from it
+    # its line of the window report (Finding.report_line) first: the finding's own fields are copied from it
     line = {"feature": feature, "kind": kind, "statistic": statistic, "value": value, "threshold": threshold,
             "p_value": p_value, "over": over}
     f = _new(Finding)

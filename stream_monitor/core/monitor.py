@@ -81,21 +81,13 @@ class WindowResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The window report published on the metrics topic (a slice's findings name their ``segment``)."""
-        findings = [f.__dict__.get("_line") or _report_line(f) for f in self.findings]  # see drift._finding
+        findings = [f.report_line() for f in self.findings]
         out = {"type": "drift", "model": self.model, "model_version": self.model_version,
                "window": self.window.__dict__, "reference_id": self.reference_id, "skipped": self.skipped,
                "latency_ms": self.latency_ms, "findings": findings}
         if self.segments is not None:
             out["segments"] = self.segments
         return out
-
-
-def _report_line(f: Finding) -> dict[str, Any]:
-    line = {"feature": f.feature, "kind": f.kind, "statistic": f.statistic, "value": f.value,
-            "threshold": f.threshold, "p_value": f.p_value, "over": f.over}
-    if f.segment is not None:
-        line["segment"] = f.segment.to_dict()
-    return line
 
 
 @dataclass

@@ -112,7 +112,8 @@ def test_findings_made_without_init_equal_the_dataclass_and_stay_frozen() -> Non
     assert f == drift.Finding(*args) and repr(f) == repr(drift.Finding(*args))
     # every field, and its line of the window report, made with it (the same as one made from the fields)
     assert set(vars(f)) == {x.name for x in dataclasses.fields(drift.Finding)} | {"_line"}
-    assert vars(f)["_line"] == monitor._report_line(drift.Finding(*args)) == {
+    assert f.report_line() is vars(f)["_line"]
+    assert vars(f)["_line"] == drift.Finding(*args).report_line() == {
         "feature": "a", "kind": "data_drift", "statistic": "psi", "value": 0.1, "threshold": 0.2, "p_value": 0.01,
         "over": True}
     with pytest.raises(dataclasses.FrozenInstanceError):
