@@ -397,3 +397,64 @@ def test_chi2_quantile_table_equals_the_ufunc():
 
 def test_the_statistics_kernel_is_built():
     assert stats.compiled(), "stream_monitor.core._binned was not built by the install"
+
+
+def _shift_cases(seed):
+    """Count stacks for the category shift: up to 250 categories, a category that moved, tied categories,
+    categories a window lost, sample sizes from 5 to 100,000."""
+    rng = np.random.default_rng(seed)
+    feats, rows = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    width = int(rng.choice([1, 2, 5, 30, 250]))
+    base = rng.dirichlet(np.full(width, rng.choice([0.1, 1.0, 10.0])), size=feats)
+    n_ref, n_cur = int(rng.choice([10, 300, 5000, 100_000])), int(rng.choice([5, 100, 1000, 5000]))
+    ref = np.stack([rng.multinomial(n_ref, b) for b in base]).astype(np.float64)
+    cur = np.stack([[rng.multinomial(n_cur, b) for b in base] for _ in range(rows)]).astype(np.float64)
+    mode = seed % 4
+    if mode == 1:  # one category moved, by up to the window's size
+        cur[..., 0] += rng.integers(0, n_cur)
+    elif mode == 2 and width > 2:  # two categories with the same counts: the first is picked
+        cur[..., 1], ref[:, 1] = cur[..., 2], ref[:, 2]
+    elif mode == 3:  # half the categories gone from the window
+        cur[..., : width // 2] = 0
+    valid = rng.random((feats, width)) < 0.9
+    valid[:, 0] = True
+    return ref, cur, valid
+
+
+def test_category_shift_computes_the_tails_only_where_they_can_decide(monkeypatch):
+    """The compiled path computes the binomial tail only for cells whose bounds let them be their row's
+    smallest p-value: the category picked, its p-value and the others' figures are what every tail gives."""
+    if stats._kernel is None:
+        pytest.fail("the compiled statistics kernel is not built")
+    exact = stats._hypergeom_tails
+    computed = []
+    monkeypatch.setattr(stats, "_hypergeom_tails", lambda k, *a: computed.append(k.size) or exact(k, *a))
+    pruned = every = 0
+    for seed in range(400):
+        ref, cur, valid = _shift_cases(seed)
+        got = stats.binned_statistics(ref, cur, valid, {"psi"}, "category_shift", compiled=True)["signed"]
+        pruned += sum(computed)
+        computed.clear()
+        want = stats.binned_statistics(ref, cur, valid, {"psi"}, "category_shift", compiled=False)["signed"]
+        every += sum(computed)  # the numpy path computes every used cell's tail
+        computed.clear()
+        np.testing.assert_array_equal(got[3], want[3], err_msg=f"seed {seed}")
+        for g, w in zip(got[:3], want[:3]):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=0, err_msg=f"seed {seed}")
+    assert 0 < pruned < every / 3  # most cells' tails are never computed (23 % in these cases)
+
+
+def test_shift_tails_bounds_keep_every_cell_that_can_be_smallest():
+    """Cells whose exact p-values tie, are 1, or underflow the clip at 1e-300 stay candidates."""
+    k = np.array([0, 0, 3, 0, 0, 40], dtype=np.int64)
+    n = np.array([50, 50, 10, 2000, 2000, 100], dtype=np.int64)
+    p = np.array([0.3, 0.3, 0.2, 0.9, 0.9, 0.5])
+    fpc = np.array([0.95, 0.95, 1.0, 0.99, 0.98, 1.0])
+    ok = np.array([True, True, True, True, True, False])
+    group = np.array([0, 0, 1, 2, 2, 3])
+    got = stats._shift_tails(k, n, p, fpc, ok, group, 4)
+    want = stats._hypergeom_tails(k, n, p, fpc, ok)
+    assert got[0] == got[1] == want[0]  # a tie: both computed, the first is picked
+    assert got[2] == want[2] == 1.0  # a tail past 1/2: p-value 1
+    assert got[3] == want[3] and got[4] == want[4]  # both clipped at 1e-300, told apart by fpc only
+    assert got[5] == want[5] == 1.0  # no tail: p-value 1
