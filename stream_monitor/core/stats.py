@@ -348,35 +348,39 @@ def _hypergeom_tails(k: np.ndarray, n: np.ndarray, p: np.ndarray, fpc: np.ndarra
 _LOG_TINY, _LOG_HALF = np.log(1e-300), np.log(0.5)
 
 
-def _shift_tails(k: np.ndarray, n: np.ndarray, p: np.ndarray, fpc: np.ndarray, ok: np.ndarray, group: np.ndarray,
-                 groups: int) -> np.ndarray:
+def _shift_tails(k: np.ndarray, n: np.ndarray, p: np.ndarray, fpc: np.ndarray, ok: np.ndarray, group: np.ndarray
+                 ) -> np.ndarray:
     """:func:`_hypergeom_tails` where a cell can be its group's smallest (``group``: each cell's (row, feature),
-    cells of a group contiguous and in slot order); +inf elsewhere: what :func:`category_shift` keeps of a
-    group (the first smallest p-value, its slot) is unchanged, and the binomial tail (``bdtr``, the costly part:
-    ~0.15 us a cell) is computed for a few cells of the ~260 a 200-level feature has per row.
+    nondecreasing); +inf elsewhere: what :func:`category_shift` keeps of a group (the first smallest p-value,
+    its slot) is unchanged, and the binomial tail (``bdtr``, the costly part: ~0.15 us a cell) is computed for a
+    few cells of the ~260 a 200-level feature has per row.
 
     Bounds, per cell, of the lower tail ``T = P(X <= k)``, ``X ~ Bin(n, p)``, ``k <= n p`` (the side
-    ``hypergeom_two_sided`` takes): Chernoff's ``T <= exp(-n D(k/n || p))``; and ``T >= P(X = k) >=
-    exp(-n D) / sqrt(8 k (n - k) / n)`` for ``0 < k < n`` (the binomial coefficient's entropy bound), ``= exp(-n
-    D)`` for ``k = 0``. The p-value is ``g(T) = 2 Phi(Phi^-1(min(T, 1/2) clipped at 1e-300) / fpc)``, increasing
-    in ``T`` and at most ``2 min(T, 1/2)``: a group's smallest p-value is at most ``m = min 2 max(min(U, 1/2),
-    1e-300)`` over its cells, and a cell is computed exactly when its lower bound could reach that,
-    ``min(max(L, 1e-300), 1/2) <= Phi(fpc Phi^-1(m / 2))``, both sides widened by a relative 1e-6 (far more than the rounding of
-    either computation: a cell left out is larger than the smallest by more than that)."""
+    ``hypergeom_two_sided`` takes), from the probability of ``k`` itself (``log P(X = k)`` by ``gammaln``): ``T
+    >= P(X = k)``, and ``T <= P(X = k) / (1 - r)`` with ``r = k (1 - p) / ((n - k + 1) p) < 1``, the largest
+    ratio of consecutive terms below ``k`` (a geometric series), or Chernoff's ``exp(-n D(k/n || p))`` when
+    smaller (near the mean). The p-value is ``g(T) = 2 Phi(Phi^-1(min(T, 1/2) clipped at 1e-300) / fpc)``,
+    increasing in ``T`` and at most ``2 min(T, 1/2)``: a group's smallest p-value is at most ``m = min 2
+    max(min(U, 1/2), 1e-300)`` over its cells, and a cell is computed exactly when its lower bound could reach
+    that, ``min(max(L, 1e-300), 1/2) <= Phi(fpc Phi^-1(m / 2))``. Both bounds are widened by far more than the
+    rounding of their terms (1e-12 of their magnitudes, and 1e-6 overall): a cell left out is larger than the
+    smallest by more than any rounding."""
     out = np.full(k.shape, np.inf)
     if not k.size:
         return out
-    nf = n.astype(np.float64)
-    a = k / nf
+    nf, kf = n.astype(np.float64), k.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_u = -nf * (special.rel_entr(a, p) + special.rel_entr(1.0 - a, 1.0 - p))
-        log_l = log_u - 0.5 * np.log(np.maximum(8.0 * k * (nf - k) / nf, 1.0))
-    log_u = np.where(ok, np.minimum(log_u, 0.0), 0.0)  # a missing tail is the p-value 1 (as T >= 1/2)
-    log_l = np.where(ok, log_l, 0.0)
-    p_upper = 2.0 * np.clip(np.exp(log_u), 1e-300, 0.5)
-    best = np.full(groups, np.inf)
-    np.minimum.at(best, group, p_upper)
-    reach = special.ndtr(fpc * special.ndtri(np.minimum(best[group] * (1 + 1e-6), 1.0) / 2))
+        big = special.gammaln(nf + 1.0)
+        log_k = special.xlogy(kf, p) + special.xlog1py(nf - kf, -p)
+        log_pmf = big - special.gammaln(kf + 1.0) - special.gammaln(nf - kf + 1.0) + log_k
+        chernoff = -nf * (special.rel_entr(kf / nf, p) + special.rel_entr(1.0 - kf / nf, 1.0 - p))
+        geometric = log_pmf - np.log1p(-np.minimum(kf * (1.0 - p) / ((nf - kf + 1.0) * p), 1.0))
+        slack = 1e-12 * (big + np.abs(log_k)) + 1e-6
+    log_u = np.where(ok, np.minimum(np.fmin(geometric, chernoff) + slack, 0.0), 0.0)  # no tail: the p-value 1
+    log_l = np.where(ok, log_pmf - slack, 0.0)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    best = np.minimum.reduceat(2.0 * np.clip(np.exp(log_u), 1e-300, 0.5), starts)
+    reach = special.ndtr(fpc * np.repeat(special.ndtri(np.minimum(best, 1.0) / 2), np.diff(np.r_[starts, k.size])))
     cand = np.flatnonzero(np.log(np.maximum(reach, 1e-300)) + 1e-6 >= np.clip(log_l, _LOG_TINY, _LOG_HALF))
     out[cand] = _hypergeom_tails(k[cand], n[cand], p[cand], fpc[cand], ok[cand])
     return out
@@ -503,7 +507,7 @@ def binned_statistics(ref_counts: np.ndarray, cur_counts: np.ndarray, valid: np.
         bp, fpc = np.empty(cells), np.empty(cells)
         ok = np.empty(cells, dtype=bool)
         k = _kernel.shift_inputs(rc, cc, v, rows * feats, width + 1, bk, bn, bp, fpc, ok.view(np.uint8), where)
-        p_used = _shift_tails(bk[:k], bn[:k], bp[:k], fpc[:k], ok[:k], where[:k] // (width + 1), rows * feats)
+        p_used = _shift_tails(bk[:k], bn[:k], bp[:k], fpc[:k], ok[:k], where[:k] // (width + 1))
         picked = np.empty((4, rows * feats))
         _kernel.shift_pick(p_used, where, k, rc, cc, v, rows * feats, width + 1, picked)
         delta, p, noise, level = picked.reshape(4, rows, feats)
