@@ -1,7 +1,8 @@
 """Where the pure core's time goes per window, without a broker: the monitor's core on the benchmark model.
 
 Decodes the events of ``workload.py`` (30 features, ~790 bytes each) once with the monitor's decoder, then feeds
-the same batches of 5,000 to a fresh ``Monitor`` per pass (after a warm-up reference of 5,000 events) and
+the same batches (``--batch``, default the monitor's ``batch.max_messages``) to a fresh ``Monitor`` per pass
+(after a warm-up reference of 5,000 events) and
 reports, per window size, the core's microseconds per event and, per window, the time in each stage (timed
 around the calls, best of ``--rounds`` passes): the window evaluation (``evaluate_windows``: the windows that
 close in one batch, together), and in it the binned statistics of the windows and their evidence spans; pane
@@ -16,7 +17,11 @@ and with ``batch.decode_ahead`` (batch N+1 decoded on a second thread while the 
 compiled decoder parses without the GIL): alternating passes, best of ``--rounds``, the speed-up of decoding
 ahead when a second CPU is free (no broker in this process or on this machine's CPUs meanwhile).
 
-    python bench/core_profile.py [--events 200000] [--windows 1000 5000 100] [--rounds 3]
+Last, decode and core in turn per batch size (``--batch-sizes``; alternating passes, best of ``--rounds``): what
+``batch.max_messages`` saves by sharing per-batch and per-evaluation costs among more events.
+
+    python bench/core_profile.py [--events 200000] [--windows 1000 5000 100] [--rounds 3] [--batch N]
+                                 [--batch-sizes 5000 10000 20000 50000]
 """
 
 from __future__ import annotations
@@ -38,12 +43,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from workload import make, model_config  # noqa: E402
 
-from stream_monitor.config import parse_config  # noqa: E402
+from stream_monitor.config import BatchConfig, parse_config  # noqa: E402
 from stream_monitor.core import alerts, drift, monitor, sketches, stats  # noqa: E402
 from stream_monitor.core.events import PredictionDecoder  # noqa: E402
 from stream_monitor.kafka.runner import tune_gc  # noqa: E402
 
-BATCH = 5000
+WARM = 5000  # the warm-up reference's events: the first batch of every pass
 
 
 def timed(obj: Any, name: str, acc: dict[str, float], label: str) -> Callable[[], None]:
@@ -86,13 +91,11 @@ def one_pass(cfg: Any, batches: list[Any], compiled: bool | None, alone: bool = 
     undo.append(timed(stats, "binned_statistics", acc, "  binned statistics"))  # undone first
     try:
         mon = monitor.Monitor(cfg)
-        warm = 5000 // BATCH  # the warm-up reference
-        for b in batches[:warm]:
-            mon.process_batch(b, [])
+        mon.process_batch(batches[0], [])  # the warm-up reference
         acc.clear()
         windows = 0
         t0 = time.perf_counter()
-        for b in batches[warm:]:
+        for b in batches[1:]:
             windows += len(mon.process_batch(b, []).results)
         return time.perf_counter() - t0, acc, windows
     finally:
@@ -100,11 +103,16 @@ def one_pass(cfg: Any, batches: list[Any], compiled: bool | None, alone: bool = 
             u()
 
 
-def decode_and_core(cfg: Any, values: list[bytes], ahead: bool) -> float:
+def cut(values: list[Any], batch: int) -> list[list[Any]]:
+    """The warm-up reference's events, then batches of ``batch``."""
+    return [values[:WARM]] + [values[i:i + batch] for i in range(WARM, len(values), batch)]
+
+
+def decode_and_core(cfg: Any, values: list[bytes], ahead: bool, batch: int) -> float:
     """Seconds to decode and process ``values`` in batches, in turn or decoding the next batch ahead."""
     decoder = PredictionDecoder(cfg.models)
     mon = monitor.Monitor(cfg)
-    raw = [values[i:i + BATCH] for i in range(0, len(values), BATCH)]
+    raw = cut(values, batch)
     t0 = time.perf_counter()
     if not ahead:
         for r in raw:
@@ -125,19 +133,23 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--windows", type=int, nargs="+", default=[1000, 5000, 100])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=BatchConfig().max_messages,
+                    help="events per batch (default: the monitor's batch.max_messages)")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[5000, 10000, 20000, 50000])
     args = ap.parse_args()
+    batch = args.batch
     tune_gc()
     rng = np.random.default_rng(0)
     values = [orjson.dumps(e) for start in range(0, args.events, 10_000)
               for e in make(min(10_000, args.events - start), rng, start)]
-    print(f"{len(values):,} events of the benchmark model, batches of {BATCH:,}, reference of 5,000 (warm-up), "
+    print(f"{len(values):,} events of the benchmark model, batches of {batch:,}, reference of 5,000 (warm-up), "
           f"best of {args.rounds} passes; statistics kernel built: {stats.compiled()}, pane kernel built: "
           f"{sketches.compiled()}")
     for window in args.windows:
         cfg = parse_config({"models": {"bench": model_config(window)}})
         decoder = PredictionDecoder(cfg.models)
-        batches = [decoder.decode(values[i:i + BATCH]) for i in range(0, len(values), BATCH)]
-        events = len(values) - 5000
+        batches = [decoder.decode(v) for v in cut(values, batch)]
+        events = len(values) - WARM
         best: dict[str, tuple[float, dict[str, float], int]] = {}
         for _ in range(args.rounds):  # alternating: the kernels, numpy statistics, numpy panes, windows one at a time
             for label, compiled, alone, panes_numpy in (("kernel", None, False, False), ("numpy", False, False, False),
@@ -168,10 +180,19 @@ def main() -> None:
     cfg = parse_config({"models": {"bench": model_config(window)}})
     best_turn = best_ahead = float("inf")
     for _ in range(args.rounds):
-        best_turn = min(best_turn, decode_and_core(cfg, values, False))
-        best_ahead = min(best_ahead, decode_and_core(cfg, values, True))
+        best_turn = min(best_turn, decode_and_core(cfg, values, False, batch))
+        best_ahead = min(best_ahead, decode_and_core(cfg, values, True, batch))
     print(f"decode + core, window {window:,}: in turn {best_turn / len(values) * 1e6:.2f} us/event, decoding ahead "
           f"{best_ahead / len(values) * 1e6:.2f} us/event ({best_turn / best_ahead:.2f}x)")
+
+    for window in args.windows if args.batch_sizes else ():
+        cfg = parse_config({"models": {"bench": model_config(window)}})
+        by_size: dict[int, float] = {}
+        for _ in range(args.rounds):
+            for size in args.batch_sizes:
+                by_size[size] = min(by_size.get(size, float("inf")), decode_and_core(cfg, values, False, size))
+        print(f"decode + core by batch size, window {window:,}: " + ", ".join(
+            f"{size:,}: {dt / len(values) * 1e6:.2f} us/event" for size, dt in by_size.items()))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ class EventsConfig(_Frozen):
 
 
 class BatchConfig(_Frozen):
-    max_messages: int = Field(5000, gt=0)
+    max_messages: int = Field(20000, gt=0)
     timeout_s: float = Field(0.5, gt=0)
     # parse the next batch on a second thread while the core works on this one (the compiled decoder parses
     # without the GIL): for a monitor with a spare CPU; on a machine whose CPUs the broker keeps busy it is
