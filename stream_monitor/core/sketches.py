@@ -587,11 +587,22 @@ def _ints(v: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _bottom(cap: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The rows with the ``cap`` smallest keys of all ``parts``, sorted by key (ties: order of the parts)."""
-    x = np.concatenate([p for p, _ in parts])
-    keys = np.concatenate([k for _, k in parts])
-    order = np.argsort(keys, kind="stable")[:cap]
-    return x[order], keys[order]
+    """The rows with the ``cap`` smallest keys of all ``parts``, sorted by key (ties: order of the parts).
+
+    Sorted by numpy's default sort (SIMD quicksort, ~3x the stable merge sort on 64-bit keys), which orders
+    distinct keys as any sort does; only when two keys are equal (one event id twice) is the stable sort redone,
+    so ties keep the parts' order."""
+    full = [p for p in parts if p[1].size] or parts[:1]
+    if len(full) == 1:
+        x, keys = full[0]
+    else:
+        x, keys = np.concatenate([p for p, _ in full]), np.concatenate([k for _, k in full])
+    order = np.argsort(keys)
+    ordered = keys[order]
+    if ordered.size > 1 and not (ordered[1:] > ordered[:-1]).all():
+        order = np.argsort(keys, kind="stable")
+    order = order[:cap]
+    return np.take(x, order, axis=0), keys[order]
 
 
 #: Longest category value or model version kept in examples and version counts (longer ones are cut with

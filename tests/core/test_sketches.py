@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.core.columns import build_columns
+from stream_monitor.core import sketches
 from stream_monitor.core.sketches import Binning, Pane
 
 
@@ -279,3 +280,21 @@ def test_the_pane_kernel_counts_what_its_numpy_counterpart_counts(bins):
     with pytest.raises(ValueError, match="int64"):
         sketches._kernel.count_numeric(codes, 2, 1, 3, 0, 0, b"\x00" * 9, counts, missing, out)
     assert counts.sum() == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sample_is_the_bottom_of_the_keys_ties_in_the_order_of_the_parts(seed):
+    """The rows with the smallest keys, by key; equal keys (an event id seen twice) keep the parts' order, as
+    a stable sort of the parts laid end to end gives."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(0, 300))
+        keys = rng.integers(0, 2**64, n, dtype=np.uint64) if seed % 2 else rng.integers(0, 50, n).astype(np.uint64)
+        parts.append((rng.normal(size=(n, 3)), keys))
+    cap = int(rng.integers(1, 400))
+    x, keys = sketches._bottom(cap, parts)
+    order = np.argsort(np.concatenate([k for _, k in parts]), kind="stable")[:cap]
+    np.testing.assert_array_equal(keys, np.concatenate([k for _, k in parts])[order])
+    np.testing.assert_array_equal(x, np.concatenate([p for p, _ in parts])[order])
+    assert x.shape == (min(cap, sum(k.size for _, k in parts)), 3)
