@@ -426,14 +426,16 @@ class Pane:
         # Per feature, never per event: the columns the decoder encoded are counted from their codes in one
         # pass; the others from their distinct values (Counter, C speed)
         e = b.encoded
+        new_before = self.cat_new[:e].copy() if e else None
         if e and _count_categorical(b.cat_code, rows, self.cat_counts, self.cat_missing, self.cat_new,
                                     b.compiled):
-            fresh = b.cat_code[rows] == other + 2
-            for j in np.flatnonzero(fresh.any(axis=0)).tolist():
+            # the columns whose count of new values grew: their first new values, in code order, as examples
+            for j in np.flatnonzero(self.cat_new[:e] != new_before).tolist():
                 ex = self.new_examples[j]
-                if len(ex) < _MAX_NEW_EXAMPLES:  # the values in code order, as counted
+                if len(ex) < _MAX_NEW_EXAMPLES:
                     vals = cols.codes.values[j]  # type: ignore[union-attr]
-                    for i in np.unique(cols.codes.codes[rows, j][fresh[:, j]]).tolist():  # type: ignore[union-attr]
+                    fresh = b.cat_code[rows, j] == other + 2
+                    for i in np.unique(cols.codes.codes[rows, j][fresh]).tolist():  # type: ignore[union-attr]
                         if len(ex) >= _MAX_NEW_EXAMPLES:
                             break
                         ex.add(clip(vals[i]))
