@@ -161,6 +161,24 @@ def test_columnar_evaluation_equals_row_by_row(monkeypatch: pytest.MonkeyPatch, 
         assert max(both.batches) >= 2
 
 
+def test_windows_of_a_batch_are_evaluated_in_calls_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More windows than one call takes close in a batch: they are evaluated in several calls, each window's
+    findings exactly the row-by-row oracle's."""
+    monkeypatch.setattr(drift, "_TOGETHER", 3)
+    calls: list[int] = []
+    evaluate = drift._evaluate
+    monkeypatch.setattr(drift, "_evaluate", lambda *a: calls.append(len(a[2])) or evaluate(*a))
+    checked: list[int] = []
+    both = _against_rows(checked, lambda f: f.over)
+    monkeypatch.setattr(monitor, "evaluate_windows", both)
+    cfg = parse_config({"models": {"m": model_config(window={"size": 100})}})
+    mon = Monitor(cfg)
+    for batch in _stream(0, 100):
+        mon.process(batch)
+    assert max(both.batches) == 7 and max(calls) == 3  # batches of 700 events: 7 windows, calls of 3, 3, 1
+    assert sum(checked) > 0
+
+
 def test_columnar_evaluation_equals_row_by_row_with_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     checked: list[int] = []
 
