@@ -19,12 +19,13 @@ topic, then, per window size, in the same run:
 Both loops are timed from their first batch (group join excluded) and run with the monitor's garbage-collector
 settings (``runner.tune_gc``), which speed up the bare loop too. Besides the rates, each pass reports the CPU
 time of its consuming thread per event: both loops are bound by that thread, so the two ratios agree when the
-machine is quiet. After one discarded warm-up read of the topic (the first read is always slower), a pass of
-the bare loop with librdkafka's default fetch settings is shown for scale (its 1 s ``fetch.queue.backoff.ms``
-stalls a consumer this fast), then the passes alternate for ``--rounds`` rounds; each round's ratio and the
-median are printed (the house bar is >= 0.8). A final long pass samples the monitor's RSS (memory must stay
-flat however long the stream runs). ``--pin 0:1`` puts the broker on CPU 0 and this process on CPU 1, as
-``taskset`` would.
+machine is quiet. After one discarded warm-up read of the topic (the first read is always slower) and one
+discarded warm-up pass of the monitor (the process's first one grows its heap and runs every code path for the
+first time; its rate is printed), a pass of the bare loop with librdkafka's default fetch settings is shown for
+scale (its 1 s ``fetch.queue.backoff.ms`` stalls a consumer this fast), then the passes alternate for
+``--rounds`` rounds; each round's ratio and the median are printed (the house bar is >= 0.8). A final long
+pass samples the monitor's RSS (memory must stay flat however long the stream runs). ``--pin 0:1`` puts the
+broker on CPU 0 and this process on CPU 1, as ``taskset`` would.
 
     python bench/kafka_throughput.py [--events 1000000] [--windows 1000 5000 100] [--rounds 3]
                                      [--commit-interval 1] [--rss-events 1000000] [--pin 0:1]
@@ -34,6 +35,9 @@ flat however long the stream runs). ``--pin 0:1`` puts the broker on CPU 0 and t
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import os
 import sys
 import threading
@@ -62,6 +66,19 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def freed_rss() -> float | None:
+    """RSS after a full collection and glibc's ``malloc_trim(0)`` (None without glibc): what the process holds,
+    without the freed pages its heap keeps for reuse."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return rss_mib()
 
 
 def produce(bootstrap: str, topic: str, n: int, partitions: int, by_event_id: bool = False) -> None:
@@ -213,6 +230,9 @@ def main() -> None:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, max(args.events, args.rss_events), args.partitions)
         bare(bootstrap, topic, args.events, batch=args.batch)  # warm-up, discarded: a topic's first read is cold
+        warm, _, _, _ = monitored(bootstrap, topic, args.events, args.windows[0], args.commit_interval,
+                                  batch=args.batch)  # warm-up, discarded: the process's first monitor is cold
+        print(f"warm-up pass of the monitor (window {args.windows[0]}, discarded): {warm:,.0f} events/s", flush=True)
         print(f"fetch settings of both loops: {FETCH}", flush=True)
         default_rate, _ = bare(bootstrap, topic, args.events, {}, args.batch)
         print(f"for scale, the bare loop with librdkafka's default fetch settings: {default_rate:,.0f} events/s",
@@ -249,6 +269,10 @@ def main() -> None:
                                             args.commit_interval, batch=args.batch)
             print(f"monitor RSS along {args.rss_events:,} events (window {args.windows[0]}, {rate:,.0f} events/s): "
                   + ", ".join(f"{k // 1000}k: {m:.0f} MiB" for k, m in samples))
+            trimmed = freed_rss()
+            if trimmed is not None:
+                print(f"RSS once the C heap handed its free pages back (gc.collect, glibc malloc_trim): {trimmed:.0f} "
+                      "MiB", flush=True)
 
 
 if __name__ == "__main__":
