@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from stream_monitor.core.columns import build_columns
 from stream_monitor.core import sketches
-from stream_monitor.core.sketches import Binning, Pane
+from stream_monitor.core.columns import build_columns
+from stream_monitor.core.sketches import Binning, Pane, PaneInput
 
 
 def events(n, rng, shift=0.0, cats=("x", "y", "z")):
@@ -165,7 +165,6 @@ def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row
 
     from stream_monitor.config import parse_config
     from stream_monitor.core.events import PredictionDecoder
-    from stream_monitor.core.sketches import PaneInput
 
     rng = np.random.default_rng(11)
     models = parse_config({"models": {"m": {"features": {"numeric": ["a", "n"], "categorical": ["k", "j"]},
@@ -208,8 +207,6 @@ def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row
 
 
 def test_the_pane_kernel_is_built():
-    from stream_monitor.core import sketches
-
     assert sketches.compiled(), "stream_monitor.core._panes was not built by the install"
 
 
@@ -221,9 +218,7 @@ def test_the_pane_kernel_counts_what_its_numpy_counterpart_counts(bins):
     import orjson
 
     from stream_monitor.config import parse_config
-    from stream_monitor.core import sketches
     from stream_monitor.core.events import PredictionDecoder
-    from stream_monitor.core.sketches import PaneInput
 
     rng = np.random.default_rng(bins)
     models = parse_config({"models": {"m": {"features": {"numeric": ["a", "flag", "n"], "categorical": ["k", "j"]},
