@@ -9,7 +9,9 @@
  * ranges of ids, string predictions and segments within their messages) without the GIL, so other Python
  * threads run meanwhile (with batch.decode_ahead the service parses the next batch while the core works on the
  * previous one). Then, with the GIL, the few Python objects the caller needs are made from those buffers: the
- * distinct strings, each event's id, prediction and score. A Decoder runs one call at a time (a second thread's call is refused).
+ * distinct strings and, for a model that joins labels, each event's id, prediction and score (the others get
+ * predictions and scores as buffers: numbers, class codes and flags). A Decoder runs one call at a time (a
+ * second thread's call is refused).
  *
  * It accepts only the common, valid event and leaves everything else to the Python decoder: a message it
  * does not take is reported back by position ("declined") and decided by the general path, so the outcome
@@ -154,6 +156,7 @@ typedef struct {
     int32_t *guess; /* the feature seen at each key position of the previous event */
     uint8_t *fplain; /* the name holds no quote, backslash or control byte: its bytes are its JSON string */
     int segments;   /* keep the segment object (the model has segment keys) */
+    int rows;       /* make each row's id, prediction and score objects (the model joins labels) */
     Out out;
     Dict *dicts;    /* c + 2: the categorical features, the model version, class predictions */
 } Model;
@@ -765,7 +768,7 @@ static void reset_row(Decoder *d, Model *m) {
  * Python object. */
 static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t position, double lo, double hi) {
     Cur cur = {buf, buf + len}, *c = &cur;
-    Envelope e = {.t = NAN, .latency = NAN};
+    Envelope e = {.t = NAN, .latency = NAN, .score = NAN};
     Model *m = NULL;
     const char *feats = NULL; /* the features object, when it came before the model */
     unsigned seen = 0;
@@ -978,18 +981,25 @@ static PyObject *dict_values(Decoder *d, Dict *t) {
     return list;
 }
 
-/* The rows' ids, predictions, scores and segments (each a list of n objects). */
+/* The rows' segments, and their ids, predictions and scores when the model joins labels (each a list of n
+ * objects, else None: the columns carry predictions and scores as numbers and codes). */
 static int row_objects(Decoder *d, Model *m, PyObject *classes, PyObject **ids, PyObject **preds,
                        PyObject **scores, PyObject **segments) {
     Out *o = &m->out;
     Py_ssize_t n = o->n;
-    *ids = PyList_New(n);
-    *preds = PyList_New(n);
-    *scores = PyList_New(n);
+    *ids = m->rows ? PyList_New(n) : Py_NewRef(Py_None);
+    *preds = m->rows ? PyList_New(n) : Py_NewRef(Py_None);
+    *scores = m->rows ? PyList_New(n) : Py_NewRef(Py_None);
     *segments = m->segments ? PyList_New(n) : Py_NewRef(Py_None);
     if (!*ids || !*preds || !*scores || !*segments) return -1;
-    for (Py_ssize_t r = 0; r < n; r++) {
+    for (Py_ssize_t r = 0; r < n && (m->rows || m->segments); r++) {
         uint8_t f = o->flags[r];
+        if (m->segments) {
+            PyObject *seg = o->seg[r] ? segment_dict(d, o->seg[r], o->seg_len[r]) : Py_NewRef(Py_None);
+            if (seg == NULL) return -1;
+            PyList_SET_ITEM(*segments, r, seg);
+        }
+        if (!m->rows) continue;
         PyObject *id = new_str(o->id[r], o->id_len[r], f & ID_HIGH);
         if (id == NULL) return -1;
         PyList_SET_ITEM(*ids, r, id);
@@ -1001,11 +1011,6 @@ static int row_objects(Decoder *d, Model *m, PyObject *classes, PyObject **ids, 
         PyObject *score = f & HAS_SCORE ? PyFloat_FromDouble(o->score[r]) : Py_NewRef(Py_None);
         if (score == NULL) return -1;
         PyList_SET_ITEM(*scores, r, score);
-        if (m->segments) {
-            PyObject *seg = o->seg[r] ? segment_dict(d, o->seg[r], o->seg_len[r]) : Py_NewRef(Py_None);
-            if (seg == NULL) return -1;
-            PyList_SET_ITEM(*segments, r, seg);
-        }
     }
     return 0;
 }
@@ -1029,10 +1034,11 @@ static PyObject *take_out(Decoder *d, Model *m) {
     if ((classes = dict_values(d, &m->dicts[m->c + 1])) == NULL ||
         row_objects(d, m, classes, &ids, &preds, &scores, &segments) < 0)
         goto done;
-    res = Py_BuildValue("(NNNNNOOOONO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8),
+    res = Py_BuildValue("(NNNNNOONNNNOOOO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8),
                         bytes_of(o->num, n * m->k * 8), bytes_of(o->key, n * 8),
-                        bytes_of(o->codes, n * (m->c + 1) * 4), values, ids, preds, scores, bytes_of(o->lat, n * 8),
-                        segments);
+                        bytes_of(o->codes, n * (m->c + 1) * 4), values, classes, bytes_of(o->pred, n * 8),
+                        bytes_of(o->flags, n), bytes_of(o->score, n * 8), bytes_of(o->lat, n * 8), ids, preds,
+                        scores, segments);
 done:
     Py_XDECREF(values);
     Py_XDECREF(classes);
@@ -1098,9 +1104,11 @@ static char *copy_utf8(PyObject *s, Py_ssize_t *n) {
 
 static int init_model(Decoder *d, Model *m, PyObject *spec) {
     PyObject *name, *numeric, *categorical;
-    int segments;
-    if (!PyArg_ParseTuple(spec, "UO!O!p", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical, &segments))
+    int segments, rows;
+    if (!PyArg_ParseTuple(spec, "UO!O!pp", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical, &segments,
+                          &rows))
         return -1;
+    m->rows = rows;
     m->k = (int)PyTuple_GET_SIZE(numeric);
     m->c = (int)PyTuple_GET_SIZE(categorical);
     m->nf = m->k + m->c;
@@ -1303,7 +1311,10 @@ PyMODINIT_FUNC PyInit__columnar(void) {
     if (PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
-    if (PyModule_AddObjectRef(mod, "Decoder", (PyObject *)&DecoderType) < 0) {
+    if (PyModule_AddObjectRef(mod, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        PyModule_AddIntConstant(mod, "PRED_STR", PRED_STR) < 0 ||
+        PyModule_AddIntConstant(mod, "PRED_INT", PRED_INT) < 0 ||
+        PyModule_AddIntConstant(mod, "PRED_FLOAT", PRED_FLOAT) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

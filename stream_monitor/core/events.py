@@ -244,9 +244,12 @@ class ModelEvents:
 
     def events(self) -> list[dict[str, Any]]:
         """The events as dicts of their envelope fields (``features`` omitted when decoded by the fast path):
-        what the label join needs. Built on first use, so models without labels never pay for it."""
+        what the label join needs. Built on first use, so models without labels never pay for it (the compiled
+        decoder does not even make their ids, predictions and scores as objects)."""
         if self._events is None:
-            assert self._envelopes is not None
+            if self._envelopes is None:
+                raise RuntimeError("these events were decoded without their envelope objects: the model joins "
+                                   "no labels")
             ids, versions, preds, scores = self._envelopes
             self._events = [{"event_id": i, "model_version": v, "timestamp": t, "prediction": p, "score": s}
                             for i, v, t, p, s in zip(ids, versions, self.cols.event_time.tolist(), preds, scores)]
@@ -304,8 +307,10 @@ class PredictionDecoder:
         if compiled and _columnar is None:
             raise RuntimeError("the compiled decoder (stream_monitor.core._columnar) is not built: reinstall the "
                                "package with a C compiler present")
-        self._c = (_columnar.Decoder([(name, m.features.numeric, m.features.categorical, bool(m.segments.keys))
-                                      for name, m in self.models.items()])
+        # per model its features, whether it keeps segments, and whether it joins labels (only then are its
+        # events' ids, predictions and scores made as Python objects: ModelEvents.events)
+        self._c = (_columnar.Decoder([(name, m.features.numeric, m.features.categorical, bool(m.segments.keys),
+                                       m.uses_labels) for name, m in self.models.items()])
                    if _columnar is not None and compiled is not False and self.models else None)
         self.compiled = self._c is not None  # the compiled decoder takes the common event
         # without it, typed msgspec structures take that event
@@ -378,21 +383,32 @@ class PredictionDecoder:
         for name, out in zip(self.models, outs):  # the models in the order the decoder was given them
             if out is None:
                 continue
-            pos, t, num, keys, codes, distinct, ids, preds, scores, latency, segments = out
+            (pos, t, num, keys, codes, distinct, classes, pred, flags, score, latency, ids, preds, scores,
+             segments) = out
             m = self.models[name]
             t = np.frombuffer(t, dtype=np.float64)
             n, k, c = t.shape[0], len(m.features.numeric), len(m.features.categorical)
-            enc = Codes(np.frombuffer(codes, dtype=np.int32).reshape(n, c + 1), distinct)
+            codes = np.frombuffer(codes, dtype=np.int32).reshape(n, c + 1)
+            kind = np.frombuffer(flags, dtype=np.uint8) & _PRED_KINDS
+            values = pred_column = pred_error = None
+            if m.prediction == "categorical" and (kind == _columnar.PRED_STR).all():  # classes: one more code column
+                codes = np.column_stack([codes[:, :c], np.frombuffer(pred, dtype=np.int32)[::2], codes[:, c:]])
+                values = (*distinct[:c], classes, distinct[c])
+                c += 1
+            elif m.prediction != "none":  # numbers (or a mix: the general rules decide its type errors)
+                pred_column, pred_error = _predictions(m.prediction, kind, pred, classes, n)
+            enc = Codes(codes, values or distinct)
             cat = np.empty((n, c), dtype=object)
             for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
-                cat[:, j] = np.array([*distinct[j], None], dtype=object)[enc.codes[:, j]]
-            versions = np.array(distinct[c], dtype=object)[enc.codes[:, c]]
+                cat[:, j] = np.array([*enc.values[j], None], dtype=object)[codes[:, j]]
+            versions = np.array(distinct[-1], dtype=object)[codes[:, c]]
             cols = self._model_columns(
-                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), cat, versions, preds, scores,
-                np.frombuffer(latency, dtype=np.float64), np.frombuffer(keys, dtype=np.uint64), segments)
+                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), cat, versions, None,
+                np.frombuffer(score, dtype=np.float64).reshape(n, 1), np.frombuffer(latency, dtype=np.float64),
+                np.frombuffer(keys, dtype=np.uint64), segments, pred_column, pred_error)
             cols.codes = enc
             per_model.setdefault(name, []).append((np.frombuffer(pos, dtype=np.int64).tolist(), cols,
-                                                   (ids, versions, preds, scores)))
+                                                   None if ids is None else (ids, versions, preds, scores)))
         return declined
 
     def _fast(self, values: list[bytes | None], lo: int, hi: int,
@@ -452,20 +468,32 @@ class PredictionDecoder:
     @staticmethod
     def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray,
                        versions: Sequence[str] | np.ndarray,
-                       preds: Sequence[Any], scores: Sequence[float | None], latency: np.ndarray, keys: np.ndarray,
-                       segments: list[dict[str, str] | None] | None) -> Columns:
-        """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths)."""
+                       preds: Sequence[Any] | None, scores: Sequence[float | None] | np.ndarray, latency: np.ndarray,
+                       keys: np.ndarray, segments: list[dict[str, str] | None] | None,
+                       pred_column: np.ndarray | None = None, pred_error: np.ndarray | None = None) -> Columns:
+        """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths).
+
+        The prediction column comes from ``preds`` (the values), or, when None, is ``pred_column`` and
+        ``pred_error`` (an ``(n, 1)`` column and its type errors), or, when those are None too, is already the
+        last column of ``cat`` (the compiled decoder's class codes). ``scores`` may be an ``(n, 1)`` float
+        array, NaN where absent."""
         n = t.shape[0]
         num_err = np.zeros(num.shape, dtype=bool)
         cat_err = np.zeros(cat.shape, dtype=bool)
         extra_num: list[tuple[np.ndarray, np.ndarray]] = []
-        if m.prediction == "numeric":
-            extra_num.append(_numeric_matrix([(p,) for p in preds], n, 1))
-        elif m.prediction == "categorical":
-            pc, pe = _categorical_column(preds, n)
-            cat, cat_err = np.hstack([cat, pc]), np.hstack([cat_err, pe])
+        if preds is not None:
+            if m.prediction == "numeric":
+                pred_column, pred_error = _numeric_matrix([(p,) for p in preds], n, 1)
+            elif m.prediction == "categorical":
+                pred_column, pred_error = _categorical_column(preds, n)
+        if pred_column is not None and pred_error is not None:
+            if m.prediction == "numeric":
+                extra_num.append((pred_column, pred_error))
+            else:
+                cat, cat_err = np.hstack([cat, pred_column]), np.hstack([cat_err, pred_error])
         if m.monitor_score:
-            extra_num.append((_floats(scores, n, 1), np.zeros((n, 1), dtype=bool)))
+            score_column = scores if type(scores) is np.ndarray else _floats(scores, n, 1)
+            extra_num.append((score_column, np.zeros((n, 1), dtype=bool)))
         if extra_num:
             num = np.hstack([num, *(a for a, _ in extra_num)])
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
@@ -493,6 +521,29 @@ def _float_rows(get: Any, items: list[Any], n: int, k: int) -> np.ndarray:
         return np.array(list(map(get, items)), dtype=np.float64).reshape(n, k)
 
 
+#: The flag bits of the compiled decoder that say a prediction's type (a class string, an integer, a float).
+_PRED_KINDS = 0 if _columnar is None else _columnar.PRED_STR | _columnar.PRED_INT | _columnar.PRED_FLOAT
+
+
+def _predictions(prediction: str, kind: np.ndarray, pred: bytes, classes: list[str], n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction column and its type errors from the compiled decoder's buffers (``kind``: each row's
+    prediction type flag; ``pred``: 8 bytes a row, an int64, a float64 or an int32 class code), by the rules
+    of the general path: a numeric model's class string is a type error; a categorical model's integer is a
+    category (its decimal string), its float a type error."""
+    assert _columnar is not None
+    raw = np.frombuffer(pred, dtype=np.int64)
+    is_str, is_int, is_float = (kind == k for k in (_columnar.PRED_STR, _columnar.PRED_INT, _columnar.PRED_FLOAT))
+    if prediction == "numeric":
+        values = np.where(is_int, raw.astype(np.float64), np.where(is_float, raw.view(np.float64), np.nan))
+        return values.reshape(n, 1), is_str.reshape(n, 1)
+    values = np.empty(n, dtype=object)
+    values[is_str] = np.array(classes, dtype=object)[raw.view(np.int32)[::2][is_str]]
+    values[is_int] = raw[is_int].tolist()
+    values[is_float] = raw.view(np.float64)[is_float].tolist()
+    return _categorical_column(values.tolist(), n)
+
+
 def _floats(rows: Sequence[Any], n: int, k: int) -> np.ndarray:
     """An ``(n, k)`` float matrix from rows of ``k`` numbers or None (NaN), or from ``n`` values when k == 1."""
     flat = chain.from_iterable(rows) if k > 1 or (n and type(rows[0]) is tuple) else rows
@@ -509,7 +560,9 @@ def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
         return ModelEvents(pos, cols, extra) if type(extra) is list else ModelEvents(pos, cols, None, extra)
     pos = [p for ps, _, _ in parts for p in ps]
     cols = Columns.concat([c for _, c, _ in parts])
-    if all(type(extra) is not list for _, _, extra in parts):  # all from the fast path
+    if any(extra is None for _, _, extra in parts):  # a model without labels: no envelope objects are kept
+        me = ModelEvents(pos, cols)
+    elif all(type(extra) is not list for _, _, extra in parts):  # all from the fast path
         envelopes = tuple(tuple(chain.from_iterable(extra[i] for _, _, extra in parts)) for i in range(4))
         me = ModelEvents(pos, cols, None, envelopes)
     else:
@@ -519,4 +572,5 @@ def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
     if all(a[0][-1] < b[0][0] for a, b in zip(parts, parts[1:])):  # each part is in order: check the seams
         return me
     order = np.argsort(np.asarray(pos), kind="stable")
-    return ModelEvents([pos[i] for i in order.tolist()], cols.take(order), [me.events()[i] for i in order.tolist()])
+    events = None if me._events is None and me._envelopes is None else [me.events()[i] for i in order.tolist()]
+    return ModelEvents([pos[i] for i in order.tolist()], cols.take(order), events)

@@ -86,8 +86,9 @@ def test_exact_halfway_and_boundary_numbers_round_to_even(tok):
 
 def _models():
     return parse_config({"models": {
+        # "m" joins labels (its events' ids, predictions and scores are made as objects), "r" does not
         "m": {"features": {"numeric": ["a", "b", "größe"], "categorical": ["c", "d"]}, "prediction": "categorical",
-              "monitor_score": True, "segments": {"keys": ["country"]}},
+              "monitor_score": True, "segments": {"keys": ["country"]}, "performance": {"task": "multiclass"}},
         "r": {"features": {"numeric": ["a"]}, "prediction": "numeric"},
     }}).models
 
@@ -185,9 +186,52 @@ def test_the_common_event_is_never_declined():
                  f'"features": {_json(feats)}', '"model": "m"']
         rng.shuffle(pairs)
         clean.append(("{" + ", ".join(pairs) + "}").encode())
-    declined, outs = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True)]).decode(clean, 0.0, 1e11)
+    dec = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True, True)])
+    declined, outs = dec.decode(clean, 0.0, 1e11)
     assert declined == [] and outs[0] is not None
     assert np.frombuffer(outs[0][0], dtype=np.int64).tolist() == list(range(500))
+
+
+def test_only_a_model_that_joins_labels_gets_its_events_as_objects():
+    """Ids, predictions and scores are made as Python objects only for a model whose labels are joined (the
+    label join reads them); another model's predictions and scores reach its columns from the decoder's
+    buffers, and a categorical model's classes arrive dictionary-encoded like its features."""
+    import json
+
+    def msg(i, model, pred, score):
+        return json.dumps({"event_id": f"e{i}", "model": model, "model_version": "v1", "timestamp": 1.7e9 + i,
+                           "features": {"a": i / 7, "c": "p"}, "prediction": pred, "score": score}).encode()
+
+    models = parse_config({"models": {
+        "joined": {"features": {"numeric": ["a"], "categorical": ["c"]}, "prediction": "categorical",
+                   "monitor_score": True, "performance": {"task": "multiclass"}},
+        "classes": {"features": {"numeric": ["a"], "categorical": ["c"]}, "prediction": "categorical",
+                    "monitor_score": True},
+        "mixed": {"features": {"numeric": ["a"], "categorical": ["c"]}, "prediction": "categorical"},
+        "numbers": {"features": {"numeric": ["a"]}, "prediction": "numeric", "monitor_score": True},
+    }}).models
+    values = []
+    for i in range(40):
+        values += [msg(i, "joined", ["yes", "no"][i % 2], 0.25), msg(i, "classes", ["yes", "no", "maybe"][i % 3],
+                                                                     None if i % 4 else 0.5),
+                   msg(i, "mixed", ["yes", 7, 2.5][i % 3], 0.1), msg(i, "numbers", [3, 2.5, "x"][i % 3], 0.75)]
+    dec = PredictionDecoder(models, compiled=True)
+    batch = dec.decode(values)
+    _, outs = dec._c.decode(values, 0.0, 1e11)
+    assert [out[11] is None for out in outs] == [False, True, True, True]  # ids only for the model with labels
+    assert [e["prediction"] for e in batch.models["joined"].events()] == ["yes", "no"] * 20
+    for name in ("classes", "mixed", "numbers"):
+        with pytest.raises(RuntimeError, match="joins no labels"):
+            batch.models[name].events()
+    classes = batch.models["classes"].cols
+    assert classes.codes is not None and classes.codes.features == 2  # the feature "c", then the classes
+    assert classes.categorical[:, 1].tolist() == [["yes", "no", "maybe"][i % 3] for i in range(40)]
+    coded = classes.codes.codes[:, 1].tolist()
+    assert [classes.codes.values[1][k] for k in coded] == classes.categorical[:, 1].tolist()
+    assert classes.model_version.tolist() == ["v1"] * 40
+    np.testing.assert_array_equal(classes.numeric[:, 1], [np.nan if i % 4 else 0.5 for i in range(40)])
+    assert batch.models["mixed"].cols.codes.features == 1  # a class that is a float: not encoded
+    assert_decides_as_the_general_path(dec, values)
 
 
 def test_feature_keys_compared_in_place_decide_as_the_general_path():
@@ -263,7 +307,7 @@ def test_a_huge_batch_then_small_ones_decode_alike():
         return [b'{"event_id": "e%d", "model": "m", "model_version": "v%d", "timestamp": 1700000000, '
                 b'"features": {"a": %d.5, "c": "k%d"}, "prediction": "yes"}' % (i, i % 2, i, i % 7)
                 for i in range(start, start + n)]
-    dec = _columnar.Decoder([("m", ("a",), ("c",), False)])
+    dec = _columnar.Decoder([("m", ("a",), ("c",), False, False)])
     for n, start in ((70000, 0), (10, 70000), (70000, 1)):
         declined, (out,) = dec.decode(batch(n, start), 0.0, 1e11)
         assert declined == []
@@ -287,10 +331,11 @@ def test_threads_decoding_at_once_get_what_one_thread_gets():
     want = [alone._c.decode(b, 0.0, 1e11) for b in batches]
     got: dict[int, list] = {}
     refused: list[str] = []
-    shared = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True), ("r", ("a",), (), False)])
+    specs = [("m", ("a", "b", "größe"), ("c", "d"), True, True), ("r", ("a",), (), False, False)]
+    shared = _columnar.Decoder(specs)
 
     def work(t):
-        mine = _columnar.Decoder([("m", ("a", "b", "größe"), ("c", "d"), True), ("r", ("a",), (), False)])
+        mine = _columnar.Decoder(specs)
         got[t] = [mine.decode(b, 0.0, 1e11) for b in batches for _ in range(3)][::3]
         for b in batches:
             try:

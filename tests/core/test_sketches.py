@@ -133,17 +133,17 @@ def test_a_pane_counts_the_decoders_codes_as_it_counts_the_values(levels):
     models = parse_config({"models": {"m": {"features": {"numeric": ["a"], "categorical": ["k", "j"]},
                                             "prediction": "categorical", "monitor_score": False}}}).models
 
-    def batch(n, start, levels):
+    def batch(n, start, levels, classes=("yes", "no")):
         return [orjson.dumps({"event_id": f"e{start + i}", "model": "m", "model_version": f"v{i % 3}",
-                              "timestamp": 1.7e9 + i, "prediction": str(rng.choice(["yes", "no"])),
+                              "timestamp": 1.7e9 + i, "prediction": str(rng.choice(classes)),
                               "features": {"a": float(rng.normal()), "k": f"level-{rng.integers(levels)}",
                                            "j": None if rng.random() < 0.1 else str(rng.choice(["p", "q"]))}})
                 for i in range(n)]
     decoder = PredictionDecoder(models, compiled=True)
     ref = decoder.decode(batch(3000, 0, levels)).models["m"].cols
     binning = Binning.fit(ref, ("a",), ("k", "j", "prediction"), bins=10, max_categories=8, max_known=50)
-    cols = decoder.decode(batch(5000, 3000, levels + 5)).models["m"].cols  # new levels too
-    assert cols.codes is not None
+    cols = decoder.decode(batch(5000, 3000, levels + 5, ("yes", "no", "maybe"))).models["m"].cols  # new levels too
+    assert cols.codes is not None and cols.codes.features == 3  # the classes are encoded too
     assert len(cols.codes.values[0]) == len(set(cols.codes.values[0]))  # one code per value within a call
     plain = Pane(binning, cap=100)
     encoded = Pane(binning, cap=100)
@@ -155,6 +155,7 @@ def test_a_pane_counts_the_decoders_codes_as_it_counts_the_values(levels):
         plain.update(rows)
     assert encoded.snapshot() == plain.snapshot()
     assert encoded.cat_new.sum() > 0 and encoded.cat_missing[1] > 0 and len(encoded.versions) == 3
+    assert encoded.cat_new[2] > 0 and encoded.new_examples[2] == {"maybe"}  # a class the reference never had
 
 
 def test_panes_filled_from_one_binned_batch_equal_panes_updated_row_slice_by_row_slice():
