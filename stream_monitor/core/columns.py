@@ -57,6 +57,15 @@ class Codes:
         nz = np.flatnonzero(cnt[1:])
         return [vals[i] for i in nz.tolist()], cnt[1:][nz], int(cnt[0])
 
+    def objects(self) -> tuple[np.ndarray, np.ndarray]:
+        """The encoded categorical columns as an ``(n, features)`` object matrix (None where missing) and the
+        versions as an ``(n,)`` one: what :class:`Columns` holds for them."""
+        n, c = self.codes.shape[0], self.features
+        cat = np.empty((n, c), dtype=object)
+        for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
+            cat[:, j] = np.array([*self.values[j], None], dtype=object)[self.codes[:, j]]
+        return cat, np.array(self.values[c], dtype=object)[self.codes[:, c]]
+
 
 @dataclass(slots=True)
 class Columns:
@@ -73,15 +82,61 @@ class Columns:
     segment: np.ndarray  # (n, s) object: the value of each configured segment key (str or None); s = 0 without
     codes: Codes | None = None  # the categorical features and version encoded (compiled decoder), else None
 
+    @classmethod
+    def encoded(cls, event_time: np.ndarray, numeric: np.ndarray, numeric_type_error: np.ndarray,
+                categorical_type_error: np.ndarray, latency_ms: np.ndarray, key: np.ndarray, segment: np.ndarray,
+                codes: Codes) -> Columns:
+        """Columns whose categorical values and model versions are only in ``codes`` (every categorical column
+        encoded): their object matrices are made from the codes when first read. Panes count codes, so most
+        batches never make them (two object matrices of 20,000 rows cost more than the rest of the columns)."""
+        self = object.__new__(cls)
+        self.event_time, self.numeric, self.numeric_type_error = event_time, numeric, numeric_type_error
+        self.categorical_type_error, self.latency_ms, self.key, self.segment = (categorical_type_error, latency_ms,
+                                                                                key, segment)
+        self.codes = codes
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for an unset slot: the object columns of encoded() columns, made on first read
+        if name in _FROM_CODES:
+            codes = object.__getattribute__(self, "codes")
+            if codes is not None:
+                self.categorical, self.model_version = codes.objects()
+                return object.__getattribute__(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "codes" and _is_set(_CODES, self) and self.lazy:  # the values are made before their codes go
+            self.categorical, self.model_version = self.codes.objects()  # type: ignore[union-attr]
+        object.__setattr__(self, name, value)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the categorical values and versions are still only codes (see :meth:`encoded`)."""
+        return not _is_set(_CATEGORICAL, self)
+
     @property
     def n(self) -> int:
         return int(self.event_time.shape[0])
 
+    def version(self, i: int) -> str:
+        """The model version of row ``i``, read from the codes while the columns are :attr:`lazy`."""
+        if self.lazy:
+            codes = self.codes
+            assert codes is not None
+            return codes.values[codes.features][int(codes.codes[i, codes.features])]
+        return self.model_version[i]
+
     def take(self, idx: np.ndarray | slice) -> Columns:
+        codes = None if self.codes is None else self.codes.take(idx)
+        if codes is not None and self.lazy:
+            return Columns.encoded(self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
+                                   self.categorical_type_error[idx], self.latency_ms[idx], self.key[idx],
+                                   self.segment[idx], codes)
         return Columns(
             self.event_time[idx], self.numeric[idx], self.numeric_type_error[idx],
             self.categorical[idx], self.categorical_type_error[idx], self.model_version[idx], self.latency_ms[idx],
-            self.key[idx], self.segment[idx], None if self.codes is None else self.codes.take(idx),
+            self.key[idx], self.segment[idx], codes,
         )
 
     @classmethod
@@ -131,6 +186,17 @@ class Columns:
 
 
 _ARRAYS = tuple(f for f in Columns.__slots__ if f != "codes")
+_FROM_CODES = ("categorical", "model_version")
+# the slots' descriptors: reading one never falls back to __getattr__
+_CATEGORICAL, _CODES = Columns.__dict__["categorical"], Columns.__dict__["codes"]
+
+
+def _is_set(slot: Any, obj: Any) -> bool:
+    try:
+        slot.__get__(obj)
+    except AttributeError:
+        return False
+    return True
 
 
 def encode_array(a: np.ndarray, dtype: str) -> str:

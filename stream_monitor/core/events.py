@@ -250,7 +250,8 @@ class ModelEvents:
             if self._envelopes is None:
                 raise RuntimeError("these events were decoded without their envelope objects: the model joins "
                                    "no labels")
-            ids, versions, preds, scores = self._envelopes
+            ids, preds, scores = self._envelopes
+            versions = self.cols.model_version.tolist()
             self._events = [{"event_id": i, "model_version": v, "timestamp": t, "prediction": p, "score": s}
                             for i, v, t, p, s in zip(ids, versions, self.cols.event_time.tolist(), preds, scores)]
         return self._events
@@ -397,18 +398,13 @@ class PredictionDecoder:
                 c += 1
             elif m.prediction != "none":  # numbers (or a mix: the general rules decide its type errors)
                 pred_column, pred_error = _predictions(m.prediction, kind, pred, classes, n)
-            enc = Codes(codes, values or distinct)
-            cat = np.empty((n, c), dtype=object)
-            for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
-                cat[:, j] = np.array([*enc.values[j], None], dtype=object)[codes[:, j]]
-            versions = np.array(distinct[-1], dtype=object)[codes[:, c]]
             cols = self._model_columns(
-                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), cat, versions, None,
+                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), None, None, None,
                 np.frombuffer(score, dtype=np.float64).reshape(n, 1), np.frombuffer(latency, dtype=np.float64),
-                np.frombuffer(keys, dtype=np.uint64), segments, pred_column, pred_error)
-            cols.codes = enc
+                np.frombuffer(keys, dtype=np.uint64), segments, pred_column, pred_error,
+                Codes(codes, values or distinct))
             per_model.setdefault(name, []).append((np.frombuffer(pos, dtype=np.int64).tolist(), cols,
-                                                   None if ids is None else (ids, versions, preds, scores)))
+                                                   None if ids is None else (ids, preds, scores)))
         return declined
 
     def _fast(self, values: list[bytes | None], lo: int, hi: int,
@@ -463,23 +459,27 @@ class PredictionDecoder:
         # the segment object carries every key (checked as strings by the struct); only configured ones are kept
         cols = self._model_columns(m, t, num, cat, versions, preds, scores, _floats(latency, n, 1).reshape(n),
                                    event_keys(ids), list(map(_SEGMENT, structs)) if m.segments.keys else None)
-        return pos, cols, (ids, versions, preds, scores)
+        return pos, cols, (ids, preds, scores)
 
     @staticmethod
-    def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray,
-                       versions: Sequence[str] | np.ndarray,
+    def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray | None,
+                       versions: Sequence[str] | np.ndarray | None,
                        preds: Sequence[Any] | None, scores: Sequence[float | None] | np.ndarray, latency: np.ndarray,
                        keys: np.ndarray, segments: list[dict[str, str] | None] | None,
-                       pred_column: np.ndarray | None = None, pred_error: np.ndarray | None = None) -> Columns:
+                       pred_column: np.ndarray | None = None, pred_error: np.ndarray | None = None,
+                       codes: Codes | None = None) -> Columns:
         """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths).
 
-        The prediction column comes from ``preds`` (the values), or, when None, is ``pred_column`` and
-        ``pred_error`` (an ``(n, 1)`` column and its type errors), or, when those are None too, is already the
-        last column of ``cat`` (the compiled decoder's class codes). ``scores`` may be an ``(n, 1)`` float
-        array, NaN where absent."""
+        ``cat`` and ``versions`` are None when ``codes`` (the compiled decoder's) encodes them: the columns keep
+        only the codes until the values are read (:meth:`Columns.encoded`). The prediction column comes from
+        ``preds`` (the values), or, when None, is ``pred_column`` and ``pred_error`` (an ``(n, 1)`` column and
+        its type errors), or, when those are None too, is already the last categorical column (the compiled
+        decoder's class codes). ``scores`` may be an ``(n, 1)`` float array, NaN where absent."""
         n = t.shape[0]
         num_err = np.zeros(num.shape, dtype=bool)
-        cat_err = np.zeros(cat.shape, dtype=bool)
+        if codes is not None and m.prediction == "categorical" and pred_column is not None:
+            cat, versions = codes.objects()  # the prediction column is appended to the values: made now
+        cat_err = np.zeros((n, codes.features) if cat is None and codes is not None else cat.shape, dtype=bool)
         extra_num: list[tuple[np.ndarray, np.ndarray]] = []
         if preds is not None:
             if m.prediction == "numeric":
@@ -499,9 +499,12 @@ class PredictionDecoder:
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
         seg = (segment_matrix(segments, m.segments.keys) if segments is not None and m.segments.keys
                else np.empty((n, 0), dtype=object))
+        if cat is None:
+            assert codes is not None
+            return Columns.encoded(t, num, num_err, cat_err, latency, keys, seg, codes)
         if type(versions) is not np.ndarray:
             versions = np.fromiter(versions, dtype=object, count=n)
-        return Columns(t, num, num_err, cat, cat_err, versions, latency, keys, seg)
+        return Columns(t, num, num_err, cat, cat_err, versions, latency, keys, seg, codes)
 
 
 _ENVELOPE = attrgetter("event_id", "model_version", "timestamp", "prediction", "score", "latency_ms")
@@ -563,7 +566,7 @@ def _merge(parts: list[tuple[list[int], Columns, Any]]) -> ModelEvents:
     if any(extra is None for _, _, extra in parts):  # a model without labels: no envelope objects are kept
         me = ModelEvents(pos, cols)
     elif all(type(extra) is not list for _, _, extra in parts):  # all from the fast path
-        envelopes = tuple(tuple(chain.from_iterable(extra[i] for _, _, extra in parts)) for i in range(4))
+        envelopes = tuple(tuple(chain.from_iterable(extra[i] for _, _, extra in parts)) for i in range(3))
         me = ModelEvents(pos, cols, None, envelopes)
     else:
         events = [e for _, c, extra in parts for e in (extra if type(extra) is list else

@@ -326,7 +326,7 @@ class ModelMonitor:
         if self.reference is None:
             cols = self._warm_up_merged(cols, rec)
         if cols is not None and cols.n:
-            self.last_version = clip(cols.model_version[-1])
+            self.last_version = clip(cols.version(-1))
             assert self.windows is not None
             if isinstance(self.windows, MergedTimeWindows):
                 self.windows.add_columns(cols)
@@ -367,7 +367,7 @@ class ModelMonitor:
     def observe_predictions(self, batch: ModelEvents) -> None:
         """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
         performance windows."""
-        self.last_version = clip(batch.cols.model_version[-1])
+        self.last_version = clip(batch.cols.version(-1))
         newest = float(batch.cols.event_time.max())
         if self.last_event_time is None or newest > self.last_event_time:
             self.last_event_time = newest

@@ -225,6 +225,9 @@ def test_only_a_model_that_joins_labels_gets_its_events_as_objects():
             batch.models[name].events()
     classes = batch.models["classes"].cols
     assert classes.codes is not None and classes.codes.features == 2  # the feature "c", then the classes
+    # the object columns are made from the codes only when read; a version is read from the codes
+    assert classes.lazy and classes.version(-1) == "v1" and classes.take(slice(0, 5)).lazy
+    assert batch.models["mixed"].cols.lazy is False  # its float class needed the values
     assert classes.categorical[:, 1].tolist() == [["yes", "no", "maybe"][i % 3] for i in range(40)]
     coded = classes.codes.codes[:, 1].tolist()
     assert [classes.codes.values[1][k] for k in coded] == classes.categorical[:, 1].tolist()
