@@ -3,7 +3,8 @@
  * One call takes a batch of message values and, for each configured model, fills the column buffers the
  * monitor works on (numeric features as float64; categorical values, the model version and class predictions
  * dictionary-encoded: one shared str per distinct value and an int32 code per row; the envelope fields; the
- * 64-bit event keys of core/keys.py). No dict, float or Struct object is built per event.
+ * 64-bit event keys of core/keys.py; a numeric prediction and the score, when the model monitors them, as
+ * the last columns of its numeric matrix too). No dict, float or Struct object is built per event.
  *
  * A call has two phases. The parse reads every message into plain C buffers (numbers, codes, and the byte
  * ranges of ids, string predictions and segments within their messages) without the GIL, so other Python
@@ -149,6 +150,8 @@ typedef struct {
     char *name;
     Py_ssize_t name_len;
     int k, c, nf; /* numeric, categorical, all configured features */
+    int width;      /* doubles per row of num: the k features, then the prediction's and the score's columns */
+    int pred_col, score_col; /* where in a row of num a numeric prediction and the score go; -1: nowhere */
     char **fname;
     Py_ssize_t *flen;
     int32_t *table; /* open addressing: feature index + 1, 0 = empty */
@@ -717,7 +720,7 @@ static int dict_reset(Dict *t) {
 /* The row buffers of Out and the values each row holds in them (k numeric, c categorical features): one
  * list for growing and for freeing them. */
 #define OUT_BUFFERS(X)                                                                                       \
-    X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, k ? k : 1) X(codes, c + 1) X(id, 1) X(seg, 1)    \
+    X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, width ? width : 1) X(codes, c + 1) X(id, 1) X(seg, 1)    \
     X(id_len, 1) X(seg_len, 1) X(flags, 1) X(pred, 1)
 
 #define GROW(field, per_row)                                                                                 \
@@ -728,7 +731,7 @@ static int dict_reset(Dict *t) {
     }
 
 /* Room for one more row; -1 when out of memory (the buffers grown so far stay valid). */
-static int grow(Out *o, int k, int c) {
+static int grow(Out *o, int width, int c) {
     if (o->n < o->cap) return 0;
     Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
     OUT_BUFFERS(GROW)
@@ -882,7 +885,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
     uint64_t key;
     if (event_key(e.id.s, e.id.n, &key) != TAKE) return DECLINE;
     Out *o = &m->out;
-    if (grow(o, m->k, m->c) < 0) return FAIL;
+    if (grow(o, m->width, m->c) < 0) return FAIL;
     int32_t *codes = o->codes + o->n * (m->c + 1);
     for (int j = 0; j < m->c; j++) {
         Key *v = &d->catrow[j];
@@ -906,7 +909,11 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
     o->seg_len[r] = (int32_t)e.seg_n;
     o->flags[r] = (uint8_t)((e.id.high ? ID_HIGH : 0) | (e.has_score ? HAS_SCORE : 0) | e.pred_kind);
     o->pred[r] = e.value;
-    memcpy(o->num + r * m->k, d->row, (size_t)m->k * sizeof(double));
+    double *row = o->num + r * m->width;
+    memcpy(row, d->row, (size_t)m->k * sizeof(double));
+    if (m->pred_col >= 0) /* a number, as a float (NaN else: a class string is the column's type error) */
+        row[m->pred_col] = e.pred_kind == PRED_INT ? (double)e.value.i : e.pred_kind == PRED_FLOAT ? e.value.f : NAN;
+    if (m->score_col >= 0) row[m->score_col] = e.score;
     return rc;
 }
 
@@ -1035,7 +1042,7 @@ static PyObject *take_out(Decoder *d, Model *m) {
         row_objects(d, m, classes, &ids, &preds, &scores, &segments) < 0)
         goto done;
     res = Py_BuildValue("(NNNNNOONNNNOOOO)", bytes_of(o->pos, n * 8), bytes_of(o->t, n * 8),
-                        bytes_of(o->num, n * m->k * 8), bytes_of(o->key, n * 8),
+                        bytes_of(o->num, n * m->width * 8), bytes_of(o->key, n * 8),
                         bytes_of(o->codes, n * (m->c + 1) * 4), values, classes, bytes_of(o->pred, n * 8),
                         bytes_of(o->flags, n), bytes_of(o->score, n * 8), bytes_of(o->lat, n * 8), ids, preds,
                         scores, segments);
@@ -1104,12 +1111,19 @@ static char *copy_utf8(PyObject *s, Py_ssize_t *n) {
 
 static int init_model(Decoder *d, Model *m, PyObject *spec) {
     PyObject *name, *numeric, *categorical;
-    int segments, rows;
-    if (!PyArg_ParseTuple(spec, "UO!O!pp", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical, &segments,
-                          &rows))
+    int segments, rows = 0;
+    m->pred_col = m->score_col = -1;
+    if (!PyArg_ParseTuple(spec, "UO!O!p|pii", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical, &segments,
+                          &rows, &m->pred_col, &m->score_col))
         return -1;
     m->rows = rows;
     m->k = (int)PyTuple_GET_SIZE(numeric);
+    m->width = m->k + (m->pred_col >= 0) + (m->score_col >= 0);
+    if ((m->pred_col >= 0 && m->pred_col != m->k) || (m->score_col >= 0 && m->score_col != m->width - 1)) {
+        PyErr_SetString(PyExc_ValueError, "a numeric prediction's column comes right after the features, the "
+                                          "score's last");
+        return -1;
+    }
     m->c = (int)PyTuple_GET_SIZE(categorical);
     m->nf = m->k + m->c;
     m->segments = segments;
@@ -1286,7 +1300,8 @@ static PyTypeObject DecoderType = {
     .tp_name = "stream_monitor.core._columnar.Decoder",
     .tp_basicsize = sizeof(Decoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Decoder(models: list of (name, numeric names, categorical names, keep segments))",
+    .tp_doc = "Decoder(models: list of (name, numeric names, categorical names, keep segments[, row objects[, "
+              "numeric prediction's column, score's column]]))",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Decoder_init,
     .tp_dealloc = (destructor)Decoder_dealloc,

@@ -310,8 +310,7 @@ class PredictionDecoder:
                                "package with a C compiler present")
         # per model its features, whether it keeps segments, and whether it joins labels (only then are its
         # events' ids, predictions and scores made as Python objects: ModelEvents.events)
-        self._c = (_columnar.Decoder([(name, m.features.numeric, m.features.categorical, bool(m.segments.keys),
-                                       m.uses_labels) for name, m in self.models.items()])
+        self._c = (_columnar.Decoder(decoder_specs(self.models))
                    if _columnar is not None and compiled is not False and self.models else None)
         self.compiled = self._c is not None  # the compiled decoder takes the common event
         # without it, typed msgspec structures take that event
@@ -396,13 +395,17 @@ class PredictionDecoder:
                 codes = np.column_stack([codes[:, :c], np.frombuffer(pred, dtype=np.int32)[::2], codes[:, c:]])
                 values = (*distinct[:c], classes, distinct[c])
                 c += 1
-            elif m.prediction != "none":  # numbers (or a mix: the general rules decide its type errors)
-                pred_column, pred_error = _predictions(m.prediction, kind, pred, classes, n)
+            elif m.prediction == "categorical":  # numbers among the classes: the general rules decide them
+                pred_column, pred_error = _mixed_classes(kind, pred, classes, n)
+            pred_at, score_at = _extra_columns(m)  # the decoder wrote a numeric prediction and the score there
+            num = np.frombuffer(num, dtype=np.float64).reshape(n, k + (pred_at >= 0) + (score_at >= 0))
+            num_err = np.zeros(num.shape, dtype=bool)
+            if pred_at >= 0:  # a class string is a numeric model's type error (its value: NaN)
+                num_err[:, pred_at] = kind == _columnar.PRED_STR
             cols = self._model_columns(
-                m, t, np.frombuffer(num, dtype=np.float64).reshape(n, k), None, None, None,
-                np.frombuffer(score, dtype=np.float64).reshape(n, 1), np.frombuffer(latency, dtype=np.float64),
+                m, t, num, None, None, None, None, np.frombuffer(latency, dtype=np.float64),
                 np.frombuffer(keys, dtype=np.uint64), segments, pred_column, pred_error,
-                Codes(codes, values or distinct))
+                Codes(codes, values or distinct), num_err)
             per_model.setdefault(name, []).append((np.frombuffer(pos, dtype=np.int64).tolist(), cols,
                                                    None if ids is None else (ids, preds, scores)))
         return declined
@@ -467,16 +470,19 @@ class PredictionDecoder:
                        preds: Sequence[Any] | None, scores: Sequence[float | None] | np.ndarray, latency: np.ndarray,
                        keys: np.ndarray, segments: list[dict[str, str] | None] | None,
                        pred_column: np.ndarray | None = None, pred_error: np.ndarray | None = None,
-                       codes: Codes | None = None) -> Columns:
+                       codes: Codes | None = None, num_err: np.ndarray | None = None) -> Columns:
         """A model's :class:`Columns` from its feature matrices and envelope fields (both typed paths).
 
         ``cat`` and ``versions`` are None when ``codes`` (the compiled decoder's) encodes them: the columns keep
         only the codes until the values are read (:meth:`Columns.encoded`). The prediction column comes from
         ``preds`` (the values), or, when None, is ``pred_column`` and ``pred_error`` (an ``(n, 1)`` column and
         its type errors), or, when those are None too, is already the last categorical column (the compiled
-        decoder's class codes). ``scores`` may be an ``(n, 1)`` float array, NaN where absent."""
+        decoder's class codes). ``scores`` may be an ``(n, 1)`` float array, NaN where absent. With ``num_err``
+        (the compiled decoder's), ``num`` already holds a numeric prediction and the score, and ``scores`` is
+        None."""
         n = t.shape[0]
-        num_err = np.zeros(num.shape, dtype=bool)
+        if num_err is None:
+            num_err = np.zeros(num.shape, dtype=bool)
         if codes is not None and m.prediction == "categorical" and pred_column is not None:
             cat, versions = codes.objects()  # the prediction column is appended to the values: made now
         cat_err = np.zeros((n, codes.features) if cat is None and codes is not None else cat.shape, dtype=bool)
@@ -491,7 +497,7 @@ class PredictionDecoder:
                 extra_num.append((pred_column, pred_error))
             else:
                 cat, cat_err = np.hstack([cat, pred_column]), np.hstack([cat_err, pred_error])
-        if m.monitor_score:
+        if m.monitor_score and scores is not None:
             score_column = scores if type(scores) is np.ndarray else _floats(scores, n, 1)
             extra_num.append((score_column, np.zeros((n, 1), dtype=bool)))
         if extra_num:
@@ -528,18 +534,29 @@ def _float_rows(get: Any, items: list[Any], n: int, k: int) -> np.ndarray:
 _PRED_KINDS = 0 if _columnar is None else _columnar.PRED_STR | _columnar.PRED_INT | _columnar.PRED_FLOAT
 
 
-def _predictions(prediction: str, kind: np.ndarray, pred: bytes, classes: list[str], n: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The prediction column and its type errors from the compiled decoder's buffers (``kind``: each row's
-    prediction type flag; ``pred``: 8 bytes a row, an int64, a float64 or an int32 class code), by the rules
-    of the general path: a numeric model's class string is a type error; a categorical model's integer is a
-    category (its decimal string), its float a type error."""
+def decoder_specs(models: Mapping[str, ModelConfig]) -> list[tuple[Any, ...]]:
+    """The compiled decoder's model specs: name, feature names, whether to keep segments and to make row
+    objects (the model joins labels), and where a numeric prediction and the score go in its numeric rows."""
+    return [(name, m.features.numeric, m.features.categorical, bool(m.segments.keys), m.uses_labels,
+             *_extra_columns(m)) for name, m in models.items()]
+
+
+def _extra_columns(m: ModelConfig) -> tuple[int, int]:
+    """Where the compiled decoder writes a numeric prediction and the score in a row of the model's numeric
+    matrix (-1: not there): after the features, in the order of :func:`column_names`."""
+    k = len(m.features.numeric)
+    pred_at = k if m.prediction == "numeric" else -1
+    return pred_at, (k + (pred_at >= 0) if m.monitor_score else -1)
+
+
+def _mixed_classes(kind: np.ndarray, pred: bytes, classes: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A categorical model's prediction column and its type errors from the compiled decoder's buffers when
+    not all its predictions are strings (``kind``: each row's prediction type flag; ``pred``: 8 bytes a row,
+    an int64, a float64 or an int32 class code), by the rules of the general path: an integer is a category
+    (its decimal string), a float a type error."""
     assert _columnar is not None
     raw = np.frombuffer(pred, dtype=np.int64)
     is_str, is_int, is_float = (kind == k for k in (_columnar.PRED_STR, _columnar.PRED_INT, _columnar.PRED_FLOAT))
-    if prediction == "numeric":
-        values = np.where(is_int, raw.astype(np.float64), np.where(is_float, raw.view(np.float64), np.nan))
-        return values.reshape(n, 1), is_str.reshape(n, 1)
     values = np.empty(n, dtype=object)
     values[is_str] = np.array(classes, dtype=object)[raw.view(np.int32)[::2][is_str]]
     values[is_int] = raw[is_int].tolist()

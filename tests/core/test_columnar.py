@@ -10,7 +10,7 @@ import pytest
 
 from stream_monitor.config import parse_config
 from stream_monitor.core import _columnar
-from stream_monitor.core.events import PredictionDecoder, TimeRange
+from stream_monitor.core.events import PredictionDecoder, TimeRange, decoder_specs
 
 from .test_events import assert_decides_as_the_general_path
 
@@ -237,6 +237,23 @@ def test_only_a_model_that_joins_labels_gets_its_events_as_objects():
     assert_decides_as_the_general_path(dec, values)
 
 
+def test_a_numeric_prediction_and_the_score_are_written_after_the_features():
+    """The decoder writes a numeric model's prediction (NaN for a class string) and the score (NaN when
+    absent) as the last columns of its numeric rows; a spec that puts them elsewhere is refused."""
+    values = [b'{"event_id": "e1", "model": "m", "model_version": "v", "timestamp": 1.7e9, "features": {"a": 1.5},'
+              b' "prediction": 3, "score": 0.25}',
+              b'{"event_id": "e2", "model": "m", "model_version": "v", "timestamp": 1.7e9, "features": {"a": 2},'
+              b' "prediction": "x"}']
+    _, (out,) = _columnar.Decoder([("m", ("a",), (), False, False, 1, 2)]).decode(values, 0.0, 1e11)
+    np.testing.assert_array_equal(np.frombuffer(out[2], dtype=np.float64).reshape(2, 3),
+                                  [[1.5, 3.0, 0.25], [2.0, np.nan, np.nan]])
+    _, (out,) = _columnar.Decoder([("m", ("a",), (), False, False, -1, 1)]).decode(values, 0.0, 1e11)
+    np.testing.assert_array_equal(np.frombuffer(out[2], dtype=np.float64).reshape(2, 2), [[1.5, 0.25], [2.0, np.nan]])
+    for bad in ((2, -1), (1, 1), (-1, 2)):
+        with pytest.raises(ValueError, match="right after the features"):
+            _columnar.Decoder([("m", ("a",), (), False, False, *bad)])
+
+
 def test_feature_keys_compared_in_place_decide_as_the_general_path():
     """A feature key is first compared, in place, with the key the previous event had at its position: keys
     that extend or cut the expected one, keys in another order than the previous event's, escaped keys, and a
@@ -334,7 +351,7 @@ def test_threads_decoding_at_once_get_what_one_thread_gets():
     want = [alone._c.decode(b, 0.0, 1e11) for b in batches]
     got: dict[int, list] = {}
     refused: list[str] = []
-    specs = [("m", ("a", "b", "größe"), ("c", "d"), True, True), ("r", ("a",), (), False, False)]
+    specs = decoder_specs(_models())
     shared = _columnar.Decoder(specs)
 
     def work(t):
