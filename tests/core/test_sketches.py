@@ -211,7 +211,7 @@ def test_the_pane_kernel_is_built():
     assert sketches.compiled(), "stream_monitor.core._panes was not built by the install"
 
 
-@pytest.mark.parametrize("bins", [10, 40, 100])  # 40 and 100: more than 16 edges, found by bisection
+@pytest.mark.parametrize("bins", [2, 9, 10, 17, 18, 40, 100])  # up to 16 edges: vector compares; beyond: bisection
 def test_the_pane_kernel_counts_what_its_numpy_counterpart_counts(bins):
     """The compiled pane updates (_panes.c) and the numpy functions they replace give the same codes and the
     same panes: values on edges, out of range, infinities, missing, wrong types, new and missing categories,
