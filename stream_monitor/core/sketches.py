@@ -353,8 +353,10 @@ class Pane:
         self.num_missing = np.zeros(k, dtype=np.int64)
         self.num_type_error = np.zeros(k, dtype=np.int64)
         self.num_out_of_range = np.zeros(k, dtype=np.int64)
-        self.sample = np.empty((0, k))
-        self.sample_keys = np.empty(0, dtype=np.uint64)
+        self._sample = np.empty((0, k))
+        self._sample_keys = np.empty(0, dtype=np.uint64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows offered, not yet in the sample (see sample)
+        self._pending_rows = 0
         self.seen = 0  # rows offered to the sample
         self.cat_counts = np.zeros((c, b.n_cat_slots), dtype=np.int64)
         self.cat_missing = np.zeros(c, dtype=np.int64)
@@ -412,8 +414,41 @@ class Pane:
             self.num_type_error += err.sum(axis=0)
             self.num_missing -= wrong
         self.seen += n
-        self.sample, self.sample_keys = _bottom(self.cap, [(self.sample, self.sample_keys),
-                                                           (b.cols.numeric[rows], b.cols.key[rows])])
+        x, keys = b.cols.numeric[rows], b.cols.key[rows]
+        if type(rows) is slice:  # views of the batch: copied, so that a pane never keeps a whole batch alive
+            x, keys = x.copy(), keys.copy()
+        self._pending.append((x, keys))
+        self._pending_rows += keys.size
+        if self._pending_rows > self.cap:  # bounded: at most cap rows wait besides the sample
+            self._settle()
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The ``cap`` rows of the smallest keys offered so far, sorted by key. Rows offered wait until the
+        sample is read or more than ``cap`` of them wait: a window that is evaluated and not alerted on never
+        sorts its rows (its statistics are binned; KS and Wasserstein on the sample are for alerts)."""
+        if self._pending:
+            self._settle()
+        return self._sample
+
+    @sample.setter
+    def sample(self, value: np.ndarray) -> None:
+        self._sample, self._pending, self._pending_rows = value, [], 0
+
+    @property
+    def sample_keys(self) -> np.ndarray:
+        """The keys of :attr:`sample`'s rows, ascending."""
+        if self._pending:
+            self._settle()
+        return self._sample_keys
+
+    @sample_keys.setter
+    def sample_keys(self, value: np.ndarray) -> None:
+        self._sample_keys, self._pending, self._pending_rows = value, [], 0
+
+    def _settle(self) -> None:
+        self._sample, self._sample_keys = _bottom(self.cap, [(self._sample, self._sample_keys), *self._pending])
+        self._pending, self._pending_rows = [], 0
 
     def _add_categorical(self, b: PaneInput, rows: slice | np.ndarray) -> None:
         binning = self.binning

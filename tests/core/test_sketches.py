@@ -53,6 +53,24 @@ def test_reservoir_is_bounded_and_uniform(setup):
     assert abs(np.mean(pane.sample[:, 0]) - 9.5) < 1.0  # mean of shifts 0..19
 
 
+def test_rows_wait_for_the_sample_bounded_and_it_is_the_bottom_of_all_rows(setup):
+    """Rows offered to the sample are sorted in only when it is read or more than ``cap`` of them wait; the
+    sample is then exactly the rows of the ``cap`` smallest keys of all of them, in key order."""
+    rng, _, binning = setup
+    batches = [build_columns(events(n, rng), ("a",), ("k",)) for n in (70, 150, 40, 260, 90)]
+    pane = Pane(binning, cap=200)
+    for cols in batches:
+        pane.update(cols)
+        assert pane._pending_rows <= 200  # never more than cap rows wait besides the sample
+    assert pane._pending  # the last rows still wait: nothing read them
+    keys = np.concatenate([c.key for c in batches])
+    values = np.concatenate([c.numeric[:, 0] for c in batches])
+    order = np.argsort(keys, kind="stable")[:200]
+    assert pane.sample_keys.tolist() == keys[order].tolist() and not pane._pending
+    np.testing.assert_array_equal(pane.sample[:, 0], values[order])
+    assert Pane.restore(binning, pane.snapshot()).snapshot() == pane.snapshot()
+
+
 def test_missing_and_type_errors_are_counted(setup):
     rng, _, binning = setup
     evs = events(10, rng)
