@@ -249,7 +249,7 @@ class PaneInput:
             luts.append(lut)
             offsets[j] = at + 1
             at += m + 1
-        self.cat_code = np.concatenate(luts)[enc.codes[:, :e] + offsets] if e else \
+        self.cat_code = np.take(np.concatenate(luts), enc.codes[:, :e] + offsets) if e else \
             np.empty((cols.n, 0), dtype=np.int32)  # type: ignore[union-attr]
 
 
