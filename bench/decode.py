@@ -70,8 +70,15 @@ def against(rev: str, cfg: Any, batches: list[list[bytes]], events: int, repeat:
     from stream_monitor.core import _columnar
 
     specs = [(name, m.features.numeric, m.features.categorical, bool(m.segments.keys)) for name, m in cfg.models.items()]
+
+    def decoder(mod: Any) -> Any:  # the same parse from both builds: no row objects, no extra numeric columns
+        try:
+            return mod.Decoder([(*s, False) for s in specs])
+        except TypeError:  # a build from before its specs took whether to make row objects
+            return mod.Decoder(specs)
+
     with tempfile.TemporaryDirectory() as tmp:
-        decoders = {"this build": _columnar.Decoder(specs), rev: build_of(rev, tmp).Decoder(specs)}
+        decoders = {"this build": decoder(_columnar), rev: decoder(build_of(rev, tmp))}
         for d in decoders.values():
             d.decode(batches[0], 0.0, 1e11)  # warm
         times: dict[str, list[float]] = {k: [] for k in decoders}

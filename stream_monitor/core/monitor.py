@@ -498,7 +498,8 @@ class ModelMonitor:
         w = job.window
         latency = None
         if w.pane.latency.sum():
-            latency = {f"p{q}": round(LatencySketch.quantile(w.pane.latency, q / 100), 3) for q in (50, 95, 99)}
+            latency = {f"p{q}": round(v, 3) for q, v in zip((50, 95, 99), LatencySketch.quantiles(w.pane.latency,
+                                                                                                (0.5, 0.95, 0.99)))}
             sla = cfg.latency.sla_p99_ms
             if sla is not None:
                 findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,

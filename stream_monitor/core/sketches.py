@@ -77,11 +77,18 @@ class LatencySketch:
 
     @classmethod
     def quantile(cls, counts: np.ndarray, q: float) -> float:
-        total = int(counts.sum())
+        return cls.quantiles(counts, (q,))[0]
+
+    @classmethod
+    def quantiles(cls, counts: np.ndarray, qs: Sequence[float]) -> list[float]:
+        """The quantiles ``qs`` of the values counted in ``counts`` (NaN when there are none), from one
+        cumulative sum."""
+        cum = np.cumsum(counts)
+        total = int(cum[-1]) if cum.size else 0
         if total == 0:
-            return float("nan")
-        i = int(np.searchsorted(np.cumsum(counts), q * (total - 1) + 1))
-        return float(2 * cls.GAMMA ** (i + cls.OFFSET) / (cls.GAMMA + 1))
+            return [float("nan")] * len(qs)
+        i = np.searchsorted(cum, np.asarray(qs, dtype=np.float64) * (total - 1) + 1)
+        return [2 * cls.GAMMA ** (j + cls.OFFSET) / (cls.GAMMA + 1) for j in i.tolist()]
 
 
 @dataclass(frozen=True)
@@ -427,28 +434,19 @@ class Pane:
         """The ``cap`` rows of the smallest keys offered so far, sorted by key. Rows offered wait until the
         sample is read or more than ``cap`` of them wait: a window that is evaluated and not alerted on never
         sorts its rows (its statistics are binned; KS and Wasserstein on the sample are for alerts)."""
-        if self._pending:
-            self._settle()
+        self._settle()
         return self._sample
-
-    @sample.setter
-    def sample(self, value: np.ndarray) -> None:
-        self._sample, self._pending, self._pending_rows = value, [], 0
 
     @property
     def sample_keys(self) -> np.ndarray:
         """The keys of :attr:`sample`'s rows, ascending."""
-        if self._pending:
-            self._settle()
+        self._settle()
         return self._sample_keys
 
-    @sample_keys.setter
-    def sample_keys(self, value: np.ndarray) -> None:
-        self._sample_keys, self._pending, self._pending_rows = value, [], 0
-
     def _settle(self) -> None:
-        self._sample, self._sample_keys = _bottom(self.cap, [(self._sample, self._sample_keys), *self._pending])
-        self._pending, self._pending_rows = [], 0
+        if self._pending:
+            self._sample, self._sample_keys = _bottom(self.cap, [(self._sample, self._sample_keys), *self._pending])
+            self._pending, self._pending_rows = [], 0
 
     def _add_categorical(self, b: PaneInput, rows: slice | np.ndarray) -> None:
         binning = self.binning
@@ -531,7 +529,7 @@ class Pane:
             else:
                 m = int(np.searchsorted(p.sample_keys, np.uint64(bound), side="right"))  # sorted by key
                 parts.append((p.sample[:m], p.sample_keys[:m]))
-        out.sample, out.sample_keys = _bottom(cap, parts)
+        out._sample, out._sample_keys = _bottom(cap, parts)
         out.seen = sum(p.seen for p in panes)
         return out
 
@@ -595,13 +593,13 @@ class Pane:
         p.num_out_of_range = _ints(d["num_out_of_range"], (k,))
         flat = decode_array(d["sample_b64"], "<f8")
         if "sample_keys_b64" in d:
-            p.sample_keys = decode_array(d["sample_keys_b64"], "<u8")
+            p._sample_keys = decode_array(d["sample_keys_b64"], "<u8")
         else:  # a reference artifact written before keys existed: its rows are already a uniform sample
-            p.sample_keys = np.arange(flat.size // k if k else 0, dtype=np.uint64)
+            p._sample_keys = np.arange(flat.size // k if k else 0, dtype=np.uint64)
         rows = p.sample_keys.size
         if flat.size != rows * k or rows > p.cap:
             raise ValueError(f"pane sample has {flat.size} values for {rows} keys of {k} columns (cap {p.cap})")
-        p.sample = flat.reshape(rows, k)
+        p._sample = flat.reshape(rows, k)
         p.seen = int(d["seen"])
         p.cat_counts = _ints(d["cat_counts"], p.cat_counts.shape)
         p.cat_missing = _ints(d["cat_missing"], (c,))

@@ -152,6 +152,12 @@ def test_latency_sketch_quantiles_within_one_percent():
     counts = LatencySketch.counts(x)
     for q in (0.5, 0.95, 0.99):
         assert LatencySketch.quantile(counts, q) == pytest.approx(np.quantile(x, q), rel=0.02)
+    # several at once from one cumulative sum: each the bucket's representative value, exactly; none without values
+    g, total = LatencySketch.GAMMA, int(counts.sum())
+    buckets = [int(np.searchsorted(np.cumsum(counts), q * (total - 1) + 1)) for q in (0.5, 0.95, 0.99)]
+    assert LatencySketch.quantiles(counts, (0.5, 0.95, 0.99)) == [2 * g ** (i + LatencySketch.OFFSET) / (g + 1)
+                                                                 for i in buckets]
+    assert np.isnan(LatencySketch.quantiles(LatencySketch.empty(), (0.5, 0.99))).all()
 
 
 def run_labeled(cfg_model, pred_batches, label_batches):
