@@ -9,6 +9,8 @@ as the monitor consumes them, best of ``--repeat`` passes each (the machine is s
 - the monitor's path: ``PredictionDecoder`` with its compiled decoder (each message's bytes parsed into its
   model's column buffers, checks fused, no Python object per event but the id and shared category strings),
   which is what ``stream-monitor run`` uses;
+- of it, the compiled parse alone (the buffers it fills and the few objects it makes; the rest is making the
+  columns from them);
 - the same without the compiled decoder (typed msgspec structures per model, columns filled from them): what
   runs where the package was installed without a C compiler.
 
@@ -127,11 +129,16 @@ def main() -> None:
         for b in batches:
             decoder.decode(b)
 
+    def parse_alone() -> None:  # the compiled parse and its buffers, without the columns made from them
+        parse = decoder._c.decode  # type: ignore[union-attr]
+        for b in batches:
+            parse(b, 0.0, 1e11)
+
     def without_compiled() -> None:
         for b in batches:
             python_decoder.decode(b)
 
-    cases = [orjson_loads, stdlib_json, general_path, monitor_path, without_compiled]
+    cases = [orjson_loads, stdlib_json, general_path, monitor_path, parse_alone, without_compiled]
     best = {f.__name__: float("inf") for f in cases}
     for _ in range(args.repeat):  # interleaved, so a busy moment of the machine hits every case alike
         for f in cases:
@@ -143,7 +150,7 @@ def main() -> None:
           f"best of {args.repeat}")
     labels = {"orjson_loads": "orjson.loads (dicts, dropped)", "stdlib_json": "json.loads (stdlib)",
               "general_path": "general path -> columns", "monitor_path": "monitor's decoder -> columns",
-              "without_compiled": "  same, Python decoder (msgspec)"}
+              "parse_alone": "  its compiled parse alone", "without_compiled": "  without it: msgspec -> columns"}
     for name, secs in best.items():
         print(f"{labels[name]:32s} {args.events / secs:10,.0f} events/s  {secs / args.events * 1e6:5.2f} us/event  "
               f"{base / secs:4.2f}x orjson.loads")
