@@ -383,8 +383,8 @@ class PredictionDecoder:
         for name, out in zip(self.models, outs):  # the models in the order the decoder was given them
             if out is None:
                 continue
-            (pos, t, num, keys, codes, distinct, classes, pred, flags, score, latency, ids, preds, scores,
-             segments) = out
+            (pos, t, num, keys, codes, distinct, classes, pred, flags, _score, latency, ids, preds, scores,
+             segments) = out  # the score is in num: _extra_columns
             m = self.models[name]
             t = np.frombuffer(t, dtype=np.float64)
             n, k, c = t.shape[0], len(m.features.numeric), len(m.features.categorical)
@@ -467,7 +467,7 @@ class PredictionDecoder:
     @staticmethod
     def _model_columns(m: ModelConfig, t: np.ndarray, num: np.ndarray, cat: np.ndarray | None,
                        versions: Sequence[str] | np.ndarray | None,
-                       preds: Sequence[Any] | None, scores: Sequence[float | None] | np.ndarray, latency: np.ndarray,
+                       preds: Sequence[Any] | None, scores: Sequence[float | None] | None, latency: np.ndarray,
                        keys: np.ndarray, segments: list[dict[str, str] | None] | None,
                        pred_column: np.ndarray | None = None, pred_error: np.ndarray | None = None,
                        codes: Codes | None = None, num_err: np.ndarray | None = None) -> Columns:
@@ -477,9 +477,8 @@ class PredictionDecoder:
         only the codes until the values are read (:meth:`Columns.encoded`). The prediction column comes from
         ``preds`` (the values), or, when None, is ``pred_column`` and ``pred_error`` (an ``(n, 1)`` column and
         its type errors), or, when those are None too, is already the last categorical column (the compiled
-        decoder's class codes). ``scores`` may be an ``(n, 1)`` float array, NaN where absent. With ``num_err``
-        (the compiled decoder's), ``num`` already holds a numeric prediction and the score, and ``scores`` is
-        None."""
+        decoder's class codes). With ``num_err`` (the compiled decoder's), ``num`` already holds a numeric
+        prediction and the score, and ``scores`` is None."""
         n = t.shape[0]
         if num_err is None:
             num_err = np.zeros(num.shape, dtype=bool)
@@ -498,8 +497,7 @@ class PredictionDecoder:
             else:
                 cat, cat_err = np.hstack([cat, pred_column]), np.hstack([cat_err, pred_error])
         if m.monitor_score and scores is not None:
-            score_column = scores if type(scores) is np.ndarray else _floats(scores, n, 1)
-            extra_num.append((score_column, np.zeros((n, 1), dtype=bool)))
+            extra_num.append((_floats(scores, n, 1), np.zeros((n, 1), dtype=bool)))
         if extra_num:
             num = np.hstack([num, *(a for a, _ in extra_num)])
             num_err = np.hstack([num_err, *(e for _, e in extra_num)])
