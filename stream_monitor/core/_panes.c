@@ -118,8 +118,8 @@ static inline __attribute__((always_inline)) void bin_rows(const double *x, cons
 
 /* bin_numeric(x, edges, lo, hi, n, k, m, out): the (n, k) float64 values' codes into out (n, k) uint8, with
  * edges (k, m) sorted per feature, lo and hi (k). Up to 16 edges, a value's bin counts the edges <= it by
- * vector compares, a pair of edges each, unrolled for the feature's count (no branch to mispredict: 2.3 vs
- * 5.9 ns a value by bisection at 9 edges); by bisection beyond 16 edges. */
+ * vector compares, a pair of edges each, unrolled for the feature's count (2.3 ns a value at 9 edges, against
+ * 5.9 counting them one by one in a loop of variable length); by bisection beyond 16 edges. */
 static PyObject *bin_numeric(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer x, edges, lo, hi, out;
