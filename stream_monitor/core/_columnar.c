@@ -717,11 +717,11 @@ static int dict_reset(Dict *t) {
     return 0;
 }
 
-/* The row buffers of Out and the values each row holds in them (k numeric, c categorical features): one
- * list for growing and for freeing them. */
+/* The row buffers of Out and the values each row holds in them (width numeric, c categorical): one list for
+ * growing and for freeing them. */
 #define OUT_BUFFERS(X)                                                                                       \
-    X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, width ? width : 1) X(codes, c + 1) X(id, 1) X(seg, 1)    \
-    X(id_len, 1) X(seg_len, 1) X(flags, 1) X(pred, 1)
+    X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, width ? width : 1) X(codes, c + 1) X(id, 1)      \
+    X(seg, 1) X(id_len, 1) X(seg_len, 1) X(flags, 1) X(pred, 1)
 
 #define GROW(field, per_row)                                                                                 \
     {                                                                                                        \
@@ -912,7 +912,9 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
     double *row = o->num + r * m->width;
     memcpy(row, d->row, (size_t)m->k * sizeof(double));
     if (m->pred_col >= 0) /* a number, as a float (NaN else: a class string is the column's type error) */
-        row[m->pred_col] = e.pred_kind == PRED_INT ? (double)e.value.i : e.pred_kind == PRED_FLOAT ? e.value.f : NAN;
+        row[m->pred_col] = e.pred_kind == PRED_INT     ? (double)e.value.i
+                           : e.pred_kind == PRED_FLOAT ? e.value.f
+                                                       : NAN;
     if (m->score_col >= 0) row[m->score_col] = e.score;
     return rc;
 }
