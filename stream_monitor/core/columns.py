@@ -57,14 +57,23 @@ class Codes:
         nz = np.flatnonzero(cnt[1:])
         return [vals[i] for i in nz.tolist()], cnt[1:][nz], int(cnt[0])
 
+    def version(self, i: int) -> str:
+        """Row ``i``'s model version."""
+        return self.values[self.features][int(self.codes[i, self.features])]
+
+    def versions(self) -> np.ndarray:
+        """Every row's model version, as an ``(n,)`` object array (what ``Columns.model_version`` holds)."""
+        c = self.features
+        return np.array(self.values[c], dtype=object)[self.codes[:, c]]
+
     def objects(self) -> tuple[np.ndarray, np.ndarray]:
         """The encoded categorical columns as an ``(n, features)`` object matrix (None where missing) and the
-        versions as an ``(n,)`` one: what :class:`Columns` holds for them."""
+        versions (:meth:`versions`): what :class:`Columns` holds for them."""
         n, c = self.codes.shape[0], self.features
         cat = np.empty((n, c), dtype=object)
         for j in range(c):  # each column from its distinct values: code -1 takes the None at the end
             cat[:, j] = np.array([*self.values[j], None], dtype=object)[self.codes[:, j]]
-        return cat, np.array(self.values[c], dtype=object)[self.codes[:, c]]
+        return cat, self.versions()
 
 
 @dataclass(slots=True)
@@ -121,11 +130,12 @@ class Columns:
 
     def version(self, i: int) -> str:
         """The model version of row ``i``, read from the codes while the columns are :attr:`lazy`."""
-        if self.lazy:
-            codes = self.codes
-            assert codes is not None
-            return codes.values[codes.features][int(codes.codes[i, codes.features])]
-        return self.model_version[i]
+        return self.codes.version(i) if self.lazy else self.model_version[i]  # type: ignore[union-attr]
+
+    def versions(self) -> np.ndarray:
+        """:attr:`model_version`, read from the codes while the columns are :attr:`lazy` (the categorical values
+        are not made for it)."""
+        return self.codes.versions() if self.lazy else self.model_version  # type: ignore[union-attr]
 
     def take(self, idx: np.ndarray | slice) -> Columns:
         codes = None if self.codes is None else self.codes.take(idx)

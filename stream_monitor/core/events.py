@@ -251,7 +251,7 @@ class ModelEvents:
                 raise RuntimeError("these events were decoded without their envelope objects: the model joins "
                                    "no labels")
             ids, preds, scores = self._envelopes
-            versions = self.cols.model_version.tolist()
+            versions = self.cols.versions().tolist()  # the categorical values are not made for it
             self._events = [{"event_id": i, "model_version": v, "timestamp": t, "prediction": p, "score": s}
                             for i, v, t, p, s in zip(ids, versions, self.cols.event_time.tolist(), preds, scores)]
         return self._events

@@ -129,7 +129,7 @@ class ModelPanes:
         if not cols.n:
             return
         self.dirty = self._fresh = self._moved = True
-        self.last_version = clip(cols.model_version[-1])
+        self.last_version = clip(cols.version(-1))
         newest = float(cols.event_time.max())
         self._wm = max(self._wm, newest)
         self.last_event_time = self._wm

@@ -220,6 +220,7 @@ def test_only_a_model_that_joins_labels_gets_its_events_as_objects():
     _, outs = dec._c.decode(values, 0.0, 1e11)
     assert [out[11] is None for out in outs] == [False, True, True, True]  # ids only for the model with labels
     assert [e["prediction"] for e in batch.models["joined"].events()] == ["yes", "no"] * 20
+    assert batch.models["joined"].cols.lazy  # its events' versions were read from the codes
     for name in ("classes", "mixed", "numbers"):
         with pytest.raises(RuntimeError, match="joins no labels"):
             batch.models[name].events()
