@@ -133,7 +133,7 @@ static PyObject *bin_numeric(PyObject *self, PyObject *args) {
     if (m <= 16) {
         /* each feature's edges padded with NaN (never <= a value) to an even count: 2 * pairs */
         const int pairs = (int)(m + 1) / 2;
-        double *pad = PyMem_Malloc((size_t)(k ? k : 1) * 16 * sizeof(double));
+        double *pad = PyMem_Malloc((size_t)(k ? k : 1) * (size_t)(pairs ? 2 * pairs : 1) * sizeof(double));
         if (pad == NULL) {
             PyErr_NoMemory();
             goto done;
