@@ -126,3 +126,29 @@ def segmented_config(**over: Any) -> dict[str, Any]:
                             "segments": {"keys": ["region", "channel"], "top_n": 5}}
     base.update(over)
     return base
+
+
+def every_kind_config() -> dict[str, Any]:
+    """Models that between them write every kind of state record (see ``stream_monitor.core.state.KINDS``):
+    labels, performance and concept drift; warm-up with evidence; rolling and calendar references; segments;
+    one model still warming up."""
+    return {
+        "clf": classifier_config(concept_drift=[{"type": "adwin"}]),
+        "roll": model_config(window={"size": 500}, reference={"type": "rolling", "windows": 2, "size": 1000}),
+        "cal": model_config(window={"by": "time", "size": 600},
+                            reference={"type": "calendar", "period_s": 3600, "slot_s": 600, "periods": 2,
+                                       "size": 1000, "min_events": 100}),
+        "seg": segmented_config(reference={"size": 1000}),
+        "warm": model_config(reference={"size": 100_000}),
+    }
+
+
+def every_kind_stream(rng: np.random.Generator, n: int = 3000) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Predictions and labels for :func:`every_kind_config`'s models, interleaved by event time."""
+    preds, labels = labeled_stream(n, rng)
+    for name in ("roll", "cal", "warm"):
+        preds += make_events(n, rng, model=name)
+    preds += make_segmented_events(n, rng)
+    preds.sort(key=lambda e: (e["timestamp"], e["event_id"]))
+    labels.sort(key=lambda e: (e["timestamp"], e["event_id"]))
+    return preds, labels

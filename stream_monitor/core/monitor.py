@@ -36,6 +36,7 @@ from .events import ModelEvents, PredictionBatch
 from .keys import event_keys, key_fraction
 from .labels import LabelJoin, PerformanceReport, PerformanceTracker, counts_from_plain, pairs_from_rows
 from .sketches import LatencySketch, Pane, clip
+from .state import RecordKey, by_model, parts_of
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
 from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord,
@@ -114,14 +115,22 @@ class BatchOutput:
 class Checkpoint:
     """State records changed since the previous checkpoint: key -> plain value, None to delete the key.
 
-    ``state`` keys are ``<model>/<part>`` (``core``, ``ref``, ``w/<pane>``, ``r/<pane>``, ``c/<slot.cycle>``,
-    ``warmup/<chunk>``, ``perf/<window>``); ``join`` keys are ``<model>/<p|l|j>/<s|m>/<segment>`` (see :mod:`.pending`).
+    Keys are typed (:class:`~.state.RecordKey`); each kind's topic, schema and codec are in :mod:`.state`.
     """
 
-    state: dict[str, Any] = field(default_factory=dict)
-    join: dict[str, Any] = field(default_factory=dict)
+    records: dict[RecordKey, Any] = field(default_factory=dict)
     # scale-out stage one: (model, pane record) to publish on the panes topic with this checkpoint
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def state(self) -> dict[RecordKey, Any]:
+        """The records of the state topic."""
+        return {k: v for k, v in self.records.items() if k.topic == "state"}
+
+    @property
+    def join(self) -> dict[RecordKey, Any]:
+        """The records of the join topic."""
+        return {k: v for k, v in self.records.items() if k.topic == "join"}
 
 
 @dataclass
@@ -527,22 +536,25 @@ class ModelMonitor:
         return slices, report
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def _pieces(self) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
+    def _key(self, kind: str, part: Any = "") -> RecordKey:
+        return RecordKey(self.cfg.name, kind, str(part))
+
+    def _pieces(self) -> Iterator[tuple[RecordKey, Any, Callable[[], Any]]]:
         """Every state record but ``core``: (key, stamp, plain value maker); the stamp changes with the value."""
         if self.reference is not None and self.cfg.reference.type != "file":
             ref = self.reference
-            yield "ref", ref.id, ref.to_dict
+            yield self._key("ref"), ref.id, ref.to_dict
         for i, cols in self._warmup:
-            yield f"warmup/{i}", i, cols.to_dict
+            yield self._key("warmup", i), i, cols.to_dict
         if self.history is not None:
-            yield "evidence", self.history.stamp, self.history.snapshot
-        for prefix, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
+            yield self._key("evidence"), self.history.stamp, self.history.snapshot
+        for kind, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
             if store is not None:
                 for pid, pane in store.pieces():
-                    yield f"{prefix}/{pid}", pane.stamp, pane.snapshot
+                    yield self._key(kind, pid), pane.stamp, pane.snapshot
         if self.performance is not None:
             for w, stamp, make in self.performance.pieces():
-                yield f"perf/{w}", stamp, make
+                yield self._key("perf", w), stamp, make
 
     def _core(self) -> dict[str, Any]:
         return {
@@ -560,43 +572,46 @@ class ModelMonitor:
             "label_clock": self._label_clock.snapshot() if self.merged_idle_s is not None else None,
         }
 
-    def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """Records (key under this model -> plain value, None to delete) changed since the last checkpoint.
+    def checkpoint(self, extra: dict[str, Any]) -> dict[RecordKey, Any]:
+        """Records (key -> plain value, None to delete) changed since the last checkpoint.
 
         ``extra`` (the alert policy's and the breaker's state of this model) goes into the ``core`` record.
         """
+        joined = {} if self.join is None else {self._key("join", part): entry
+                                               for part, entry in self.join.take_changes().items()}
         if not self.dirty:
-            return {}
-        out, self._written = changed_records(self._pieces(), self._written, {**self._core(), **extra})
+            return joined
+        out, self._written = changed_records(self._pieces(), self._written, self._key("core"),
+                                             {**self._core(), **extra})
         self.dirty = False
-        return out
+        return out | joined
 
-    def restore(self, records: dict[str, Any]) -> dict[str, Any]:
-        """Rebuild the state that ``records`` (this model's state records, and its join changelog entries
-        under ``join:<key>``) describe; returns the core record ({} when there is none).
+    def restore(self, records: dict[RecordKey, Any]) -> dict[str, Any]:
+        """Rebuild the state that ``records`` (this model's state records and join changelog entries)
+        describe; returns the core record ({} when there is none).
 
         Raises ``ValueError``, ``KeyError``, ``TypeError`` (...) on a malformed or inconsistent checkpoint; the
         model is then fresh, and its next checkpoint deletes the records it could not use.
         """
-        state_keys = [k for k in records if not k.startswith("join:")]
-        join_keys = [k[5:] for k in records if k.startswith("join:")]
-        core = records.get("core")
+        state_keys = [k for k in records if k.topic == "state"]
+        join_parts = list(parts_of(records, "join", live=False))
+        core = records.get(self._key("core"))
         try:
             self._reset()
             if core is not None:
                 self._restore(core, records)
         except Exception:
             self._reset()
-            self._forget(state_keys, join_keys)
+            self._forget(state_keys, join_parts)
             raise
         if core is None:
-            self._forget(state_keys, join_keys)
+            self._forget(state_keys, join_parts)
             return {}
         self._written = {k: object() for k in state_keys}  # deleted by the next checkpoint unless still live
         for key, stamp, _ in self._pieces():
             if key in records:
                 self._written[key] = stamp
-        self._written["core"] = None
+        self._written[self._key("core")] = None
         return core
 
     def reset(self) -> None:
@@ -606,10 +621,10 @@ class ModelMonitor:
         self._reset()
         self._forget(keys, [])
 
-    def _forget(self, state_keys: list[str], join_keys: list[str]) -> None:
+    def _forget(self, state_keys: list[RecordKey], join_parts: list[str]) -> None:
         self._written = {k: object() for k in state_keys}
         if self.join is not None:
-            self.join.forget(join_keys)
+            self.join.forget(join_parts)
         self.dirty = True
 
     def _restore(self, core: dict[str, Any], records: dict[str, Any]) -> None:
@@ -619,7 +634,7 @@ class ModelMonitor:
         cfg = self.cfg
         ref_id = core["reference"]
         if ref_id is not None and self.reference is None:  # a warm-up (or rolling/calendar) reference
-            ref = Reference.from_dict(records["ref"])
+            ref = Reference.from_dict(records[self._key("ref")])
             if ref.id != ref_id:
                 raise ValueError(f"reference record {ref.id} does not match the checkpoint's {ref_id}")
             self._check_reference(ref)
@@ -627,32 +642,31 @@ class ModelMonitor:
         if ref_id is not None and self.reference is not None and ref_id == self.reference.id:
             binning = self.reference.binning
 
-            def panes(prefix: str) -> dict[str, Pane]:
-                return {k[len(prefix):]: Pane.restore(binning, v) for k, v in records.items()
-                        if k.startswith(prefix) and v is not None}
+            def panes(kind: str) -> dict[str, Pane]:
+                return {part: Pane.restore(binning, v) for part, v in parts_of(records, kind).items()}
 
             assert self.windows is not None
             segs = self.windows.segments
             if segs is None:
-                self.windows.restore(core["windows"], panes("w/"))
+                self.windows.restore(core["windows"], panes("w"))
             else:  # window panes carry their slices
                 self.windows.restore(core["windows"], {
-                    k[2:]: SegmentedPane.from_snapshot(binning, v, segs) for k, v in records.items()
-                    if k.startswith("w/") and v is not None})
-            if self.history is not None and records.get("evidence") is not None:
+                    part: SegmentedPane.from_snapshot(binning, v, segs) for part, v in parts_of(records, "w").items()})
+            evidence = records.get(self._key("evidence"))
+            if self.history is not None and evidence is not None:
                 ref_pane = self.reference.pane
-                self.history.restore(records["evidence"], ref_pane.num_counts.shape, ref_pane.cat_counts.shape)
+                self.history.restore(evidence, ref_pane.num_counts.shape, ref_pane.cat_counts.shape)
             if self.rolling is not None:
-                self.rolling.restore(core["rolling"], panes("r/"))
+                self.rolling.restore(core["rolling"], panes("r"))
             if self.calendar is not None:
-                self.calendar.restore(core["calendar"], panes("c/"))
+                self.calendar.restore(core["calendar"], panes("c"))
         elif ref_id is not None:
             logger.warning("model %s: checkpointed windows were built on reference %s, the config now uses %s; "
                            "windows start afresh", cfg.name, ref_id, self.reference.id if self.reference else None)
         elif self.reference is None:
             wu = core["warmup"]
             k, c, s = len(self.numeric), len(self.categorical), len(cfg.segments.keys)
-            self._warmup = [(int(i), Columns.from_dict(records[f"warmup/{int(i)}"], k, c, s))
+            self._warmup = [(int(i), Columns.from_dict(records[self._key("warmup", int(i))], k, c, s))
                             for i in wu["chunks"]]
             self._warmup_n = int(wu["n"])
             self._chunk_id = int(wu["next"])
@@ -662,46 +676,30 @@ class ModelMonitor:
                 raise ValueError("warm-up chunks do not add up to the checkpointed warm-up count")
         self.last_version = clip(str(core["last_version"]))
         if self.join is not None and core.get("join") is not None:
-            prefix = "join:"
-            entries = {k[len(prefix):]: v for k, v in records.items() if k.startswith(prefix)}
-            self.join.restore(core["join"], entries)
+            self.join.restore(core["join"], parts_of(records, "join", live=False))
         if self.performance is not None and core.get("performance") is not None:
-            pairs = {k[5:]: v for k, v in records.items() if k.startswith("perf/") and v is not None}
-            self.performance.restore(core["performance"], pairs)
+            self.performance.restore(core["performance"], parts_of(records, "perf"))
         if self.concept is not None and core.get("concept") is not None:
             self.concept.restore(core["concept"])
         if self.merged_idle_s is not None and core.get("label_clock") is not None:
             self._label_clock.restore(core["label_clock"])
 
 
-def records_by_model(state: dict[str, Any], join: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """A task's state records (``<model>/<part>``) and join changelog entries (``<model>/<key>``, given back
-    as ``join:<key>``), per model."""
-    per_model: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        name, _, rest = key.partition("/")
-        per_model.setdefault(name, {})[rest] = value
-    for key, value in (join or {}).items():
-        name, _, rest = key.partition("/")
-        per_model.setdefault(name, {})["join:" + rest] = value
-    return per_model
-
-
-def changed_records(pieces: Iterator[tuple[str, Any, Callable[[], Any]]], written: dict[str, Any],
-                    core: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def changed_records(pieces: Iterator[tuple[RecordKey, Any, Callable[[], Any]]], written: dict[RecordKey, Any],
+                    core_key: RecordKey, core: dict[str, Any]) -> tuple[dict[RecordKey, Any], dict[RecordKey, Any]]:
     """A checkpoint's records: every piece (key, stamp, value maker) whose stamp differs from what ``written``
     says the last checkpoint wrote, a tombstone (None) for each written key that is gone, and ``core``.
     Returns (records, what is written now)."""
-    out: dict[str, Any] = {}
-    live: dict[str, Any] = {}
+    out: dict[RecordKey, Any] = {}
+    live: dict[RecordKey, Any] = {}
     for key, stamp, make in pieces:
         live[key] = stamp
         if written.get(key) != stamp:
             out[key] = make()
     for key in written.keys() - live.keys():
         out[key] = None
-    out["core"] = core
-    live["core"] = None
+    out[core_key] = core
+    live[core_key] = None
     return out, live
 
 
@@ -904,22 +902,17 @@ class Monitor:
         """State changed since the previous checkpoint (see :class:`Checkpoint`)."""
         cp = Checkpoint()
         for name, mm in self.models.items():
-            if mm.join is not None:
-                for key, entry in mm.join.take_changes().items():
-                    cp.join[f"{name}/{key}"] = entry
             breaker = self.breakers.get(name)
             extra = {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None}
-            for key, value in mm.checkpoint(extra).items():
-                cp.state[f"{name}/{key}"] = value
+            cp.records.update(mm.checkpoint(extra))
         return cp
 
-    def restore(self, state: dict[str, Any], join: dict[str, Any] | None = None) -> list[str]:
-        """Rebuild every model from its state records and join changelog entries (keys as in
-        :class:`Checkpoint`); returns the models restored. A model whose records are malformed is logged,
-        counted in ``counters.restore_errors`` and starts afresh; records of other models are ignored."""
-        per_model = records_by_model(state, join)
+    def restore(self, state: dict[RecordKey, Any], join: dict[RecordKey, Any] | None = None) -> list[str]:
+        """Rebuild every model from its state records and join changelog entries; returns the models
+        restored. A model whose records are malformed is logged, counted in ``counters.restore_errors`` and
+        starts afresh; records of other models are ignored."""
         restored = []
-        for name, records in per_model.items():
+        for name, records in by_model(state, join or {}).items():
             mm = self.models.get(name)
             if mm is None:
                 continue

@@ -48,7 +48,8 @@ from .columns import Columns, column_names
 from .events import PredictionBatch
 from .keys import event_keys, key_fraction
 from .labels import JoinedPair, LabelJoin, label_key, merge_counts, pairs_plain, prediction_counts
-from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records, records_by_model
+from .monitor import BatchOutput, Checkpoint, MonitorCounters, changed_records
+from .state import RecordKey, by_model, parts_of
 from .reference import Reference
 from .segments import SegmentedPane
 from .sketches import Pane, PaneInput, clip
@@ -223,53 +224,58 @@ class ModelPanes:
         return records
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def _pieces(self) -> Iterator[tuple[str, Any, Any]]:
+    def _key(self, kind: str, part: Any = "") -> RecordKey:
+        return RecordKey(self.cfg.name, kind, str(part))
+
+    def _pieces(self) -> Iterator[tuple[RecordKey, Any, Any]]:
         if self.reference is not None and self.cfg.reference.type != "file":
-            yield "ref", self.reference.id, self.reference.to_dict
+            yield self._key("ref"), self.reference.id, self.reference.to_dict
         for p, piece in self._open.items():
-            yield f"o/{p}", piece.stamp, piece.snapshot
+            yield self._key("o", p), piece.stamp, piece.snapshot
 
     def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Changed records (handed-out records must have been flushed: a checkpoint follows a flush)."""
         if self._out:
             raise RuntimeError("checkpoint of a pane builder with records not flushed")
+        joined = {} if self.join is None else {self._key("join", part): entry
+                                               for part, entry in self.join.take_changes().items()}
         if not self.dirty:
-            return {}
+            return joined
         core = {"v": PANE_FORMAT, "stage": "panes", "reference": self.reference.id if self.reference else None,
                 "wm": _finite(self._wm), "fresh": self._fresh, "moved": self._moved,
                 "open": sorted(self._open), "last_version": self.last_version,
                 "join": self.join.snapshot() if self.join is not None else None, **extra}
-        out, self._written = changed_records(self._pieces(), self._written, core)
+        out, self._written = changed_records(self._pieces(), self._written, self._key("core"), core)
         self.dirty = False
-        return out
+        return out | joined
 
-    def restore(self, records: dict[str, Any], reference: Reference | None) -> dict[str, Any]:
-        """Rebuild from this model's state records (and its join changelog entries under ``join:<key>``)."""
-        core = records.get("core")
-        self._written = {k: object() for k in records if not k.startswith("join:")}
+    def restore(self, records: dict[RecordKey, Any], reference: Reference | None) -> dict[str, Any]:
+        """Rebuild from this model's state records and join changelog entries."""
+        core = records.get(self._key("core"))
+        self._written = {k: object() for k in records if k.topic == "state"}
         if core is None:
             if self.join is not None:
-                self.join.forget([k[5:] for k in records if k.startswith("join:")])
+                self.join.forget(list(parts_of(records, "join", live=False)))
             return {}
         if core.get("v") != PANE_FORMAT or core.get("stage") != "panes":
             raise ValueError("not a pane builder checkpoint")
         ref_id = core["reference"]
         if ref_id is not None:
-            ref = reference if reference is not None and reference.id == ref_id else Reference.from_dict(records["ref"])
+            ref = reference if reference is not None and reference.id == ref_id else Reference.from_dict(records[self._key("ref")])
             if ref.id != ref_id:
                 raise ValueError(f"reference record {ref.id} does not match the checkpoint's {ref_id}")
             self.reference = ref
-            self._open = {int(p): self._restore_piece(records[f"o/{int(p)}"]) for p in core["open"]}
+            self._open = {int(p): self._restore_piece(records[self._key("o", int(p))]) for p in core["open"]}
         self._wm = -np.inf if core["wm"] is None else float(core["wm"])
         self._fresh = bool(core["fresh"])
         self._moved = bool(core.get("moved", core["fresh"]))
         self.last_version = clip(str(core["last_version"]))
         if self.join is not None and core.get("join") is not None:
-            self.join.restore(core["join"], {k[5:]: v for k, v in records.items() if k.startswith("join:")})
+            self.join.restore(core["join"], parts_of(records, "join", live=False))
         for key, stamp, _ in self._pieces():
             if key in records:
                 self._written[key] = stamp
-        self._written["core"] = None
+        self._written[self._key("core")] = None
         return core
 
 
@@ -337,16 +343,12 @@ class PaneBuilder:
         for name, mp in self.models.items():
             for rec in mp.flush(now):
                 cp.outputs.append((name, rec))
-            if mp.join is not None:
-                for key, entry in mp.join.take_changes().items():
-                    cp.join[f"{name}/{key}"] = entry
-            for key, value in mp.checkpoint({}).items():
-                cp.state[f"{name}/{key}"] = value
+            cp.records.update(mp.checkpoint({}))
         return cp
 
-    def restore(self, state: dict[str, Any], join: dict[str, Any] | None = None,
+    def restore(self, state: dict[RecordKey, Any], join: dict[RecordKey, Any] | None = None,
                 references: dict[str, Reference] | None = None) -> list[str]:
-        per_model = records_by_model(state, join)
+        per_model = by_model(state, join or {})
         restored = []
         for name, records in per_model.items():
             mp = self.models.get(name)
@@ -357,9 +359,9 @@ class PaneBuilder:
                     restored.append(name)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
                 fresh = ModelPanes(mp.cfg, self.source, self.sources, (references or {}).get(name))
-                fresh._written = {k: object() for k in records if not k.startswith("join:")}  # deleted next
+                fresh._written = {k: object() for k in records if k.topic == "state"}  # deleted next
                 if fresh.join is not None:
-                    fresh.join.forget([k[5:] for k in records if k.startswith("join:")])
+                    fresh.join.forget(list(parts_of(records, "join", live=False)))
                 fresh.dirty = True
                 self.models[name] = fresh
                 self.counters.restore_errors += 1

@@ -5,9 +5,11 @@ for the monitor's state and join topics (restored when a partition is assigned).
 sees every partition (or the ones it is given), and nothing is committed. Readers use ``read_committed``:
 records of aborted transactions are never seen.
 
-A record that is not JSON, not an object or whose key is not UTF-8 is logged, counted in ``skipped`` and
-ignored (a compacted topic keeps a bad record for good: crashing on it would crash at every start).
-``validate`` (optional) is applied to each value; a ``ValueError`` it raises skips the record likewise.
+Keys and values are decoded by a :class:`Codec`: by default a UTF-8 key and a JSON object (``validate``,
+optional, is applied to each value); the state and join topics use the state codec
+(:data:`STATE_CODEC`, see :mod:`stream_monitor.core.state`). A record the codec refuses (``ValueError``) is
+logged, counted in ``skipped`` (and by reason in ``reasons``) and ignored: a compacted topic keeps a bad record
+for good, and crashing on it would crash at every start.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from ..core import state
 from .clients import Connection
 
-__all__ = ["CompactedTopicReader"]
+__all__ = ["STATE_CODEC", "Codec", "CompactedTopicReader", "JsonCodec"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +35,61 @@ _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILAB
               KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
+class Codec(Protocol):
+    """How a compacted topic's keys and values are read: ``ValueError`` for a record that cannot be used
+    (its ``reason`` attribute, when it has one, is the class it is counted under)."""
+
+    def key(self, raw: bytes | None) -> Hashable: ...
+
+    def value(self, key: Any, raw: bytes) -> Any: ...
+
+
+class JsonCodec:
+    """A UTF-8 key and a JSON object, checked by ``validate`` (optional)."""
+
+    def __init__(self, validate: Callable[[Any], Any] | None = None) -> None:
+        self._validate = validate
+
+    def key(self, raw: bytes | None) -> str:
+        try:
+            return (raw or b"").decode()
+        except UnicodeDecodeError:
+            raise ValueError("key is not UTF-8") from None
+
+    def value(self, key: str, raw: bytes) -> Any:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"not a JSON object ({type(value).__name__})")
+        return value if self._validate is None else self._validate(value)
+
+
+class _StateCodec:
+    """Keys ``(task, record key)`` and versioned values of the state and join topics (:mod:`..core.state`)."""
+
+    def key(self, raw: bytes | None) -> tuple[state.TaskId, state.RecordKey]:
+        return state.decode_key(raw)
+
+    def value(self, key: tuple[state.TaskId, state.RecordKey], raw: bytes) -> Any:
+        return state.decode_value(key[1], raw)
+
+
+STATE_CODEC = _StateCodec()
+
+
 class CompactedTopicReader:
     """Keeps ``latest[key] = decoded value`` (a tombstone removes the key)."""
 
     def __init__(self, conn: Connection, topic: str, partitions: list[int] | None = None,
-                 validate: Callable[[Any], Any] | None = None) -> None:
+                 validate: Callable[[Any], Any] | None = None, codec: Codec | None = None) -> None:
         self.topic = topic
-        self.latest: dict[str, Any] = {}
+        self.latest: dict[Any, Any] = {}
         self.skipped = 0
+        self.reasons: Counter[str] = Counter()  # skipped records by reason class
         self._partitions = partitions
-        self._validate = validate
+        self._codec = codec if codec is not None else JsonCodec(validate)
         self._consumer = conn.consumer({
             "group.id": f"stream-monitor-reader-{uuid.uuid4().hex}",  # never committed: assign(), not subscribe()
             "enable.auto.commit": False,
@@ -117,34 +166,26 @@ class CompactedTopicReader:
                 logger.warning("%s: %s", self.topic, err)
             return None
         try:
-            key = (msg.key() or b"").decode()
-        except UnicodeDecodeError:
-            return self._skip(msg, "key is not UTF-8")
+            key = self._codec.key(msg.key())
+        except ValueError as exc:
+            return self._skip(msg, None, exc)
         if msg.value() is None:
             self.latest.pop(key, None)
             return key, None
         try:
-            value = orjson.loads(msg.value())
-        except orjson.JSONDecodeError as exc:
-            return self._skip(msg, f"not JSON ({exc})")
-        if not isinstance(value, dict):
-            return self._skip(msg, f"not a JSON object ({type(value).__name__})")
-        if self._validate is not None:
-            try:
-                value = self._validate(value)
-            except ValueError as exc:
-                return self._skip(msg, str(exc))
+            value = self._codec.value(key, msg.value())
+        except ValueError as exc:
+            return self._skip(msg, key, exc)
         self.latest[key] = value
         return key, value
 
-    def _skip(self, msg: Any, why: str) -> None:
+    def _skip(self, msg: Any, key: Any, exc: ValueError) -> None:
         """A malformed record is the key's latest value: the key's older value is stale, so it goes too."""
-        try:
-            self.latest.pop((msg.key() or b"").decode(), None)
-        except UnicodeDecodeError:
-            pass
+        if key is not None:
+            self.latest.pop(key, None)
         self.skipped += 1
-        logger.warning("%s[%d]@%d: record skipped: %s", self.topic, msg.partition(), msg.offset(), why)
+        self.reasons[getattr(exc, "reason", "invalid")] += 1
+        logger.warning("%s[%d]@%d: record skipped: %s", self.topic, msg.partition(), msg.offset(), exc)
         return None
 
     def close(self) -> None:

@@ -4,8 +4,8 @@
 keyed by model, same partition count) form *task N*. Each task has its own :class:`~..core.monitor.Monitor`
 (its models' windows, references, join, incidents and breakers), restored from the state topic when the
 consumer group assigns the partitions and released when they are revoked. A task's state records are
-written to partition ``N % partitions(state topic)`` under keys ``"N/<model>/<part>"``, so restoring a task
-reads one partition, not the whole topic.
+written to partition ``N % partitions(state topic)`` under keys ``N/<model>/<kind>[/<part>]`` (typed and
+encoded in :mod:`..core.state`), so restoring a task reads one partition, not the whole topic.
 
 **Exactly once.** One Kafka transaction carries, for every batch since the previous commit: the outputs
 (alerts, breaker signals, window reports, dead letters), the state records that changed (see
@@ -62,11 +62,12 @@ from ..core.events import PredictionBatch, PredictionDecoder, TimeRange, decode_
 from ..core.monitor import BatchOutput, Monitor, load_references
 from ..core.panes import PaneBuilder
 from ..core.reference import Reference
+from ..core.state import RecordKey, TaskId, encode_key, encode_value
 from ..core.windows import PaneRecord, decode_record
 from ..exporter import MonitorMetrics
 from .checkpoint import Checkpointer, CommitFailed
 from .clients import Connection, ensure_topics, make_consumer
-from .compacted import CompactedTopicReader
+from .compacted import STATE_CODEC, CompactedTopicReader
 from .progress import Progress
 
 __all__ = ["MonitorService", "ServiceStats"]
@@ -99,6 +100,7 @@ class ServiceStats:
     batches: int = 0
     windows: int = 0  # drift windows evaluated (again after a rewind)
     commits: int = 0
+    page_commits: int = 0  # commits started before the interval because a batch paged (see PAGE_POLL_S)
     aborts: int = 0  # transactions aborted (then rewound and redone)
     restored_tasks: int = 0
     restored_join_entries: int = 0  # pending label-join entries read back with restored tasks
@@ -114,6 +116,13 @@ class ServiceStats:
 
 STAGES = ("consume", "decode", "core", "publish", "commit")
 
+#: A batch that published an alert or a breaker signal starts a commit right after it: with exactly-once, a
+#: page is visible to read_committed readers only once its transaction commits, and waiting for the interval
+#: (``kafka.commit_interval_s``) would add up to that much to every page. Pages are rare, so the extra
+#: transactions cost little. While a page waits for a commit still in flight, ``consume()`` waits at most
+#: this long, so the loop comes back to start the page's commit soon after the one in flight has settled.
+PAGE_POLL_S = 0.02
+
 
 class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: it must be replaced."""
@@ -123,8 +132,8 @@ class ConsumerFailed(RuntimeError):
 class _Consumed:
     """A consumed batch, sorted into tasks, its predictions being decoded (on the decode thread when ahead)."""
 
-    by_task: dict[str, list[Message]]
-    decoding: dict[str, tuple[list[Message], list[Message], Future[PredictionBatch]]]  # predictions, labels
+    by_task: dict[TaskId, list[Message]]
+    decoding: dict[TaskId, tuple[list[Message], list[Message], Future[PredictionBatch]]]  # predictions, labels
 
 
 class MonitorService:
@@ -138,11 +147,11 @@ class MonitorService:
         self.metrics = metrics
         self.stats = ServiceStats()
         self.log_every_s = log_every_s
-        # task id -> its state: "N" (predictions/labels partition N), "pN" (panes partition N, scale-out)
-        self.tasks: dict[str, Monitor | PaneBuilder] = {}
+        # task -> its state: N (predictions/labels partition N), pN (panes partition N, scale-out)
+        self.tasks: dict[TaskId, Monitor | PaneBuilder] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per assigned partition
         self._committed_by_us: dict[tuple[str, int], int] = {}  # what our last commit said, per partition
-        self._parked: dict[str, Monitor | PaneBuilder] = {}  # tasks revoked after a commit, reusable if nobody moved on
+        self._parked: dict[TaskId, Monitor | PaneBuilder] = {}  # tasks revoked after a commit, reusable if nobody moved on
         self._stop = threading.Event()
         self._warned_topics: set[str] = set()
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
@@ -169,6 +178,8 @@ class MonitorService:
         self.failure: BaseException | None = None  # why run() ended, when it did not end by stop()
         self._progress = Progress(metrics)
         self._ahead: _Consumed | None = None  # consumed, decoding, not processed yet (batch.decode_ahead)
+        self.commit_on_page = True  # False: pages wait for the interval's commit (benchmarks compare the two)
+        self._page_waiting = False  # a published page's records are in no commit started yet
         self._decoder: ThreadPoolExecutor | None = None
         if metrics is not None:
             metrics.bind(lambda: list(self.tasks.values()))  # breaker states, pending joins: read at scrape
@@ -216,7 +227,8 @@ class MonitorService:
             while not self._stop.is_set():
                 self._settle()  # before consuming: a failed commit rewinds, and the next batch comes after the seek
                 t0 = time.perf_counter()
-                msgs = self.consumer.consume(cfg.batch.max_messages, cfg.batch.timeout_s)
+                msgs = self.consumer.consume(cfg.batch.max_messages,
+                                             PAGE_POLL_S if self._page_waiting else cfg.batch.timeout_s)
                 seconds["consume"] += time.perf_counter() - t0
                 self._follow_breakers()
                 if msgs or self._ahead is not None:
@@ -233,11 +245,15 @@ class MonitorService:
                     except ConsumerFailed as exc:
                         self._replace_consumer(str(exc))
                 now = time.monotonic()
-                if now - last_commit >= cfg.kafka.commit_interval_s:
+                page = self._page_commit_due()
+                if page or now - last_commit >= cfg.kafka.commit_interval_s:
                     t0 = time.perf_counter()
+                    if not self.checkpointer.committing:  # this commit starts: it carries every page so far
+                        self._page_waiting = False
                     self._commit_or_rewind(wait=False)  # completes while the next batches are processed
                     seconds["commit"] += time.perf_counter() - t0
                     last_commit = time.monotonic()
+                    self.stats.page_commits += page
                 if now - last_log >= self.log_every_s:
                     last_log = now
                     self._log_progress()
@@ -287,9 +303,9 @@ class MonitorService:
         self._new_consumer()                                    # assignment restores the tasks
 
     # -- rebalances ------------------------------------------------------------------------------------
-    def _task(self, topic: str | None, partition: int) -> str:
+    def _task(self, topic: str | None, partition: int) -> TaskId:
         """The task a partition belongs to (see the module doc)."""
-        return f"p{partition}" if self._scale_out and topic == self.cfg.topics.panes else str(partition)
+        return TaskId(partition, self._scale_out and topic == self.cfg.topics.panes)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tasks = sorted({self._task(tp.topic, tp.partition) for tp in partitions} - set(self.tasks))
@@ -366,26 +382,24 @@ class MonitorService:
         """Build the monitors of ``tasks`` from the state and join topics (read_committed, to their end)."""
         cfg = self.cfg
         timeout = cfg.kafka.transaction_timeout_s + 60  # a dead instance's open transaction ends by then
-        state = self._read(cfg.topics.state, sorted({_number(t) % self._state_parts for t in tasks}), timeout)
-        join = (self._read(cfg.topics.join, sorted({_number(t) % self._join_parts for t in tasks}), timeout)
+        state = self._read(cfg.topics.state, sorted({t.number % self._state_parts for t in tasks}), timeout)
+        join = (self._read(cfg.topics.join, sorted({t.number % self._join_parts for t in tasks}), timeout)
                 if self._with_labels else {})
-        per_task: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {t: ({}, {}) for t in tasks}
-        for store, records in ((0, state), (1, join)):
-            for key, value in records.items():
-                head, sep, rest = key.partition("/")
-                if sep and head in per_task:
-                    per_task[head][store][rest] = value
+        per_task: dict[TaskId, tuple[dict[RecordKey, Any], dict[RecordKey, Any]]] = {t: ({}, {}) for t in tasks}
+        for (task, key), value in (state | join).items():
+            if task in per_task:
+                per_task[task][key.topic == "join"][key] = value
         for t in tasks:
             st, jn = per_task[t]
             mon: Monitor | PaneBuilder
-            if self._scale_out and t.startswith("p"):
+            if self._scale_out and t.merged:
                 mon = Monitor(cfg, self._references, merged=True, sources=self._sources)
                 restored = mon.restore(st, jn)
                 for ref in self._published_refs.values():
                     mon.adopt_reference(ref)
             elif self._scale_out:
                 refs = {**self._published_refs, **self._references}
-                mon = PaneBuilder(cfg, int(t), self._sources, refs)
+                mon = PaneBuilder(cfg, t.number, self._sources, refs)
                 restored = mon.restore(st, jn, refs)
             else:
                 mon = Monitor(cfg, self._references)
@@ -401,8 +415,9 @@ class MonitorService:
             if mon.counters.restore_errors and self.metrics is not None:
                 self.metrics.checkpoint_errors.inc(mon.counters.restore_errors)
 
-    def _read(self, topic: str, partitions: list[int], timeout: float) -> dict[str, Any]:
-        reader = CompactedTopicReader(self.conn, topic, partitions=partitions)
+    def _read(self, topic: str, partitions: list[int], timeout: float) -> dict[tuple[TaskId, RecordKey], Any]:
+        """The state records of a state or join topic's partitions (unusable ones are skipped and counted)."""
+        reader = CompactedTopicReader(self.conn, topic, partitions=partitions, codec=STATE_CODEC)
         try:
             latest = reader.sync(timeout=timeout)
         finally:
@@ -437,11 +452,10 @@ class MonitorService:
                 changes = mon.checkpoint()
                 for model, record in changes.outputs:  # scale-out: pieces for the model's deciding task
                     cp.produce(self.cfg.topics.panes, model.encode(), orjson.dumps(record))
-                for topic, parts, records in ((self.cfg.topics.state, self._state_parts, changes.state),
-                                              (self.cfg.topics.join, self._join_parts, changes.join)):
-                    for key, value in records.items():  # None: a tombstone, compaction drops the key
-                        cp.produce(topic, f"{t}/{key}".encode(), None if value is None else orjson.dumps(value),
-                                   partition=_number(t) % parts)
+                for key, value in changes.records.items():  # None: a tombstone, compaction drops the key
+                    topic, parts = ((self.cfg.topics.join, self._join_parts) if key.topic == "join"
+                                    else (self.cfg.topics.state, self._state_parts))
+                    cp.produce(topic, encode_key(t, key), encode_value(key, value), partition=t.number % parts)
             positions = dict(self._positions)
             offsets = [TopicPartition(topic, p, off) for (topic, p), off in positions.items()]
             cp.commit(offsets, self.consumer.consumer_group_metadata(), wait=wait,
@@ -458,6 +472,15 @@ class MonitorService:
         self._failures = 0
         self.stats.commits += 1
         self._committed_by_us.update(positions)
+
+    def _page_commit_due(self) -> bool:
+        """Whether a page waits and its commit can start now: none in flight, or the one in flight has settled
+        (its outcome is taken here; a failure rewinds, and the redone batch pages again)."""
+        if not self._page_waiting:
+            return False
+        if self.checkpointer.committing:
+            self._settle()
+        return self._page_waiting and not self.checkpointer.committing
 
     def _settle(self) -> None:
         """Take the outcome of a commit running in the background, if it has one (a failure rewinds)."""
@@ -479,7 +502,7 @@ class MonitorService:
             self._rewind_all(self.consumer)
             self._stop.wait(min(30.0, 0.5 * 2 ** min(self._failures - 1, 6)))
 
-    def _rewind_all(self, consumer: Consumer, exclude: set[str] | None = None) -> None:
+    def _rewind_all(self, consumer: Consumer, exclude: set[TaskId] | None = None) -> None:
         """Every task back to its last committed state; the consumer back to the committed offsets."""
         assigned = [tp for tp in consumer.assignment() if self._task(tp.topic, tp.partition) not in (exclude or set())]
         tasks = sorted({self._task(tp.topic, tp.partition) for tp in assigned})
@@ -572,14 +595,14 @@ class MonitorService:
             elif t in consumed.decoding:
                 self._process_task(mon, *consumed.decoding[t])
 
-    def _by_task(self, msgs: list[Message]) -> dict[str, list[Message]]:
+    def _by_task(self, msgs: list[Message]) -> dict[TaskId, list[Message]]:
         # The common batch (no errors, one partition) is sorted without a Python loop over its messages
         parts = set(map(Message.partition, msgs))
-        by_task: dict[str, list[Message]] = defaultdict(list)
+        by_task: dict[TaskId, list[Message]] = defaultdict(list)
         one_clean_partition = len(parts) == 1 and not any(map(Message.error, msgs)) and not (
             self._scale_out and self.cfg.topics.panes in set(map(Message.topic, msgs)))
         if one_clean_partition:
-            by_task[str(parts.pop())] = msgs
+            by_task[TaskId(parts.pop())] = msgs
         for m in () if one_clean_partition else msgs:
             err = m.error()
             if err is None:
@@ -702,6 +725,8 @@ class MonitorService:
             produce(self.cfg.topics.breaker, sig.model.encode(), _bounded(sig.to_dict()))
             self.stats.signals += 1
             logger.warning("breaker %s -> %s (epoch %d): %s", sig.model, sig.state, sig.epoch, sig.reason)
+        if (out.alerts or out.signals) and self.commit_on_page:
+            self._page_waiting = True  # commit right after this batch (see PAGE_POLL_S)
         for report in out.reports:
             produce(self.cfg.topics.metrics, report["model"].encode(), _bounded(report))
 
@@ -720,11 +745,6 @@ class MonitorService:
     def _log_progress(self) -> None:
         logger.info("%s", self._progress.line(self.stats, getattr(self, "consumer", None), self._positions,
                                               len(self.tasks)))
-
-
-def _number(task: str) -> int:
-    """The partition number of a task id ("3" or "p3")."""
-    return int(task.lstrip("p"))
 
 
 def _bounded(record: dict[str, Any]) -> bytes:

@@ -14,7 +14,10 @@ import pytest
 
 from stream_monitor.config import parse_config
 from stream_monitor.core.monitor import Monitor
+from stream_monitor.core.state import RecordKey, decode_value, encode_value
 from tests.streams import classifier_config, labeled_stream, make_events, model_config
+
+CORE = RecordKey("clf", "core")
 
 BREAKER = {"enabled": True, "primary_version": "v1", "fallback_version": "v0", "hold_down_s": 1500,
            "close_after": 2, "rules": [{"kinds": ["data_drift"], "severity": "warning", "windows": 2}]}
@@ -72,7 +75,7 @@ def compact(topic: dict, changes: dict) -> None:
         if v is None:
             topic.pop(k, None)
         else:
-            topic[k] = orjson.loads(orjson.dumps(v))  # what crosses the topic is JSON
+            topic[k] = decode_value(k, encode_value(k, v))  # what crosses the topic: the state codec's bytes
 
 
 def run_with_crashes(cfg, events: list[dict], batches: list[tuple[int, int]], crash
@@ -148,7 +151,7 @@ def test_labels_joins_and_detectors_are_restored_exactly():
             mon = Monitor(cfg)
             assert mon.restore(dict(state), dict(join)) == ["clf"]
     assert collect(outs) == reference
-    assert any(k.startswith("clf/j/") for k in join)  # joined ids are in the changelog: duplicates stay caught
+    assert any(k.kind == "join" and k.part.startswith("j/") for k in join)  # joined ids are in the changelog: duplicates stay caught
 
 
 def test_checkpoints_are_plain_json_without_pickles():
@@ -158,9 +161,10 @@ def test_checkpoints_are_plain_json_without_pickles():
     p, lab = labeled_stream(3000, rng)
     mon.process_batch(p, lab)
     cp = mon.checkpoint()
-    text = orjson.dumps(cp.state).decode()
+    text = b"\n".join(encode_value(k, v) or b"" for k, v in cp.records.items()).decode()
     assert "gASV" not in text  # base64 of a pickle's protocol header
-    assert orjson.loads(text) == orjson.loads(orjson.dumps(cp.state))
+    assert {k: decode_value(k, encode_value(k, v)) for k, v in cp.records.items()} == {
+        k: orjson.loads(orjson.dumps(v)) for k, v in cp.records.items()}
 
 
 def test_a_pickled_payload_on_the_state_topic_runs_nothing(tmp_path):
@@ -176,24 +180,24 @@ def test_a_pickled_payload_on_the_state_topic_runs_nothing(tmp_path):
     rng = np.random.default_rng(7)
     mon.process_batch(*labeled_stream(2000, rng))
     state = {k: orjson.loads(orjson.dumps(v)) for k, v in mon.checkpoint().state.items()}
-    core = state["clf/core"]
+    core = state[CORE]
     for hostile in ({"types": ["adwin"], "seen": 1, "state": payload},  # the old pickle format
                     {"v": 1, "types": ["adwin"], "seen": 1, "drifts": [0], "warnings": [0],
                      "state": [{"_helper": {"native": payload}}]},
                     {"v": 1, "types": ["adwin"], "seen": 1, "drifts": [0], "warnings": [0],
                      "state": [{"__class__": {"obj": {}}}]}):
         again = Monitor(cfg)
-        again.restore({**state, "clf/core": {**core, "concept": hostile}})
+        again.restore({**state, CORE: {**core, "concept": hostile}})
         assert not marker.exists()
     assert again.counters.restore_errors >= 1
 
 
 @pytest.mark.parametrize("bad", [
-    {"clf/core": "not an object"},
-    {"clf/core": {"v": 999}},
-    {"clf/core": None},
-    {"clf/w/3": {"cap": "x"}},
-    {"clf/ref": {"format": "stream-monitor/reference@1", "id": "warmup:0", "binning": {}}},
+    {CORE: "not an object"},
+    {CORE: {"v": 999}},
+    {CORE: None},
+    {RecordKey("clf", "w", "3"): {"cap": "x"}},
+    {RecordKey("clf", "ref"): {"format": "stream-monitor/reference@1", "id": "warmup:0", "binning": {}}},
 ])
 def test_malformed_state_records_are_counted_and_the_model_starts_afresh(bad):
     cfg = parse_config({"models": {"clf": classifier_config()}})
@@ -209,8 +213,8 @@ def test_malformed_state_records_are_counted_and_the_model_starts_afresh(bad):
             state.pop(k)
     again = Monitor(cfg)
     again.restore(state, join)  # never raises
-    if "clf/core" in bad:
-        assert again.counters.restore_errors == (1 if bad["clf/core"] is not None else 0)
+    if CORE in bad:
+        assert again.counters.restore_errors == (1 if bad[CORE] is not None else 0)
         assert again.models["clf"].reference is None  # fresh
     # whatever happened, the monitor keeps working and its next checkpoint is whole
     again.process_batch(*labeled_stream(3000, rng, start=3000))
@@ -270,9 +274,10 @@ def test_a_malformed_join_segment_is_counted_and_the_model_starts_afresh(bad):
     cp = mon.checkpoint()
     state = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.state.items()}
     join = {k: orjson.loads(orjson.dumps(v)) for k, v in cp.join.items() if v is not None}
-    assert "clf/p/s/0" in join
+    segment = RecordKey("clf", "join", "p/s/0")
+    assert segment in join
     again = Monitor(cfg)
-    again.restore(state, {**join, "clf/p/s/0": bad})  # never raises
+    again.restore(state, {**join, segment: bad})  # never raises
     assert again.counters.restore_errors == 1 and again.models["clf"].join.pending == 0
     cp2 = again.checkpoint()
     assert all(k in cp2.join and cp2.join[k] is None for k in join)  # the unusable records are deleted

@@ -6,6 +6,7 @@ import pytest
 
 from stream_monitor.config import ConfigError, parse_config
 from stream_monitor.core.monitor import Monitor
+from stream_monitor.core.state import RecordKey
 from tests.streams import model_config, make_events
 
 
@@ -177,7 +178,7 @@ def test_checkpoint_restores_the_reference_and_ignores_one_for_other_features():
     rng = np.random.default_rng(26)
     mon.process(make_events(1500, rng))
     state = mon.checkpoint().state
-    assert {"m/ref", "m/core"} <= set(state)
+    assert {RecordKey("m", "ref"), RecordKey("m", "core")} <= set(state)
     again = Monitor(cfg)
     assert again.restore(state) == ["m"]
     assert again.models["m"].reference.id == mon.models["m"].reference.id

@@ -13,6 +13,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.core.events import PredictionBatch
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.panes import PaneBuilder, piece_cap
+from stream_monitor.core.state import RecordKey
 from stream_monitor.core.windows import decode_record
 from tests.streams import make_events, model_config
 
@@ -218,11 +219,12 @@ def test_seasonal_stream_over_partitions_with_calendar_reference_raises_nothing(
 def test_a_malformed_builder_checkpoint_starts_the_model_afresh_and_deletes_its_records() -> None:
     cfg = _config(reference={"size": 100})
     b = PaneBuilder(cfg, 0, 2)
-    assert b.restore({"m/core": {"v": 1, "stage": "panes", "reference": "warmup:nope", "wm": None, "fresh": False,
-                                 "open": [], "last_version": ""}, "m/o/3": {"junk": 1}}, {}, {}) == []
+    core, piece = RecordKey("m", "core"), RecordKey("m", "o", "3")
+    assert b.restore({core: {"v": 1, "stage": "panes", "reference": "warmup:nope", "wm": None, "fresh": False,
+                             "open": [], "last_version": ""}, piece: {"junk": 1}}, {}, {}) == []
     assert b.counters.restore_errors == 1
     cp = b.checkpoint(1.0)
-    assert cp.state["m/o/3"] is None and cp.state["m/core"]["reference"] is None
+    assert cp.state[piece] is None and cp.state[core]["reference"] is None
 
 
 def test_segments_over_partitions_name_only_the_shifted_slice() -> None:

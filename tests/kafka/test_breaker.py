@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from stream_monitor.core.state import TaskId
 from stream_monitor.cli import main as cli
 from stream_monitor.kafka.router import BreakerClient
 from tests.kafka.helpers import Running, config, create_topic, produce, read_all
@@ -91,7 +92,7 @@ def test_flapping_condition_does_not_flap_the_breaker(kafka_bootstrap, run_id):
     with Running(cfg, kafka_bootstrap) as run:
         produce(kafka_bootstrap, cfg.topics.predictions, events)
         run.wait_consumed(len(events))
-        assert run.service.tasks["0"].counters.windows == 14
+        assert run.service.tasks[TaskId(0)].counters.windows == 14
     client = BreakerClient(kafka_bootstrap, cfg.topics.breaker).sync()
     assert client.route("m").epoch == 0 and client.route("m").state == "closed"
     client.close()
@@ -108,9 +109,9 @@ def test_manual_override_holds_until_released(kafka_bootstrap, run_id, tmp_path)
         run.wait_consumed(3000)
         assert cli(["breaker", "close", "--config", path, "--model", "m", "--reason", "known upstream change"]) == 0
         deadline = time.monotonic() + 30
-        while not run.service.tasks["0"].breakers["m"].override and time.monotonic() < deadline:
+        while not run.service.tasks[TaskId(0)].breakers["m"].override and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert run.service.tasks["0"].breakers["m"].override
+        assert run.service.tasks[TaskId(0)].breakers["m"].override
         produce(kafka_bootstrap, cfg.topics.predictions, stream(4000, a_mean=1.0))
         run.wait_consumed(7000)
         route = client.sync().route("m")
@@ -137,8 +138,8 @@ def test_restart_mid_incident_keeps_alert_ids_and_breaker_state(kafka_bootstrap,
     with Running(cfg, kafka_bootstrap) as run:
         produce(kafka_bootstrap, cfg.topics.predictions, stream(2000, a_mean=1.0))
         run.wait_consumed(2000)
-        assert run.service.tasks["0"].models["m"].reference is not None
-        assert run.service.tasks["0"].breakers["m"].state in ("open", "half_open")
+        assert run.service.tasks[TaskId(0)].models["m"].reference is not None
+        assert run.service.tasks[TaskId(0)].breakers["m"].state in ("open", "half_open")
         produce(kafka_bootstrap, cfg.topics.predictions, stream(8000))
         run.wait_consumed(10000)
         wait_for(client, "m", lambda r: r.state == "closed")

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from stream_monitor.core.state import TaskId
 from stream_monitor.exporter import MonitorMetrics
 from tests.binaries import Server, free_port, require, wait_for
 from tests.kafka.helpers import Running, config, create_topic
@@ -107,4 +108,4 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(kafka_bootstr
         assert not missing, f"dashboard queries without data: {missing}"
         # the state the breaker panel shows: open, or half-open when the hold-down ended (its event time follows
         # how the predictions and labels topics interleave, which the consumer does not control)
-        assert run.service.tasks["0"].breakers["clf"].state in ("open", "half_open")
+        assert run.service.tasks[TaskId(0)].breakers["clf"].state in ("open", "half_open")

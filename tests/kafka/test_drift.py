@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from stream_monitor.core.state import TaskId
 from tests.kafka.helpers import Running, config, create_topic, produce, read_all
 from tests.streams import make_events, make_segmented_events, model_config, segmented_config
 
@@ -27,7 +28,7 @@ def run(kafka_bootstrap, cfg, events, settle=1.0):
         n = produce(kafka_bootstrap, cfg.topics.predictions, events)
         r.wait_consumed(n, timeout=120)
         time.sleep(settle)
-        windows = r.service.tasks["0"].counters.windows
+        windows = r.service.tasks[TaskId(0)].counters.windows
     alerts = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: False,
                                                         timeout=3)]
     return alerts, windows

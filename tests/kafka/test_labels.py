@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from stream_monitor.core.state import TaskId
 from tests.kafka.helpers import Running, config, create_topic, read_all
 from tests.streams import classifier_config, labeled_stream
 
@@ -225,7 +226,7 @@ def test_labels_thirty_days_late_on_a_sampled_join_survive_a_restart(kafka_boots
     with Running(cfg, kafka_bootstrap) as r:
         r.wait_consumed(send_items(kafka_bootstrap, items[len(first):]), timeout=120)
         time.sleep(1)
-        task = r.service.tasks["0"].models["clf"].join
+        task = r.service.tasks[TaskId(0)].models["clf"].join
         sampled_out = task.counters.sampled_out_labels
     assert r.service.stats.restored_join_entries == waiting > 1000  # every pending entry came back
     assert sampled_out > 0  # labels outside the sample were dropped without a lookup

@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from stream_monitor.core.state import TaskId
 from stream_monitor.kafka.runner import MonitorService
 from tests.kafka.helpers import Running, committed, config, create_topic, produce, read_all
 from tests.streams import make_events, model_config
@@ -158,11 +159,12 @@ def test_hostile_and_malformed_records_on_the_compacted_topics_are_skipped(kafka
         pass
     payload = base64.b64encode(pickle.dumps([Evil()])).decode()
     junk: list[tuple[str, bytes | None, bytes]] = [
-        (cfg.topics.state, b"0/m/core", orjson.dumps({"v": 1, "concept": {"types": ["adwin"], "state": payload}})),
+        (cfg.topics.state, b"0/m/core",
+         orjson.dumps({"v": 1, "d": {"v": 1, "concept": {"types": ["adwin"], "state": payload}}})),
         (cfg.topics.state, b"\xff\xfe", b"{}"),
         (cfg.topics.state, b"0/m/w/1", b"[1, 2, 3]"),
         (cfg.topics.join, b"0/m/p/x", b"{\"t\": \"yesterday\"}"),
-        (cfg.topics.join, b"0/m/l/y", b"nope"),
+        (cfg.topics.join, b"0/m/join/l/y", b"nope"),
         (cfg.topics.breaker, b"m", b"{\"model\": \"m\", \"state\": \"melted\", \"epoch\": 1}"),
         (cfg.topics.breaker, b"m", b"[]"),
     ]
@@ -205,7 +207,67 @@ def test_an_event_from_year_9999_is_dead_lettered_and_moves_no_watermark(kafka_b
     with Running(cfg, kafka_bootstrap) as run:
         run.wait_consumed(n)
         dlq = read_all(kafka_bootstrap, cfg.topics.dead_letter, lambda ms: len(ms) >= 1)
-        mon = run.service.tasks["0"]
+        mon = run.service.tasks[TaskId(0)]
         assert mon.models["m"].late_events == 0  # the watermark never jumped: later events all counted
         assert mon.counters.windows >= 5
     assert len(dlq) == 1 and b"max_future_s" in dict(dlq[0].headers())["error.reason"]
+
+
+def test_two_deployments_with_default_internal_topics_keep_their_state_apart(kafka_bootstrap, run_id):
+    """Two groups on one cluster, one input, no internal topic named: each writes and restores only its own
+    state. (With one shared state topic the second would restore the first's windows and resume mid-stream.)"""
+    from tests.kafka.chaos import read_committed
+    from tests.kafka.helpers import config_dict
+    from stream_monitor.config import parse_config
+
+    def deployment(name: str):
+        raw = config_dict(f"{run_id}-{name}", {"m": model_config(window={"size": 500}, reference={"size": 1000})})
+        raw["topics"] = {k: v for k, v in raw["topics"].items() if k not in ("state", "join")}
+        raw["topics"]["predictions"] = f"pred-{run_id}"  # one input, read by both
+        return parse_config(raw)
+
+    a, b = deployment("a"), deployment("b")
+    assert (a.topics.state, b.topics.state) == (f"monitor-{run_id}-a.state", f"monitor-{run_id}-b.state")
+    create_topic(kafka_bootstrap, a.topics.predictions)
+    n = produce(kafka_bootstrap, a.topics.predictions, make_events(3200, np.random.default_rng(39)))
+
+    def windows(cfg) -> list[tuple]:
+        reports = [orjson.loads(m.value()) for m in read_committed(kafka_bootstrap, cfg.topics.metrics)]
+        return sorted((r["window"]["index"], r["window"]["start"], r["window"]["events"])
+                      for r in reports if r["type"] == "drift")
+
+    def state_keys(cfg) -> list[bytes]:
+        return [m.key() for m in read_committed(kafka_bootstrap, cfg.topics.state)]
+
+    with Running(a, kafka_bootstrap) as run:
+        run.wait_consumed(n)
+    a_state = state_keys(a)
+    assert a_state and all(k.startswith(b"0/m/") for k in a_state)
+    with Running(b, kafka_bootstrap) as run:
+        run.wait_consumed(n)
+    assert state_keys(a) == a_state, "the second deployment wrote into the first one's state topic"
+    assert state_keys(b), "the second deployment has its own state topic"
+    # it restored nothing of the first: its windows start from the warm-up, as the first one's did
+    assert windows(a) == windows(b) and len(windows(b)) == 4
+    # and the first one, restarted, resumes from its own state: nothing re-read, no window evaluated again
+    with Running(a, kafka_bootstrap) as run:
+        time.sleep(2)
+    assert run.service.stats.messages == 0 and run.service.stats.windows == 0 and windows(a) == windows(b)
+
+
+def test_a_page_is_committed_right_after_its_batch_not_at_the_next_interval(kafka_bootstrap, run_id):
+    # a commit interval far longer than the test: the alert can only become visible through its own commit
+    cfg = config(run_id, {"m": model_config(window={"size": 500}, reference={"size": 1000})},
+                 kafka={"commit_interval_s": 60})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    rng = np.random.default_rng(40)
+    events = make_events(1000, rng) + make_events(1500, rng, start=1000, a_mean=1.0)
+    with Running(cfg, kafka_bootstrap) as run:
+        started = time.monotonic()
+        produce(kafka_bootstrap, cfg.topics.predictions, events)
+        alerts = read_all(kafka_bootstrap, cfg.topics.alerts, lambda ms: len(ms) >= 1, timeout=30)
+        took = time.monotonic() - started
+        assert alerts, "the alert must be visible to read_committed readers before the interval's commit"
+        assert run.service.stats.page_commits >= 1
+    print(f"alert visible {took:.2f}s after the stream was produced (commit interval 60 s)")
+    assert took < 30
