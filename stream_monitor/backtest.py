@@ -73,21 +73,22 @@ class BacktestResult:
 
 def merge_by_time(predictions: list[dict[str, Any]], labels: list[dict[str, Any]],
                   batch: int = 1000) -> Iterable[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """Batches of ``batch`` predictions in event-time order, each with the labels stamped up to its last
-    prediction's time, as they would have arrived."""
-    preds = sorted(predictions, key=lambda e: e["timestamp"])
-    labs = sorted(labels, key=lambda e: e["timestamp"])
+    """Batches of ``batch`` predictions in the order given (as their partition would deliver them), each with
+    the labels (also in the order given) stamped up to the latest prediction time so far, as they would have
+    arrived. The monitor's outputs do not depend on where the batches are cut (see
+    :meth:`~.core.monitor.ModelMonitor.label_outputs`): this only bounds the memory of the replay."""
     j = 0
-    for i in range(0, len(preds), batch):
-        chunk = preds[i:i + batch]
-        t = chunk[-1]["timestamp"]
+    latest = -np.inf
+    for i in range(0, len(predictions), batch):
+        chunk = predictions[i:i + batch]
+        latest = max(latest, max(e["timestamp"] for e in chunk))
         k = j
-        while k < len(labs) and labs[k]["timestamp"] <= t:
+        while k < len(labels) and labels[k]["timestamp"] <= latest:
             k += 1
-        yield chunk, labs[j:k]
+        yield chunk, labels[j:k]
         j = k
-    if j < len(labs):
-        yield [], labs[j:]
+    if j < len(labels):
+        yield [], labels[j:]
 
 
 def _histograms(res: WindowResult, top: int = 4) -> list[Histogram]:
@@ -150,15 +151,21 @@ class Backtest:
             progress: Callable[[int, int], None] | None = None) -> BacktestResult:
         total = len(predictions)
         done = 0
-        for preds, labs in merge_by_time(predictions, labels or [], self.batch):
-            self.feed(preds, labs)
+        batches = merge_by_time(predictions, labels or [], self.batch)
+        nxt = next(batches, None)
+        while nxt is not None:
+            (preds, labs), nxt = nxt, next(batches, None)
+            self.feed(preds, labs, last=nxt is None)
             done += len(preds)
             if progress is not None:
                 progress(done, total)
         return self.result
 
-    def feed(self, predictions: list[dict[str, Any]], labels: list[dict[str, Any]]) -> list[Alert]:
-        out = self.monitor.process_batch(predictions, labels)
+    def feed(self, predictions: list[dict[str, Any]], labels: list[dict[str, Any]], last: bool = True
+             ) -> list[Alert]:
+        """One batch through the monitor, as the live path takes it; ``last``: nothing more will come, so a
+        stream may now be judged stalled (before, both are merely being read, as a replayed topic is)."""
+        out = self.monitor.process_batch(predictions, labels, predictions_idle=last, labels_idle=last)
         r = self.result
         r.predictions += len(predictions)
         r.labels += len(labels)

@@ -142,27 +142,28 @@ class ConceptDriftDetectors:
         self.seen = 0
 
     def update(self, pairs: list[JoinedPair]) -> list[tuple[int, JoinedPair]]:
-        """Feed joined pairs (in prediction-time order); returns the drifts detected now: (detector index, the
-        pair whose error tipped it), so an alert can be raised at once, citing that pair's prediction time."""
+        """Feed joined pairs in the order given (the monitor releases them in the order they complete, see
+        :meth:`~.monitor.ModelMonitor.label_outputs`); returns the drifts detected now, in pair order: (detector
+        index, the pair whose error tipped it), so an alert can be raised at once, citing that pair's
+        prediction time."""
         if not self.detectors or not pairs:
             return []
-        pairs = sorted(pairs, key=lambda p: (p.prediction_time, p.event_id))  # the error stream in prediction order
         if self.task == "regression":
             errors = [abs(float(p.prediction) - float(p.label)) for p in pairs]
         else:
             errors = [0.0 if label_key(p.prediction) == label_key(p.label) else 1.0 for p in pairs]
         self.seen += len(errors)
-        detected: list[tuple[int, JoinedPair]] = []
+        detected: list[tuple[int, int]] = []  # (pair position, detector index)
         for i, (cfg, det) in enumerate(zip(self.cfgs, self.detectors)):
             binary_input = cfg.type in _BINARY_INPUT
-            for e, pair in zip(errors, pairs):  # river detectors are online: one update per pair
+            for at, e in enumerate(errors):  # river detectors are online: one update per pair
                 det.update(bool(e > 0) if binary_input else e)
                 if det.drift_detected:
                     self.drifts[i] += 1
-                    detected.append((i, pair))
+                    detected.append((at, i))
                 elif getattr(det, "warning_detected", False):
                     self.warnings[i] += 1
-        return detected
+        return [(i, pairs[at]) for at, i in sorted(detected)]
 
     def take(self) -> list[tuple[str, int, int]]:
         """(detector, drifts, warnings) since the last call."""

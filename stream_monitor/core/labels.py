@@ -16,7 +16,10 @@ predictions it holds. A window is reported
 once the watermark passes its end plus ``maturity_s``, so labels that are late but expected are not mistaken
 for a drop. The watermark is the slower of the two streams (largest prediction time, largest label time):
 a consumer catching up on one topic does not report windows before it has read the other's labels; it waits
-at most ``join.label_stall_s`` for a stalled label stream. A report has label coverage (share of the
+at most ``join.label_stall_s`` for a stalled label stream (one read to its end: a stream still being read is
+behind, not stalled). A window holds the pairs that completed (label and prediction both there, in event
+time) by its end plus ``maturity_s``, and a pair joins when its label and prediction are at most ``ttl_s``
+apart in event time, so what a window holds does not depend on how the streams were cut into batches. A report has label coverage (share of the
 window's predictions that have a label), label lag p50/p95, realized metrics on the joined pairs and, for
 binary classifiers with a score, the confidence-based estimate (CBPE) computed from all of the window's
 scores, so the estimate sits beside the realized value. Labels for an already reported window are counted
@@ -72,6 +75,11 @@ class JoinedPair:
     label: Any
     carried: bool = False  # the label carried its prediction (no prediction event was joined)
 
+    @property
+    def completed(self) -> float:
+        """The event time at which the pair exists: the later of its prediction and its label."""
+        return self.prediction_time if self.prediction_time > self.label_time else self.label_time
+
 
 @dataclass
 class JoinCounters:
@@ -111,6 +119,11 @@ class LabelJoin:
         self.counters = JoinCounters()
         self.prediction_watermark = -math.inf  # largest prediction event time seen
         self.label_watermark = -math.inf  # largest label event time seen
+        # Whether each stream has been read to its end (set by the caller with every batch): only a stream
+        # with nothing left to read can be *stalled*. One still being read (a replay, a consumer catching up on
+        # one topic) is merely behind, and waiting for it keeps the outputs independent of read order.
+        self.predictions_idle = True
+        self.labels_idle = True
         self._stale: dict[str, None] = {}  # changelog keys to delete (a checkpoint this store could not use)
 
     def forget(self, keys: list[str]) -> None:
@@ -205,8 +218,11 @@ class LabelJoin:
 
     @property
     def maturity_watermark(self) -> float:
-        """Event time up to which both streams have been read: the slower one, at most ``label_stall_s`` behind."""
+        """Event time up to which both streams have been read: the slower one, at most ``label_stall_s`` behind
+        the predictions when the label stream has nothing more to read (stalled)."""
         both = min(self.prediction_watermark, self.label_watermark)
+        if not self.labels_idle:
+            return both
         return max(both, self.prediction_watermark - self.cfg.label_stall_s)
 
     @property
@@ -253,20 +269,25 @@ class LabelJoin:
             self.counters.duplicate_labels += dropped
         return [events[i] for i in new.tolist()], keys[new]
 
-    def add_predictions(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[JoinedPair]:
-        """Store predictions (or join the labels that came first); returns the pairs joined, in event order."""
+    def add_predictions(self, events: list[dict[str, Any]], keys: np.ndarray | None = None,
+                        expire: bool = True) -> list[JoinedPair]:
+        """Store predictions (or join the labels that came first); returns the pairs joined, in event order.
+        ``expire``: expire entries now (else the caller calls :meth:`expire` once its batch is in)."""
         if not events:
             return []
         keys = store_keys(event_keys([ev["event_id"] for ev in events]) if keys is None else keys)
         evs, nk = self._new_events(events, keys, "p")
         if not evs:
-            self._expire()
+            if expire:
+                self.expire()
             return []
         t = np.fromiter((ev["timestamp"] for ev in evs), dtype=np.float64, count=len(evs))
         self.prediction_watermark = max(self.prediction_watermark, float(t.max()))
         labels = self._stores["l"]
         lpos = labels.find(nk)
         early = lpos >= 0
+        if early.any():
+            early &= self._within_ttl(labels, lpos, t, early, "expired_labels")
         out = []
         if early.any():
             at = lpos[early]
@@ -282,10 +303,12 @@ class LabelJoin:
             score = np.array([np.nan if e.get("score") is None else e["score"] for e in rest], dtype=np.float32)
             self.counters.unstored += int(ok.size - ok.sum())
             self._stores["p"].add(nk[wait][ok], t[wait][ok], codes[ok], score[ok])
-        self._expire()
+        if expire:
+            self.expire()
         return out
 
-    def add_labels(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[JoinedPair]:
+    def add_labels(self, events: list[dict[str, Any]], keys: np.ndarray | None = None,
+                   expire: bool = True) -> list[JoinedPair]:
         """Join labels to stored predictions (or store them until their prediction comes); a label that carries
         its ``prediction`` becomes a pair at once. Returns the pairs, in event order."""
         if not events:
@@ -294,11 +317,15 @@ class LabelJoin:
         self.label_watermark = max(self.label_watermark, max(ev["timestamp"] for ev in events))
         evs, nk = self._new_events(events, keys, "l")
         if not evs:
-            self._expire()
+            if expire:
+                self.expire()
             return []
         preds = self._stores["p"]
         ppos = preds.find(nk)
         hit = ppos >= 0
+        if hit.any():
+            lt = np.fromiter((ev["timestamp"] for ev in evs), dtype=np.float64, count=len(evs))
+            hit &= self._within_ttl(preds, ppos, lt, hit, "expired_predictions")
         found: dict[int, JoinedPair] = {}
         if hit.any():
             at = ppos[hit]
@@ -330,8 +357,24 @@ class LabelJoin:
             t = np.fromiter((e["timestamp"] for e in rest), dtype=np.float64, count=len(rest))
             self.counters.unstored += int(ok.size - ok.sum())
             self._stores["l"].add(nk[wait][ok], t[ok], codes[ok], np.full(int(ok.sum()), np.nan, np.float32))
-        self._expire()
+        if expire:
+            self.expire()
         return [found[i] for i in sorted(found)]
+
+    def _within_ttl(self, other: EntryStore, pos: np.ndarray, t: np.ndarray, hit: np.ndarray,
+                    counter: str) -> np.ndarray:
+        """Which of the ``hit`` entries of ``other`` (at ``pos``) are within ``ttl_s`` of event time of the new
+        events (times ``t``); the others are removed as expired, as they would have been had the expiry run
+        just before (so whether a pair joins depends on the two event times, not on where batches were cut)."""
+        at = pos[hit]
+        ot = other.values(at)[0]
+        ok = np.ones(hit.size, dtype=bool)
+        ok[hit] = np.abs(t[hit] - ot) <= self.cfg.ttl_s
+        stale = hit & ~ok
+        if stale.any():
+            other.remove(pos[stale])
+            setattr(self.counters, counter, getattr(self.counters, counter) + int(stale.sum()))
+        return ok
 
     def _decode(self, codes: np.ndarray) -> list[Any]:
         return self._codes.decode(codes)
@@ -343,7 +386,8 @@ class LabelJoin:
         if joined.live > self.cfg.max_joined_ids:
             joined.evict_oldest(joined.live - self.cfg.max_joined_ids)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Expire and evict what the watermarks and ``max_pending`` say (see the class doc)."""
         # A prediction waits for labels, so it expires when the *label* stream is ttl_s past it (and an early
         # label when the prediction stream is): a consumer catching up on one topic, days of event time ahead
         # of the other, must not expire what the other topic is about to deliver. A stalled stream holds
@@ -351,8 +395,10 @@ class LabelJoin:
         stall = self.cfg.label_stall_s
         pw, lw = self.prediction_watermark, self.label_watermark
         preds, labels = self._stores["p"], self._stores["l"]
-        self.counters.expired_predictions += preds.expire(max(lw, pw - stall) - self.cfg.ttl_s)
-        self.counters.expired_labels += labels.expire(max(pw, lw - stall) - self.cfg.ttl_s)
+        self.counters.expired_predictions += preds.expire(
+            (max(lw, pw - stall) if self.labels_idle else lw) - self.cfg.ttl_s)
+        self.counters.expired_labels += labels.expire(
+            (max(pw, lw - stall) if self.predictions_idle else pw) - self.cfg.ttl_s)
         over = self.pending - self.cfg.max_pending
         if over > 0:  # the larger side loses its oldest first; level sides lose one each in turn
             gap = preds.live - labels.live
@@ -606,6 +652,12 @@ class PerformanceTracker:
             pc = min(max(p.score if t else 1.0 - p.score, 1e-15), 1 - 1e-15)
             win.ll_sum -= math.log(pc)
             win.ll_n += 1
+
+    def next_deadline(self) -> float:
+        """The event time at which the next open window matures (its end plus ``maturity_s``); inf if none."""
+        if not self._windows:
+            return math.inf
+        return (min(self._windows) + 1) * self.cfg.window_s + self.cfg.maturity_s
 
     def mature(self, watermark: float) -> list[PerformanceReport]:
         """Report (and forget) every window whose end + maturity_s is at or before ``watermark``."""

@@ -34,7 +34,8 @@ from .drift import Finding, evaluate_windows
 from .concept import ConceptDriftDetectors
 from .events import ModelEvents, PredictionBatch
 from .keys import event_keys, key_fraction
-from .labels import LabelJoin, PerformanceReport, PerformanceTracker, counts_from_plain, pairs_from_rows
+from .labels import (JoinedPair, LabelJoin, PerformanceTracker, counts_from_plain, pairs_from_rows,
+                     pairs_plain)
 from .sketches import LatencySketch, Pane, clip
 from .state import RecordKey, by_model, parts_of
 from .reference import CalendarReference, Reference, RollingReference
@@ -209,7 +210,8 @@ class ModelMonitor:
         self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
         self.last_version = ""
         self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
-        self.detections: list[tuple[int, Any]] = []  # (detector index, detecting pair), raised by the Monitor
+        self._held: list[JoinedPair] = []  # joined, waiting for the label frontier (see label_outputs)
+        self._held_stamp = 0
         self.built_reference: Reference | None = None  # a warm-up reference just built (scale-out publishes it)
         # scale-out: how far every partition has read (the warm-up waits for it)
         self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
@@ -356,22 +358,17 @@ class ModelMonitor:
             closed += self.windows.advance(rec.source, rec.at, rec.watermark)
         return self._evaluate(closed)
 
-    def _add_pairs(self, pairs: list[Any]) -> None:
-        assert self.performance is not None
-        self.performance.add_pairs(pairs)
-        if self.concept is not None:
-            self.detections += self.concept.update(pairs)
+    def _add_pairs(self, pairs: list[JoinedPair]) -> None:
+        """Joined pairs wait until the label frontier passes the time they complete (:meth:`label_outputs`)."""
+        if pairs:
+            self._held.extend(pairs)
+            self._held_stamp += 1
 
-    def take_detections(self) -> list[Finding]:
-        """Concept drifts detected since the last call, as findings to alert on now (not at maturity)."""
-        out = []
-        for i, pair in self.detections:
-            name = self.cfg.concept_drift[i].type
-            out.append(Finding(None, "concept_drift", name, 2.0, 1.0, True, None, 1,
-                               {"detected_at_prediction_time": pair.prediction_time, "event_id": pair.event_id,
-                                "label_time": pair.label_time}, consecutive=1, severity="critical"))
-        self.detections = []
-        return out
+    def _detection(self, i: int, pair: JoinedPair) -> Finding:
+        """A concept-drift detector fired on ``pair``: a finding to alert on now (not at maturity)."""
+        return Finding(None, "concept_drift", self.cfg.concept_drift[i].type, 2.0, 1.0, True, None, 1,
+                       {"detected_at_prediction_time": pair.prediction_time, "event_id": pair.event_id,
+                        "label_time": pair.label_time}, consecutive=1, severity="critical")
 
     def observe_predictions(self, batch: ModelEvents) -> None:
         """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
@@ -384,7 +381,7 @@ class ModelMonitor:
         if self.join is not None and self.performance is not None:
             events, keys = self.join.sample(batch.events(), batch.cols.key, "p")
             self.performance.add_predictions(events)
-            self._add_pairs(self.join.add_predictions(events, keys))  # labels that arrived first
+            self._add_pairs(self.join.add_predictions(events, keys, expire=False))  # labels that arrived first
 
     def update_labels(self, events: list[dict[str, Any]]) -> None:
         """Add decoded label events of this model: outside ``join.sample_rate`` they are counted and dropped
@@ -394,20 +391,60 @@ class ModelMonitor:
             return
         self.dirty = True
         events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
-        pairs = self.join.add_labels(events, keys)
+        pairs = self.join.add_labels(events, keys, expire=False)
         carried = [p for p in pairs if p.carried]
         if carried:
             self.performance.add_predictions([{"timestamp": p.prediction_time, "prediction": p.prediction,
                                                "score": p.score} for p in carried])
         self._add_pairs(pairs)
 
-    def mature_reports(self) -> list[tuple[PerformanceReport, list[Finding]]]:
-        """Performance windows whose labels have matured, each with its findings for the alert policy."""
+    @property
+    def label_frontier(self) -> float:
+        """Event time up to which both label-side streams have been read (see :mod:`.labels`)."""
+        return self._label_clock.low() if self.join is None else self.join.maturity_watermark
+
+    def label_outputs(self) -> list[tuple[str, Any, list[Finding]]]:
+        """What the label side decided since the last call, in event-time order: ``("detection", pair,
+        [finding])`` for a concept-drift detector that fired, ``("report", report, findings)`` for a performance
+        window that matured.
+
+        Record by record, not batch by batch: the joined pairs that complete at or before the label frontier
+        are released in the order of the time they complete (then of their event key), and a window matures
+        before the first pair that completes after its end + ``maturity_s``. So a window holds exactly the
+        pairs that completed by its deadline, and the detectors and the estimate's calibration see the pairs in
+        one order, however the streams were cut into batches, replayed or restarted."""
         if self.performance is None:
             return []
+        if self.join is not None:  # once the batch's predictions and labels are both in: a label read with
+            self.join.expire()     # the prediction stream's next step still joins (see LabelJoin._within_ttl)
+        frontier = self.label_frontier
+        ready = [p for p in self._held if p.completed <= frontier]
+        if not ready:
+            return self._matured(frontier)
+        self._held = [p for p in self._held if p.completed > frontier]
+        self._held_stamp += 1
+        keys = event_keys([p.event_id for p in ready]).tolist()
+        order = sorted(range(len(ready)), key=lambda i: (ready[i].completed, keys[i], ready[i].event_id))
+        ready = [ready[i] for i in order]
+        done = np.array([p.completed for p in ready])
+        out: list[tuple[str, Any, list[Finding]]] = []
+        i = 0
+        while i < len(ready):
+            out += self._matured(float(np.nextafter(done[i], -np.inf)))  # deadlines before this pair
+            j = max(i + 1, int(np.searchsorted(done, self.performance.next_deadline(), side="right")))
+            chunk = ready[i:j]
+            self.performance.add_pairs(chunk)
+            if self.concept is not None:
+                for k, pair in self.concept.update(chunk):
+                    out.append(("detection", pair, [self._detection(k, pair)]))
+            i = j
+        return out + self._matured(frontier)
+
+    def _matured(self, watermark: float) -> list[tuple[str, Any, list[Finding]]]:
+        """Performance windows whose deadline is at or before ``watermark``, each with its findings."""
+        assert self.performance is not None
         perf = self.cfg.performance
-        out = []
-        watermark = self._label_clock.low() if self.join is None else self.join.maturity_watermark
+        out: list[tuple[str, Any, list[Finding]]] = []
         for rep in self.performance.mature(watermark):
             findings = []
             for metric, bound in perf.thresholds.items():
@@ -433,7 +470,7 @@ class ModelMonitor:
                     findings.append(Finding(None, "concept_drift", name, level, 1.0, pages, None, rep.labeled,
                                             {"drifts": drifts, "warnings": warnings}, consecutive=1,
                                             severity="critical" if drifts else "warning"))
-            out.append((rep, findings))
+            out.append(("report", rep, findings))
         return out
 
     def _build_warmup_reference(self) -> Reference:
@@ -555,6 +592,8 @@ class ModelMonitor:
         if self.performance is not None:
             for w, stamp, make in self.performance.pieces():
                 yield self._key("perf", w), stamp, make
+            if self._held:
+                yield self._key("held"), self._held_stamp, lambda: pairs_plain(self._held)
 
     def _core(self) -> dict[str, Any]:
         return {
@@ -679,6 +718,7 @@ class ModelMonitor:
             self.join.restore(core["join"], parts_of(records, "join", live=False))
         if self.performance is not None and core.get("performance") is not None:
             self.performance.restore(core["performance"], parts_of(records, "perf"))
+            self._held = pairs_from_rows(records.get(self._key("held")) or [])
         if self.concept is not None and core.get("concept") is not None:
             self.concept.restore(core["concept"])
         if self.merged_idle_s is not None and core.get("label_clock") is not None:
@@ -762,12 +802,14 @@ class Monitor:
         return self.process_batch([], events)
 
     def process_batch(self, predictions: list[dict[str, Any]] | PredictionBatch,
-                      labels: list[dict[str, Any]]) -> BatchOutput:
+                      labels: list[dict[str, Any]], *, predictions_idle: bool = True,
+                      labels_idle: bool = True) -> BatchOutput:
         """Feed one consumed batch: predictions first, then labels; returns everything to publish.
 
         ``predictions`` are decoded events (dicts), or a :class:`~.events.PredictionBatch` from a
         :class:`~.events.PredictionDecoder` (the Kafka edge's fast path); ``unknown_predictions`` of the output
-        are positions in it.
+        are positions in it. ``predictions_idle``/``labels_idle``: that stream has been read to its end with
+        this batch (only then can it be stalled, see :mod:`.labels`); a replay says False until its last batch.
         """
         out = BatchOutput()
         batch = predictions if isinstance(predictions, PredictionBatch) else \
@@ -803,8 +845,10 @@ class Monitor:
             mm.update_labels([labels[i] for i in pos])
             touched.add(name)
         for name in sorted(touched):
-            self._concept_now(name, out)
-            self._mature(name, out)
+            join = self.models[name].join
+            if join is not None:
+                join.predictions_idle, join.labels_idle = predictions_idle, labels_idle
+            self._labels_out(name, out)
         self.counters.alerts += len(out.alerts)
         return out
 
@@ -832,8 +876,7 @@ class Monitor:
             if mm.performance is not None:
                 touched.add(rec.model)
         for name in sorted(touched):
-            self._concept_now(name, out)
-            self._mature(name, out)
+            self._labels_out(name, out)
         self.counters.alerts += len(out.alerts)
         return out
 
@@ -862,32 +905,33 @@ class Monitor:
         self.counters.unmonitored[name] += n
 
     def _decide(self, name: str, version: str, window: WindowInfo, findings: list[Finding],
-                reference_id: str | None, rate: float, out: BatchOutput) -> None:
+                reference_id: str | None, rate: float, out: BatchOutput, tick: bool = True) -> None:
+        """Alert on one decision; ``tick``: it is a window of the prediction stream, which is what the breaker
+        counts. Its clock is the prediction stream's event time: decisions of the label side (whose times lag
+        and interleave with the windows however the two streams were read) change the alerts it reads at the
+        next window, never its clock or its window counts."""
         breaker = self.breakers.get(name)
         out.alerts.extend(self.policy.update(name, version, window, findings, reference_id, rate,
                                              breaker_open=bool(breaker and breaker.state != "closed")))
-        if breaker is not None:
+        if breaker is not None and tick:
             sig = breaker.update(window.end, self.policy.active(name))
             if sig is not None:
                 out.signals.append(sig)
 
-    def _concept_now(self, name: str, out: BatchOutput) -> None:
-        """A detector that fires pages now, citing the prediction time of the pair that tipped it (the window
-        of the alert is that instant); the matured performance window's evaluation later keeps or resolves it."""
+    def _labels_out(self, name: str, out: BatchOutput) -> None:
+        """The label side's decisions, in event-time order (:meth:`ModelMonitor.label_outputs`). A detector
+        that fires pages now, citing the prediction time of the pair that tipped it (the window of the alert
+        is that instant); the matured performance window's evaluation later keeps or resolves it."""
         mm = self.models[name]
-        for f in mm.take_detections():
-            t = f.details["detected_at_prediction_time"]
-            info = WindowInfo(int(t // mm.cfg.performance.window_s), t, t, 1)
-            self._decide(name, mm.last_version, info, [f], None, mm.cfg.sample_rate, out)
-
-    def _mature(self, name: str, out: BatchOutput) -> int:
-        mm = self.models[name]
-        reports = mm.mature_reports()
-        for rep, findings in reports:
-            out.reports.append(rep.to_dict())
-            info = WindowInfo(int(rep.start // mm.cfg.performance.window_s), rep.start, rep.end, rep.predictions)
-            self._decide(name, mm.last_version, info, findings, None, mm.cfg.sample_rate, out)
-        return len(reports)
+        window_s = mm.cfg.performance.window_s
+        for what, item, findings in mm.label_outputs():
+            if what == "detection":
+                t = item.prediction_time
+                info = WindowInfo(int(t // window_s), t, t, 1)
+            else:
+                out.reports.append(item.to_dict())
+                info = WindowInfo(int(item.start // window_s), item.start, item.end, item.predictions)
+            self._decide(name, mm.last_version, info, findings, None, mm.cfg.sample_rate, out, tick=False)
 
     def observe_breaker(self, sig: BreakerSignal) -> None:
         """A record from the breaker topic (manual overrides, or our own last state at start-up)."""

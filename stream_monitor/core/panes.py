@@ -304,10 +304,14 @@ class PaneBuilder:
     def observe_breaker(self, sig: Any) -> None:  # the deciding instance follows the breaker topic
         return None
 
-    def process_batch(self, predictions: PredictionBatch, labels: list[dict[str, Any]]) -> BatchOutput:
+    def process_batch(self, predictions: PredictionBatch, labels: list[dict[str, Any]], *,
+                      predictions_idle: bool = True, labels_idle: bool = True) -> BatchOutput:
         """Add one consumed batch: predictions, then labels (joined here: both topics keyed by event id); what
         to publish comes from :meth:`checkpoint`."""
         out = BatchOutput()
+        for mp in self.models.values():
+            if mp.join is not None:
+                mp.join.predictions_idle, mp.join.labels_idle = predictions_idle, labels_idle
         self.counters.events += predictions.count
         out.unknown_predictions = sorted(predictions.unknown)
         for pos, name in predictions.unknown.items():

@@ -54,6 +54,7 @@ KINDS: dict[str, RecordKind] = {k.name: k for k in (
     RecordKind("r", "state", 1, dict, True, "a past window of a rolling reference"),
     RecordKind("c", "state", 1, dict, True, "a calendar reference's pane of one slot and cycle"),
     RecordKind("perf", "state", 1, list, True, "a performance window's sample of joined pairs"),
+    RecordKind("held", "state", 1, list, False, "joined pairs waiting for the label frontier (in event-time order)"),
     RecordKind("o", "state", 1, dict, True, "scale-out: a pane builder's open piece of one window"),
     RecordKind("join", "join", 1, dict, True, "a segment or live-bitmap of the label join's pending entries"),
 )}

@@ -123,6 +123,11 @@ STAGES = ("consume", "decode", "core", "publish", "commit")
 #: this long, so the loop comes back to start the page's commit soon after the one in flight has settled.
 PAGE_POLL_S = 0.02
 
+#: Work processed and not committed for this long (or 3 commit intervals, if longer) is a stall: the broker is
+#: away, a commit is wedged or refused. The progress line then says since when instead of a lag it cannot
+#: know, and ``stream_monitor_stalled_seconds`` counts up.
+STALL_S = 5.0
+
 
 class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: it must be replaced."""
@@ -180,9 +185,14 @@ class MonitorService:
         self._ahead: _Consumed | None = None  # consumed, decoding, not processed yet (batch.decode_ahead)
         self.commit_on_page = True  # False: pages wait for the interval's commit (benchmarks compare the two)
         self._page_waiting = False  # a published page's records are in no commit started yet
+        self._last_commit_wall = time.time()  # the last commit that went through (or the start)
+        self._pending = False  # work processed and not committed yet, as of the last check
+        self._stall_s = max(STALL_S, 3 * cfg.kafka.commit_interval_s)
+        self._last_log = time.monotonic()
         self._decoder: ThreadPoolExecutor | None = None
         if metrics is not None:
             metrics.bind(lambda: list(self.tasks.values()))  # breaker states, pending joins: read at scrape
+            metrics.bind_stalled(self._stalled_seconds)  # read at scrape: counts up while the loop is blocked
 
     def stop(self) -> None:
         self._stop.set()
@@ -210,7 +220,7 @@ class MonitorService:
             topics.append(cfg.topics.panes)
             self._refs = CompactedTopicReader(self.conn, cfg.topics.references, validate=Reference.from_dict)
             self._published_refs = {r.model: r for r in self._refs.sync(timeout=60).values()}
-        self.checkpointer = Checkpointer(cfg, self.conn)
+        self.checkpointer = Checkpointer(cfg, self.conn, on_wait=self._tick_progress)
         self._breakers = CompactedTopicReader(self.conn, cfg.topics.breaker, validate=BreakerSignal.from_dict)
         for sig in self._breakers.sync(timeout=60).values():
             self._breaker_latest[sig.model] = sig
@@ -219,7 +229,8 @@ class MonitorService:
         logger.info("consuming %s as group %s from %s (exactly-once: transactional.id %s, commit every %.1fs)",
                     ", ".join(topics), cfg.kafka.group_id, self.bootstrap,
                     self.checkpointer.producer_id, cfg.kafka.commit_interval_s)
-        last_log = last_commit = time.monotonic()
+        self._last_commit_wall = time.time()
+        self._last_log = last_commit = time.monotonic()
         seconds = self.stats.seconds
         if cfg.batch.decode_ahead and self._predictions.compiled:
             self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")
@@ -254,9 +265,7 @@ class MonitorService:
                     seconds["commit"] += time.perf_counter() - t0
                     last_commit = time.monotonic()
                     self.stats.page_commits += page
-                if now - last_log >= self.log_every_s:
-                    last_log = now
-                    self._log_progress()
+                self._tick_progress()
         except BaseException as exc:
             self.failure = exc
             raise
@@ -469,6 +478,9 @@ class MonitorService:
 
     def _committed_now(self, positions: dict[tuple[str, int], int]) -> None:
         """A transaction went through: its offsets are the group's."""
+        self._last_commit_wall = time.time()
+        if self.metrics is not None:
+            self.metrics.last_commit.set(self._last_commit_wall)
         self._failures = 0
         self.stats.commits += 1
         self._committed_by_us.update(positions)
@@ -593,7 +605,7 @@ class MonitorService:
             if isinstance(mon, Monitor) and mon.merged:
                 self._process_panes(mon, good)
             elif t in consumed.decoding:
-                self._process_task(mon, *consumed.decoding[t])
+                self._process_task(t, mon, *consumed.decoding[t])
 
     def _by_task(self, msgs: list[Message]) -> dict[TaskId, list[Message]]:
         # The common batch (no errors, one partition) is sorted without a Python loop over its messages
@@ -648,8 +660,8 @@ class MonitorService:
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, {self.cfg.topics.panes: len(msgs)},
                                        len(msgs) - len(kept) + len(out.rejected))
 
-    def _process_task(self, mon: Monitor | PaneBuilder, pred_msgs: list[Message], label_msgs: list[Message],
-                      decoding: Future[PredictionBatch]) -> None:
+    def _process_task(self, task: TaskId, mon: Monitor | PaneBuilder, pred_msgs: list[Message],
+                      label_msgs: list[Message], decoding: Future[PredictionBatch]) -> None:
         started = time.perf_counter()  # decode stage: waiting for the decode thread, dead letters, labels
         dead_before = self.stats.dead_letters
         topic_labels = self.cfg.topics.labels
@@ -660,7 +672,8 @@ class MonitorService:
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
         try:
-            out = mon.process_batch(preds, labels)
+            out = mon.process_batch(preds, labels, predictions_idle=self._read_to_end(task, pred_msgs),
+                                    labels_idle=self._read_to_end(task, label_msgs, topic_labels))
         except Exception as exc:  # a defect must not stop monitoring of every other model
             logger.exception("processing failed; the batch goes to the dead-letter topic")
             valid = sorted([p for me in preds.models.values() for p in me.positions] + list(preds.unknown))
@@ -690,6 +703,28 @@ class MonitorService:
                 unknown[name] = unknown.get(name, 0) + 1
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, topics,
                                        self.stats.dead_letters - dead_before, unknown)
+
+    def _read_to_end(self, task: TaskId, msgs: list[Message], topic: str | None = None) -> bool:
+        """Whether the task's partition of ``msgs``' topic (or of ``topic`` when the batch has none of it) has
+        been read to the end the consumer last heard of: only a stream with nothing left to read may be judged
+        stalled (see :mod:`..core.labels`); a replay or a consumer catching up is behind, not stalled. Not
+        known yet counts as not at the end."""
+        if msgs:
+            tp, nxt = TopicPartition(msgs[-1].topic(), msgs[-1].partition()), msgs[-1].offset() + 1
+        elif topic is None or not self._with_labels:
+            return True
+        else:
+            tp = TopicPartition(topic, task.number)
+            nxt = self._positions.get((topic, tp.partition), -1)
+        try:
+            marks = self.consumer.get_watermark_offsets(tp, cached=True)
+            if nxt < 0:
+                nxt = self.consumer.position([tp])[0].offset
+        except (KafkaException, RuntimeError, IndexError):
+            return False
+        if not marks or marks[1] < 0:
+            return False
+        return nxt >= marks[1] or (nxt < 0 and marks[0] >= marks[1])
 
     def _publish_and_advance(self, out: BatchOutput, decoded: float, parts: list[list[Message]]) -> None:
         """Publish a task's outputs (the core stage ran since ``decoded``) and move its positions past ``parts``
@@ -742,9 +777,29 @@ class MonitorService:
         self.stats.dead_letters += 1
         logger.warning("dead-lettered %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason[:300])
 
+    def _tick_progress(self) -> None:
+        """Between batches, and while a commit or a new producer is waited for: note whether work waits to be
+        committed, and log the progress line every ``log_every_s``."""
+        cp = getattr(self, "checkpointer", None)
+        self._pending = cp is not None and (cp.open or cp.committing) or not (
+            self._positions.items() <= self._committed_by_us.items())
+        now = time.monotonic()
+        if now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            self._log_progress()
+
+    def _stalled_since(self) -> float | None:
+        """Wall time of the last commit, when work has waited since for longer than the stall threshold."""
+        since = self._last_commit_wall
+        return since if self._pending and time.time() - since >= self._stall_s else None
+
+    def _stalled_seconds(self) -> float:
+        since = self._stalled_since()
+        return 0.0 if since is None else time.time() - since
+
     def _log_progress(self) -> None:
         logger.info("%s", self._progress.line(self.stats, getattr(self, "consumer", None), self._positions,
-                                              len(self.tasks)))
+                                              len(self.tasks), self._stalled_since()))
 
 
 def _bounded(record: dict[str, Any]) -> bytes:
