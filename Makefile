@@ -34,6 +34,7 @@ bench: install               ## benchmark figures (see README, "Measured figures
 	$(PY) bench/label_join.py
 	$(PY) bench/kafka_throughput.py
 	$(PY) bench/scale_out.py
+	$(PY) bench/alert_latency.py
 	$(PY) bench/detection.py     # peers too: see the script for their environment, then --peers
 
 docs: install                ## docs/backtest-report.png: the report test's own Chromium render of its report

@@ -91,6 +91,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError("\n".join(f"{args.config}: {line}" for line in str(exc).splitlines())) from None
     print(f"{args.config}: OK, {len(cfg.models)} model(s): {', '.join(cfg.models)}")
+    t = cfg.topics
+    inputs = [t.predictions] + ([t.labels] if any(m.uses_labels for m in cfg.models.values()) else [])
+    internal = [t.state, t.join] + ([t.panes, t.references] if cfg.scale_out.enabled else [])
+    print(f"group {cfg.kafka.group_id}: reads {', '.join(inputs)}; writes {t.alerts}, {t.breaker}, {t.metrics}, "
+          f"{t.dead_letter}; internal {', '.join(internal)}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DriftConfig",
     "EventsConfig",
+    "INTERNAL_TOPICS",
     "KafkaConfig",
     "ModelConfig",
     "MonitorConfig",
@@ -82,12 +84,23 @@ class KafkaConfig(_Frozen):
     producer: dict[str, Any] = Field(default_factory=dict)  # extra librdkafka producer settings
 
 
+#: Topics only the monitor itself reads back (its state and its instances' traffic). Unless configured, each
+#: is named ``<kafka.group_id>.<role>`` by :class:`MonitorConfig`, as Kafka Streams names its internal topics
+#: after its application.id: two deployments (two groups) on one cluster never read each other's state. The
+#: defaults below are the names for the default group id, ``stream-monitor``.
+INTERNAL_TOPICS = ("state", "join", "panes", "references")
+
+#: What Kafka accepts as a topic name.
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
 class TopicsConfig(_Frozen):
     predictions: str = "predictions"
     labels: str = "labels"
     alerts: str = "stream-monitor.alerts"
     breaker: str = "stream-monitor.breaker"
     dead_letter: str = "stream-monitor.dead-letter"
+    # internal (INTERNAL_TOPICS): unless set, named after kafka.group_id when the MonitorConfig is validated
     state: str = "stream-monitor.state"  # compacted: references and alert state, restored after a restart
     metrics: str = "stream-monitor.metrics"  # window reports: drift statistics, performance, coverage, latency
     join: str = "stream-monitor.join"  # compacted changelog of the label join's pending entries
@@ -96,6 +109,21 @@ class TopicsConfig(_Frozen):
     references: str = "stream-monitor.references"  # scale-out mode: warm-up references (compacted)
     partitions: int = Field(3, gt=0)  # for the topics the monitor creates
     replication_factor: int = Field(1, gt=0)
+
+    def for_group(self, group_id: str) -> TopicsConfig:
+        """These topics with every internal topic that was not configured named after ``group_id``.
+
+        The result remembers which names were configured (its ``model_fields_set`` is this one's), so resolving
+        it again for another group renames the derived ones too."""
+        derived = {role: f"{group_id}.{role}" for role in INTERNAL_TOPICS if role not in self.model_fields_set}
+        bad = [role for role, name in derived.items() if not TOPIC_NAME.match(name)]
+        if bad:
+            raise ValueError(f"topics.{bad[0]}: kafka.group_id {group_id!r} gives no valid topic name "
+                             f"({derived[bad[0]]!r}): set {', '.join(f'topics.{r}' for r in bad)}, or use a group "
+                             "id of at most 240 letters, digits, '.', '_' and '-'")
+        if not derived:
+            return self
+        return TopicsConfig.model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **derived})
 
 
 class EventsConfig(_Frozen):
@@ -473,6 +501,14 @@ class MonitorConfig(_Frozen):
         if not v:
             raise ValueError("configure at least one model")
         return v
+
+    @model_validator(mode="after")
+    def _internal_topics_of_this_group(self) -> MonitorConfig:
+        # Every reader of cfg.topics.state (the runner, the CLI, the tests) sees the resolved name. The object
+        # is frozen; this is its construction. Hazard: model_copy(update={"kafka": ...}) does not validate, so a
+        # copy with another group keeps these names; copy with topics=cfg.topics.for_group(new_group) too.
+        object.__setattr__(self, "topics", self.topics.for_group(self.kafka.group_id))
+        return self
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

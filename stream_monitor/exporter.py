@@ -96,6 +96,15 @@ class MonitorMetrics:
         self.consumer_lag = Gauge("stream_monitor_consumer_lag_messages",
                                   "Messages in the assigned partitions not yet consumed (high watermark minus "
                                   "position), per input topic", ["topic"], registry=r)
+        self.last_commit = Gauge("stream_monitor_last_commit_timestamp_seconds",
+                                 "When the last transaction (outputs, state and offsets) committed, epoch seconds",
+                                 registry=r)
+        # computed at scrape time: it must count up while the loop is blocked (a wedged commit, a broker away)
+        self.stalled = Gauge("stream_monitor_stalled_seconds",
+                             "Seconds since the last commit while processed work waits to be committed (0 when "
+                             "commits go through): the broker is away, a commit is wedged or refused", registry=r)
+        self._stalled: Callable[[], float] = float
+        self.stalled.set_function(lambda: self._stalled())
         self.windows = Counter("stream_monitor_windows", "Drift windows evaluated (again after a rewind)",
                                ["model"], registry=r)
         self.drift = Gauge("stream_monitor_drift_statistic", "Latest window's decision statistic per feature",
@@ -128,6 +137,10 @@ class MonitorMetrics:
     def bind(self, tasks: Callable[[], Iterable[Monitor]]) -> None:
         """Where the scrape-time figures come from: a callable returning the live monitors (one per task)."""
         self._tasks = tasks
+
+    def bind_stalled(self, seconds: Callable[[], float]) -> None:
+        """Where ``stream_monitor_stalled_seconds`` comes from: a callable read at scrape time."""
+        self._stalled = seconds
 
     def observe_batch(self, out: BatchOutput, monitor: Monitor, seconds: float, topics: dict[str, int],
                       dead_letters: int, unknown: dict[str, int] | None = None) -> None:

@@ -24,6 +24,7 @@ def write_config(tmp_path, **model):
 def test_check_config_reports_the_bad_key(tmp_path, capsys):
     good = write_config(tmp_path)
     assert main(["check-config", "--config", str(good)]) == 0
+    assert "group stream-monitor: " in capsys.readouterr().out  # names the topics it would use
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": {"m": {**model_config(), "window": {"size": -1}}}}))
     assert main(["check-config", "--config", str(bad)]) == 2
@@ -163,3 +164,11 @@ def test_version_and_exit_codes(tmp_path, capsys, monkeypatch):
     assert "model 'nope' is not in" in capsys.readouterr().err
     assert main(["backtest", "--config", str(cfg)]) == 2  # neither --input nor --topic
     assert "either --input" in capsys.readouterr().err
+
+
+def test_check_config_names_the_internal_topics_of_the_group(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"group_id": "fraud"}, "models": {"m": model_config()}}))
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "group fraud: reads predictions; " in out and "internal fraud.state, fraud.join" in out

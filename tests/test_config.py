@@ -54,3 +54,36 @@ def test_unreadable_file_is_a_config_error(tmp_path):
     bad.write_text("models: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_internal_topics_are_named_after_the_group_id():
+    cfg = parse_config({"kafka": {"group_id": "fraud-eu"}, "models": {"m": MODEL}})
+    t = cfg.topics
+    assert (t.state, t.join, t.panes, t.references) == ("fraud-eu.state", "fraud-eu.join", "fraud-eu.panes",
+                                                        "fraud-eu.references")
+    assert t.alerts == "stream-monitor.alerts" and t.predictions == "predictions"  # outputs and inputs: as set
+
+
+def test_the_default_group_keeps_the_internal_topic_names_of_earlier_versions():
+    t = parse_config({"models": {"m": MODEL}}).topics
+    assert (t.state, t.join, t.panes, t.references) == ("stream-monitor.state", "stream-monitor.join",
+                                                        "stream-monitor.panes", "stream-monitor.references")
+
+
+def test_an_explicit_internal_topic_name_wins_over_the_derived_one():
+    # even one equal to the old default: a deployment that names its state topic keeps it under any group id
+    cfg = parse_config({"kafka": {"group_id": "g2"}, "topics": {"state": "stream-monitor.state", "join": "j"},
+                        "models": {"m": MODEL}})
+    assert (cfg.topics.state, cfg.topics.join, cfg.topics.panes) == ("stream-monitor.state", "j", "g2.panes")
+    # resolving again for another group renames only what was derived
+    again = cfg.topics.for_group("g3")
+    assert (again.state, again.join, again.panes, again.references) == ("stream-monitor.state", "j", "g3.panes",
+                                                                        "g3.references")
+
+
+def test_a_group_id_that_makes_no_topic_name_is_a_config_error_unless_the_topics_are_named():
+    with pytest.raises(ConfigError, match="x.yaml: topics.state: kafka.group_id 'team a' gives no valid topic name"):
+        parse_config({"kafka": {"group_id": "team a"}, "models": {"m": MODEL}}, "x.yaml")
+    named = {r: f"team-a.{r}" for r in ("state", "join", "panes", "references")}
+    assert parse_config({"kafka": {"group_id": "team a"}, "topics": named, "models": {"m": MODEL}}).topics.state \
+        == "team-a.state"

@@ -20,7 +20,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_rules_pass_promtool_check():
     done = promtool("check", "rules", "stream-monitor.rules.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_rule_unit_tests_pass_and_cover_every_alert():
@@ -52,4 +52,4 @@ def test_rules_only_use_metrics_the_monitor_exports():
 def test_compose_prometheus_config_is_valid_and_loads_the_rules():
     done = promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout

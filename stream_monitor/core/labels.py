@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,11 +120,12 @@ class LabelJoin:
         self.counters = JoinCounters()
         self.prediction_watermark = -math.inf  # largest prediction event time seen
         self.label_watermark = -math.inf  # largest label event time seen
-        # Whether each stream has been read to its end (set by the caller with every batch): only a stream
-        # with nothing left to read can be *stalled*. One still being read (a replay, a consumer catching up on
-        # one topic) is merely behind, and waiting for it keeps the outputs independent of read order.
-        self.predictions_idle = True
-        self.labels_idle = True
+        # Whether each stream has been read to its end (set by the caller with every batch; a callable is asked
+        # only when the answer matters, at most once): only a stream with nothing left to read can be
+        # *stalled*. One still being read (a replay, a consumer catching up on one topic) is merely behind,
+        # and waiting for it keeps the outputs independent of read order.
+        self.predictions_idle: bool | Callable[[], bool] = True
+        self.labels_idle: bool | Callable[[], bool] = True
         self._stale: dict[str, None] = {}  # changelog keys to delete (a checkpoint this store could not use)
 
     def forget(self, keys: list[str]) -> None:
@@ -221,9 +223,16 @@ class LabelJoin:
         """Event time up to which both streams have been read: the slower one, at most ``label_stall_s`` behind
         the predictions when the label stream has nothing more to read (stalled)."""
         both = min(self.prediction_watermark, self.label_watermark)
-        if not self.labels_idle:
-            return both
-        return max(both, self.prediction_watermark - self.cfg.label_stall_s)
+        stalled = self.prediction_watermark - self.cfg.label_stall_s
+        return stalled if stalled > both and self._idle("labels_idle") else both
+
+    def _idle(self, side: str) -> bool:
+        """Whether ``side``'s stream was read to its end (asking the caller's callable once, if it gave one)."""
+        v = getattr(self, side)
+        if callable(v):
+            v = bool(v())
+            setattr(self, side, v)
+        return v
 
     @property
     def pending(self) -> int:
@@ -396,9 +405,9 @@ class LabelJoin:
         pw, lw = self.prediction_watermark, self.label_watermark
         preds, labels = self._stores["p"], self._stores["l"]
         self.counters.expired_predictions += preds.expire(
-            (max(lw, pw - stall) if self.labels_idle else lw) - self.cfg.ttl_s)
+            (pw - stall if pw - stall > lw and self._idle("labels_idle") else lw) - self.cfg.ttl_s)
         self.counters.expired_labels += labels.expire(
-            (max(pw, lw - stall) if self.predictions_idle else pw) - self.cfg.ttl_s)
+            (lw - stall if lw - stall > pw and self._idle("predictions_idle") else pw) - self.cfg.ttl_s)
         over = self.pending - self.cfg.max_pending
         if over > 0:  # the larger side loses its oldest first; level sides lose one each in turn
             gap = preds.live - labels.live

@@ -802,14 +802,15 @@ class Monitor:
         return self.process_batch([], events)
 
     def process_batch(self, predictions: list[dict[str, Any]] | PredictionBatch,
-                      labels: list[dict[str, Any]], *, predictions_idle: bool = True,
-                      labels_idle: bool = True) -> BatchOutput:
+                      labels: list[dict[str, Any]], *, predictions_idle: bool | Callable[[], bool] = True,
+                      labels_idle: bool | Callable[[], bool] = True) -> BatchOutput:
         """Feed one consumed batch: predictions first, then labels; returns everything to publish.
 
         ``predictions`` are decoded events (dicts), or a :class:`~.events.PredictionBatch` from a
         :class:`~.events.PredictionDecoder` (the Kafka edge's fast path); ``unknown_predictions`` of the output
         are positions in it. ``predictions_idle``/``labels_idle``: that stream has been read to its end with
         this batch (only then can it be stalled, see :mod:`.labels`); a replay says False until its last batch.
+        A callable is asked only when a stall would change something (rarely).
         """
         out = BatchOutput()
         batch = predictions if isinstance(predictions, PredictionBatch) else \

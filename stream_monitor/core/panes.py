@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -305,7 +305,8 @@ class PaneBuilder:
         return None
 
     def process_batch(self, predictions: PredictionBatch, labels: list[dict[str, Any]], *,
-                      predictions_idle: bool = True, labels_idle: bool = True) -> BatchOutput:
+                      predictions_idle: bool | Callable[[], bool] = True,
+                      labels_idle: bool | Callable[[], bool] = True) -> BatchOutput:
         """Add one consumed batch: predictions, then labels (joined here: both topics keyed by event id); what
         to publish comes from :meth:`checkpoint`."""
         out = BatchOutput()

@@ -104,8 +104,8 @@ class Connection:
     def producer(self, role: Mapping[str, Any]) -> Producer:
         return Producer(self.config(role))
 
-    def admin(self) -> AdminClient:
-        return AdminClient(self.config())
+    def admin(self, role: Mapping[str, Any] | None = None) -> AdminClient:
+        return AdminClient(self.config(role))
 
     def reader_config(self) -> dict[str, Any]:
         """Settings for :class:`~.compacted.CompactedTopicReader` (which adds its own consumer settings)."""

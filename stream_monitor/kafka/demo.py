@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = uuid.uuid4().hex[:6]  # fresh topics and group: reruns against your own cluster start clean
     base = load_config(args.config)
+    # the internal topics (state, join, ...) follow the demo's group id: demo-<run>.state, ...
     topics = base.topics.model_copy(update={
         "predictions": f"demo-{run}.predictions", "labels": f"demo-{run}.labels", "alerts": f"demo-{run}.alerts",
-        "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter", "state": f"demo-{run}.state",
-        "metrics": f"demo-{run}.metrics", "join": f"demo-{run}.join",
-        "partitions": 1})
+        "breaker": f"demo-{run}.breaker", "dead_letter": f"demo-{run}.dead-letter",
+        "metrics": f"demo-{run}.metrics", "partitions": 1}).for_group(f"demo-{run}")
     cfg = base.model_copy(update={"topics": topics,
                                   "kafka": base.kafka.model_copy(update={"group_id": f"demo-{run}"})})
     with kafka_broker() as bootstrap:

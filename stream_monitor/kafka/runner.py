@@ -10,7 +10,8 @@ encoded in :mod:`..core.state`), so restoring a task reads one partition, not th
 **Exactly once.** One Kafka transaction carries, for every batch since the previous commit: the outputs
 (alerts, breaker signals, window reports, dead letters), the state records that changed (see
 :class:`~..core.monitor.Checkpoint`) and the consumer offsets (``send_offsets_to_transaction``). It commits
-every ``kafka.commit_interval_s``, before partitions are revoked, and on stop. Readers of the outputs and of
+every ``kafka.commit_interval_s``, right after a batch that paged (an alert or a breaker signal: see
+:data:`PAGE_POLL_S`), before partitions are revoked, and on stop. Readers of the outputs and of
 the state use ``isolation.level=read_committed``, so whatever happens — a crash, a rebalance, a refused output,
 a broker restart — they see each batch's effects once or not at all, and a restarted or new owner of a task
 resumes from state that matches its committed offsets exactly: no event counted twice or lost, the same
@@ -155,6 +156,8 @@ class MonitorService:
         # task -> its state: N (predictions/labels partition N), pN (panes partition N, scale-out)
         self.tasks: dict[TaskId, Monitor | PaneBuilder] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per assigned partition
+        # per partition: the end offset the broker gave, and whether we were at it (see _read_to_end)
+        self._ends: dict[tuple[str, int], tuple[int, bool]] = {}
         self._committed_by_us: dict[tuple[str, int], int] = {}  # what our last commit said, per partition
         self._parked: dict[TaskId, Monitor | PaneBuilder] = {}  # tasks revoked after a commit, reusable if nobody moved on
         self._stop = threading.Event()
@@ -672,8 +675,9 @@ class MonitorService:
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
         try:
-            out = mon.process_batch(preds, labels, predictions_idle=self._read_to_end(task, pred_msgs),
-                                    labels_idle=self._read_to_end(task, label_msgs, topic_labels))
+            out = mon.process_batch(preds, labels,
+                                    predictions_idle=functools.partial(self._read_to_end, task, pred_msgs),
+                                    labels_idle=functools.partial(self._read_to_end, task, label_msgs, topic_labels))
         except Exception as exc:  # a defect must not stop monitoring of every other model
             logger.exception("processing failed; the batch goes to the dead-letter topic")
             valid = sorted([p for me in preds.models.values() for p in me.positions] + list(preds.unknown))
@@ -706,9 +710,11 @@ class MonitorService:
 
     def _read_to_end(self, task: TaskId, msgs: list[Message], topic: str | None = None) -> bool:
         """Whether the task's partition of ``msgs``' topic (or of ``topic`` when the batch has none of it) has
-        been read to the end the consumer last heard of: only a stream with nothing left to read may be judged
-        stalled (see :mod:`..core.labels`); a replay or a consumer catching up is behind, not stalled. Not
-        known yet counts as not at the end."""
+        been read to its end: only a stream with nothing left to read may be judged stalled (see
+        :mod:`..core.labels`); a replay or a consumer catching up is behind, not stalled. Asked only when a
+        stall would change something (rarely), so it asks the broker for the end offset rather than trust the
+        last fetch's (the other topic's records may have been fetched first). Unknown counts as not at the
+        end."""
         if msgs:
             tp, nxt = TopicPartition(msgs[-1].topic(), msgs[-1].partition()), msgs[-1].offset() + 1
         elif topic is None or not self._with_labels:
@@ -716,15 +722,23 @@ class MonitorService:
         else:
             tp = TopicPartition(topic, task.number)
             nxt = self._positions.get((topic, tp.partition), -1)
+        key = (tp.topic, tp.partition)
         try:
-            marks = self.consumer.get_watermark_offsets(tp, cached=True)
-            if nxt < 0:
+            if nxt < 0:  # nothing of it processed yet: where the consumer stands (local, no request)
                 nxt = self.consumer.position([tp])[0].offset
+            known = self._ends.get(key)
+            if known is not None and (0 <= nxt < known[0] or nxt < 0):
+                # the broker said the end is further on (or nothing was read since it answered): no need to
+                # ask again before we get there
+                return nxt < 0 and known[1]
+            marks = self.consumer.get_watermark_offsets(tp, timeout=5)
         except (KafkaException, RuntimeError, IndexError):
             return False
         if not marks or marks[1] < 0:
             return False
-        return nxt >= marks[1] or (nxt < 0 and marks[0] >= marks[1])
+        at_end = nxt >= marks[1] or (nxt < 0 and marks[0] >= marks[1])
+        self._ends[key] = (marks[1], at_end)
+        return at_end
 
     def _publish_and_advance(self, out: BatchOutput, decoded: float, parts: list[list[Message]]) -> None:
         """Publish a task's outputs (the core stage ran since ``decoded``) and move its positions past ``parts``
