@@ -1,18 +1,20 @@
 """The monitoring core: decoded events in; alerts, breaker signals, reports and checkpoints out. No Kafka here.
 
 :class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
-calendar reference store, the label join, performance windows and concept-drift detectors.
+calendar reference store, and its label side (:class:`~.tracking.LabelTracker`: the label join, performance
+windows and concept-drift detectors), each part with its own state record kinds (:mod:`.state`).
 :class:`Monitor` routes a batch of events to the model monitors and runs the alert policy on what they find.
 The Kafka edge (``stream_monitor.kafka.runner``) keeps one :class:`Monitor` per input partition, feeds
 :meth:`Monitor.process_batch` with each consumed batch and publishes what it returns.
 
 **Determinism.** Given the same events in the same order, a monitor produces the same windows, alerts (ids
 and statuses), breaker decisions and reports however the stream was cut into batches: samples are keyed by
-event id (:mod:`.keys`), time windows advance their watermark event by event, and nothing draws random
-numbers. **Checkpoints** (:meth:`Monitor.checkpoint`) are plain, versioned data: a small ``core`` record per
-model plus one record per pane, history pane, warm-up chunk and pair sample, each rewritten only when it
-changed (tombstones for the ones that went away); :meth:`Monitor.restore` rebuilds exactly the state they
-describe. A restored monitor continues as if it had never stopped.
+event id (:mod:`.keys`), time windows advance their watermark event by event, the label side advances record
+by record in event time (:mod:`.tracking`), and nothing draws random numbers. **Checkpoints**
+(:meth:`Monitor.checkpoint`) are plain, versioned data (:mod:`.state`): a small ``core`` record per model plus
+one record per pane, history pane, warm-up chunk and pair sample, each rewritten only when it changed
+(tombstones for the ones that went away); :meth:`Monitor.restore` rebuilds exactly the state they describe. A
+restored monitor continues as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
 from .drift import Finding, evaluate_windows
 from .concept import ConceptDriftDetectors
 from .events import ModelEvents, PredictionBatch
-from .keys import event_keys, key_fraction
-from .labels import (JoinedPair, LabelJoin, PerformanceTracker, counts_from_plain, pairs_from_rows,
-                     pairs_plain)
+from .keys import key_fraction
+from .labels import LabelJoin, PerformanceTracker, counts_from_plain, pairs_from_rows
 from .sketches import LatencySketch, Pane, clip
 from .state import RecordKey, by_model, parts_of
+from .tracking import LabelOutput, LabelTracker
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
 from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord,
@@ -202,16 +204,10 @@ class ModelMonitor:
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
         self.history: WindowHistory | None = None
-        # scale-out: the pane builders join labels; this model's deciding task gets their pairs
-        self.join = LabelJoin(cfg.join) if self.labels_enabled and self.merged_idle_s is None else None
-        self._label_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)  # scale-out: maturity
-        self.performance = (PerformanceTracker(cfg.name, cfg.performance, cfg.join.sample_rate)
-                            if self.labels_enabled else None)
-        self.concept = ConceptDriftDetectors(cfg.concept_drift, cfg.performance.task) if cfg.concept_drift else None
+        # the join, performance, concept drift (scale-out: the pane builders join; this task gets their pairs)
+        self.labels = LabelTracker(cfg, self.merged_idle_s, self.sources) if self.labels_enabled else None
         self.last_version = ""
         self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
-        self._held: list[JoinedPair] = []  # joined, waiting for the label frontier (see label_outputs)
-        self._held_stamp = 0
         self.built_reference: Reference | None = None  # a warm-up reference just built (scale-out publishes it)
         # scale-out: how far every partition has read (the warm-up waits for it)
         self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
@@ -347,28 +343,13 @@ class ModelMonitor:
             assert isinstance(self.windows, (MergedCountWindows, MergedTimeWindows))
             self.last_version = piece.main_version or self.last_version
             closed += self.windows.add_piece(rec.index, piece)
-        if self.performance is not None:
-            self.performance.add_prediction_counts(counts)
-            if pairs:
-                self._add_pairs(pairs)
-            self._label_clock.advance(rec.source, rec.at, rec.label_wm)
+        if self.labels is not None:
+            self.labels.add_piece(counts, pairs, rec.source, rec.at, rec.label_wm)
         if rec.watermark is not None:
             self.last_event_time = max(self.last_event_time or rec.watermark, rec.watermark)
         if isinstance(self.windows, (MergedCountWindows, MergedTimeWindows)):
             closed += self.windows.advance(rec.source, rec.at, rec.watermark)
         return self._evaluate(closed)
-
-    def _add_pairs(self, pairs: list[JoinedPair]) -> None:
-        """Joined pairs wait until the label frontier passes the time they complete (:meth:`label_outputs`)."""
-        if pairs:
-            self._held.extend(pairs)
-            self._held_stamp += 1
-
-    def _detection(self, i: int, pair: JoinedPair) -> Finding:
-        """A concept-drift detector fired on ``pair``: a finding to alert on now (not at maturity)."""
-        return Finding(None, "concept_drift", self.cfg.concept_drift[i].type, 2.0, 1.0, True, None, 1,
-                       {"detected_at_prediction_time": pair.prediction_time, "event_id": pair.event_id,
-                        "label_time": pair.label_time}, consecutive=1, severity="critical")
 
     def observe_predictions(self, batch: ModelEvents) -> None:
         """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and the
@@ -378,100 +359,32 @@ class ModelMonitor:
         if self.last_event_time is None or newest > self.last_event_time:
             self.last_event_time = newest
         self.dirty = True
-        if self.join is not None and self.performance is not None:
-            events, keys = self.join.sample(batch.events(), batch.cols.key, "p")
-            self.performance.add_predictions(events)
-            self._add_pairs(self.join.add_predictions(events, keys, expire=False))  # labels that arrived first
+        if self.labels is not None:
+            self.labels.observe_predictions(batch.events(), batch.cols.key)
 
     def update_labels(self, events: list[dict[str, Any]]) -> None:
-        """Add decoded label events of this model: outside ``join.sample_rate`` they are counted and dropped
-        without a lookup; a label that carries its prediction is a pair at once (and its prediction counts in
-        its performance window)."""
-        if self.join is None or self.performance is None:
-            return
-        self.dirty = True
-        events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
-        pairs = self.join.add_labels(events, keys, expire=False)
-        carried = [p for p in pairs if p.carried]
-        if carried:
-            self.performance.add_predictions([{"timestamp": p.prediction_time, "prediction": p.prediction,
-                                               "score": p.score} for p in carried])
-        self._add_pairs(pairs)
+        """Add decoded label events of this model (see :meth:`.tracking.LabelTracker.update_labels`)."""
+        if self.labels is not None and self.labels.join is not None:
+            self.dirty = True
+            self.labels.update_labels(events)
+
+    def label_outputs(self) -> list[LabelOutput]:
+        """The label side's decisions since the last call, in event-time order
+        (:meth:`.tracking.LabelTracker.outputs`)."""
+        return [] if self.labels is None else self.labels.outputs()
+
+    # the label side's parts, for the edge, the exporter and tests
+    @property
+    def join(self) -> LabelJoin | None:
+        return self.labels.join if self.labels is not None else None
 
     @property
-    def label_frontier(self) -> float:
-        """Event time up to which both label-side streams have been read (see :mod:`.labels`)."""
-        return self._label_clock.low() if self.join is None else self.join.maturity_watermark
+    def performance(self) -> PerformanceTracker | None:
+        return self.labels.performance if self.labels is not None else None
 
-    def label_outputs(self) -> list[tuple[str, Any, list[Finding]]]:
-        """What the label side decided since the last call, in event-time order: ``("detection", pair,
-        [finding])`` for a concept-drift detector that fired, ``("report", report, findings)`` for a performance
-        window that matured.
-
-        Record by record, not batch by batch: the joined pairs that complete at or before the label frontier
-        are released in the order of the time they complete (then of their event key), and a window matures
-        before the first pair that completes after its end + ``maturity_s``. So a window holds exactly the
-        pairs that completed by its deadline, and the detectors and the estimate's calibration see the pairs in
-        one order, however the streams were cut into batches, replayed or restarted."""
-        if self.performance is None:
-            return []
-        if self.join is not None:  # once the batch's predictions and labels are both in: a label read with
-            self.join.expire()     # the prediction stream's next step still joins (see LabelJoin._within_ttl)
-        frontier = self.label_frontier
-        ready = [p for p in self._held if p.completed <= frontier]
-        if not ready:
-            return self._matured(frontier)
-        self._held = [p for p in self._held if p.completed > frontier]
-        self._held_stamp += 1
-        keys = event_keys([p.event_id for p in ready]).tolist()
-        order = sorted(range(len(ready)), key=lambda i: (ready[i].completed, keys[i], ready[i].event_id))
-        ready = [ready[i] for i in order]
-        done = np.array([p.completed for p in ready])
-        out: list[tuple[str, Any, list[Finding]]] = []
-        i = 0
-        while i < len(ready):
-            out += self._matured(float(np.nextafter(done[i], -np.inf)))  # deadlines before this pair
-            j = max(i + 1, int(np.searchsorted(done, self.performance.next_deadline(), side="right")))
-            chunk = ready[i:j]
-            self.performance.add_pairs(chunk)
-            if self.concept is not None:
-                for k, pair in self.concept.update(chunk):
-                    out.append(("detection", pair, [self._detection(k, pair)]))
-            i = j
-        return out + self._matured(frontier)
-
-    def _matured(self, watermark: float) -> list[tuple[str, Any, list[Finding]]]:
-        """Performance windows whose deadline is at or before ``watermark``, each with its findings."""
-        assert self.performance is not None
-        perf = self.cfg.performance
-        out: list[tuple[str, Any, list[Finding]]] = []
-        for rep in self.performance.mature(watermark):
-            findings = []
-            for metric, bound in perf.thresholds.items():
-                v = rep.metrics.get(metric)
-                if v is None or v != v:  # not computed (too few labels) or undefined
-                    continue
-                lo, hi = rep.interval.get(metric, [v, v])  # sampling error: the whole interval must be beyond
-                low = bound.min is not None and hi < bound.min
-                high = bound.max is not None and lo > bound.max
-                thr = bound.min if bound.min is not None and (v < bound.min or bound.max is None) else bound.max
-                findings.append(Finding(None, "performance", metric, v, float(thr), bool(low or high), None,
-                                        rep.labeled, {"estimated": rep.estimated, "coverage": rep.coverage,
-                                                      "interval": [lo, hi], "confidence": perf.confidence}))
-            if perf.min_coverage is not None and rep.predictions:
-                findings.append(Finding(None, "label_coverage", "coverage", rep.coverage, perf.min_coverage,
-                                        rep.coverage < perf.min_coverage, None, rep.predictions,
-                                        {"lag_p50_s": rep.lag_p50_s, "lag_p95_s": rep.lag_p95_s},
-                                        severity=None))
-            if self.concept is not None:
-                for dcfg, (name, drifts, warnings) in zip(self.cfg.concept_drift, self.concept.take()):
-                    level = 2.0 if drifts else (1.0 if warnings else 0.0)
-                    pages = drifts > 0 or (warnings > 0 and dcfg.page_warnings)  # warnings are reported
-                    findings.append(Finding(None, "concept_drift", name, level, 1.0, pages, None, rep.labeled,
-                                            {"drifts": drifts, "warnings": warnings}, consecutive=1,
-                                            severity="critical" if drifts else "warning"))
-            out.append(("report", rep, findings))
-        return out
+    @property
+    def concept(self) -> ConceptDriftDetectors | None:
+        return self.labels.concept if self.labels is not None else None
 
     def _build_warmup_reference(self) -> Reference:
         cfg = self.cfg
@@ -589,11 +502,8 @@ class ModelMonitor:
             if store is not None:
                 for pid, pane in store.pieces():
                     yield self._key(kind, pid), pane.stamp, pane.snapshot
-        if self.performance is not None:
-            for w, stamp, make in self.performance.pieces():
-                yield self._key("perf", w), stamp, make
-            if self._held:
-                yield self._key("held"), self._held_stamp, lambda: pairs_plain(self._held)
+        if self.labels is not None:
+            yield from self.labels.pieces(self.cfg.name)
 
     def _core(self) -> dict[str, Any]:
         return {
@@ -605,10 +515,8 @@ class ModelMonitor:
             "windows": self.windows.snapshot() if self.windows is not None else None,
             "rolling": self.rolling.snapshot() if self.rolling is not None else None,
             "calendar": self.calendar.snapshot() if self.calendar is not None else None,
-            "join": self.join.snapshot() if self.join is not None else None,
-            "performance": self.performance.snapshot() if self.performance is not None else None,
-            "concept": self.concept.snapshot() if self.concept is not None else None,
-            "label_clock": self._label_clock.snapshot() if self.merged_idle_s is not None else None,
+            **(self.labels.snapshot() if self.labels is not None else
+               {"join": None, "performance": None, "concept": None, "label_clock": None}),
         }
 
     def checkpoint(self, extra: dict[str, Any]) -> dict[RecordKey, Any]:
@@ -616,8 +524,7 @@ class ModelMonitor:
 
         ``extra`` (the alert policy's and the breaker's state of this model) goes into the ``core`` record.
         """
-        joined = {} if self.join is None else {self._key("join", part): entry
-                                               for part, entry in self.join.take_changes().items()}
+        joined = {} if self.labels is None else self.labels.take_changes(self.cfg.name)
         if not self.dirty:
             return joined
         out, self._written = changed_records(self._pieces(), self._written, self._key("core"),
@@ -662,8 +569,8 @@ class ModelMonitor:
 
     def _forget(self, state_keys: list[RecordKey], join_parts: list[str]) -> None:
         self._written = {k: object() for k in state_keys}
-        if self.join is not None:
-            self.join.forget(join_parts)
+        if self.labels is not None:
+            self.labels.forget(join_parts)
         self.dirty = True
 
     def _restore(self, core: dict[str, Any], records: dict[str, Any]) -> None:
@@ -714,15 +621,8 @@ class ModelMonitor:
             if sum(cols.n for _, cols in self._warmup) != self._warmup_n:
                 raise ValueError("warm-up chunks do not add up to the checkpointed warm-up count")
         self.last_version = clip(str(core["last_version"]))
-        if self.join is not None and core.get("join") is not None:
-            self.join.restore(core["join"], parts_of(records, "join", live=False))
-        if self.performance is not None and core.get("performance") is not None:
-            self.performance.restore(core["performance"], parts_of(records, "perf"))
-            self._held = pairs_from_rows(records.get(self._key("held")) or [])
-        if self.concept is not None and core.get("concept") is not None:
-            self.concept.restore(core["concept"])
-        if self.merged_idle_s is not None and core.get("label_clock") is not None:
-            self._label_clock.restore(core["label_clock"])
+        if self.labels is not None:
+            self.labels.restore(core, records)
 
 
 def changed_records(pieces: Iterator[tuple[RecordKey, Any, Callable[[], Any]]], written: dict[RecordKey, Any],

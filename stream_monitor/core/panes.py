@@ -165,14 +165,14 @@ class ModelPanes:
             return
         events, keys = self.join.sample(events, keys, "p")
         merge_counts(self._counts, prediction_counts(events, self.cfg.performance.window_s, self._positive))
-        self._pairs += self.join.add_predictions(events, keys)
+        self._pairs += self.join.add_predictions(events, keys, expire=False)
         self.dirty = self._fresh = True
 
     def update_labels(self, events: list[dict[str, Any]]) -> None:
         if self.join is None:
             return
         events, keys = self.join.sample(events, event_keys([e["event_id"] for e in events]), "l")
-        pairs = self.join.add_labels(events, keys)
+        pairs = self.join.add_labels(events, keys, expire=False)
         carried = [{"timestamp": p.prediction_time, "prediction": p.prediction, "score": p.score}
                    for p in pairs if p.carried]
         merge_counts(self._counts, prediction_counts(carried, self.cfg.performance.window_s, self._positive))
@@ -338,6 +338,9 @@ class PaneBuilder:
                 out.unknown_labels.extend(pos)
                 continue
             mp.update_labels([labels[i] for i in pos])
+        for mp in self.models.values():  # once the batch's predictions and labels are both in (see labels.py)
+            if mp.join is not None:
+                mp.join.expire()
         out.unknown_labels.sort()
         return out
 
