@@ -19,7 +19,8 @@ a consumer catching up on one topic does not report windows before it has read t
 at most ``join.label_stall_s`` for a stalled label stream (one read to its end: a stream still being read is
 behind, not stalled). A window holds the pairs that completed (label and prediction both there, in event
 time) by its end plus ``maturity_s``, and a pair joins when its label and prediction are at most ``ttl_s``
-apart in event time, so what a window holds does not depend on how the streams were cut into batches. A report has label coverage (share of the
+apart in event time, so what a window holds does not depend on how the streams were cut into batches (the
+order is kept by :class:`~.tracking.LabelTracker`). A report has label coverage (share of the
 window's predictions that have a label), label lag p50/p95, realized metrics on the joined pairs and, for
 binary classifiers with a score, the confidence-based estimate (CBPE) computed from all of the window's
 scores, so the estimate sits beside the realized value. Labels for an already reported window are counted

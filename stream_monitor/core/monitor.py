@@ -1,8 +1,9 @@
 """The monitoring core: decoded events in; alerts, breaker signals, reports and checkpoints out. No Kafka here.
 
 :class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
-calendar reference store, and its label side (:class:`~.tracking.LabelTracker`: the label join, performance
-windows and concept-drift detectors), each part with its own state record kinds (:mod:`.state`).
+calendar reference store, its warm-up (:class:`~.warmup.WarmUp`) and its label side
+(:class:`~.tracking.LabelTracker`: the label join, performance windows and concept-drift detectors), each part
+with its own state record kinds (:mod:`.state`).
 :class:`Monitor` routes a batch of events to the model monitors and runs the alert policy on what they find.
 The Kafka edge (``stream_monitor.kafka.runner``) keeps one :class:`Monitor` per input partition, feeds
 :meth:`Monitor.process_batch` with each consumed batch and publishes what it returns.
@@ -42,8 +43,9 @@ from .state import RecordKey, by_model, parts_of
 from .tracking import LabelOutput, LabelTracker
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
-from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord,
-                      SourceWatermarks, TimeWindows, WindowHistory)
+from .warmup import WarmUp
+from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, TimeWindows,
+                      WindowHistory)
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -197,9 +199,7 @@ class ModelMonitor:
     def _reset(self) -> None:
         cfg = self.cfg
         self.reference: Reference | None = None
-        self._warmup: list[tuple[int, Columns]] = []  # (chunk id, columns)
-        self._warmup_n = 0
-        self._chunk_id = 0
+        self.warmup = WarmUp(cfg.name, cfg.reference.size, self.merged_idle_s, self.sources)
         self.windows: CountWindows | TimeWindows | None = None
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
@@ -209,8 +209,6 @@ class ModelMonitor:
         self.last_version = ""
         self.last_event_time: float | None = None  # largest prediction timestamp seen (not checkpointed)
         self.built_reference: Reference | None = None  # a warm-up reference just built (scale-out publishes it)
-        # scale-out: how far every partition has read (the warm-up waits for it)
-        self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
         self.stale_pieces = 0  # scale-out: events in pieces binned on another reference (not counted)
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
@@ -265,46 +263,30 @@ class ModelMonitor:
     def _warm_up(self, cols: Columns) -> Columns:
         """Add ``cols`` to the warm-up; once it is complete, build the reference. Returns the events left over
         for the windows (none while warming up)."""
-        cfg = self.cfg
-        need = cfg.reference.size - self._warmup_n
-        self._warmup.append((self._chunk_id, cols.take(slice(0, need))))
-        self._chunk_id += 1
-        self._warmup_n += min(need, cols.n)
-        if self._warmup_n < cfg.reference.size:
+        rest = self.warmup.add(cols)
+        if rest is None:
             return cols.take(slice(0, 0))
-        self._start(self._build_warmup_reference())
-        self.built_reference = self.reference
-        logger.info("model %s: warm-up reference %s ready (%d events)", cfg.name, self.reference.id,
-                    self.reference.pane.n)  # type: ignore[union-attr]
-        return cols.take(slice(need, None))
+        self._built()
+        return rest
 
     def _warm_up_merged(self, cols: Columns | None, rec: PaneRecord) -> Columns | None:
-        """Scale-out warm-up: the reference is the ``reference.size`` earliest events by event time (ties by
-        key) over every partition, built once each partition has passed the last of them or gone idle, so every
-        deployment builds the same one whatever order the partitions were read in. Returns the later events
-        for the windows once built (None before)."""
-        cfg = self.cfg
-        if cols is not None and cols.n:
-            self._warmup.append((self._chunk_id, cols))
-            self._chunk_id += 1
-            self._warmup_n += cols.n
-        self._warm_clock.advance(rec.source, rec.at, rec.watermark)
-        if self._warmup_n < cfg.reference.size or rec.watermark is None:
-            return None  # (a watermark comes with the last record of a partition's flush: decide once per flush)
-        parts = [c for _, c in self._warmup]
-        every = Columns.concat(parts)
-        order = np.lexsort((every.key, every.event_time))
-        cut = float(every.event_time[order[cfg.reference.size - 1]])
-        if self._warm_clock.low() < cut:
-            return None  # a partition may still bring earlier events
-        self._warmup = [(self._chunk_id, every.take(np.sort(order[: cfg.reference.size])))]
-        self._chunk_id += 1
-        self._warmup_n = cfg.reference.size
-        rest = self._warm_up(every.take(order[cfg.reference.size:]))  # builds the reference
+        """Scale-out warm-up (:meth:`.warmup.WarmUp.add_merged`); returns the later events for the windows once
+        the reference is built (None before)."""
+        rest = self.warmup.add_merged(cols, rec)
+        if rest is None:
+            return None
+        self._built()
         if isinstance(self.windows, MergedTimeWindows):
-            self.windows.clock = self._warm_clock  # the windows go on from where the partitions are
-        self._warm_clock = SourceWatermarks(self.sources, self.merged_idle_s or 0.0)
+            self.windows.clock = self.warmup.clock  # the windows go on from where the partitions are
+        self.warmup = WarmUp(self.cfg.name, self.cfg.reference.size, self.merged_idle_s, self.sources)
         return rest
+
+    def _built(self) -> None:
+        """The warm-up is complete: its reference is built and the windows start."""
+        self._start(self._build_warmup_reference(self.warmup.take()))
+        self.built_reference = self.reference
+        logger.info("model %s: warm-up reference %s ready (%d events)", self.cfg.name, self.reference.id,
+                    self.reference.pane.n)  # type: ignore[union-attr]
 
     def update_pane_record(self, rec: PaneRecord) -> list[WindowResult]:
         """Scale-out: add one pane record of a prediction partition (see :mod:`.panes`); returns the windows
@@ -386,11 +368,8 @@ class ModelMonitor:
     def concept(self) -> ConceptDriftDetectors | None:
         return self.labels.concept if self.labels is not None else None
 
-    def _build_warmup_reference(self) -> Reference:
+    def _build_warmup_reference(self, cols: Columns) -> Reference:
         cfg = self.cfg
-        parts = [c for _, c in self._warmup]
-        self._warmup = []
-        cols = Columns.concat(parts)
         ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
                                      cfg.drift.max_categories, cfg.drift.max_known_categories,
                                      cfg.drift.sample_size, cfg.segments.keys, cfg.segments.top_n)
@@ -494,8 +473,7 @@ class ModelMonitor:
         if self.reference is not None and self.cfg.reference.type != "file":
             ref = self.reference
             yield self._key("ref"), ref.id, ref.to_dict
-        for i, cols in self._warmup:
-            yield self._key("warmup", i), i, cols.to_dict
+        yield from self.warmup.pieces()
         if self.history is not None:
             yield self._key("evidence"), self.history.stamp, self.history.snapshot
         for kind, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
@@ -509,8 +487,7 @@ class ModelMonitor:
         return {
             "v": FORMAT,
             "reference": self.reference.id if self.reference is not None else None,
-            "warmup": {"n": self._warmup_n, "chunks": [i for i, _ in self._warmup], "next": self._chunk_id}
-            | ({"clock": self._warm_clock.snapshot()} if self.merged_idle_s is not None else {}),
+            "warmup": self.warmup.snapshot(),
             "last_version": self.last_version,
             "windows": self.windows.snapshot() if self.windows is not None else None,
             "rolling": self.rolling.snapshot() if self.rolling is not None else None,
@@ -610,16 +587,8 @@ class ModelMonitor:
             logger.warning("model %s: checkpointed windows were built on reference %s, the config now uses %s; "
                            "windows start afresh", cfg.name, ref_id, self.reference.id if self.reference else None)
         elif self.reference is None:
-            wu = core["warmup"]
-            k, c, s = len(self.numeric), len(self.categorical), len(cfg.segments.keys)
-            self._warmup = [(int(i), Columns.from_dict(records[self._key("warmup", int(i))], k, c, s))
-                            for i in wu["chunks"]]
-            self._warmup_n = int(wu["n"])
-            self._chunk_id = int(wu["next"])
-            if "clock" in wu:
-                self._warm_clock.restore(wu["clock"])
-            if sum(cols.n for _, cols in self._warmup) != self._warmup_n:
-                raise ValueError("warm-up chunks do not add up to the checkpointed warm-up count")
+            self.warmup.restore(core["warmup"], records,
+                                (len(self.numeric), len(self.categorical), len(cfg.segments.keys)))
         self.last_version = clip(str(core["last_version"]))
         if self.labels is not None:
             self.labels.restore(core, records)
@@ -784,7 +753,7 @@ class Monitor:
     def adopt_reference(self, ref: Reference) -> None:
         """Scale-out: a model restored without its warm-up reference takes the published one."""
         mm = self.models.get(ref.model)
-        if mm is not None and mm.reference is None and not mm._warmup_n:
+        if mm is not None and mm.reference is None and not mm.warmup.n:
             mm._start(ref)
             mm.dirty = True
 

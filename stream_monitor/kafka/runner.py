@@ -159,7 +159,8 @@ class MonitorService:
         # per partition: the end offset the broker gave, and whether we were at it (see _read_to_end)
         self._ends: dict[tuple[str, int], tuple[int, bool]] = {}
         self._committed_by_us: dict[tuple[str, int], int] = {}  # what our last commit said, per partition
-        self._parked: dict[TaskId, Monitor | PaneBuilder] = {}  # tasks revoked after a commit, reusable if nobody moved on
+        # tasks revoked after a commit, reusable if nobody moved on
+        self._parked: dict[TaskId, Monitor | PaneBuilder] = {}
         self._stop = threading.Event()
         self._warned_topics: set[str] = set()
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config

@@ -56,7 +56,7 @@ def test_every_record_kind_is_read_back_after_a_restart(kafka_bootstrap, run_id)
             w: len(v) for w, v in perf.items()}, "every performance window's pairs are back"
         assert mon.models["roll"].rolling is not None and len(list(mon.models["roll"].rolling.pieces()))
         assert mon.models["cal"].calendar is not None and len(list(mon.models["cal"].calendar.pieces()))
-        assert mon.models["warm"].reference is None and mon.models["warm"]._warmup_n == 3000
+        assert mon.models["warm"].reference is None and mon.models["warm"].warmup.n == 3000
         assert mon.models["clf"].join.pending > 0
     assert again.service.stats.restore_errors == 0 and again.service.stats.skipped_records == 0
     assert metrics.checkpoint_errors._value.get() == 0
