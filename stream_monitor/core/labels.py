@@ -579,8 +579,10 @@ class PerformanceTracker:
                 for b, c in enumerate(add):
                     hist[b] += c
 
-    def add_pairs(self, pairs: list[JoinedPair]) -> None:
-        keys = event_keys([p.event_id for p in pairs]).tolist()
+    def add_pairs(self, pairs: list[JoinedPair], keys: list[int] | None = None) -> None:
+        """Count joined pairs in their windows; ``keys``: their event keys, when the caller has them."""
+        if keys is None:
+            keys = event_keys([p.event_id for p in pairs]).tolist()
         touched: set[int] = set()
         for key, p in zip(keys, pairs):
             if p.score is not None and self.positive is not None and self._cal_n < self.cfg.calibration_pairs:

@@ -481,7 +481,7 @@ class ModelMonitor:
                 for pid, pane in store.pieces():
                     yield self._key(kind, pid), pane.stamp, pane.snapshot
         if self.labels is not None:
-            yield from self.labels.pieces(self.cfg.name)
+            yield from self.labels.pieces()
 
     def _core(self) -> dict[str, Any]:
         return {
@@ -501,7 +501,7 @@ class ModelMonitor:
 
         ``extra`` (the alert policy's and the breaker's state of this model) goes into the ``core`` record.
         """
-        joined = {} if self.labels is None else self.labels.take_changes(self.cfg.name)
+        joined = {} if self.labels is None else self.labels.take_changes()
         if not self.dirty:
             return joined
         out, self._written = changed_records(self._pieces(), self._written, self._key("core"),

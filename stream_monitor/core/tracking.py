@@ -134,6 +134,7 @@ class LabelTracker:
         keys = event_keys([p.event_id for p in ready]).tolist()
         order = sorted(range(len(ready)), key=lambda i: (ready[i].completed, keys[i], ready[i].event_id))
         ready = [ready[i] for i in order]
+        keys = [keys[i] for i in order]
         done = np.array([p.completed for p in ready])
         out: list[tuple[str, Any, list[Finding]]] = []
         i = 0
@@ -141,7 +142,7 @@ class LabelTracker:
             out += self._matured(float(np.nextafter(done[i], -np.inf)))  # deadlines before this pair
             j = max(i + 1, int(np.searchsorted(done, self.performance.next_deadline(), side="right")))
             chunk = ready[i:j]
-            self.performance.add_pairs(chunk)
+            self.performance.add_pairs(chunk, keys[i:j])
             if self.concept is not None:
                 for k, pair in self.concept.update(chunk):
                     out.append(("detection", pair, [self._detection(k, pair)]))
@@ -181,18 +182,19 @@ class LabelTracker:
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def pieces(self, model: str) -> Iterator[tuple[RecordKey, Any, Callable[[], Any]]]:
+    def pieces(self) -> Iterator[tuple[RecordKey, Any, Callable[[], Any]]]:
         """Its state records (see :meth:`.monitor.ModelMonitor._pieces`): the pair samples, the held pairs."""
+        model = self.cfg.name
         for w, stamp, make in self.performance.pieces():
             yield RecordKey(model, "perf", w), stamp, make
         if self._held:
             yield RecordKey(model, "held"), self._held_stamp, lambda: pairs_plain(self._held)
 
-    def take_changes(self, model: str) -> dict[RecordKey, Any]:
+    def take_changes(self) -> dict[RecordKey, Any]:
         """The join changelog's records written or deleted since the last call."""
         if self.join is None:
             return {}
-        return {RecordKey(model, "join", part): entry for part, entry in self.join.take_changes().items()}
+        return {RecordKey(self.cfg.name, "join", part): entry for part, entry in self.join.take_changes().items()}
 
     def forget(self, join_parts: list[str]) -> None:
         """Delete join changelog records this tracker does not hold (a checkpoint it could not use)."""
