@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka-jars test test-unit demo bench broker docs clean
+.PHONY: install kafka-jars test test-unit test-no-extensions test-sanitize demo bench broker docs clean
 
 $(STAMP): pyproject.toml stream_monitor/core/_columnar.c stream_monitor/core/_binned.c stream_monitor/core/_panes.c   # built by the install
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: install                ## all tests; integration tests start one real brok
 
 test-unit: install           ## pure-core tests only, no broker
 	$(PY) -m pytest -m "not kafka"
+
+test-no-extensions: install   ## all tests on the path without a C compiler (every compiled part switched off)
+	STREAM_MONITOR_NO_EXTENSIONS=1 $(PY) -m pytest
+
+test-sanitize: install       ## core tests against the compiled parts built with ASan and UBSan
+	PYTHON=$(PY) bash .ci/sanitize
 
 demo: install                ## drifting loan-approval workload -> monitor -> alerts
 	$(PY) -m stream_monitor.kafka.demo

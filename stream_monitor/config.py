@@ -127,11 +127,17 @@ class TopicsConfig(_Frozen):
 
 
 class EventsConfig(_Frozen):
-    """Checks on input events beyond their contract: implausible event times are dead-lettered."""
+    """Checks on input events beyond their contract: implausible event times and oversized messages or strings
+    are dead-lettered (docs/events.md)."""
 
     max_future_s: float = Field(86400, gt=0)  # event times further ahead of wall-clock time are rejected
     min_timestamp: float = Field(946684800, ge=0)  # epoch seconds; earlier event times are rejected (2000-01-01)
     unknown_models: Literal["count", "dead_letter"] = "count"  # events of models not in the config
+    # larger messages are dead-lettered unread (class too_large); the broker's message.max.bytes bounds them too
+    max_message_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    # strings the monitor keeps (ids, model, version, classes, labels, segments, categorical values): longer
+    # ones are dead-lettered (class string_too_long); see docs/events.md
+    max_string_length: int = Field(1024, ge=64, le=1 << 20)
 
 
 class BatchConfig(_Frozen):

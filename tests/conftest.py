@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from stream_monitor.core import compiled as compiled_parts
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
@@ -30,6 +32,13 @@ def run_id() -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if compiled_parts.DISABLED:  # the suite without the compiled parts: tests of them (and against them) skip
+        off = pytest.mark.skip(reason=f"{compiled_parts.SWITCH}=1: the compiled parts are switched off")
+        for item in items:
+            params = getattr(item, "callspec", None)
+            params = params.params if params is not None else {}
+            if "compiled" in item.keywords or params.get("compiled") is True or params.get("path") == "compiled":
+                item.add_marker(off)
     if os.environ.get("STREAM_MONITOR_SKIP_KAFKA") == "1":
         skip = pytest.mark.skip(reason="STREAM_MONITOR_SKIP_KAFKA=1")
         for item in items:

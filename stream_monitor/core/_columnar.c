@@ -20,13 +20,18 @@
  * in the fields it reads, a value of an unexpected type (a data-quality fact the Python path counts),
  * timestamps given as ISO strings or out of the plausible range, unknown models, duplicate known keys or
  * features, ids longer than 128 characters, integers of more than 18 digits where an int is kept, \u escapes
- * anywhere, nesting deeper than 64, invalid UTF-8 (as Python's strict decoder sees it).
+ * anywhere, nesting deeper than 64 levels (the event object is level 1), invalid UTF-8 (as Python's strict
+ * decoder sees it), messages longer than max_message_bytes, and strings it keeps (the id, the model's name and
+ * version, categorical values, class predictions, segment keys and values) longer than max_string_bytes bytes.
+ * Anything that is not bytes (None among them) is declined too.
  *
  * Numbers are converted with correct rounding (the same double as Python's float(text)): by one exact
  * floating-point operation when the digits fit in 53 bits and the power of ten is exact; for up to 19
  * significant digits, by an exact 128-bit product (positive powers) or a 128-bit reciprocal of the power of
  * five (negative ones; exact 128-bit division when that product lies within a unit of a rounding boundary);
- * beyond, by the C library's correctly rounded strtod in the C locale (elsewhere than glibc: declined).
+ * beyond, by the C library's correctly rounded strtod in the C locale (elsewhere than glibc: declined), for
+ * tokens under 80 bytes; longer ones are declined unless their digits fit the exact paths. A number whose value
+ * is beyond the double range (Python's float() gives an infinity) is declined, whatever its spelling.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -169,7 +174,11 @@ typedef struct {
     int nmodels;
     Model *models;
     Slot *cache;
-    int busy; /* a call is running (its parse without the GIL) */
+    int ready;    /* __init__ completed: only then are the buffers below and every model complete */
+    int building; /* __init__ is running (a spec's truth test may run Python code that calls back) */
+    int busy;     /* a call is running (its parse without the GIL) */
+    Py_ssize_t max_string;  /* longest string kept (ids, versions, categories, classes, segments, model) */
+    Py_ssize_t max_message; /* longest message taken */
     /* per-event scratch, sized for the widest model */
     int maxf;
     double *row;
@@ -331,8 +340,15 @@ typedef struct {
     int is_int;     /* no fraction, no exponent */
     int negative;
     uint64_t mant;  /* significant digits, when digits <= 19 */
-    int digits;     /* significant digits (leading zeros excluded) */
+    int64_t digits; /* significant digits (leading zeros excluded) */
 } Number;
+
+/* The written exponent is read exactly up to this bound and saturates beyond it. The decimal exponent of a
+ * number is the written one plus at most its token's length in either direction (a digit of the integer part
+ * past the 19th adds one, a fraction digit or a leading zero of the fraction takes one away), and no token
+ * comes near 10^17 bytes, so a saturated exponent still has the sign and far more than the size of the true
+ * one: no fast path takes it (they want |exponent| <= 27) and the value is infinite or zero. */
+#define EXP_SATURATE 100000000000000000LL /* 10^17: times 10 plus a digit stays below 2^63 */
 
 /* Eight ASCII digits at p, if they are eight digits: their value (one multiply per halving, no loop). */
 static inline int eight_digits(const char *p, const char *end, uint64_t *out) {
@@ -378,9 +394,10 @@ static inline int take_digits(const char **p, const char *end, int n, uint64_t *
 /* A JSON number at c->p (strict grammar), as the nearest double: value = m * 10^e while digits <= 19. */
 static int number(Cur *c, Number *out) {
     const char *start = c->p, *p = c->p, *end = c->end;
-    int neg = 0, digits = 0, is_int = 1;
+    int neg = 0, is_int = 1;
+    int64_t digits = 0;
     uint64_t m = 0;
-    long e = 0;
+    int64_t e = 0; /* value = m * 10^e while digits <= 19; exact whatever the token's length (see EXP_SATURATE) */
     if (p < end && *p == '-') {
         neg = 1;
         p++;
@@ -435,9 +452,9 @@ static int number(Cur *c, Number *out) {
         int eneg = 0;
         if (p < end && (*p == '+' || *p == '-')) eneg = *p++ == '-';
         if (p >= end || *p < '0' || *p > '9') return DECLINE;
-        long x = 0;
+        int64_t x = 0;
         for (; p < end && *p >= '0' && *p <= '9'; p++)
-            if (x < 100000) x = x * 10 + (*p - '0');
+            if (x < EXP_SATURATE) x = x * 10 + (*p - '0');
         e += eneg ? -x : x;
     }
     c->p = p;
@@ -455,7 +472,7 @@ static int number(Cur *c, Number *out) {
     } else if (digits <= 19 && e < 0 && e >= -MAX_POW5 && divide(m, (int)-e, &v)) {
     } else if (digits <= 19 && e < 0 && e >= -21) { /* m / 10^k exactly, by 128-bit division */
         u128 den = 1;
-        for (long i = 0; i < -e; i++) den *= 10;
+        for (int64_t i = 0; i < -e; i++) den *= 10;
         int s = 127 - bits128(m);
         u128 num = (u128)m << s;
         v = round_bits(num / den, num % den != 0, -s);
@@ -504,8 +521,10 @@ static int skip_string(Cur *c) {
 
 static int skip_value(Cur *c, int depth);
 
+/* A container at depth (a field of the event: 1) is at level depth + 1 counting the event object as level 1,
+ * as the general path counts: deeper than MAX_DEPTH levels is declined. */
 static int skip_container(Cur *c, int depth, char close, int object) {
-    if (depth > MAX_DEPTH) return DECLINE;
+    if (depth + 1 > MAX_DEPTH) return DECLINE;
     c->p++;
     if (eat(c, close)) return TAKE;
     for (;;) {
@@ -552,7 +571,7 @@ enum { K_ID = 1, K_MODEL = 2, K_VERSION = 4, K_TIME = 8, K_FEATURES = 16, K_PRED
  * The guess itself was tried before the scan, in place (features()): a key that reaches this lookup is not it
  * (a configured name is either compared in place, or holds a byte only an escape can write, which the scan
  * declines). */
-static int find_feature(Model *m, const char *s, Py_ssize_t n, int at) {
+static int find_feature(Model *m, const char *s, Py_ssize_t n, Py_ssize_t at) {
     uint32_t i = (uint32_t)fnv1a(s, n) & m->mask;
     for (;;) {
         int32_t f = m->table[i];
@@ -572,8 +591,12 @@ static int features(Decoder *d, Model *m, Cur *c) {
     if (c->p >= c->end || *c->p != '{') return DECLINE;
     c->p++;
     if (eat(c, '}')) return TAKE;
-    uint32_t stamp = ++d->stamp;
-    for (int at = 0;; at++) {
+    if (++d->stamp == 0) { /* wrapped: no feature may look seen in this event */
+        memset(d->seen, 0, (size_t)d->maxf * sizeof *d->seen);
+        d->stamp = 1;
+    }
+    uint32_t stamp = d->stamp;
+    for (Py_ssize_t at = 0;; at++) { /* a key position (any number of keys: no int to overflow) */
         const char *s = NULL;
         Py_ssize_t n = 0;
         int high = 0, f = -1;
@@ -609,7 +632,7 @@ static int features(Decoder *d, Model *m, Cur *c) {
                 d->row[f] = num.value;
             } else { /* anything but a string is declined (text_field wants the quote) */
                 Key *v = &d->catrow[f - m->k];
-                if (text_field(c, &v->s, &v->n, &v->high) != TAKE) return DECLINE;
+                if (text_field(c, &v->s, &v->n, &v->high) != TAKE || v->n > d->max_string) return DECLINE;
             }
         }
         if (eat(c, ',')) continue;
@@ -619,7 +642,7 @@ static int features(Decoder *d, Model *m, Cur *c) {
 
 /* The segment object: keys and values plain strings (the dict is built with the GIL, from its bytes in
  * *s, *n); null leaves *s NULL. Checked even when the model (maybe not read yet) keeps no segments. */
-static int segment_bytes(Cur *c, const char **s, Py_ssize_t *n) {
+static int segment_bytes(Cur *c, const char **s, Py_ssize_t *n, Py_ssize_t max_string) {
     ws(c);
     if (c->p < c->end && *c->p == 'n') return literal(c, "null", 4);
     if (c->p >= c->end || *c->p != '{') return DECLINE;
@@ -629,12 +652,14 @@ static int segment_bytes(Cur *c, const char **s, Py_ssize_t *n) {
             const char *k, *v;
             Py_ssize_t kn, vn;
             int kh, vh;
-            if (text_field(c, &k, &kn, &kh) != TAKE || !eat(c, ':') || text_field(c, &v, &vn, &vh) != TAKE)
+            if (text_field(c, &k, &kn, &kh) != TAKE || kn > max_string || !eat(c, ':') ||
+                text_field(c, &v, &vn, &vh) != TAKE || vn > max_string)
                 return DECLINE;
             if (eat(c, ',')) continue;
             if (!eat(c, '}')) return DECLINE;
             break;
         }
+    if (c->p - start > INT32_MAX) return DECLINE; /* its length is kept in 32 bits */
     *s = start;
     *n = c->p - start;
     return TAKE;
@@ -658,9 +683,11 @@ static int event_key(const char *s, Py_ssize_t n, uint64_t *key) {
     return TAKE;
 }
 
+/* An empty table of size slots (a power of two); -1 when out of memory (the table is then left without slots,
+ * which dict_code sees and retries). */
 static int dict_init(Dict *t, uint32_t size) {
     t->slots = PyMem_RawCalloc(size, sizeof *t->slots);
-    t->mask = size - 1;
+    t->mask = t->slots ? size - 1 : 0;
     t->count = 0;
     return t->slots ? 0 : -1;
 }
@@ -673,6 +700,7 @@ static void dict_free(Dict *t) {
 
 /* The code of the string s[0, n) in t, added when new; -1 when out of memory. */
 static int32_t dict_code(Dict *t, const char *s, Py_ssize_t n, int high) {
+    if (t->slots == NULL && dict_init(t, 64) < 0) return -1; /* a reset that ran out of memory */
     uint64_t h = fnv1a(s, n);
     uint32_t i = (uint32_t)h & t->mask;
     for (int32_t at; (at = t->slots[i]) != 0; i = (i + 1) & t->mask) {
@@ -680,6 +708,7 @@ static int32_t dict_code(Dict *t, const char *s, Py_ssize_t n, int high) {
         if (k->hash == h && k->n == n && same(k->s, s, n)) return at - 1;
     }
     if ((uint64_t)(t->count + 1) * 2 > (uint64_t)t->mask + 1) { /* grow: rehash the values, in code order */
+        if (t->mask >= (1u << 30) - 1) return -1; /* 2^31 slots would not fit the 32-bit size (nor codes) */
         uint32_t size = (t->mask + 1) * 2;
         int32_t *slots = PyMem_RawCalloc(size, sizeof *slots);
         if (slots == NULL) return -1;
@@ -695,6 +724,7 @@ static int32_t dict_code(Dict *t, const char *s, Py_ssize_t n, int high) {
         while (t->slots[i] != 0) i = (i + 1) & t->mask;
     }
     if (t->count == t->cap) {
+        if (t->cap > INT32_MAX / 2 || (size_t)t->cap * 2 > PY_SSIZE_T_MAX / sizeof(Key)) return -1;
         int32_t cap = t->cap ? t->cap * 2 : 16;
         Key *keys = PyMem_RawRealloc(t->keys, (size_t)cap * sizeof *keys);
         if (keys == NULL) return -1;
@@ -709,7 +739,7 @@ static int32_t dict_code(Dict *t, const char *s, Py_ssize_t n, int high) {
 /* Empty the table for the next call (a table grown by a huge batch starts small again). */
 static int dict_reset(Dict *t) {
     t->count = 0;
-    if (t->mask + 1 > 4096) {
+    if (t->slots == NULL || t->mask + 1 > 4096) {
         dict_free(t);
         return dict_init(t, 64);
     }
@@ -723,16 +753,27 @@ static int dict_reset(Dict *t) {
     X(pos, 1) X(t, 1) X(lat, 1) X(score, 1) X(key, 1) X(num, width ? width : 1) X(codes, c + 1) X(id, 1)      \
     X(seg, 1) X(id_len, 1) X(seg_len, 1) X(flags, 1) X(pred, 1)
 
+/* a * b * size in *out when it fits a Py_ssize_t (the sizes a bytearray of the buffer may have); else 0 */
+static inline int buffer_bytes(size_t a, size_t b, size_t size, size_t *out) {
+    size_t ab;
+    return !__builtin_mul_overflow(a, b, &ab) && !__builtin_mul_overflow(ab, size, out) &&
+           *out <= (size_t)PY_SSIZE_T_MAX;
+}
+
 #define GROW(field, per_row)                                                                                 \
     {                                                                                                        \
-        void *p_ = PyMem_RawRealloc(o->field, (size_t)cap * (size_t)(per_row) * sizeof *o->field);           \
+        size_t bytes_;                                                                                       \
+        if (!buffer_bytes((size_t)cap, (size_t)(per_row), sizeof *o->field, &bytes_)) return -1;             \
+        void *p_ = PyMem_RawRealloc(o->field, bytes_);                                                       \
         if (p_ == NULL) return -1;                                                                           \
         o->field = p_;                                                                                       \
     }
 
-/* Room for one more row; -1 when out of memory (the buffers grown so far stay valid). */
+/* Room for one more row; -1 when out of memory or when the buffers would outgrow the address space (the
+ * buffers grown so far stay valid). */
 static int grow(Out *o, int width, int c) {
     if (o->n < o->cap) return 0;
+    if (o->cap > PY_SSIZE_T_MAX / 2) return -1;
     Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
     OUT_BUFFERS(GROW)
     o->cap = cap;
@@ -805,10 +846,11 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             if ((kh && !utf8_ok(k, kn, NULL)) || skip_value(c, 1) != TAKE) return DECLINE;
             break;
         case K_ID:
-            if (string_field(c, &e.id.s, &e.id.n, &e.id.high) != TAKE || e.id.n == 0) return DECLINE;
+            if (string_field(c, &e.id.s, &e.id.n, &e.id.high) != TAKE || e.id.n == 0 || e.id.n > d->max_string)
+                return DECLINE;
             break;
         case K_MODEL:
-            if (string_field(c, &s, &n, &high) != TAKE) return DECLINE;
+            if (string_field(c, &s, &n, &high) != TAKE || n > d->max_string) return DECLINE;
             if ((m = model_named(d, s, n)) == NULL) return DECLINE;
             reset_row(d, m);
             if (feats != NULL) {
@@ -817,7 +859,8 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             }
             break;
         case K_VERSION:
-            if (text_field(c, &e.version.s, &e.version.n, &e.version.high) != TAKE || e.version.n == 0)
+            if (text_field(c, &e.version.s, &e.version.n, &e.version.high) != TAKE || e.version.n == 0 ||
+                e.version.n > d->max_string)
                 return DECLINE;
             break;
         case K_TIME:
@@ -838,7 +881,8 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             ws(c);
             if (c->p >= c->end) return DECLINE;
             if (*c->p == '"') {
-                if (text_field(c, &e.pred.s, &e.pred.n, &e.pred.high) != TAKE) return DECLINE;
+                if (text_field(c, &e.pred.s, &e.pred.n, &e.pred.high) != TAKE || e.pred.n > d->max_string)
+                    return DECLINE;
                 e.pred_kind = PRED_STR;
             } else if (*c->p == '-' || (*c->p >= '0' && *c->p <= '9')) {
                 if (number(c, &num) != TAKE) return DECLINE;
@@ -872,7 +916,7 @@ static int event(Decoder *d, const char *buf, Py_ssize_t len, Py_ssize_t positio
             }
             break;
         case K_SEGMENT:
-            if (segment_bytes(c, &e.seg, &e.seg_n) != TAKE) return DECLINE;
+            if (segment_bytes(c, &e.seg, &e.seg_n, d->max_string) != TAKE) return DECLINE;
             break;
         }
         if (eat(c, ',')) continue;
@@ -1074,33 +1118,58 @@ static int reset_outputs(Decoder *d) {
 
 /* ---- the Python type ---- */
 
-static void Decoder_dealloc(Decoder *d) {
-    for (int i = 0; i < d->nmodels; i++) {
-        Model *m = &d->models[i];
-        PyMem_Free(m->name);
+/* Bounds on what a spec may configure, far below the sizes that would overflow: tables of 2 * features slots
+ * in 32 bits, feature indices and codes in int32, models counted in an int. */
+#define MAX_FEATURES (1 << 24)
+#define MAX_MODELS (1 << 20)
+
+/* What init_model built of m, however far it got (a field it did not reach is NULL or 0). */
+static void free_model(Model *m) {
+    PyMem_Free(m->name);
+    if (m->fname != NULL)
         for (int j = 0; j < m->nf; j++) PyMem_Free(m->fname[j]);
-        PyMem_Free(m->fname);
-        PyMem_Free(m->flen);
-        PyMem_Free(m->table);
-        PyMem_Free(m->guess);
-        PyMem_Free(m->fplain);
-        free_out(&m->out);
-        if (m->dicts)
-            for (int j = 0; j <= m->c + 1; j++) dict_free(&m->dicts[j]);
-        PyMem_Free(m->dicts);
-    }
+    PyMem_Free(m->fname);
+    PyMem_Free(m->flen);
+    PyMem_Free(m->table);
+    PyMem_Free(m->guess);
+    PyMem_Free(m->fplain);
+    free_out(&m->out);
+    if (m->dicts != NULL)
+        for (int j = 0; j <= m->c + 1; j++) dict_free(&m->dicts[j]);
+    PyMem_Free(m->dicts);
+    memset(m, 0, sizeof *m);
+}
+
+/* Everything __init__ built (all of it, or what a failed one got to): the decoder is left as tp_new made it,
+ * not ready, safe to deallocate or to initialise again. */
+static void clear_decoder(Decoder *d) {
+    d->ready = 0;
+    if (d->models != NULL)
+        for (int i = 0; i < d->nmodels; i++) free_model(&d->models[i]);
     PyMem_Free(d->models);
-    if (d->cache)
-        for (int i = 0; i < CACHE_SLOTS; i++) Py_XDECREF(d->cache[i].obj);
+    d->models = NULL;
+    d->nmodels = 0;
+    if (d->cache != NULL)
+        for (int i = 0; i < CACHE_SLOTS; i++) Py_CLEAR(d->cache[i].obj);
     PyMem_Free(d->cache);
+    d->cache = NULL;
     PyMem_Free(d->row);
     PyMem_Free(d->catrow);
     PyMem_Free(d->seen);
+    d->row = NULL;
+    d->catrow = NULL;
+    d->seen = NULL;
+    d->maxf = 0;
+    d->stamp = 0;
+}
+
+static void Decoder_dealloc(Decoder *d) {
+    clear_decoder(d);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
 static char *copy_utf8(PyObject *s, Py_ssize_t *n) {
-    const char *u = PyUnicode_AsUTF8AndSize(s, n);
+    const char *u = PyUnicode_AsUTF8AndSize(s, n); /* a lone surrogate: UnicodeEncodeError */
     if (u == NULL) return NULL;
     char *out = PyMem_Malloc((size_t)*n + 1);
     if (out == NULL) {
@@ -1111,32 +1180,51 @@ static char *copy_utf8(PyObject *s, Py_ssize_t *n) {
     return out;
 }
 
-static int init_model(Decoder *d, Model *m, PyObject *spec) {
+static int init_model(Decoder *d, int index, PyObject *spec) {
+    Model *m = &d->models[index];
     PyObject *name, *numeric, *categorical;
-    int segments, rows = 0;
-    m->pred_col = m->score_col = -1;
-    if (!PyArg_ParseTuple(spec, "UO!O!p|pii", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical, &segments,
-                          &rows, &m->pred_col, &m->score_col))
+    int segments, rows = 0, pred_col = -1, score_col = -1;
+    if (!PyTuple_Check(spec)) {
+        PyErr_Format(PyExc_TypeError, "a model spec is a tuple (name, numeric names, categorical names, keep "
+                                      "segments[, row objects[, numeric prediction's column, score's column]]), "
+                                      "not %.100s", Py_TYPE(spec)->tp_name);
         return -1;
-    m->rows = rows;
-    m->k = (int)PyTuple_GET_SIZE(numeric);
-    m->width = m->k + (m->pred_col >= 0) + (m->score_col >= 0);
-    if ((m->pred_col >= 0 && m->pred_col != m->k) || (m->score_col >= 0 && m->score_col != m->width - 1)) {
+    }
+    if (!PyArg_ParseTuple(spec, "UO!O!p|pii:Decoder", &name, &PyTuple_Type, &numeric, &PyTuple_Type, &categorical,
+                          &segments, &rows, &pred_col, &score_col))
+        return -1;
+    Py_ssize_t k = PyTuple_GET_SIZE(numeric), c = PyTuple_GET_SIZE(categorical);
+    if (k > MAX_FEATURES || c > MAX_FEATURES - k) {
+        PyErr_Format(PyExc_OverflowError, "model %R: more than %d features", name, MAX_FEATURES);
+        return -1;
+    }
+    int width = (int)k + (pred_col >= 0) + (score_col >= 0);
+    if ((pred_col >= 0 && pred_col != k) || (score_col >= 0 && score_col != width - 1)) {
         PyErr_SetString(PyExc_ValueError, "a numeric prediction's column comes right after the features, the "
                                           "score's last");
         return -1;
     }
-    m->c = (int)PyTuple_GET_SIZE(categorical);
+    m->k = (int)k;
+    m->c = (int)c;
     m->nf = m->k + m->c;
+    m->width = width;
+    m->pred_col = pred_col;
+    m->score_col = score_col;
     m->segments = segments;
+    m->rows = rows;
     if ((m->name = copy_utf8(name, &m->name_len)) == NULL) return -1;
+    for (int i = 0; i < index; i++)
+        if (d->models[i].name_len == m->name_len && !memcmp(d->models[i].name, m->name, (size_t)m->name_len)) {
+            PyErr_Format(PyExc_ValueError, "model %R is configured twice", name);
+            return -1;
+        }
     uint32_t size = 8;
     while (size < 2u * (uint32_t)m->nf + 1) size <<= 1;
     m->mask = size - 1;
     m->fname = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->fname);
     m->flen = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->flen);
     m->table = PyMem_Calloc(size, sizeof *m->table);
-    m->guess = PyMem_Malloc(((size_t)m->nf + 1) * sizeof *m->guess);
+    m->guess = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->guess);
     m->fplain = PyMem_Calloc((size_t)m->nf + 1, sizeof *m->fplain);
     if (!m->fname || !m->flen || !m->table || !m->guess || !m->fplain) {
         PyErr_NoMemory();
@@ -1145,7 +1233,8 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
     for (int j = 0; j < m->nf; j++) {
         PyObject *f = j < m->k ? PyTuple_GET_ITEM(numeric, j) : PyTuple_GET_ITEM(categorical, j - m->k);
         if (!PyUnicode_Check(f)) {
-            PyErr_SetString(PyExc_TypeError, "feature names must be str");
+            PyErr_Format(PyExc_TypeError, "model %R: feature names must be str, not %.100s", name,
+                         Py_TYPE(f)->tp_name);
             return -1;
         }
         if ((m->fname[j] = copy_utf8(f, &m->flen[j])) == NULL) return -1;
@@ -1179,24 +1268,40 @@ static int init_model(Decoder *d, Model *m, PyObject *spec) {
     return 0;
 }
 
-static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
-    PyObject *specs;
-    static char *kw[] = {"models", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!", kw, &PyList_Type, &specs)) return -1;
-    if (d->models != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Decoder is initialised once");
+/* A size limit given as a keyword: a positive int (bool is not one); a value beyond Py_ssize_t is no limit. */
+static int positive_size(PyObject *v, const char *what, Py_ssize_t *out) {
+    if (v == NULL) return 0; /* not given: the default stays */
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a positive int, not %.100s", what, Py_TYPE(v)->tp_name);
         return -1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(specs);
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (overflow < 0 || (overflow == 0 && x <= 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a positive int, not %R", what, v);
+        return -1;
+    }
+    *out = overflow > 0 || x > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)x;
+    return 0;
+}
+
+/* The models and the per-event scratch; -1 with an exception set (what was built is left for the caller). */
+static int build(Decoder *d, PyObject *specs) {
+    Py_ssize_t n = PyTuple_GET_SIZE(specs);
+    if (n > MAX_MODELS) {
+        PyErr_Format(PyExc_OverflowError, "more than %d models", MAX_MODELS);
+        return -1;
+    }
     d->models = PyMem_Calloc((size_t)n + 1, sizeof *d->models);
     d->cache = PyMem_Calloc(CACHE_SLOTS, sizeof *d->cache);
     if (!d->models || !d->cache) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        d->nmodels = (int)i + 1; /* freed by dealloc even when half built */
-        if (init_model(d, &d->models[i], PyList_GET_ITEM(specs, i)) < 0) return -1;
+    for (int i = 0; i < (int)n; i++) {
+        d->nmodels = i + 1; /* freed by clear_decoder even when half built */
+        if (init_model(d, i, PyTuple_GET_ITEM(specs, i)) < 0) return -1;
     }
     d->row = PyMem_Calloc((size_t)d->maxf + 1, sizeof *d->row);
     d->catrow = PyMem_Calloc((size_t)d->maxf + 1, sizeof *d->catrow);
@@ -1208,18 +1313,49 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
+static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwargs) {
+    PyObject *list, *max_string = NULL, *max_message = NULL;
+    static char *kw[] = {"models", "max_string_bytes", "max_message_bytes", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|$OO:Decoder", kw, &PyList_Type, &list, &max_string,
+                                     &max_message))
+        return -1;
+    if (d->ready || d->building) {
+        PyErr_SetString(PyExc_RuntimeError, "Decoder is initialised once");
+        return -1;
+    }
+    Py_ssize_t ms = 1024, mm = 1048576;
+    if (positive_size(max_string, "max_string_bytes", &ms) < 0 ||
+        positive_size(max_message, "max_message_bytes", &mm) < 0)
+        return -1;
+    PyObject *specs = PySequence_Tuple(list); /* a copy: Python code a spec runs cannot change what is built */
+    if (specs == NULL) return -1;
+    clear_decoder(d); /* what an earlier, failed __init__ left */
+    d->building = 1;
+    int rc = build(d, specs);
+    d->building = 0;
+    Py_DECREF(specs);
+    if (rc < 0) {
+        clear_decoder(d);
+        return -1;
+    }
+    d->max_string = ms;
+    d->max_message = mm;
+    d->ready = 1;
+    return 0;
+}
+
 typedef struct {
     const char *p;
     Py_ssize_t n;
-    PyObject *obj; /* a reference held for the call; NULL: not bytes */
+    PyObject *obj; /* a reference held for the call; NULL: not bytes (None, an empty message, among them) */
 } Value;
 
 static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
     PyObject *list;
     double lo, hi;
-    if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &list, &lo, &hi)) return NULL;
-    if (d->models == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Decoder is not initialised");
+    if (!PyArg_ParseTuple(args, "O!dd:decode", &PyList_Type, &list, &lo, &hi)) return NULL;
+    if (!d->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Decoder is not initialised (or its initialisation failed)");
         return NULL;
     }
     if (d->busy) {
@@ -1228,7 +1364,7 @@ static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
     }
     Py_ssize_t n = PyList_GET_SIZE(list), nd = 0;
     Value *values = PyMem_RawCalloc((size_t)n + 1, sizeof *values);
-    Py_ssize_t *declined = PyMem_RawMalloc(((size_t)n + 1) * sizeof *declined);
+    Py_ssize_t *declined = PyMem_RawCalloc((size_t)n + 1, sizeof *declined);
     PyObject *out = NULL, *dl = NULL, *models = NULL;
     if (values == NULL || declined == NULL) {
         PyErr_NoMemory();
@@ -1240,9 +1376,11 @@ static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
     }
     d->busy = 1;
     int rc = TAKE;
+    Py_ssize_t max_message = d->max_message;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        int r = values[i].obj ? event(d, values[i].p, values[i].n, i, lo, hi) : DECLINE;
+        /* not bytes, or longer than allowed: the general path decides (and says why) */
+        int r = values[i].obj && values[i].n <= max_message ? event(d, values[i].p, values[i].n, i, lo, hi) : DECLINE;
         if (r == FAIL) {
             rc = FAIL;
             break;
@@ -1250,7 +1388,7 @@ static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
         if (r == DECLINE) declined[nd++] = i;
     }
     Py_END_ALLOW_THREADS
-    if (rc == FAIL) {
+    if (rc == FAIL) { /* out of memory, or buffers that would outgrow the address space */
         PyErr_NoMemory();
         goto done;
     }
@@ -1269,12 +1407,14 @@ static PyObject *Decoder_decode(Decoder *d, PyObject *args) {
 done:
     Py_XDECREF(dl);
     Py_XDECREF(models);
-    if (d->models != NULL && reset_outputs(d) < 0) Py_CLEAR(out);
+    if (reset_outputs(d) < 0) Py_CLEAR(out);
     if (values != NULL)
         for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(values[i].obj);
     PyMem_RawFree(values);
     PyMem_RawFree(declined);
     d->busy = 0;
+    if (out == NULL && !PyErr_Occurred()) /* no path above should get here: never a NULL without a reason */
+        PyErr_SetString(PyExc_RuntimeError, "the compiled decoder failed without a reason");
     return out;
 }
 
@@ -1303,7 +1443,8 @@ static PyTypeObject DecoderType = {
     .tp_basicsize = sizeof(Decoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Decoder(models: list of (name, numeric names, categorical names, keep segments[, row objects[, "
-              "numeric prediction's column, score's column]]))",
+              "numeric prediction's column, score's column]]), *, max_string_bytes=1024, "
+              "max_message_bytes=1048576)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Decoder_init,
     .tp_dealloc = (destructor)Decoder_dealloc,

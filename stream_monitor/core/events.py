@@ -1,14 +1,22 @@
 """Event contracts and batch decoding: raw bytes in, validated events and rejects out.
 
 This is the only place that knows the wire format of prediction and label events (the JSON Schemas in
-``stream_monitor/schemas`` describe the same contract for producers). Decoding is one ``orjson.loads`` per
-message plus a few type checks on the envelope; feature values are not inspected here (a string in a numeric
-feature is a data-quality fact, counted by the drift engine, not a malformed event).
+``stream_monitor/schemas`` describe the same contract for producers; docs/events.md states it with every
+limit and reject class). Decoding is one ``orjson.loads`` per message plus a few type checks on the envelope;
+feature values are not inspected here (a string in a numeric feature is a data-quality fact, counted by the
+drift engine, not a malformed event).
+
+Whatever the bytes, decoding returns: a message is either an event or a :class:`Reject` with its reason and
+its reason class (:data:`REJECT_CLASSES`); nothing raises. The typed fast paths (the compiled decoder, or
+msgspec without it) take only messages they decide exactly as the general path here does, and leave the rest
+to it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,16 +32,34 @@ import orjson
 from .columns import Codes, Columns, _categorical_column, _numeric_matrix, build_columns, segment_matrix
 from .keys import event_keys
 
-try:  # the compiled decoder, built with the package (optional: the Python decoder gives the same results)
-    from . import _columnar
-except ImportError:  # pragma: no cover - exercised where no C compiler was present at install time
-    _columnar = None
+from . import compiled as compiled_parts
+
+_columnar = compiled_parts.load("_columnar")  # the compiled decoder (None: the Python decoder, same results, slower)
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
-__all__ = ["ModelEvents", "PredictionBatch", "PredictionDecoder", "Reject", "TimeRange", "decode_labels",
-           "decode_predictions", "parse_timestamp"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MAX_DEPTH", "REJECT_CLASSES", "Limits", "ModelEvents", "PredictionBatch", "PredictionDecoder", "Reject",
+           "TimeRange", "decode_labels", "decode_predictions", "parse_timestamp"]
+
+#: Why a message is rejected, as a class (the dead letter's ``error.class`` header); ``reason`` says more.
+REJECT_CLASSES = (
+    "empty",                # no value (a tombstone)
+    "too_large",            # longer than events.max_message_bytes
+    "bad_unicode",          # invalid UTF-8 anywhere, or a \u escape that is no Unicode character (lone surrogate)
+    "not_json",             # not one JSON value
+    "too_deep",             # arrays and objects nested deeper than MAX_DEPTH
+    "number_out_of_range",  # a number anywhere in the event beyond the double range (about 1.8e308)
+    "string_too_long",      # a string the monitor keeps longer than events.max_string_length characters
+    "contract",             # a field missing, empty or of the wrong type
+    "timestamp",            # not a timestamp, or outside the plausible event times
+    "decoder_error",        # decoding failed on a defect of this program (logged with its traceback)
+)
+
+#: Deepest nesting of arrays and objects an event may have (the event object itself is level 1).
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +68,19 @@ class Reject:
 
     index: int  # position in the batch handed to the decoder
     reason: str
+    kind: str = "contract"  # one of REJECT_CLASSES
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes an event may have (``events.max_message_bytes`` and ``events.max_string_length``).
+
+    ``max_string_length`` bounds, in characters, every string the monitor keeps: ``event_id``, ``model``,
+    ``model_version``, a class prediction or label, segment keys and values, and the values of the configured
+    categorical features (other features are not kept, and only the message size bounds them)."""
+
+    max_message_bytes: int = 1 << 20
+    max_string_length: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,44 +138,60 @@ def parse_timestamp(value: Any) -> float:
     raise ValueError(f"timestamp must be epoch seconds or ISO-8601, got {type(value).__name__}")
 
 
-def _check_prediction(ev: Any) -> str | None:
-    """Return why ``ev`` breaks the prediction contract, or None when it holds."""
+_Why = tuple[str, str]  # (reason class, reason)
+
+
+def _long(field: str, value: str, limit: int) -> _Why:
+    return "string_too_long", (f"field '{field}' has {len(value)} characters, more than "
+                               f"events.max_string_length={limit}")
+
+
+def _check_prediction(ev: Any, limit: int) -> _Why | None:
+    """Why ``ev`` breaks the prediction contract (reason class, reason), or None when it holds."""
     if type(ev) is not dict:
-        return f"event must be a JSON object, got {type(ev).__name__}"
+        return "contract", f"event must be a JSON object, got {type(ev).__name__}"
     for key in ("event_id", "model", "model_version"):
         v = ev.get(key)
         if type(v) is not str:
-            return f"missing or non-string field '{key}'"
+            return "contract", f"missing or non-string field '{key}'"
         if not v:
-            return f"empty field '{key}'"
+            return "contract", f"empty field '{key}'"
+        if len(v) > limit:
+            return _long(key, v, limit)
     if type(ev.get("features")) is not dict:
-        return "missing field 'features' (an object of name -> number | string | bool | null)"
+        return "contract", "missing field 'features' (an object of name -> number | string | bool | null)"
     if "prediction" not in ev:
-        return "missing field 'prediction'"
-    why = _check_prediction_and_score(ev)
+        return "contract", "missing field 'prediction'"
+    why = _check_prediction_and_score(ev, limit)
     if why is not None:
         return why
     lat = ev.get("latency_ms")
     if lat is not None and (not isinstance(lat, _NUMBER) or isinstance(lat, bool) or lat < 0):
-        return "field 'latency_ms' must be a non-negative number"
+        return "contract", "field 'latency_ms' must be a non-negative number"
     seg = ev.get("segment")
-    if seg is not None and (type(seg) is not dict or not all(type(v) is str for v in seg.values())):
-        return "field 'segment' must be an object of strings"
+    if seg is not None:
+        if type(seg) is not dict or not all(type(v) is str for v in seg.values()):
+            return "contract", "field 'segment' must be an object of strings"
+        for k, v in seg.items():
+            if len(k) > limit or len(v) > limit:
+                return _long(f"segment.{k[:64]}", k if len(k) > limit else v, limit)
     return None
 
 
-def _check_prediction_and_score(ev: dict[str, Any]) -> str | None:
+def _check_prediction_and_score(ev: dict[str, Any], limit: int) -> _Why | None:
     """Why the event's ``prediction`` (present) or ``score`` breaks the contract, or None."""
     pred = ev["prediction"]
     if not isinstance(pred, (int, float, str)) or (type(pred) is float and not math.isfinite(pred)):
-        return f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
+        return "contract", f"field 'prediction' must be a number or a string, got {type(pred).__name__}"
+    if type(pred) is str and len(pred) > limit:
+        return _long("prediction", pred, limit)
     score = ev.get("score")
     if score is not None and (not isinstance(score, _NUMBER) or isinstance(score, bool)):
-        return f"field 'score' must be a number, got {type(score).__name__}"
+        return "contract", f"field 'score' must be a number, got {type(score).__name__}"
     return None
 
 
-def _fast_valid_prediction(ev: Any) -> bool:
+def _fast_valid_prediction(ev: Any, limit: int) -> bool:
     """The common, valid event in a few type tests; anything unusual goes to :func:`_check_prediction`."""
     if type(ev) is not dict:
         return False
@@ -144,93 +199,171 @@ def _fast_valid_prediction(ev: Any) -> bool:
     eid, model, version, ts, pred, lat = (get("event_id"), get("model"), get("model_version"), get("timestamp"),
                                           get("prediction"), get("latency_ms"))
     return (type(eid) is str and type(model) is str and type(version) is str and eid != "" and model != ""
-            and version != "" and type(get("features")) is dict and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11
+            and version != "" and len(eid) <= limit and len(model) <= limit and len(version) <= limit
+            and type(get("features")) is dict and type(ts) in _FAST_NUMBER and 0 <= ts <= 1e11
             and type(pred) in _FAST_PREDICTION and (type(pred) is not float or math.isfinite(pred))
+            and (type(pred) is not str or len(pred) <= limit)
             and type(get("score")) in _FAST_OPTIONAL and type(lat) in _FAST_OPTIONAL and (lat is None or lat >= 0)
             and "segment" not in ev)
 
 
-def _check_label(ev: Any) -> str | None:
+def _check_label(ev: Any, limit: int) -> _Why | None:
     if type(ev) is not dict:
-        return f"event must be a JSON object, got {type(ev).__name__}"
+        return "contract", f"event must be a JSON object, got {type(ev).__name__}"
     for key in ("event_id", "model"):
         if type(ev.get(key)) is not str or not ev[key]:
-            return f"missing or non-string field '{key}'"
-    if not isinstance(ev.get("label"), (int, float, str)):
-        return "missing field 'label' (a number or a string)"
+            return "contract", f"missing or non-string field '{key}'"
+        if len(ev[key]) > limit:
+            return _long(key, ev[key], limit)
+    label = ev.get("label")
+    if not isinstance(label, (int, float, str)):
+        return "contract", "missing field 'label' (a number or a string)"
+    if type(label) is str and len(label) > limit:
+        return _long("label", label, limit)
     if "prediction" in ev:  # a label that carries its prediction skips the join
-        why = _check_prediction_and_score(ev)
+        why = _check_prediction_and_score(ev, limit)
         if why is not None:
             return why
         if "prediction_timestamp" in ev:
             try:
                 ev["prediction_timestamp"] = parse_timestamp(ev["prediction_timestamp"])
             except ValueError as exc:
-                return f"field 'prediction_timestamp': {exc}"
+                return "timestamp", f"field 'prediction_timestamp': {exc}"
     elif "score" in ev or "prediction_timestamp" in ev:
-        return "fields 'score' and 'prediction_timestamp' of a label need its 'prediction'"
+        return "contract", "fields 'score' and 'prediction_timestamp' of a label need its 'prediction'"
     return None
 
 
-def _decode(values: list[bytes | None], check: Any, fast: Any, times: TimeRange | None
+def _long_category(ev: dict[str, Any], categorical: Mapping[str, tuple[str, ...]], limit: int) -> _Why | None:
+    """A configured categorical feature's value longer than ``limit`` (the monitor keeps those values)."""
+    names = categorical.get(ev["model"])
+    if names:
+        feats = ev["features"]
+        for name in names:
+            v = feats.get(name)
+            if type(v) is str and len(v) > limit:
+                return _long(f"features.{name}", v, limit)
+    return None
+
+
+def _json_error_class(message: str) -> str:
+    """The reason class of an ``orjson`` error message."""
+    if "number is infinity" in message:
+        return "number_out_of_range"
+    if "depth limit" in message:
+        return "too_deep"
+    if "surrogate" in message or "not valid UTF-8" in message:
+        return "bad_unicode"
+    return "not_json"
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest deeper than ``limit`` (``value`` itself is level 1)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return True
+        items = v.values() if type(v) is dict else v
+        stack.extend((x, d + 1) for x in items if type(x) is dict or type(x) is list)
+    return False
+
+
+def screen(raw: bytes | None, limits: Limits) -> tuple[Any, Reject | None]:
+    """The checks on one message's bytes, before any field is read: ``(value, None)`` with the parsed JSON
+    value, or ``(None, reject)`` (with index 0). In the order the contract states them: no value, size,
+    UTF-8, JSON (its numbers within the double range), nesting."""
+    if raw is None:
+        return None, Reject(0, "empty message (no value)", "empty")
+    if len(raw) > limits.max_message_bytes:
+        return None, Reject(0, f"message of {len(raw)} bytes, more than events.max_message_bytes="
+                               f"{limits.max_message_bytes}", "too_large")
+    if not raw.isascii():
+        try:
+            raw.decode()
+        except UnicodeDecodeError as exc:
+            return None, Reject(0, f"invalid UTF-8 at byte {exc.start}: {exc.reason}", "bad_unicode")
+    try:
+        ev = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, Reject(0, f"invalid JSON: {exc}", _json_error_class(str(exc)))
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_over(ev, MAX_DEPTH):
+        return None, Reject(0, f"arrays and objects nested deeper than {MAX_DEPTH} levels", "too_deep")
+    return ev, None
+
+
+def _decode(values: list[bytes | None], check: Any, fast: Any, times: TimeRange | None, limits: Limits,
+            categorical: Mapping[str, tuple[str, ...]] | None = None
             ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     events: list[dict[str, Any]] = []
     positions: list[int] = []
     rejects: list[Reject] = []
-    loads = orjson.loads
     now = time.time()
     lo, hi = (times.min_t, now + times.max_future_s) if times is not None else (-math.inf, math.inf)
+    limit = limits.max_string_length
     for i, raw in enumerate(values):
-        if raw is None:
-            rejects.append(Reject(i, "empty message (no value)"))
+        ev, rejected = screen(raw, limits)
+        if rejected is not None:
+            rejects.append(Reject(i, rejected.reason, rejected.kind))
             continue
-        try:
-            ev = loads(raw)
-        except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(i, f"invalid JSON: {exc}"))
-            continue
-        if fast is not None and fast(ev):
+        if fast is not None and fast(ev, limit):
             t = ev["timestamp"] = float(ev["timestamp"])
+            why = _long_category(ev, categorical, limit) if categorical else None
         else:
-            why = check(ev)
+            why = check(ev, limit)
+            if why is None and categorical:
+                why = _long_category(ev, categorical, limit)
             if why is None:
                 try:
                     t = ev["timestamp"] = parse_timestamp(ev.get("timestamp"))
                 except ValueError as exc:
-                    why = f"field 'timestamp': {exc}" if "timestamp" in ev else "missing field 'timestamp'"
-            if why is not None:
-                rejects.append(Reject(i, why))
-                continue
+                    why = ("timestamp", f"field 'timestamp': {exc}") if "timestamp" in ev else (
+                        "contract", "missing field 'timestamp'")
+        if why is not None:
+            rejects.append(Reject(i, why[1], why[0]))
+            continue
         if not lo <= t <= hi:
-            rejects.append(Reject(i, times.check(t, now) or "implausible timestamp"))  # type: ignore[union-attr]
+            rejects.append(Reject(i, times.check(t, now) or "implausible timestamp", "timestamp"))  # type: ignore[union-attr]
             continue
         events.append(ev)
         positions.append(i)
     return events, positions, rejects
 
 
-def decode_predictions(values: list[bytes | None], times: TimeRange | None = None
+def decode_predictions(values: list[bytes | None], times: TimeRange | None = None, limits: Limits = Limits(),
+                       categorical: Mapping[str, tuple[str, ...]] | None = None
                        ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of prediction messages (event times outside ``times`` are rejected).
 
     Returns ``(events, positions, rejects)``: the valid events (with ``timestamp`` normalised to epoch
-    seconds), each one's position in ``values``, and the rejects with their reason.
+    seconds), each one's position in ``values``, and the rejects with their reason. ``categorical``: per model
+    its categorical features, whose values :class:`Limits` bounds too (unchecked without it).
     """
-    return _decode(values, _check_prediction, _fast_valid_prediction, times)
+    return _decode(values, _check_prediction, _fast_valid_prediction, times, limits, categorical)
 
 
-def decode_labels(values: list[bytes | None], times: TimeRange | None = None
+def decode_labels(values: list[bytes | None], times: TimeRange | None = None, limits: Limits = Limits()
                   ) -> tuple[list[dict[str, Any]], list[int], list[Reject]]:
     """Decode a batch of label events: ``event_id``, ``model``, ``label``, ``timestamp``; optionally the
     ``prediction`` it judges (then also ``score`` and ``prediction_timestamp``), which skips the join."""
-    return _decode(values, _check_label, None, times)
+    return _decode(values, _check_label, None, times, limits)
 
 
 # ---- the fast path: typed decoding straight into columns -------------------------------------------------
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 _Latency = Annotated[float, msgspec.Meta(ge=0)]
-_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, TypeError)
+# None (a message _plain leaves to the general path) raises TypeError; deep nesting RecursionError
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, TypeError, RecursionError, ValueError,
+                  OverflowError)
+#: What msgspec would decide otherwise than the general path: an integer part of 19 digits or more (beyond the
+#: 64-bit range, or the double range), an exponent of three digits or more (the double range), an escaped
+#: surrogate (msgspec does not check those in the fields it skips). A match in a string only costs the slow path.
+#: Searched for with substring tests on the bytes with every digit made a 0 first (a regex over every message
+#: would cost about as much as msgspec's decode).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
+_RUN = b"0" * 19
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89abAB]")
 
 
 @dataclass(slots=True)
@@ -301,16 +434,22 @@ class PredictionDecoder:
     """
 
     def __init__(self, models: Mapping[str, ModelConfig], times: TimeRange | None = None,
-                 compiled: bool | None = None) -> None:
+                 compiled: bool | None = None, limits: Limits = Limits()) -> None:
         """``compiled``: use the compiled decoder (True: required, None: when it is built, False: never)."""
         self.models = dict(models)
         self.times = times
+        self.limits = limits
+        self._categorical = {name: m.features.categorical for name, m in self.models.items()}
         if compiled and _columnar is None:
             raise RuntimeError("the compiled decoder (stream_monitor.core._columnar) is not built: reinstall the "
-                               "package with a C compiler present")
+                               "package with a C compiler present" + (" (or unset STREAM_MONITOR_NO_EXTENSIONS)"
+                                                                      if compiled_parts.DISABLED else ""))
         # per model its features, whether it keeps segments, and whether it joins labels (only then are its
-        # events' ids, predictions and scores made as Python objects: ModelEvents.events)
-        self._c = (_columnar.Decoder(decoder_specs(self.models))
+        # events' ids, predictions and scores made as Python objects: ModelEvents.events). It declines any
+        # string it keeps longer than the limit in bytes: at least as many as characters, so what it takes
+        # the general path would take too.
+        self._c = (_columnar.Decoder(decoder_specs(self.models), max_string_bytes=limits.max_string_length,
+                                     max_message_bytes=limits.max_message_bytes)
                    if _columnar is not None and compiled is not False and self.models else None)
         self.compiled = self._c is not None  # the compiled decoder takes the common event
         # without it, typed msgspec structures take that event
@@ -321,19 +460,21 @@ class PredictionDecoder:
         """A msgspec decoder of one typed structure per model, selected by the ``model`` field (the structures'
         column getters in ``_types``); None without models."""
         structs = []
+        text = Annotated[str, msgspec.Meta(max_length=self.limits.max_string_length)]
+        name_text = Annotated[str, msgspec.Meta(min_length=1, max_length=self.limits.max_string_length)]
         for i, (name, m) in enumerate(self.models.items()):
             # attributes f0, f1, ... renamed to the feature names: a name need not be an identifier, and a dot
             # in it would make attrgetter look up a nested attribute
             num = [f"f{j}" for j in range(len(m.features.numeric))]
             cat = [f"f{len(num) + j}" for j in range(len(m.features.categorical))]
-            fields = [(a, float | None, None) for a in num] + [(a, str | None, None) for a in cat]
+            fields = [(a, float | None, None) for a in num] + [(a, text | None, None) for a in cat]
             feats = msgspec.defstruct(f"Features{i}", fields, rename=dict(
                 zip(num + cat, m.features.numeric + m.features.categorical)))
             struct = msgspec.defstruct(
                 f"Prediction{i}",
-                [("event_id", _NonEmpty), ("model_version", _NonEmpty), ("timestamp", float),
-                 ("features", feats), ("prediction", int | float | str), ("score", float | None, None),
-                 ("latency_ms", _Latency | None, None), ("segment", dict[str, str] | None, None)],
+                [("event_id", name_text), ("model_version", name_text), ("timestamp", float),
+                 ("features", feats), ("prediction", int | float | text), ("score", float | None, None),
+                 ("latency_ms", _Latency | None, None), ("segment", dict[text, text] | None, None)],
                 tag_field="model", tag=name)
             structs.append(struct)
             num_get = attrgetter(*num) if num else None
@@ -341,7 +482,52 @@ class PredictionDecoder:
             self._types[struct] = (name, num_get, cat_get)
         return msgspec.json.Decoder(Union[tuple(structs)]).decode if structs else None  # noqa: UP007
 
+    def _plain(self, raw: bytes | None) -> bool:
+        """Whether msgspec may decode ``raw``: it decides such a message as the general path does. It does not
+        check the size, the UTF-8 of fields it skips, the range of numbers, or the depth of nesting (it raises
+        RecursionError): messages that would need those checks go to the general path."""
+        if (raw is None or len(raw) > self.limits.max_message_bytes or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+                or not (raw.isascii() or _utf8(raw))):
+            return False
+        zeros = raw.translate(_DIGITS_AS_ZERO)
+        if b"0e000" in zeros or b"0e+000" in zeros or b"0e-000" in zeros or b"\\u" in raw and _ESCAPED_SURROGATE.search(
+                raw):
+            return False
+        if _RUN in zeros:  # 19 digits: an integer part, or only the digits of a fraction (after its point)?
+            parts = zeros.split(b".")
+            return not (_RUN in parts[0] or any(_RUN in p.lstrip(b"0") for p in parts[1:]))
+        return True
+
     def decode(self, values: list[bytes | None]) -> PredictionBatch:
+        """The batch's events per model, the unknown models' positions and the rejects. Never raises on the
+        bytes: should decoding the batch fail anyway (a defect), each message is decoded on its own and one
+        that still fails is rejected (class ``decoder_error``) with the exception, and logged."""
+        try:
+            return self._batch(values, range(len(values)))
+        except Exception:  # noqa: BLE001 - a defect; one message must not stop the monitor
+            logger.exception("decoding a batch of %d messages failed: decoding them one by one", len(values))
+        batch = PredictionBatch({}, {}, [], 0)
+        per_model: dict[str, list[tuple[list[int], Columns, Any]]] = {}
+        for i, raw in enumerate(values):
+            try:
+                one = self._batch([raw], [i])
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("decoding message %d failed: it is rejected", i)
+                batch.rejects.append(Reject(i, f"decoder error: {type(exc).__name__}: {exc}"[:500],
+                                            "decoder_error"))
+                continue
+            batch.count += one.count
+            batch.rejects += one.rejects
+            batch.unknown |= one.unknown
+            for name, me in one.models.items():
+                per_model.setdefault(name, []).append((me.positions, me.cols, me.events() if me._events is not None
+                                                       or me._envelopes is not None else None))
+        for name, parts in per_model.items():
+            batch.models[name] = _merge(parts)
+        return batch
+
+    def _batch(self, values: list[bytes | None], at: Sequence[int]) -> PredictionBatch:
+        """:meth:`decode` of ``values``, whose positions are given as ``at`` (``values[j]`` is at ``at[j]``)."""
         batch = PredictionBatch({}, {}, [], 0)
         per_model: dict[str, list[tuple[list[int], Columns, Any]]] = {}
         slow: list[int] = []
@@ -356,8 +542,9 @@ class PredictionDecoder:
             batch.count += sum(cols.n for _, cols, _ in parts)
         if slow:
             slow.sort()
-            evs, where, rejects = decode_predictions([values[i] for i in slow], self.times)
-            batch.rejects += [Reject(slow[r.index], r.reason) for r in rejects]
+            evs, where, rejects = decode_predictions([values[i] for i in slow], self.times, self.limits,
+                                                     self._categorical)
+            batch.rejects += [Reject(slow[r.index], r.reason, r.kind) for r in rejects]
             general = PredictionBatch.from_events(evs, self.models)
             batch.count += general.count
             batch.unknown = {slow[where[i]]: name for i, name in general.unknown.items()}
@@ -367,6 +554,11 @@ class PredictionDecoder:
         for name, parts in per_model.items():
             batch.models[name] = _merge(parts)
         batch.rejects.sort(key=lambda r: r.index)
+        if type(at) is not range or at.start != 0:  # positions within a larger batch
+            batch.rejects = [Reject(at[r.index], r.reason, r.kind) for r in batch.rejects]
+            batch.unknown = {at[i]: name for i, name in batch.unknown.items()}
+            for me in batch.models.values():
+                me.positions = [at[p] for p in me.positions]
         return batch
 
     def _time_bounds(self) -> tuple[float, float]:
@@ -414,13 +606,17 @@ class PredictionDecoder:
               per_model: dict[str, list[tuple[list[int], Columns, Any]]], slow: list[int]) -> None:
         decode = self._decode
         assert decode is not None
+        chunk = values[lo:hi]
+        if not all(map(self._plain, chunk)):  # some message is left to the general path before msgspec sees it
+            chunk = [raw if self._plain(raw) else None for raw in chunk]
         try:
-            fast = list(map(decode, values[lo:hi]))
+            fast = list(map(decode, chunk))
         except _DECODE_ERRORS:  # some message needs the general path: sort them out one by one
             fast = []
             for i in range(lo, hi):
+                raw = chunk[i - lo]
                 try:
-                    fast.append(decode(values[i]))
+                    fast.append(decode(raw))
                 except _DECODE_ERRORS:
                     slow.append(i)
                     fast.append(None)
@@ -517,6 +713,14 @@ _SEGMENT = attrgetter("segment")
 #: Messages per chunk. In the running monitor (the broker and librdkafka's threads share the caches) 256-384
 #: decoded fastest: 4.3-4.5 us per event against 4.6-4.8 at 1,024 and 5.3-5.6 at 2,048; 128 pays more per chunk.
 _CHUNK = 256
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _float_rows(get: Any, items: list[Any], n: int, k: int) -> np.ndarray:

@@ -30,10 +30,9 @@ import numpy as np
 
 from .columns import Columns, decode_array, encode_array
 
-try:  # the compiled pane kernel, built with the package (the numpy functions below without it)
-    from . import _panes as _kernel
-except ImportError:  # pragma: no cover - built without a C compiler
-    _kernel = None
+from .compiled import load
+
+_kernel = load("_panes")  # the compiled pane kernel (None: the numpy functions below)
 
 __all__ = ["Binning", "LatencySketch", "Pane", "PaneInput", "bin_edges", "clip", "compiled"]
 

@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-try:  # the compiled kernel of binned_statistics, built with the package (the numpy path below without it)
-    from . import _binned as _kernel
-except ImportError:  # pragma: no cover - built without a C compiler
-    _kernel = None
+from .compiled import load
+
+_kernel = load("_binned")  # the compiled kernel of binned_statistics (None: the numpy path below)
 
 __all__ = [
     "binned_statistics",

@@ -59,7 +59,7 @@ from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consu
 from ..config import MonitorConfig
 from ..core import sketches, stats
 from ..core.breaker import BreakerSignal
-from ..core.events import PredictionBatch, PredictionDecoder, TimeRange, decode_labels
+from ..core.events import Limits, PredictionBatch, PredictionDecoder, Reject, TimeRange, decode_labels
 from ..core.monitor import BatchOutput, Monitor, load_references
 from ..core.panes import PaneBuilder
 from ..core.reference import Reference
@@ -166,7 +166,8 @@ class MonitorService:
         self._references = load_references(cfg)  # loaded once, shared by every task; checked like check-config
         self._with_labels = any(m.uses_labels for m in cfg.models.values())  # labels and the join changelog
         self._times = TimeRange(cfg.events.min_timestamp, cfg.events.max_future_s)
-        self._predictions = PredictionDecoder(cfg.models, self._times)
+        self._limits = Limits(cfg.events.max_message_bytes, cfg.events.max_string_length)
+        self._predictions = PredictionDecoder(cfg.models, self._times, limits=self._limits)
         if cfg.models and not self._predictions.compiled:
             logger.warning("the compiled decoder is not built (no C compiler when the package was installed): "
                            "decoding at about half its speed; reinstall with a C compiler for full throughput")
@@ -671,7 +672,7 @@ class MonitorService:
         topic_labels = self.cfg.topics.labels
         preds = decoding.result()
         for r in preds.rejects:
-            self._dead_letter(pred_msgs[r.index], r.reason)
+            self._dead_letter(pred_msgs[r.index], r.reason, kind=r.kind)
         labels, label_pos = self._decode_labels(label_msgs)
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
@@ -760,9 +761,9 @@ class MonitorService:
     def _decode_labels(self, msgs: list[Message]) -> tuple[list[dict[str, Any]], list[int]]:
         if not msgs:
             return [], []
-        events, positions, rejects = decode_labels([m.value() for m in msgs], self._times)
+        events, positions, rejects = decode_labels([m.value() for m in msgs], self._times, self._limits)
         for r in rejects:
-            self._dead_letter(msgs[r.index], r.reason)
+            self._dead_letter(msgs[r.index], r.reason, kind=r.kind)
         return events, positions
 
     def _publish(self, out: BatchOutput) -> None:
@@ -780,10 +781,11 @@ class MonitorService:
         for report in out.reports:
             produce(self.cfg.topics.metrics, report["model"].encode(), _bounded(report))
 
-    def _dead_letter(self, m: Message, reason: str, stage: str = "decode") -> None:
+    def _dead_letter(self, m: Message, reason: str, stage: str = "decode", kind: str | None = None) -> None:
         headers = [
             ("error.reason", reason[:2000].encode()),
             ("error.stage", stage.encode()),
+            *([("error.class", kind.encode())] if kind else []),
             ("source.topic", (m.topic() or "").encode()),
             ("source.partition", str(m.partition()).encode()),
             ("source.offset", str(m.offset()).encode()),

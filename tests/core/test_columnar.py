@@ -14,6 +14,8 @@ from stream_monitor.core.events import PredictionDecoder, TimeRange, decoder_spe
 
 from .test_events import assert_decides_as_the_general_path
 
+pytestmark = pytest.mark.compiled  # the compiled decoder itself (skipped when switched off)
+
 
 def _bits(x):
     return struct.pack("<d", x)
@@ -372,3 +374,320 @@ def test_threads_decoding_at_once_get_what_one_thread_gets():
     assert all(got[t] == want for t in range(3))
     assert all("one call at a time" in r for r in refused)
     assert shared.decode(batches[0], 0.0, 1e11) == want[0]  # usable after refusals
+
+
+# ---- numbers at the edges of the double range, however they are spelled ---------------------------------------
+
+def _same_as_float(tok):
+    """The decoder's conversion of ``tok`` is Python's float(tok) bit for bit, or declined; never taken when
+    float(tok) is infinite. Returns whether it was taken."""
+    want = float(tok)
+    got = _columnar.parse_number(tok.encode())
+    if math.isinf(want):
+        assert got is None, f"{tok[:60]}... ({len(tok)} bytes) is {want} yet taken as {got}"
+        return False
+    if got is None:
+        return False
+    if tok == "-0":  # the JSON integer -0 is the int 0, so 0.0 (float("-0") is -0.0)
+        want = 0.0
+    assert _bits(got) == _bits(want), f"{tok[:60]}... ({len(tok)} bytes): {got} != {want}"
+    return True
+
+
+def test_leading_zeros_of_the_fraction_count_against_a_huge_exponent():
+    """0.(100,000 zeros)1e1000000 is 1e899999: beyond the double range, declined (it once decoded as 0.1: the
+    written exponent was capped at 100,000 while every leading zero was counted)."""
+    for sign in ("", "-"):
+        for exp in ("e1000000", "E+1000000", "e100310", "e0001000000", "e99999999999999999999999"):
+            tok = sign + "0." + "0" * 100_000 + "1" + exp
+            assert math.isinf(float(tok)) and _columnar.parse_number(tok.encode()) is None, tok[-30:]
+    tok = "0." + "0" * 100_000 + "17e100010"  # 1.7e9: fine either way, and exact when taken
+    _same_as_float(tok)
+    assert _bits(_columnar.parse_number(tok.encode())) == _bits(1.7e9)
+
+
+@pytest.mark.parametrize(("tok", "taken"), [
+    ("0." + "0" * 400 + "1e400", True),  # 0.1
+    ("-0." + "0" * 400 + "1e400", True),
+    ("0." + "0" * 400 + "1e-400", None),  # 1e-801: 0.0
+    ("1e-400", True), ("-1e-400", True), ("1e400", False), ("-1e400", False),
+    ("1" * 100_000 + "e-100000", None), ("1" * 100_000 + "e-99700", None), ("1" * 100_000 + "e-99600", False),
+    ("9" * 309, False), ("9" * 308, None), ("-" + "9" * 400, False),
+    ("1" + "0" * 100_000 + "e-100000", None), ("1" + "0" * 100_000 + ".5e-99999", None),
+    ("0." + "0" * 100_000 + "1e100001", True), ("0e1000000", True), ("-0.0e-1000000", True),
+    ("0." + "0" * 100_000, True), ("-0." + "0" * 100_000 + "e99999999999999999999", True),
+    ("1e99999999999999999", False), ("1e-99999999999999999", True), ("1e123456789012345678901234567890", False),
+    ("1e-123456789012345678901234567890", True), ("0." + "0" * 100_000 + "1e-123456789012345678901234567890", None),
+    ("1.7976931348623157e308", True), ("1.7976931348623158e308", True), ("1.7976931348623159e308", False),
+    ("179769313486231580793728971405301e276", None), ("4.9e-324", True), ("2.4703282292062327e-324", True),
+    ("2.4703282292062328e-324", True),
+])
+def test_huge_and_tiny_numbers_convert_as_float_or_are_declined(tok, taken):
+    """Leading zeros, long mantissas and huge exponents of either sign: the decoder's value is float(text)'s, and
+    an infinite one is declined. ``taken``: True when the decoder must take it, None when either is fine."""
+    got = _same_as_float(tok)
+    if taken is not None:
+        assert got is taken, tok[:60]
+
+
+def test_every_combination_of_digit_counts_zeros_and_exponents():
+    """The integer part (short, 19 or 20 digits, hundreds or 100,000 digits), the fraction's leading zeros (none to
+    100,000), its significant digits (none to 5,000) and the exponent (none, small, at the double range's edges,
+    100,000s, beyond 64 bits), both signs: float(text)'s double, or declined; infinities always declined."""
+    ints = ["0", "1", "9", "12345", "1234567890123456789", "12345678901234567890", "9" * 400, "1" + "0" * 100_000]
+    zeros = [0, 1, 5, 21, 22, 27, 28, 300, 400, 100_000]
+    sig = ["", "1", "17", "4503599627370497", "1234567890123456789", "12345678901234567891", "3" * 5000]
+    exps = ["", "e0", "E+0", "e-0", "e1", "e-1", "e22", "e-22", "e23", "e-27", "e-28", "e308", "e309", "e-324",
+            "e-400", "e400", "e100000", "e-100000", "e100001", "e1000000", "e-1000000", "e0000000000000000000001",
+            "e99999999999999999", "e100000000000000000", "e123456789012345678901234567890",
+            "e-123456789012345678901234567890"]
+    n = taken = 0
+    for sign in ("", "-"):
+        for whole in ints:
+            for z in zeros:
+                if whole != "0" and z > 400:
+                    continue
+                for digits in sig:
+                    if z and not digits:
+                        continue
+                    frac = "0" * z + digits
+                    for exp in exps:
+                        taken += _same_as_float(sign + whole + ("." + frac if frac else "") + exp)
+                        n += 1
+    assert n > 15000 and taken > 5000  # the short ones are taken
+
+
+def test_random_spellings_near_the_range_edges():
+    rng = random.Random(17)
+    for _ in range(20000):
+        z = rng.choice([0, 0, 1, 20, 300, 330, 1000, rng.randint(0, 5000)])
+        whole = rng.choice(["0", "0", str(rng.randint(1, 10**rng.randint(1, 25)))])
+        frac = "0" * z + str(rng.randint(1, 10**rng.randint(1, 25))) if whole == "0" or rng.random() < 0.5 else ""
+        exp = rng.choice([z, z + 1, z + 300, z + 308, z + 309, z + 330, z - 300, -z - 330, rng.randint(-10**6, 10**6)])
+        tok = rng.choice(["", "-"]) + whole + ("." + frac if frac else "") + rng.choice(["e", "E"]) + (
+            rng.choice(["", "+"]) if exp >= 0 else "") + str(exp)
+        _same_as_float(tok)
+
+
+@pytest.mark.parametrize("tok", ["00", "01", "-01", "00.5", "-00.0e1", "0" * 100_000 + "1", "1.e5", "1e", "1e+",
+                                 "0." + "0" * 100_000 + "e1000000x", "-0." + "0" * 100_000 + "1e"])
+def test_leading_zeros_of_the_integer_part_are_not_json(tok):
+    assert _columnar.parse_number(tok.encode()) is None
+
+
+def test_an_infinite_number_anywhere_in_a_message_is_declined():
+    """An unread field, an unknown feature or an envelope number beyond the double range: the general path
+    rejects the message (``number is infinity``), so the compiled path never takes it."""
+    huge = "0." + "0" * 100_000 + "1e1000000"
+    def msg(feats='"a": 1.5', extra=""):
+        return (f'{{"event_id": "e1", "model": "m", "model_version": "v1", "timestamp": 1700000000, '
+                f'"features": {{{feats}}}, "prediction": "yes"{extra}}}').encode()
+    dec = _columnar.Decoder([("m", ("a",), ("c",), False)])
+    bad = [msg(f'"a": {huge}'), msg(f'"zz": {huge}'), msg(extra=f', "trace": [{huge}]'),
+           msg(extra=f', "score": {huge}'), msg(extra=', "latency_ms": 1e400'), msg(extra=f', "t": {{"u": -{huge}}}'), msg(extra=', "t": ' + "9" * 400),
+           msg().replace(b"1700000000", b"0." + b"0" * 100_000 + b"17e1000000")]
+    declined, outs = dec.decode(bad + [msg()], 0.0, 1e11)
+    assert declined == list(range(len(bad))) and outs[0] is not None
+    within = msg().replace(b"1700000000", b"0." + b"0" * 100_000 + b"17e100009")  # 1.7e8: in range, exact
+    declined, (out,) = _columnar.Decoder([("m", ("a",), ("c",), False)]).decode([within], 0.0, 1e11)
+    assert declined == [] and np.frombuffer(out[1], dtype=np.float64).tolist() == [1.7e8]
+
+
+# ---- size limits ---------------------------------------------------------------------------------------------
+
+def _limited(limit_string=None, limit_message=None, name="m", **kw):
+    kwargs = {}
+    if limit_string is not None:
+        kwargs["max_string_bytes"] = limit_string
+    if limit_message is not None:
+        kwargs["max_message_bytes"] = limit_message
+    return _columnar.Decoder([(name, ("a",), ("c",), True, True)], **kwargs)
+
+
+def _event(**over):
+    base = {"event_id": '"e1"', "model": '"m"', "model_version": '"v1"', "timestamp": "1700000000",
+            "features": '{"a": 1.5, "c": "p"}', "prediction": '"yes"', "segment": '{"country": "nl"}'}
+    base.update(over)
+    return ("{" + ", ".join(f'"{k}": {v}' for k, v in base.items()) + "}").encode()
+
+
+def test_the_limits_default_to_1024_string_bytes_and_a_mebibyte_per_message():
+    dec = _columnar.Decoder([("m", ("a",), ("c",), True, True)])
+    pad = ', "t": "' + "x" * ((1 << 20) - len(_event()) - 9) + '"'
+    at = _event(segment='{"country": "nl"}' + pad)
+    assert len(at) == 1 << 20
+    over = at.replace(b'"t": "', b'"t": "x')
+    cat = lambda n: _event(features='{"a": 1.5, "c": "' + "k" * n + '"}')
+    declined, _ = dec.decode([at, over, cat(1024), cat(1025)], 0.0, 1e11)
+    assert declined == [1, 3]
+
+
+def test_a_message_just_at_the_limit_is_taken_just_over_declined():
+    msg = _event()
+    for limit, declined in ((len(msg), []), (len(msg) - 1, [0]), (len(msg) + 1, []), (1, [0])):
+        assert _limited(limit_message=limit).decode([msg], 0.0, 1e11)[0] == declined, limit
+
+
+@pytest.mark.parametrize("field", ["event_id", "model_version", "category", "class", "segment key", "segment value",
+                                   "model"])
+@pytest.mark.parametrize("char", ["k", "é", "日"])
+def test_a_kept_string_just_at_the_limit_is_taken_just_over_declined(field, char):
+    """Every string the decoder keeps, its length in UTF-8 bytes at the limit (taken) and one unit over
+    (declined), in 1-, 2- and 3-byte characters."""
+    limit = 24
+    for n_chars, want in ((limit // len(char.encode()), []), (limit // len(char.encode()) + 1, [0])):
+        s = char * n_chars
+        over = {"event_id": {"event_id": f'"{s}"'}, "model_version": {"model_version": f'"{s}"'},
+                "category": {"features": f'{{"a": 1.5, "c": "{s}"}}'}, "class": {"prediction": f'"{s}"'},
+                "segment key": {"segment": f'{{"{s}": "nl"}}'}, "segment value": {"segment": f'{{"country": "{s}"}}'},
+                "model": {"model": f'"{s}"'}}[field]
+        dec = _limited(limit, name=s if field == "model" else "m")
+        declined, outs = dec.decode([_event(**over)], 0.0, 1e11)
+        assert declined == want, (field, n_chars)
+        assert (outs[0] is None) == bool(want)
+        if not want:  # the string reaches the columns whole
+            out = outs[0]
+            got = {"event_id": lambda: out[11][0], "model_version": lambda: out[5][1][0],
+                   "category": lambda: out[5][0][0], "class": lambda: out[6][0],
+                   "segment key": lambda: next(iter(out[14][0])), "segment value": lambda: out[14][0]["country"],
+                   "model": lambda: s}[field]()
+            assert got == s
+
+
+def test_strings_the_decoder_does_not_keep_are_bounded_by_the_message_size_only():
+    dec = _limited(8)
+    long = "w" * 5000
+    values = [_event(features=f'{{"a": 1.5, "c": "p", "unread": "{long}"}}'), _event(trace=f'"{long}"'),
+              _event(**{long: '"x"'}), _event(features=f'{{"a": 1.5, "c": "p", "{long}": 1}}')]
+    assert dec.decode(values, 0.0, 1e11)[0] == []
+
+
+@pytest.mark.parametrize("kw", ["max_string_bytes", "max_message_bytes"])
+@pytest.mark.parametrize("bad", [0, -1, -(10**30), 1.5, "10", None, True, b"1"])
+def test_the_limits_must_be_positive_ints(kw, bad):
+    with pytest.raises(ValueError, match=kw):
+        _columnar.Decoder([("m", ("a",), (), False)], **{kw: bad})
+
+
+def test_the_limits_are_keywords_and_a_huge_one_is_no_limit():
+    with pytest.raises(TypeError):
+        _columnar.Decoder([("m", ("a",), (), False)], 10)
+    dec = _limited(10**30, 2**63)
+    assert dec.decode([_event(event_id='"' + "i" * 128 + '"')], 0.0, 1e11)[0] == []
+    assert dec.decode([_event(event_id='"' + "i" * 129 + '"')], 0.0, 1e11)[0] == [0]  # ids: 128 characters
+
+
+# ---- building and calling the Decoder directly -----------------------------------------------------------------
+
+def _isolated(code):
+    """Runs ``code`` in a fresh interpreter (a crash there fails this test instead of killing the run); its
+    output, the Decoder imported as D and a spec helper ``ok`` (a valid spec) defined."""
+    import subprocess
+    import sys
+
+    prelude = ("import gc\nfrom stream_monitor.core._columnar import Decoder as D\n"
+               "ok = ('m', ('a',), ('c',), False)\n"
+               "def raises(f):\n"
+               "    try:\n        f()\n    except Exception as exc:\n        return type(exc).__name__\n"
+               "    return 'nothing'\n")
+    r = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-3000:]}"
+    return r.stdout.split()
+
+
+@pytest.mark.parametrize(("code", "want"), [
+    ("print(raises(lambda: D([('\\ud800', ('a',), (), False)])))", ["UnicodeEncodeError"]),
+    ("print(raises(lambda: D([('m', ('\\ud800',), (), False)])))", ["UnicodeEncodeError"]),
+    ("print(raises(lambda: D([('m', ('a',), ('b', 'x\\udfff'), False)])))", ["UnicodeEncodeError"]),
+    ("print(raises(lambda: D([ok, ('\\ud800', ('a',) * 3, ('b',), True)])))", ["UnicodeEncodeError"]),
+    ("print(raises(lambda: D([['m', ('a',), (), False]])), raises(lambda: D([5])), raises(lambda: D([()])))",
+     ["TypeError"] * 3),
+    ("print(raises(lambda: D([('m', ['a'], (), False)])), raises(lambda: D([('m', (1,), (), False)])),"
+     " raises(lambda: D([('m', (), (None,), False)])), raises(lambda: D([(3, (), (), False)])),"
+     " raises(lambda: D((ok,))), raises(lambda: D(None)), raises(lambda: D()))", ["TypeError"] * 7),
+    ("print(raises(lambda: D([('m', ('a', 'b', 'a'), (), False)])), raises(lambda: D([('m', ('a',), ('a',), 0)])),"
+     " raises(lambda: D([ok, ok])))", ["ValueError"] * 3),
+    ("print(raises(lambda: D([('m', ('a',), (), False, False, 5, -1)])))", ["ValueError"]),
+    ("print(raises(lambda: D([('m', ('a',), (), False, False, 2**40, -1)])))", ["OverflowError"]),
+])
+def test_a_bad_spec_raises_and_leaves_nothing_behind(code, want):
+    """Wrong types, lone surrogates in names, duplicates: an exception, never a crash (a name that cannot be
+    encoded once crashed the half-built decoder's release)."""
+    assert _isolated(code + "\ngc.collect()") == want
+
+
+def test_a_decoder_whose_init_failed_or_never_ran_is_refused_not_dereferenced():
+    out = _isolated(
+        "d = D.__new__(D)\n"
+        "print(raises(lambda: d.decode([b'{}'], 0.0, 1.0)))\n"  # never initialised
+        "for bad in ([ok, ('\\ud800', ('a',), (), False)], [ok, ('m2', (1,), (), False)], [ok, ok]):\n"
+        "    d = D.__new__(D)\n"
+        "    print(raises(lambda: d.__init__(bad)), raises(lambda: d.decode([b'{}', None], 0.0, 1.0)))\n"
+        "    del d\n"
+        "    gc.collect()\n"
+        "d = D.__new__(D)\n"
+        "print(raises(lambda: d.__init__([ok, ('\\ud800', (), (), False)])))\n"
+        "d.__init__([ok])\n"  # a failed init, then a good one: usable
+        "print(d.decode([b'{}'], 0.0, 1.0)[0])\n"
+        "del d\n"
+        "D.__new__(D)\n"  # dealloc of one never initialised
+        "gc.collect()\n"
+        "print('done')\n")
+    assert out == ["RuntimeError", "UnicodeEncodeError", "RuntimeError", "TypeError", "RuntimeError",
+                   "ValueError", "RuntimeError", "UnicodeEncodeError", "[0]", "done"]
+
+
+def test_init_twice_is_refused_and_the_decoder_still_works():
+    dec = _columnar.Decoder([("m", ("a",), ("c",), False)])
+    with pytest.raises(RuntimeError, match="initialised once"):
+        dec.__init__([("x", (), (), False)])
+    with pytest.raises(RuntimeError, match="initialised once"):
+        dec.__init__([("m", ("\ud800",), (), False)])
+    declined, outs = dec.decode([_event(), _event(model='"x"')], 0.0, 1e11)
+    assert declined == [1] and len(outs) == 1 and outs[0] is not None
+
+
+def test_a_spec_that_calls_back_into_the_decoder_while_it_is_built():
+    """A spec's truth test runs Python code: calling the decoder under construction from there is refused."""
+    dec = _columnar.Decoder.__new__(_columnar.Decoder)
+    seen = []
+
+    class Sneaky:
+        def __bool__(self):
+            for call in (lambda: dec.__init__([("x", (), (), False)]), lambda: dec.decode([b"{}"], 0.0, 1.0)):
+                try:
+                    call()
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+            return True
+
+    dec.__init__([("m", ("a",), ("c",), Sneaky(), True)])
+    assert len(seen) == 2 and "initialised once" in seen[0] and "not initialised" in seen[1]
+    assert dec.decode([_event()], 0.0, 1e11)[0] == []
+
+
+def test_what_is_not_bytes_is_declined_by_position():
+    """None (a message without a value) and anything else that is not bytes is left to the general path."""
+    dec = _columnar.Decoder([("m", ("a",), ("c",), True, True)])
+    values = [None, _event(), "text", bytearray(_event()), memoryview(_event()), 7, _event(), b""]
+    declined, (out,) = dec.decode(values, 0.0, 1e11)
+    assert declined == [0, 2, 3, 4, 5, 7]
+    assert np.frombuffer(out[0], dtype=np.int64).tolist() == [1, 6]
+    assert dec.decode([], 0.0, 1e11) == ([], [None])
+    with pytest.raises(TypeError):
+        dec.decode((b"{}",), 0.0, 1.0)
+    with pytest.raises(TypeError):
+        dec.decode([b"{}"], "0", 1.0)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(2e9, 1e9), (1700000000.5, 1700000000.0), (math.nan, 1e11),
+                                        (0.0, math.nan), (math.inf, -math.inf)])
+def test_time_bounds_that_hold_no_time_decline_every_message(lo, hi):
+    dec = _columnar.Decoder([("m", ("a",), ("c",), True, True)])
+    assert dec.decode([_event(), _event(event_id='"e2"')], lo, hi) == ([0, 1], [None])
+
+
+def test_a_decoder_of_no_models_declines_everything():
+    dec = _columnar.Decoder([])
+    assert dec.decode([_event(), None, b"{}"], 0.0, 1e11) == ([0, 1, 2], [])
+    assert dec.decode([], 0.0, 1e11) == ([], [])

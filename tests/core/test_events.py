@@ -202,7 +202,7 @@ def test_a_clean_batch_takes_the_typed_path_and_a_bad_message_does_not_spoil_it(
     models = _models()
     calls = []
     real = mod.decode_predictions
-    monkeypatch.setattr(mod, "decode_predictions", lambda v, t=None: calls.append(len(v)) or real(v, t))
+    monkeypatch.setattr(mod, "decode_predictions", lambda v, *a: calls.append(len(v)) or real(v, *a))
     dec = mod.PredictionDecoder(models, compiled=compiled)
     batch = dec.decode([ev(event_id=f"e{i}") for i in range(50)])
     assert calls == [] and batch.models["m"].positions == list(range(50))

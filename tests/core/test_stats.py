@@ -363,6 +363,7 @@ def _count_stacks(seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("signed", [None, "rank_sum", "category_shift"])
 def test_compiled_binned_statistics_equal_the_numpy_functions(seed, signed):
@@ -395,6 +396,7 @@ def test_chi2_quantile_table_equals_the_ufunc():
         np.testing.assert_array_equal(stats.chi2_upper_quantile(dof, q), special.chdtri(dof, 1.0 - q))
 
 
+@pytest.mark.compiled
 def test_the_statistics_kernel_is_built():
     assert stats.compiled(), "stream_monitor.core._binned was not built by the install"
 
@@ -421,6 +423,7 @@ def _shift_cases(seed):
     return ref, cur, valid
 
 
+@pytest.mark.compiled
 def test_category_shift_computes_the_tails_only_where_they_can_decide(monkeypatch):
     """The compiled path computes the binomial tail only for cells whose bounds let them be their row's
     smallest p-value: the category picked, its p-value and the others' figures are what every tail gives."""
