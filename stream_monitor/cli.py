@@ -30,6 +30,50 @@ class UsageError(ValueError):
 __all__ = ["main"]
 
 
+def compiled_parts() -> dict[str, str]:
+    """Which implementation each compiled part has in this process: ``compiled``, or its fallback and why
+    (``not built``: no C compiler when the package was installed; ``disabled``: built, but switched off).
+
+    Read from the modules that use them, so it is what a run uses, not merely what is installed."""
+    from importlib.util import find_spec
+
+    from .core import events, sketches, stats
+
+    def state(in_use: bool, module: str, fallback: str) -> str:
+        if in_use:
+            return "compiled"
+        try:
+            built = find_spec(f"stream_monitor.core.{module}") is not None
+        except (ImportError, ValueError):
+            built = False
+        return f"{fallback} fallback, {'disabled' if built else 'not built'}"
+
+    return {"decoder": state(events._columnar is not None, "_columnar", "python"),
+            "statistics": state(stats.compiled(), "_binned", "numpy"),
+            "panes": state(sketches.compiled(), "_panes", "numpy")}
+
+
+def version_line() -> str:
+    """``stream-monitor 0.1.0 (decoder: compiled; statistics: compiled; panes: compiled)``."""
+    from . import __version__
+
+    parts = "; ".join(f"{name}: {how}" for name, how in compiled_parts().items())
+    return f"stream-monitor {__version__} ({parts})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the compiled parts in use, found only when asked (they load numpy)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def _bootstrap(args: argparse.Namespace, configured: str | None) -> str:
     b = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or configured
     if not b:
@@ -64,6 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .exporter import MonitorMetrics
     from .kafka.runner import MonitorService
 
+    logging.getLogger(__name__).info("%s", version_line())  # which decoder and kernels this process runs
     cfg = load_config(args.config)
     metrics = MonitorMetrics()
     if cfg.prometheus.port is not None:
@@ -305,8 +350,6 @@ def _command(sub: Any, name: str, summary: str, description: str, examples: list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="stream-monitor", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Streaming monitor for ML models in production: data drift, concept drift, performance on "
@@ -316,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  stream-monitor backtest --config config/example.yaml --input preds.jsonl --report report.html\n"
         "  stream-monitor alerts forward --config config/example.yaml --alertmanager http://localhost:9093\n"
         "\n`stream-monitor COMMAND --help` tells more.\n\n" + EXIT_CODES)
-    parser.add_argument("--version", action="version", version=f"stream-monitor {__version__}")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and whether the compiled decoder and kernels are in use, and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

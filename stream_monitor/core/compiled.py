@@ -12,14 +12,11 @@ import importlib
 import os
 from types import ModuleType
 
-__all__ = ["DISABLED", "describe", "load"]
+__all__ = ["DISABLED", "SWITCH", "load"]
 
 #: The environment switch: set to 1 to run without any compiled part.
 SWITCH = "STREAM_MONITOR_NO_EXTENSIONS"
 DISABLED = os.environ.get(SWITCH, "") not in ("", "0")
-
-_PARTS = {"decoder": "_columnar", "statistics": "_binned", "panes": "_panes"}
-
 
 def load(name: str) -> ModuleType | None:
     """The compiled module ``stream_monitor.core.<name>``, or None when it is not built or switched off."""
@@ -30,8 +27,3 @@ def load(name: str) -> ModuleType | None:
     except ImportError:
         return None
 
-
-def describe() -> str:
-    """Which parts run compiled, e.g. ``decoder: compiled; statistics: compiled; panes: python``."""
-    why = f"python ({SWITCH}=1)" if DISABLED else "python (not built)"
-    return "; ".join(f"{part}: {'compiled' if load(mod) is not None else why}" for part, mod in _PARTS.items())
