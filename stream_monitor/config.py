@@ -156,7 +156,7 @@ class WindowConfig(_Frozen):
     by: Literal["count", "time"] = "count"
     size: float = Field(1000, gt=0)  # events (by: count) or seconds of event time (by: time)
     slide: float | None = Field(None, gt=0)  # sliding only: events or seconds between evaluations
-    lateness_s: float = Field(0.0, ge=0)  # by: time: how late an event may arrive and still count
+    lateness_s: float = Field(0.0, ge=0)  # time windows: how late an event may arrive and still count; scale-out count windows: how far out of order
 
     @model_validator(mode="after")
     def _check(self) -> WindowConfig:

@@ -44,8 +44,8 @@ from .tracking import LabelOutput, LabelTracker
 from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
 from .warmup import WarmUp
-from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, TimeWindows,
-                      WindowHistory)
+from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, SourceMerge,
+                      TimeWindows, WindowHistory)
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -200,6 +200,9 @@ class ModelMonitor:
         cfg = self.cfg
         self.reference: Reference | None = None
         self.warmup = WarmUp(cfg.name, cfg.reference.size, self.merged_idle_s, self.sources)
+        # scale-out with count windows: every partition's events in one order before the warm-up and windows
+        self.merge = SourceMerge(self.sources, self.merged_idle_s, cfg.window.lateness_s) \
+            if self.merged_idle_s is not None and cfg.window.by == "count" else None
         self.windows: CountWindows | TimeWindows | None = None
         self.rolling: RollingReference | None = None
         self.calendar: CalendarReference | None = None
@@ -241,7 +244,7 @@ class ModelMonitor:
 
     @property
     def late_events(self) -> int:
-        return self.windows.late_events if self.windows else 0
+        return (self.windows.late_events if self.windows else 0) + (self.merge.late_events if self.merge else 0)
 
     def update(self, events: list[dict[str, Any]], keys: np.ndarray | None = None) -> list[WindowResult]:
         """Add decoded events of this model; returns the windows that closed, evaluated."""
@@ -312,7 +315,13 @@ class ModelMonitor:
                 self.stale_pieces += int(rec.pane.get("n", 0))
         self.dirty = True
         closed: list[ClosedWindow] = []
-        if self.reference is None:
+        if self.merge is not None:  # count windows: the partitions' events in the merge order first
+            if cols is not None:
+                self.merge.add(rec.source, cols)
+            cols = self.merge.advance(rec.source, rec.at, rec.watermark)
+            if cols is not None and self.reference is None:
+                cols = self._warm_up(cols)
+        elif self.reference is None:
             cols = self._warm_up_merged(cols, rec)
         if cols is not None and cols.n:
             self.last_version = clip(cols.version(-1))
@@ -474,6 +483,9 @@ class ModelMonitor:
             ref = self.reference
             yield self._key("ref"), ref.id, ref.to_dict
         yield from self.warmup.pieces()
+        if self.merge is not None:
+            for part, stamp, make in self.merge.pieces():
+                yield self._key("m", part), stamp, make
         if self.history is not None:
             yield self._key("evidence"), self.history.stamp, self.history.snapshot
         for kind, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
@@ -488,6 +500,7 @@ class ModelMonitor:
             "v": FORMAT,
             "reference": self.reference.id if self.reference is not None else None,
             "warmup": self.warmup.snapshot(),
+            "merge": self.merge.snapshot() if self.merge is not None else None,
             "last_version": self.last_version,
             "windows": self.windows.snapshot() if self.windows is not None else None,
             "rolling": self.rolling.snapshot() if self.rolling is not None else None,
@@ -589,6 +602,9 @@ class ModelMonitor:
         elif self.reference is None:
             self.warmup.restore(core["warmup"], records,
                                 (len(self.numeric), len(self.categorical), len(cfg.segments.keys)))
+        if self.merge is not None and core.get("merge") is not None:
+            self.merge.restore(core["merge"], parts_of(records, "m"),
+                               (len(self.numeric), len(self.categorical), len(cfg.segments.keys)))
         self.last_version = clip(str(core["last_version"]))
         if self.labels is not None:
             self.labels.restore(core, records)

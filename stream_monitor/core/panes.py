@@ -12,9 +12,14 @@ writer per model for alerts, incidents and the breaker.
 **Pieces.** Time windows: one piece per pane of event time, handed out once the partition's watermark (the
 largest event time it has read of the model, minus ``lateness_s``) has passed the pane's end; an event for a
 pane already handed out makes a new piece of that pane (the deciding instance merges it, or counts it late if
-the window was already evaluated). Count windows: pieces of at most ``pane_size / sources`` events, handed out
-when full and at every commit. A piece's sample is the bottom of its keys like any pane's (:mod:`.keys`), so
-merged pieces keep an exact uniform sample of the window; a piece keeps at most :func:`piece_cap` rows.
+the window was already evaluated). A piece's sample is the bottom of its keys like any pane's (:mod:`.keys`),
+so merged pieces keep an exact uniform sample of the window; a piece keeps at most :func:`piece_cap` rows.
+
+**Count windows** are not binned here: a count window is the next ``size`` events of the model in one merge
+order over every partition (event time, then partition, then arrival; :class:`~.windows.SourceMerge`), which
+only the deciding instance can cut. The builder forwards the events as raw columns at every commit, and the
+deciding instance releases them in that order once every partition has passed them, so count windows tile
+event time whatever the number of instances and however the partitions were read.
 
 **Before the reference.** A warm-up (or rolling/calendar) reference is built by the deciding instance from
 the earliest events of the model by event time over every partition; until a builder has that reference it
@@ -94,9 +99,8 @@ class ModelPanes:
         n_panes = int(round(w.size / w.pane))
         pane_cap = max(50, cfg.drift.sample_size // n_panes)
         self.cap = piece_cap(pane_cap, sources, len(self.numeric))
-        self.piece_events = max(1, math.ceil(int(w.pane) / max(1, sources))) if not self.by_time else 0
         self.reference: Reference | None = None
-        self._open: dict[int, Pane] = {}  # time: pane number -> piece; count: {0: the open piece}
+        self._open: dict[int, Pane] = {}  # pane number -> piece (time windows)
         self._out: list[dict[str, Any]] = []  # records handed out at the next flush
         self._wm = -np.inf
         self._fresh = False  # something to hand out since the last flush
@@ -115,8 +119,9 @@ class ModelPanes:
             self.set_reference(reference)
 
     def set_reference(self, ref: Reference) -> None:
-        """Bin with ``ref`` from now on (open pieces of another binning are handed out as they are)."""
-        if self.reference is not None and self.reference.id == ref.id:
+        """Bin with ``ref`` from now on (open pieces of another binning are handed out as they are). Count
+        windows are not binned here: their events go to the deciding instance as they are (see the module doc)."""
+        if not self.by_time or self.reference is not None and self.reference.id == ref.id:
             return
         if self.reference is not None:
             for index, piece in sorted(self._open.items()):
@@ -134,29 +139,17 @@ class ModelPanes:
         newest = float(cols.event_time.max())
         self._wm = max(self._wm, newest)
         self.last_event_time = self._wm
-        if self.reference is None:
+        if self.reference is None or not self.by_time:
             for at in range(0, cols.n, RAW_CHUNK_EVENTS):
                 self._out.append({"raw": cols.take(slice(at, at + RAW_CHUNK_EVENTS)).to_dict()})
             return
         batch = PaneInput(self.reference.binning, cols)
-        if self.by_time:
-            idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
-            for p in np.unique(idx).tolist():
-                piece = self._open.get(p)
-                if piece is None:
-                    piece = self._open[p] = self._new_piece()
-                piece.update_rows(batch, np.flatnonzero(idx == p))
-            return
-        at = 0
-        while at < cols.n:
-            piece = self._open.get(0)
+        idx = np.floor(cols.event_time / self.pane_s).astype(np.int64)
+        for p in np.unique(idx).tolist():
+            piece = self._open.get(p)
             if piece is None:
-                piece = self._open[0] = self._new_piece()
-            take = min(self.piece_events - piece.n, cols.n - at)
-            piece.update_rows(batch, slice(at, at + take))
-            at += take
-            if piece.n >= self.piece_events:
-                self._emit_piece(None, self._open.pop(0))
+                piece = self._open[p] = self._new_piece()
+            piece.update_rows(batch, np.flatnonzero(idx == p))
 
     def observe_predictions(self, events: list[dict[str, Any]], keys: np.ndarray) -> None:
         """Every prediction (before drift sampling) inside ``join.sample_rate`` enters the label join and
@@ -201,12 +194,10 @@ class ModelPanes:
         when no event came since the last flush (the source then goes idle for the deciding instance)."""
         if not self._fresh and not self._out:
             return []
-        if self.by_time:
+        if self._open:
             complete = math.floor((self._wm - self.cfg.window.lateness_s) / self.pane_s) - 1  # last finished pane
             for p in sorted(p for p in self._open if p <= complete):
                 self._emit_piece(p, self._open.pop(p))
-        elif 0 in self._open:
-            self._emit_piece(None, self._open.pop(0))
         out = self._out
         for at_pair in range(0, len(self._pairs), PAIRS_PER_RECORD):
             out.append({"pairs": pairs_plain(self._pairs[at_pair: at_pair + PAIRS_PER_RECORD])})

@@ -56,6 +56,8 @@ KINDS: dict[str, RecordKind] = {k.name: k for k in (
     RecordKind("perf", "state", 1, list, True, "a performance window's sample of joined pairs"),
     RecordKind("held", "state", 1, list, False, "joined pairs waiting for the label frontier (in event-time order)"),
     RecordKind("o", "state", 1, dict, True, "scale-out: a pane builder's open piece of one window"),
+    RecordKind("m", "state", 1, dict, True,
+               "scale-out, count windows: a chunk of one partition's events waiting for the merge order"),
     RecordKind("join", "join", 1, dict, True, "a segment or live-bitmap of the label join's pending entries"),
 )}
 

@@ -18,18 +18,18 @@ bookkeeping, :meth:`pieces` the panes (each under a stable id, rewritten only wh
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .columns import Columns
+from .columns import Columns, decode_array, encode_array
 from .segments import SegmentedPane, SegmentReference
 from .sketches import Binning, Pane, PaneInput
 
 __all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
-           "SourceWatermarks", "TimeWindows", "WindowHistory", "decode_record"]
+           "SourceMerge", "SourceWatermarks", "TimeWindows", "WindowHistory", "decode_record"]
 
 #: Version of the pane records of scale-out mode (see :mod:`.panes`).
 PANE_FORMAT = 1
@@ -259,10 +259,12 @@ def decode_record(d: Any) -> PaneRecord:
 
 
 class MergedCountWindows(CountWindows):
-    """Count windows of partial panes sent by the instances that read a model's partitions (scale-out mode).
+    """Count windows of a model whose events come from many prediction partitions (scale-out mode).
 
-    Pieces are merged in the order they arrive; a pane is complete once its merged pieces reach the pane size,
-    so a pane (and a window) may hold up to one piece more than its size: the documented tolerance.
+    The events arrive as raw columns and are put in one order by :class:`SourceMerge` before they reach the
+    windows, so a window is the next ``size`` events of that order, as on one partition. :meth:`add_piece`
+    merges a partial pane binned by a pane builder of an earlier version (pieces of at most ``size / sources``
+    events, in arrival order): a pane then holds up to one piece more than its size.
     """
 
     def add_piece(self, index: int | None, piece: Pane) -> list[ClosedWindow]:
@@ -331,6 +333,132 @@ class SourceWatermarks:
         self._sources = {int(k): (-np.inf if w is None else float(w), float(s)) for k, (w, s) in d["sources"].items()}
         self._first = None if d["first"] is None else float(d["first"])
         return self
+
+
+class SourceMerge:
+    """The events of one model from many prediction partitions ("sources"), put in one order: the merge order.
+
+    Scale-out mode with count windows. Each source's events come in its own order, as raw columns. An event's
+    *merge time* is its event time, or, when it is more than ``lateness_s`` older than the newest event of its
+    source before it, that newest time minus ``lateness_s`` (a late event takes the place its source had
+    reached). The merge order is (merge time, source, arrival). An event is released once every active source
+    has passed its merge time (:class:`SourceWatermarks`; a source reports the newest event time it has read):
+    no later event of any active source can then come before it in the merge order. So the events reach the
+    windows, the warm-up and everything after in the same order however the sources were read, interleaved,
+    batched or restarted; only a source that went idle and comes back with older events is out of order (its
+    events are released at once and counted in :attr:`late_events`).
+
+    The events waiting are kept in chunks, one per record as it came (a chunk partly released is replaced by
+    its remainder under a new id); :meth:`pieces` hands them to the checkpoint (``m`` records).
+    """
+
+    def __init__(self, sources: int, idle_s: float, lateness_s: float) -> None:
+        self.sources = sources
+        self.idle_s = idle_s
+        self.lateness_s = lateness_s
+        self.clock = SourceWatermarks(sources, idle_s)
+        self._newest: dict[int, float] = {}  # source -> the newest event time it has brought
+        self._chunks: list[_Chunk] = []
+        self._next = 0  # id of the next chunk
+        self._arrival = 0  # arrival number of the next event
+        self._released = -np.inf  # every event released had a merge time under this
+        self.late_events = 0
+
+    @property
+    def waiting(self) -> int:
+        """Events not released yet."""
+        return sum(c.cols.n for c in self._chunks)
+
+    def add(self, source: int, cols: Columns) -> None:
+        """Events of ``source``, in its order."""
+        if not cols.n:
+            return
+        t = cols.event_time
+        newest = np.maximum.accumulate(np.concatenate(([self._newest.get(source, -np.inf)], t)))
+        merge_time = np.maximum(t, newest[:-1] - self.lateness_s)
+        self._newest[source] = float(newest[-1])
+        self.late_events += int((merge_time < self._released).sum())
+        self._chunks.append(_Chunk(self._next, source, np.arange(self._arrival, self._arrival + cols.n),
+                                   merge_time, cols))
+        self._next += 1
+        self._arrival += cols.n
+
+    def advance(self, source: int, stamp: float, watermark: float | None) -> Columns | None:
+        """``source`` has read up to ``watermark`` (reported at produce time ``stamp``); returns the events
+        released now, in the merge order (None when there are none)."""
+        self.clock.advance(source, stamp, watermark)
+        frontier = max(self._released, self.clock.low() - self.lateness_s)
+        if not self._chunks or frontier == -np.inf:
+            return None
+        self._released = frontier
+        keep: list[_Chunk] = []
+        out: list[_Chunk] = []
+        for c in self._chunks:
+            go = c.merge_time < frontier
+            if go.all():
+                out.append(c)
+            elif not go.any():
+                keep.append(c)
+            else:
+                out.append(c.take(go, c.id))
+                keep.append(c.take(~go, self._next))
+                self._next += 1
+        self._chunks = keep
+        if not out:
+            return None
+        order = np.lexsort((np.concatenate([c.arrival for c in out]),
+                            np.concatenate([np.full(c.cols.n, c.source) for c in out]),
+                            np.concatenate([c.merge_time for c in out])))
+        return Columns.concat([c.cols for c in out]).take(order)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def pieces(self) -> Iterator[tuple[str, int, Callable[[], dict[str, Any]]]]:
+        """(part, stamp, value maker) of every chunk waiting; a chunk's content never changes under its id."""
+        for c in self._chunks:
+            yield str(c.id), c.id, c.to_dict
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"clock": self.clock.snapshot(), "newest": {str(k): v for k, v in self._newest.items()},
+                "chunks": [c.id for c in self._chunks], "next": self._next, "arrival": self._arrival,
+                "released": float(self._released) if np.isfinite(self._released) else None,
+                "late": self.late_events}
+
+    def restore(self, d: dict[str, Any], chunks: dict[str, Any], widths: tuple[int, int, int]) -> SourceMerge:
+        """Rebuild from :meth:`snapshot` and the chunk records by part (raises on bad data)."""
+        self.clock.restore(d["clock"])
+        self._newest = {int(k): float(v) for k, v in d["newest"].items()}
+        self._chunks = [_Chunk.from_dict(int(i), chunks[str(int(i))], widths) for i in d["chunks"]]
+        self._next, self._arrival = int(d["next"]), int(d["arrival"])
+        self._released = -np.inf if d["released"] is None else float(d["released"])
+        self.late_events = int(d["late"])
+        if any(c.id >= self._next or c.source < 0 for c in self._chunks):
+            raise ValueError("merge checkpoint chunks do not match its bookkeeping")
+        return self
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Events of one source waiting in a :class:`SourceMerge`: their arrival numbers and merge times."""
+
+    id: int
+    source: int
+    arrival: np.ndarray  # int64
+    merge_time: np.ndarray  # float64
+    cols: Columns
+
+    def take(self, mask: np.ndarray, cid: int) -> _Chunk:
+        return _Chunk(cid, self.source, self.arrival[mask], self.merge_time[mask], self.cols.take(mask))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "arrival": encode_array(self.arrival, "<i8"),
+                "merge_time": encode_array(self.merge_time, "<f8"), "cols": self.cols.to_dict()}
+
+    @classmethod
+    def from_dict(cls, cid: int, d: dict[str, Any], widths: tuple[int, int, int]) -> _Chunk:
+        cols = Columns.from_dict(d["cols"], *widths)
+        arrival = decode_array(d["arrival"], "<i8", (cols.n,)).astype(np.int64)
+        merge_time = decode_array(d["merge_time"], "<f8", (cols.n,)).astype(np.float64)
+        return cls(cid, int(d["source"]), arrival, merge_time, cols)
 
 
 class MergedTimeWindows(TimeWindows):

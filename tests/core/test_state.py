@@ -11,13 +11,15 @@ from stream_monitor.config import parse_config
 from stream_monitor.core.events import PredictionBatch
 from stream_monitor.core.monitor import Monitor
 from stream_monitor.core.panes import PaneBuilder
+from stream_monitor.core.windows import decode_record
 from stream_monitor.core.state import (KINDS, RecordError, RecordKey, TaskId, decode_key, decode_value, encode_key,
                                        encode_value)
 from tests.streams import every_kind_config, every_kind_stream
 
 
-def every_record() -> tuple[dict[RecordKey, object], dict[RecordKey, object], object]:
-    """The records of a monitor and of a scale-out pane builder fed the every-kind stream."""
+def every_record() -> tuple[dict[RecordKey, object], dict[RecordKey, object], object, dict[RecordKey, object]]:
+    """The records of a monitor, of a scale-out pane builder fed the every-kind stream and of its deciding
+    stage (each of another task)."""
     cfg = parse_config({"models": every_kind_config()})
     preds, labels = every_kind_stream(np.random.default_rng(3))
     mon = Monitor(cfg)
@@ -25,14 +27,18 @@ def every_record() -> tuple[dict[RecordKey, object], dict[RecordKey, object], ob
     refs = {name: mm.reference for name, mm in mon.models.items() if mm.reference is not None}
     builder = PaneBuilder(parse_config({"models": every_kind_config(), "scale_out": {"enabled": True}}), 0, 2, refs)
     builder.process_batch(PredictionBatch.from_events(preds, builder.cfg.models), [])
-    return mon.checkpoint().records, builder.checkpoint(1.0).records, cfg
+    built = builder.checkpoint(1.0)
+    # the deciding stage: count windows hold the events of partition 0 until partition 1 has reported
+    decider = Monitor(builder.cfg, refs, merged=True, sources=2)
+    decider.process_panes([decode_record(orjson.loads(orjson.dumps(r))) for _, r in built.outputs])
+    return mon.checkpoint().records, built.records, cfg, decider.checkpoint().records
 
 
 def test_every_kind_is_written_and_round_trips_through_its_codec():
-    monitor_records, builder_records, cfg = every_record()
-    records = monitor_records | builder_records
-    assert {k.kind for k in records} == set(KINDS), "a kind in the registry that nothing writes, or the reverse"
-    for key, value in records.items():
+    monitor_records, builder_records, cfg, decider_records = every_record()
+    kinds = {k.kind for k in monitor_records} | {k.kind for k in builder_records} | {k.kind for k in decider_records}
+    assert kinds == set(KINDS), "a kind in the registry that nothing writes, or the reverse"
+    for key, value in [*monitor_records.items(), *builder_records.items(), *decider_records.items()]:
         raw = encode_value(key, value)
         assert raw is not None
         assert decode_value(key, raw) == orjson.loads(orjson.dumps(value)), key
@@ -44,10 +50,19 @@ def test_every_kind_is_written_and_round_trips_through_its_codec():
     join = {k: v for k, v in restored.items() if k.topic == "join"}
     assert sorted(again.restore(state, join)) == sorted(cfg.models)
     assert again.counters.restore_errors == 0
+    merged = Monitor(parse_config({"models": every_kind_config(), "scale_out": {"enabled": True}}),
+                     {name: mm.reference for name, mm in again.models.items() if mm.reference is not None},
+                     merged=True, sources=2)
+    decided = {k: decode_value(k, encode_value(k, v)) for k, v in decider_records.items()}
+    waiting = {k for k in decided if k.kind == "m"}
+    assert waiting and sorted(merged.restore(decided, {})) == sorted(cfg.models)
+    assert merged.counters.restore_errors == 0
+    assert sum(mm.merge.waiting for mm in merged.models.values() if mm.merge) == sum(
+        decided[k]["cols"]["n"] for k in waiting) > 0
 
 
 def test_a_performance_pair_sample_is_a_list_and_survives_the_codec():
-    records, _, _ = every_record()
+    records, _, _, _ = every_record()
     perf = [(k, v) for k, v in records.items() if k.kind == "perf"]
     assert perf and all(isinstance(v, list) and v for _, v in perf)
     key, value = perf[0]

@@ -57,15 +57,16 @@ def drifting_stream(seed: int) -> list[dict[str, Any]]:
 
 
 def drained(bootstrap: str, raw: dict[str, Any], ends: dict[int, int], last_end: float,
-            procs: list[MonitorProcess], timeout: float = 240) -> None:
+            procs: list[MonitorProcess], timeout: float = 240, windows: int | None = None) -> None:
     """Every prediction committed, and the deciding task has published the window ending at ``last_end`` (the
-    last one the stream's watermark closes)."""
+    last one the stream's watermark closes), or ``windows`` drift windows (count windows)."""
     cfg = parse_config(raw)
     wait_committed(bootstrap, cfg.kafka.group_id, cfg.topics.predictions, ends, timeout, procs)
     deadline = time.monotonic() + timeout
     while True:
-        reports = [orjson.loads(m.value()) for m in read_committed(bootstrap, cfg.topics.metrics)]
-        if any(r["type"] == "drift" and r["window"]["end"] >= last_end for r in reports):
+        drift = [r for r in (orjson.loads(m.value()) for m in read_committed(bootstrap, cfg.topics.metrics))
+                 if r["type"] == "drift"]
+        if len(drift) >= windows if windows is not None else any(r["window"]["end"] >= last_end for r in drift):
             return
         logs = "\n".join(f"== {p.log.name}\n{p.tail()}" for p in procs)
         assert time.monotonic() < deadline, f"window ending {last_end} never published\n{logs}"
@@ -73,7 +74,8 @@ def drained(bootstrap: str, raw: dict[str, Any], ends: dict[int, int], last_end:
 
 
 def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]], tmp_path: Any, instances: int,
-              kill_one: bool = False, garbage: bool = False, labels: list[dict[str, Any]] = ()) -> dict[str, Any]:
+              kill_one: bool = False, garbage: bool = False, labels: list[dict[str, Any]] = (),
+              windows: int | None = None) -> dict[str, Any]:
     cfg = parse_config(raw)
     size = next(iter(cfg.models.values())).window.size
     last_end = (events[-1]["timestamp"] // size) * size
@@ -97,7 +99,7 @@ def run_group(bootstrap: str, raw: dict[str, Any], events: list[dict[str, Any]],
         time.sleep(1.5)
         procs[-1].kill()  # its tasks (builders and deciders) move to the others from its last commit
     try:
-        drained(bootstrap, raw, {p: len(e) for p, e in parts.items()}, last_end, procs)
+        drained(bootstrap, raw, {p: len(e) for p, e in parts.items()}, last_end, procs, windows=windows)
     finally:
         for p in procs:
             if p.alive():
@@ -150,6 +152,41 @@ def test_one_and_three_instances_monitor_a_stream_keyed_by_event_id_as_one(kafka
     epochs = [s["epoch"] for s in three["signals"] if s.get("source") == "monitor"]
     assert epochs and epochs == sorted(epochs) and len(set(epochs)) == len(epochs)
     assert "restored" in three["log"]  # the killed instance's tasks were taken over from its state
+
+
+def test_count_windows_over_partitions_tile_event_time_with_one_and_three_instances(kafka_bootstrap, run_id,
+                                                                                      tmp_path):
+    """Count windows in scale-out mode are the next ``size`` events in event time over every partition: one
+    instance and three (one killed mid-stream) publish the windows one monitor of the whole stream in time
+    order would, and each shifted hour is one incident."""
+    from stream_monitor.core.monitor import Monitor
+
+    events = drifting_stream(64)
+    model = model_config(window={"by": "count", "size": 1000}, reference={"size": 3000}, breaker=BREAKER)
+    # the events every partition has passed are released to the windows: all but the newest of the slowest
+    times = np.array([e["timestamp"] for e in events])
+    low = min(max(e["timestamp"] for e in part) for part in by_event_id(events).values())
+    n_windows = (int((times < low).sum()) - 3000) // 1000
+    one = run_group(kafka_bootstrap, scale_config(f"{run_id}-one", model), events, tmp_path, 1, windows=n_windows)
+    three = run_group(kafka_bootstrap, scale_config(f"{run_id}-three", model), events, tmp_path, 3, kill_one=True,
+                      windows=n_windows)
+    for key in ("windows", "findings", "alerts", "breaker"):
+        assert one[key] == three[key], key
+    # the windows of one monitor reading the whole stream in event time
+    single = Monitor(parse_config({**scale_config(f"{run_id}-x", model), "scale_out": {"enabled": False}}))
+    want = []
+    for at in range(0, len(events), 1000):
+        want += [(r.window.index, r.window.start, r.window.end, r.window.events) for r in single.process(
+            events[at: at + 1000]).results]
+    got = sorted({(r["window"]["index"], r["window"]["start"], r["window"]["end"], r["window"]["events"])
+                  for r in three["reports"] if r["type"] == "drift"})
+    assert len(got) == n_windows and got == want[:n_windows]
+    assert all(b[1] > a[2] for a, b in zip(got, got[1:]))  # no overlap in event time
+    for _, start, end, n in got:  # every event in one window: exactly the events of its time span
+        assert n == 1000 == int(((times >= start) & (times <= end)).sum())
+    firing = [a for a in three["alert_events"] if a["status"] == "firing" and a["kind"] == "data_drift"]
+    assert {f["feature"] for a in firing for f in a["features"]} == {"a"}
+    assert len({a["alert_id"] for a in firing}) == 2  # two shifted hours: one incident each
 
 
 def test_a_seasonal_stream_over_partitions_with_a_calendar_reference_raises_nothing(kafka_bootstrap, run_id,

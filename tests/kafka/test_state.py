@@ -41,7 +41,7 @@ def test_every_record_kind_is_read_back_after_a_restart(kafka_bootstrap, run_id)
         run.wait_consumed(len(preds) + len(labels))
     records = state_records(cfg, kafka_bootstrap)
     kinds = {key.kind for _, key in records}
-    assert kinds == set(KINDS) - {"o"}, "o (a pane builder's piece) is written in scale-out mode only"
+    assert kinds == set(KINDS) - {"o", "m"}, "o and m (scale-out's pieces and merge chunks): scale-out mode only"
     perf = {key.part: value for (_, key), value in records.items() if key.kind == "perf"}
     assert perf
 
