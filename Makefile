@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka-jars test test-unit test-no-extensions test-sanitize demo bench broker docs clean
+.PHONY: install kafka-jars system-deps test test-unit test-no-extensions test-sanitize demo bench broker docs clean
 
 $(STAMP): pyproject.toml stream_monitor/core/_columnar.c stream_monitor/core/_binned.c stream_monitor/core/_panes.c   # built by the install
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,22 @@ install: $(STAMP)
 kafka-jars: install          ## download Apache Kafka jars into .cache/ (once)
 	$(VENV)/bin/stream-monitor broker --fetch-only
 
-test: install                ## all tests; integration tests start one real broker
+system-deps:                 ## the system tools the tests use (Java, Maven, gcc, Prometheus, ...), from Debian if missing
+	bash .ci/system-deps
+
+test: system-deps            ## all tests, on a fresh machine too; integration tests start one real broker
+	$(MAKE) --no-print-directory kafka-jars
 	$(PY) -m pytest
 
 test-unit: install           ## pure-core tests only, no broker
 	$(PY) -m pytest -m "not kafka"
 
-test-no-extensions: install   ## all tests on the path without a C compiler (every compiled part switched off)
+test-no-extensions: system-deps   ## all tests on the path without a C compiler (every compiled part switched off)
+	$(MAKE) --no-print-directory kafka-jars
 	STREAM_MONITOR_NO_EXTENSIONS=1 $(PY) -m pytest
 
-test-sanitize: install       ## core tests against the compiled parts built with ASan and UBSan
+test-sanitize: system-deps   ## core tests against the compiled parts built with ASan and UBSan
+	$(MAKE) --no-print-directory install
 	PYTHON=$(PY) bash .ci/sanitize
 
 demo: install                ## drifting loan-approval workload -> monitor -> alerts

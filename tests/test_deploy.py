@@ -84,3 +84,28 @@ def test_compose_prometheus_scrapes_the_monitor_with_the_rules_and_grafana_gets_
     assert fwd["command"][:2] == ["alerts", "forward"]
     am_url = fwd["command"][fwd["command"].index("--alertmanager") + 1]
     assert am_url == "http://alertmanager:9093" and "alertmanager" in services
+
+
+def _tool_dir(tmp_path: Path, have: list[str]) -> Path:
+    """A PATH holding only ``have`` (links to the real tools) and what a shell script needs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bash", "python3", "id", *have):
+        real = shutil.which(name)
+        assert real, name
+        (bin_dir / name).symlink_to(real)
+    return bin_dir
+
+
+def test_make_test_installs_the_system_tools_first_and_names_what_it_cannot_install(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(["make", "-n", "test"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert plan.splitlines()[0] == "bash .ci/system-deps"  # before anything is built or run
+    # on this machine everything is there: nothing to do
+    assert subprocess.run(["bash", ".ci/system-deps"], cwd=root, capture_output=True).returncode == 0
+    # a machine without chromium, docker-compose and apt-get: it stops and names the packages
+    bin_dir = _tool_dir(tmp_path, ["java", "mvn", "cc", "promtool", "prometheus", "prometheus-alertmanager"])
+    done = subprocess.run([str(bin_dir / "bash"), ".ci/system-deps"], cwd=root, capture_output=True, text=True,
+                          env={"PATH": str(bin_dir)})
+    assert done.returncode == 1
+    assert "docker-compose chromium; install them" in done.stderr

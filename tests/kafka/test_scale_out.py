@@ -212,7 +212,8 @@ def test_a_seasonal_stream_over_partitions_with_a_calendar_reference_raises_noth
 
 def test_labels_keyed_by_event_id_are_joined_per_partition_and_decided_once(kafka_bootstrap, run_id, tmp_path):
     """Performance and concept drift in scale-out mode: each partition joins its labels, the model's deciding
-    task sums the pairs and counts and pages once when the outcome relation flips."""
+    task sums the pairs and counts and pages once when the outcome relation flips; one instance and three (one
+    killed mid-stream) publish the same windows, performance reports, alerts and breaker records."""
     from tests.streams import classifier_config, labeled_stream
 
     rng = np.random.default_rng(63)
@@ -223,7 +224,17 @@ def test_labels_keyed_by_event_id_are_joined_per_partition_and_decided_once(kafk
                                            "thresholds": {"accuracy": {"min": 0.6}}})
     raw = scale_config(run_id, model)
     raw["models"] = {"clf": raw["models"].pop("m")}
-    got = run_group(kafka_bootstrap, raw, preds + p2, tmp_path, 2, labels=labels + l2)
+    one = run_group(kafka_bootstrap, raw, preds + p2, tmp_path, 1, labels=labels + l2)
+    raw3 = scale_config(f"{run_id}-three", model)
+    raw3["models"] = {"clf": raw3["models"].pop("m")}
+    got = run_group(kafka_bootstrap, raw3, preds + p2, tmp_path, 3, kill_one=True, labels=labels + l2)
+    for key in ("windows", "findings", "alerts", "breaker"):
+        assert one[key] == got[key], key
+
+    def performance(g: dict[str, Any]) -> list[dict[str, Any]]:
+        return sorted((r for r in g["reports"] if r["type"] == "performance"), key=lambda r: r["start"])
+
+    assert performance(one) == performance(got)
     perf = [r for r in got["reports"] if r["type"] == "performance"]
     assert len(perf) >= 6 and len({r["start"] for r in perf}) == len(perf)  # each window reported once
     times = np.array([e["timestamp"] for e in preds + p2])
