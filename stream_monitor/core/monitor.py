@@ -1,9 +1,11 @@
 """The monitoring core: decoded events in; alerts, breaker signals, reports and checkpoints out. No Kafka here.
 
-:class:`ModelMonitor` owns one model's state: the reference (file or warm-up), the windows, the rolling or
-calendar reference store, its warm-up (:class:`~.warmup.WarmUp`) and its label side
-(:class:`~.tracking.LabelTracker`: the label join, performance windows and concept-drift detectors), each part
-with its own state record kinds (:mod:`.state`).
+:class:`ModelMonitor` owns one model's state: the reference (file or warm-up) and the windows, and its parts,
+each with its own state record kinds (:mod:`.state`): the warm-up (:class:`~.warmup.WarmUp`), the evaluation
+of closed windows (:class:`~.evaluation.WindowEvaluator`: rolling or calendar reference, evidence, drift tests),
+the label side (:class:`~.tracking.LabelTracker`: the label join, performance windows and concept-drift
+detectors) and, in scale-out mode with count windows, the merge of the partitions' events
+(:class:`~.windows.SourceMerge`).
 :class:`Monitor` routes a batch of events to the model monitors and runs the alert policy on what they find.
 The Kafka edge (``stream_monitor.kafka.runner``) keeps one :class:`Monitor` per input partition, feeds
 :meth:`Monitor.process_batch` with each consumed batch and publishes what it returns.
@@ -25,20 +27,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..config import ModelConfig, MonitorConfig
 from .alerts import Alert, AlertPolicy, WindowInfo
 from .breaker import BreakerSignal, CircuitBreaker
-from .columns import PREDICTION, SCORE, Columns, build_columns, column_names
-from .drift import Finding, evaluate_windows
+from .columns import Columns, build_columns, column_names
+from .drift import Finding
 from .concept import ConceptDriftDetectors
+from .evaluation import WindowEvaluator, WindowResult
 from .events import ModelEvents, PredictionBatch
 from .keys import key_fraction
 from .labels import LabelJoin, PerformanceTracker, counts_from_plain, pairs_from_rows
-from .sketches import LatencySketch, Pane, clip
+from .sketches import Pane, clip
 from .state import RecordKey, by_model, parts_of
 from .tracking import LabelOutput, LabelTracker
 from .reference import CalendarReference, Reference, RollingReference
@@ -51,49 +54,8 @@ __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult
 
 logger = logging.getLogger(__name__)
 
-#: Rows kept per calendar slot and cycle (slots * periods of them are kept per model).
-CALENDAR_SLOT_CAP = 250
-
 #: Version of the checkpoint records written by :meth:`ModelMonitor.checkpoint`.
 FORMAT = 1
-
-
-class _Job(NamedTuple):
-    """A closed window to evaluate, its bookkeeping done (:meth:`ModelMonitor._evaluate`)."""
-
-    at: int  # its position among the update's results
-    window: ClosedWindow
-    info: WindowInfo
-    ref_id: str | None
-    ref_pane: Pane
-    evidence: dict[int, tuple[np.ndarray, np.ndarray]] | None
-    slices: list[Any]
-    segments: list[dict[str, Any]] | None
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    model: str
-    model_version: str
-    window: WindowInfo
-    reference_id: str | None
-    findings: list[Finding]
-    skipped: str | None = None  # why the window was not evaluated
-    latency_ms: dict[str, float] | None = None  # p50/p95/p99 when the events carry latency_ms
-    # (reference pane, window pane) the findings compare, for reports that draw them; not published
-    panes: tuple[Pane, Pane] | None = field(default=None, repr=False, compare=False)
-    # per slice (segments configured): key, value, events in the window and in its reference, why not evaluated
-    segments: list[dict[str, Any]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The window report published on the metrics topic (a slice's findings name their ``segment``)."""
-        findings = [f.report_line() for f in self.findings]
-        out = {"type": "drift", "model": self.model, "model_version": self.model_version,
-               "window": self.window.__dict__, "reference_id": self.reference_id, "skipped": self.skipped,
-               "latency_ms": self.latency_ms, "findings": findings}
-        if self.segments is not None:
-            out["segments"] = self.segments
-        return out
 
 
 @dataclass
@@ -172,7 +134,6 @@ class ModelMonitor:
         self.sources = sources  # scale-out: partitions of the predictions topic
         self.numeric, self.categorical = column_names(
             cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
-        self.prediction_features = frozenset({PREDICTION, SCORE})
         if reference is None and cfg.reference.type == "file":
             reference = Reference.load(cfg.reference.path)  # type: ignore[arg-type]
         if reference is not None:
@@ -204,9 +165,7 @@ class ModelMonitor:
         self.merge = SourceMerge(self.sources, self.merged_idle_s, cfg.window.lateness_s) \
             if self.merged_idle_s is not None and cfg.window.by == "count" else None
         self.windows: CountWindows | TimeWindows | None = None
-        self.rolling: RollingReference | None = None
-        self.calendar: CalendarReference | None = None
-        self.history: WindowHistory | None = None
+        self.evaluator: WindowEvaluator | None = None  # from the reference on
         # the join, performance, concept drift (scale-out: the pane builders join; this task gets their pairs)
         self.labels = LabelTracker(cfg, self.merged_idle_s, self.sources) if self.labels_enabled else None
         self.last_version = ""
@@ -232,15 +191,7 @@ class ModelMonitor:
             self.windows = CountWindows(int(w.size), slide, ref.binning, cap, segs)
         else:
             self.windows = TimeWindows(w.size, w.slide, w.lateness_s, ref.binning, cap, segs)
-        if cfg.drift.evidence_windows and cfg.reference.type in ("file", "warmup"):
-            # (a rolling or calendar reference is made of recent or past windows: summing windows would test
-            # data against itself)
-            self.history = WindowHistory(cfg.drift.evidence_windows, self.windows.n_panes)
-        if cfg.reference.type == "rolling":
-            self.rolling = RollingReference(cfg.reference.windows, self.windows.n_panes, cap)
-        elif cfg.reference.type == "calendar":
-            self.calendar = CalendarReference(cfg.reference.period_s, cfg.reference.slot_s,
-                                              cfg.reference.periods, min(cap, CALENDAR_SLOT_CAP))
+        self.evaluator = WindowEvaluator(cfg, ref, self.windows.n_panes)
 
     @property
     def late_events(self) -> int:
@@ -377,6 +328,26 @@ class ModelMonitor:
     def concept(self) -> ConceptDriftDetectors | None:
         return self.labels.concept if self.labels is not None else None
 
+    def _evaluate(self, closed: list[ClosedWindow]) -> list[WindowResult]:
+        """The windows that closed in one update, evaluated (:meth:`.evaluation.WindowEvaluator.evaluate`)."""
+        if not closed:
+            return []
+        assert self.evaluator is not None
+        return self.evaluator.evaluate(closed)
+
+    # the evaluation's stores, for the edge, the exporter and tests
+    @property
+    def rolling(self) -> RollingReference | None:
+        return self.evaluator.rolling if self.evaluator is not None else None
+
+    @property
+    def calendar(self) -> CalendarReference | None:
+        return self.evaluator.calendar if self.evaluator is not None else None
+
+    @property
+    def history(self) -> WindowHistory | None:
+        return self.evaluator.history if self.evaluator is not None else None
+
     def _build_warmup_reference(self, cols: Columns) -> Reference:
         cfg = self.cfg
         ref = Reference.from_columns(cfg.name, "warmup", cols, self.numeric, self.categorical, cfg.drift.bins,
@@ -387,91 +358,6 @@ class ModelMonitor:
             ref.save(path)
             logger.info("model %s: warm-up reference saved to %s", cfg.name, path)
         return ref
-
-    def _evaluate(self, closed: list[ClosedWindow]) -> list[WindowResult]:
-        """Evaluate the windows that closed in one update, in order: each one's bookkeeping (its reference, the
-        rolling or calendar store, the evidence history) window by window, then the windows compared with the
-        same reference pane evaluated together (:func:`~.drift.evaluate_windows`: the same findings as one by
-        one, in one set of array operations)."""
-        if not closed:
-            return []
-        assert self.reference is not None
-        cfg = self.cfg
-        out: list[WindowResult | None] = []
-        jobs: list[_Job] = []
-        for w in closed:
-            info = WindowInfo(w.index, w.start, w.end, w.pane.n)
-            ref_id: str | None = self.reference.id
-            ref_pane = self.reference.pane
-            if self.rolling is not None:
-                got = self.rolling.reference_for(self.reference.id)
-                self.rolling.add(w.start, w.end, w.pane)
-                ref_id, ref_pane = got if got else (None, None)
-            elif self.calendar is not None:
-                got = self.calendar.reference_for(self.reference.id, w.start)
-                self.calendar.add(w.start, w.pane)
-                ref_id, ref_pane = got if got else (None, None)
-            if ref_pane is None or ref_pane.n < cfg.reference.min_events:
-                out.append(WindowResult(cfg.name, w.pane.main_version, info, ref_id, [],
-                                        skipped="reference not ready"))
-                continue
-            if w.pane.n < cfg.drift.min_window_events:
-                out.append(WindowResult(cfg.name, w.pane.main_version, info, ref_id, [], skipped="window too small"))
-                continue
-            evidence = None
-            if self.history is not None:
-                evidence = self.history.evidence(w.pane)
-                self.history.add(w.pane)
-            slices, segments = self._slices(w.pane)
-            jobs.append(_Job(len(out), w, info, ref_id, ref_pane, evidence, slices, segments))
-            out.append(None)
-        at = 0
-        while at < len(jobs):  # runs of windows against the same reference pane
-            end = at + 1
-            while end < len(jobs) and jobs[end].ref_pane is jobs[at].ref_pane:
-                end += 1
-            run = jobs[at:end]
-            found = evaluate_windows(self.reference.binning, run[0].ref_pane,
-                                     [(j.window.pane, j.evidence, j.slices) for j in run], cfg.drift,
-                                     self.prediction_features, cfg.segments.min_window_events)
-            for j, findings in zip(run, found):
-                out[j.at] = self._result(j, findings)
-            at = end
-        return out  # type: ignore[return-value]
-
-    def _result(self, job: _Job, findings: list[Finding]) -> WindowResult:
-        """The window's result: its findings, and its latency quantiles (a finding too, with an SLA)."""
-        cfg = self.cfg
-        w = job.window
-        latency = None
-        if w.pane.latency.sum():
-            latency = {f"p{q}": round(v, 3) for q, v in zip((50, 95, 99), LatencySketch.quantiles(w.pane.latency,
-                                                                                                (0.5, 0.95, 0.99)))}
-            sla = cfg.latency.sla_p99_ms
-            if sla is not None:
-                findings.append(Finding(None, "latency", "p99_ms", latency["p99"], sla, latency["p99"] > sla, None,
-                                        int(w.pane.latency.sum()), dict(latency), consecutive=cfg.latency.windows))
-        return WindowResult(cfg.name, w.pane.main_version, job.info, job.ref_id, findings, latency_ms=latency,
-                            panes=(job.ref_pane, w.pane), segments=job.segments)
-
-    def _slices(self, pane: Pane) -> tuple[list[Any], list[dict[str, Any]] | None]:
-        """The slices a window evaluates (segment, reference pane, window pane), and every slice's line of the
-        window report. A slice with too small a part of the reference is not compared with the whole
-        population instead: a slice that is merely different would alert for good."""
-        if not isinstance(pane, SegmentedPane):
-            return [], None
-        seg = self.cfg.segments
-        slices, report = [], []
-        for s, ref, cur in zip(pane.segments.slices, pane.segments.panes, pane.slices):
-            skipped = None
-            if ref.n < seg.min_reference_events:
-                skipped = "reference too small"
-            elif cur.n < seg.min_window_events:
-                skipped = "window too small"
-            else:
-                slices.append((s, ref, cur))
-            report.append(s.to_dict() | {"events": cur.n, "reference_events": ref.n, "skipped": skipped})
-        return slices, report
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _key(self, kind: str, part: Any = "") -> RecordKey:
@@ -486,12 +372,11 @@ class ModelMonitor:
         if self.merge is not None:
             for part, stamp, make in self.merge.pieces():
                 yield self._key("m", part), stamp, make
-        if self.history is not None:
-            yield self._key("evidence"), self.history.stamp, self.history.snapshot
-        for kind, store in (("w", self.windows), ("r", self.rolling), ("c", self.calendar)):
-            if store is not None:
-                for pid, pane in store.pieces():
-                    yield self._key(kind, pid), pane.stamp, pane.snapshot
+        if self.windows is not None:
+            for pid, pane in self.windows.pieces():
+                yield self._key("w", pid), pane.stamp, pane.snapshot
+        if self.evaluator is not None:
+            yield from self.evaluator.pieces()
         if self.labels is not None:
             yield from self.labels.pieces()
 
@@ -503,8 +388,7 @@ class ModelMonitor:
             "merge": self.merge.snapshot() if self.merge is not None else None,
             "last_version": self.last_version,
             "windows": self.windows.snapshot() if self.windows is not None else None,
-            "rolling": self.rolling.snapshot() if self.rolling is not None else None,
-            "calendar": self.calendar.snapshot() if self.calendar is not None else None,
+            **(self.evaluator.snapshot() if self.evaluator is not None else {"rolling": None, "calendar": None}),
             **(self.labels.snapshot() if self.labels is not None else
                {"join": None, "performance": None, "concept": None, "label_clock": None}),
         }
@@ -577,25 +461,15 @@ class ModelMonitor:
             self._start(ref)
         if ref_id is not None and self.reference is not None and ref_id == self.reference.id:
             binning = self.reference.binning
-
-            def panes(kind: str) -> dict[str, Pane]:
-                return {part: Pane.restore(binning, v) for part, v in parts_of(records, kind).items()}
-
-            assert self.windows is not None
+            assert self.windows is not None and self.evaluator is not None
             segs = self.windows.segments
             if segs is None:
-                self.windows.restore(core["windows"], panes("w"))
+                self.windows.restore(core["windows"], {part: Pane.restore(binning, v)
+                                                       for part, v in parts_of(records, "w").items()})
             else:  # window panes carry their slices
                 self.windows.restore(core["windows"], {
                     part: SegmentedPane.from_snapshot(binning, v, segs) for part, v in parts_of(records, "w").items()})
-            evidence = records.get(self._key("evidence"))
-            if self.history is not None and evidence is not None:
-                ref_pane = self.reference.pane
-                self.history.restore(evidence, ref_pane.num_counts.shape, ref_pane.cat_counts.shape)
-            if self.rolling is not None:
-                self.rolling.restore(core["rolling"], panes("r"))
-            if self.calendar is not None:
-                self.calendar.restore(core["calendar"], panes("c"))
+            self.evaluator.restore(core, records)
         elif ref_id is not None:
             logger.warning("model %s: checkpointed windows were built on reference %s, the config now uses %s; "
                            "windows start afresh", cfg.name, ref_id, self.reference.id if self.reference else None)

@@ -59,7 +59,7 @@ from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consu
 from ..config import MonitorConfig
 from ..core import sketches, stats
 from ..core.breaker import BreakerSignal
-from ..core.events import Limits, PredictionBatch, PredictionDecoder, Reject, TimeRange, decode_labels
+from ..core.events import Limits, PredictionBatch, PredictionDecoder, TimeRange, decode_labels
 from ..core.monitor import BatchOutput, Monitor, load_references
 from ..core.panes import PaneBuilder
 from ..core.reference import Reference

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.config import parse_config
-from stream_monitor.core import drift, monitor, stats
+from stream_monitor.core import drift, evaluation, stats
 from stream_monitor.core.monitor import Monitor
 from tests.core import drift_oracle, drift_rows_oracle
 from tests.streams import make_events, make_segmented_events, model_config, segmented_config
@@ -95,7 +95,7 @@ def test_batched_evaluation_equals_per_feature(monkeypatch: pytest.MonkeyPatch, 
             checked.append(sum(f.over for f in findings))
         return got
 
-    monkeypatch.setattr(monitor, "evaluate_windows", both)
+    monkeypatch.setattr(evaluation, "evaluate_windows", both)
     # the oracle predates the signed tests (rank_sum, category_shift): compare the statistics it knows
     over = {**over, "drift": {**over.get("drift", {}), "thresholds": {"rank_sum": None, "category_shift": None}}}
     cfg = parse_config({"models": {"m": model_config(**over)}})
@@ -150,7 +150,7 @@ def test_columnar_evaluation_equals_row_by_row(monkeypatch: pytest.MonkeyPatch, 
     checked: list[int] = []
 
     both = _against_rows(checked, lambda f: f.over)
-    monkeypatch.setattr(monitor, "evaluate_windows", both)
+    monkeypatch.setattr(evaluation, "evaluate_windows", both)
     cfg = parse_config({"models": {"m": model_config(**over)}})
     mon = Monitor(cfg)
     for batch in _stream(0, cfg.models["m"].window.size):
@@ -170,7 +170,7 @@ def test_windows_of_a_batch_are_evaluated_in_calls_of_bounded_size(monkeypatch: 
     monkeypatch.setattr(drift, "_evaluate", lambda *a: calls.append(len(a[2])) or evaluate(*a))
     checked: list[int] = []
     both = _against_rows(checked, lambda f: f.over)
-    monkeypatch.setattr(monitor, "evaluate_windows", both)
+    monkeypatch.setattr(evaluation, "evaluate_windows", both)
     cfg = parse_config({"models": {"m": model_config(window={"size": 100})}})
     mon = Monitor(cfg)
     for batch in _stream(0, 100):
@@ -182,7 +182,7 @@ def test_windows_of_a_batch_are_evaluated_in_calls_of_bounded_size(monkeypatch: 
 def test_columnar_evaluation_equals_row_by_row_with_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     checked: list[int] = []
 
-    monkeypatch.setattr(monitor, "evaluate_windows",
+    monkeypatch.setattr(evaluation, "evaluate_windows",
                         _against_rows(checked, lambda f: f.over and f.segment is not None))
     rng = np.random.default_rng(11)
     events = make_segmented_events(5000, rng) + make_segmented_events(6000, rng, start=5000, shifted="eu", shift=0.8)
