@@ -66,6 +66,47 @@ class Codes:
         c = self.features
         return np.array(self.values[c], dtype=object)[self.codes[:, c]]
 
+    @classmethod
+    def concat(cls, parts: Sequence[Codes]) -> Codes:
+        """The rows of ``parts`` in order: each column's values are the parts' values one after the other (a
+        value may then appear twice), each part's codes shifted past the parts before it."""
+        width = parts[0].codes.shape[1]
+        values = tuple(list(chain.from_iterable(p.values[j] for p in parts)) for j in range(width))
+        offset = np.zeros(width, dtype=np.int32)
+        out = []
+        for p in parts:
+            out.append(np.where(p.codes >= 0, p.codes + offset, -1).astype(np.int32))
+            offset += np.array([len(v) for v in p.values], dtype=np.int32)
+        return cls(np.concatenate(out), values)
+
+    def compact(self) -> Codes:
+        """The same rows with each column's values cut to those its codes use, in code order."""
+        codes = np.full_like(self.codes, -1)
+        values = []
+        for j, vals in enumerate(self.values):
+            col = self.codes[:, j]
+            used = np.unique(col[col >= 0])
+            remap = np.full(len(vals) + 1, -1, dtype=np.int32)  # (the last slot: code -1 stays -1)
+            remap[used] = np.arange(used.size, dtype=np.int32)
+            codes[:, j] = remap[col]
+            values.append([vals[i] for i in used.tolist()])
+        return Codes(codes, tuple(values))
+
+    @classmethod
+    def from_objects(cls, categorical: np.ndarray, versions: np.ndarray) -> Codes:
+        """Dictionary-encode an ``(n, c)`` object matrix (None: missing) and the ``(n,)`` versions."""
+        n, c = categorical.shape
+        codes = np.empty((n, c + 1), dtype=np.int32)
+        values = []
+        for j in range(c + 1):
+            col = categorical[:, j] if j < c else versions
+            index: dict[Any, int] = {None: -1}
+            codes[:, j] = np.fromiter((index.setdefault(v, len(index) - 1) for v in col.tolist()), dtype=np.int32,
+                                      count=n)
+            del index[None]
+            values.append(list(index))
+        return cls(codes, tuple(values))
+
     def objects(self) -> tuple[np.ndarray, np.ndarray]:
         """The encoded categorical columns as an ``(n, features)`` object matrix (None where missing) and the
         versions (:meth:`versions`): what :class:`Columns` holds for them."""
@@ -149,19 +190,31 @@ class Columns:
             self.key[idx], self.segment[idx], codes,
         )
 
+    @property
+    def fully_encoded(self) -> bool:
+        """Whether :attr:`codes` covers every categorical column (and the version)."""
+        return self.codes is not None and self.codes.features == self.categorical_type_error.shape[1]
+
     @classmethod
     def concat(cls, parts: Sequence[Columns]) -> Columns:
-        """The rows of ``parts`` in order (their codes, each against its own values, are not carried)."""
+        """The rows of ``parts`` in order; when every part is :attr:`fully_encoded`, so is the result (its codes
+        index the parts' values one after the other: no object matrix is made)."""
+        if parts and all(p.fully_encoded for p in parts):
+            return cls.encoded(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ENCODED_ARRAYS),
+                               Codes.concat([p.codes for p in parts]))  # type: ignore[misc]
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAYS))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for a checkpoint (numbers as exact little-endian bytes, base64)."""
-        return {"v": 1, "n": self.n, "event_time": encode_array(self.event_time, "<f8"),
+        """Plain data for a checkpoint or a pane record: numbers as exact little-endian bytes (base64), the
+        categorical columns and the version dictionary-encoded (each distinct value once, codes as int32)."""
+        codes = (self.codes if self.fully_encoded else Codes.from_objects(self.categorical, self.model_version))
+        codes = codes.compact()  # type: ignore[union-attr]
+        return {"v": 2, "n": self.n, "event_time": encode_array(self.event_time, "<f8"),
                 "numeric": encode_array(self.numeric, "<f8"),
                 "numeric_type_error": encode_array(self.numeric_type_error, "u1"),
-                "categorical": self.categorical.tolist(),
+                "codes": encode_array(codes.codes, "<i4"), "values": list(codes.values),
                 "categorical_type_error": encode_array(self.categorical_type_error, "u1"),
-                "model_version": self.model_version.tolist(), "latency_ms": encode_array(self.latency_ms, "<f8"),
+                "latency_ms": encode_array(self.latency_ms, "<f8"),
                 "key": encode_array(self.key, "<u8")} | ({"segment": self.segment.tolist()} if self.segment.shape[1]
                                                         else {})
 
@@ -169,18 +222,28 @@ class Columns:
     def from_dict(cls, d: dict[str, Any], k: int, c: int, s: int = 0) -> Columns:
         """The inverse of :meth:`to_dict` for ``k`` numeric, ``c`` categorical and ``s`` segment columns
         (missing segment values when the record has none); raises on bad data."""
-        if d.get("v") != 1:
+        if d.get("v") not in (1, 2):
             raise ValueError(f"columns checkpoint version {d.get('v')!r} is not supported")
         n = int(d["n"])
-        cat = np.empty((n, c), dtype=object)
-        rows = d["categorical"]
-        if len(rows) != n or any(len(r) != c or not all(v is None or type(v) is str for v in r) for r in rows):
-            raise ValueError("columns checkpoint: categorical values are not an (n, c) matrix of strings")
-        if n and c:
-            cat[:, :] = rows
-        versions = d["model_version"]
-        if len(versions) != n or not all(type(v) is str for v in versions):
-            raise ValueError("columns checkpoint: model_version is not n strings")
+        codes = None
+        if d["v"] == 2:
+            codes = Codes(decode_array(d["codes"], "<i4", (n, c + 1)), tuple(d["values"]))
+            if len(codes.values) != c + 1 or not all(type(vals) is list and all(type(v) is str for v in vals)
+                                                     for vals in codes.values):
+                raise ValueError("columns checkpoint: values are not c + 1 lists of strings")
+            sizes = np.array([len(v) for v in codes.values])
+            if n and ((codes.codes < -1).any() or (codes.codes >= sizes).any() or (codes.codes[:, c] < 0).any()):
+                raise ValueError("columns checkpoint: codes out of their values (or a row without a version)")
+        else:
+            cat = np.empty((n, c), dtype=object)
+            rows = d["categorical"]
+            if len(rows) != n or any(len(r) != c or not all(v is None or type(v) is str for v in r) for r in rows):
+                raise ValueError("columns checkpoint: categorical values are not an (n, c) matrix of strings")
+            if n and c:
+                cat[:, :] = rows
+            versions = d["model_version"]
+            if len(versions) != n or not all(type(v) is str for v in versions):
+                raise ValueError("columns checkpoint: model_version is not n strings")
         seg = np.full((n, s), None, dtype=object)
         if s and "segment" in d:
             rows = d["segment"]
@@ -188,6 +251,12 @@ class Columns:
                 raise ValueError("columns checkpoint: segment values are not an (n, s) matrix of strings")
             if n:
                 seg[:, :] = rows
+        if codes is not None:
+            return cls.encoded(decode_array(d["event_time"], "<f8", (n,)), decode_array(d["numeric"], "<f8", (n, k)),
+                               decode_array(d["numeric_type_error"], "u1", (n, k)).astype(bool),
+                               decode_array(d["categorical_type_error"], "u1", (n, c)).astype(bool),
+                               decode_array(d["latency_ms"], "<f8", (n,)), decode_array(d["key"], "<u8", (n,)), seg,
+                               codes)
         return cls(decode_array(d["event_time"], "<f8", (n,)), decode_array(d["numeric"], "<f8", (n, k)),
                    decode_array(d["numeric_type_error"], "u1", (n, k)).astype(bool), cat,
                    decode_array(d["categorical_type_error"], "u1", (n, c)).astype(bool),
@@ -197,6 +266,7 @@ class Columns:
 
 _ARRAYS = tuple(f for f in Columns.__slots__ if f != "codes")
 _FROM_CODES = ("categorical", "model_version")
+_ENCODED_ARRAYS = tuple(f for f in _ARRAYS if f not in _FROM_CODES)  # Columns.encoded's arguments, in order
 # the slots' descriptors: reading one never falls back to __getattr__
 _CATEGORICAL, _CODES = Columns.__dict__["categorical"], Columns.__dict__["codes"]
 
