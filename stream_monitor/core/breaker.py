@@ -23,6 +23,8 @@ from the released state.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from ..config import BreakerConfig, BreakerRule
 from .alerts import ActiveCondition
 
-__all__ = ["BreakerSignal", "CircuitBreaker"]
+__all__ = ["LABEL_KINDS", "BreakerSignal", "BreakerTicks", "CircuitBreaker", "reads_labels"]
 
 _RANK = {"info": 0, "warning": 1, "critical": 2}
 _STATES = {"closed", "open", "half_open"}
@@ -216,4 +218,72 @@ class CircuitBreaker:
         (self.state, self.epoch, self.opened_at, self.healthy, self.override, self.reason, self.alert_ids,
          self.event_time, self.source) = state
         self.streaks = streaks if len(streaks) == len(self.cfg.rules) else [0] * len(self.cfg.rules)
+        return self
+
+
+#: Alert kinds decided on the label side (joined labels), in the label stream's event time.
+LABEL_KINDS = frozenset({"performance", "concept_drift", "label_coverage"})
+
+
+def reads_labels(cfg: BreakerConfig) -> bool:
+    """Whether a rule of this breaker counts a label-side kind (:data:`LABEL_KINDS`)."""
+    return any(k in LABEL_KINDS for rule in cfg.rules for k in rule.kinds)
+
+
+class BreakerTicks:
+    """The ticks of a breaker that reads label-side kinds, put in event-time order with the label decisions.
+
+    A breaker ticks once per window of the prediction stream and reads the model's firing conditions. The
+    label side decides later, in its own event time (a pair's completion, a performance window's maturity),
+    and how far it had got when a prediction window closed depends on how the two streams were read. So such a
+    breaker's ticks wait here: each window's end with the prediction side's firing conditions at that window
+    (:meth:`window`), each label decision's time with the label side's firing conditions after it
+    (:meth:`label`); once the label frontier has passed a window's end (every label decision up to it is
+    made), :meth:`release` hands the window on with the conditions of both sides as of its end. The breaker
+    then decides the same whatever the batching, replay or restarts, at the cost of waiting for the labels
+    (bounded by ``join.label_stall_s`` when they stop).
+    """
+
+    def __init__(self) -> None:
+        self._windows: list[tuple[float, list[ActiveCondition]]] = []  # (window end, prediction-side firing)
+        self._labels: list[tuple[float, list[ActiveCondition]]] = [(-math.inf, [])]  # (time, label-side firing)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._windows)
+
+    def window(self, end: float, active: list[ActiveCondition]) -> None:
+        self._windows.append((end, [c for c in active if c.kind not in LABEL_KINDS]))
+
+    def label(self, at: float, active: list[ActiveCondition]) -> None:
+        """The label side's firing conditions after its decision at event time ``at`` (in time order)."""
+        self._labels.append((at, [c for c in active if c.kind in LABEL_KINDS]))
+
+    def release(self, frontier: float) -> list[tuple[float, list[ActiveCondition]]]:
+        """The windows whose end the label frontier has passed: (end, firing conditions as of that end)."""
+        out = []
+        while self._windows and self._windows[0][0] <= frontier:
+            end, predicted = self._windows.pop(0)
+            at = bisect.bisect_right([t for t, _ in self._labels], end) - 1
+            out.append((end, predicted + self._labels[at][1]))
+        # keep the label side's state as of the oldest window still waiting (or the frontier), and what follows
+        upto = self._windows[0][0] if self._windows else frontier
+        first = bisect.bisect_right([t for t, _ in self._labels], upto) - 1
+        self._labels = self._labels[max(first, 0):]
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        def plain(items: list[tuple[float, list[ActiveCondition]]]) -> list[Any]:
+            return [[t if math.isfinite(t) else None, [asdict(c) for c in cs]] for t, cs in items]
+
+        return {"windows": plain(self._windows), "labels": plain(self._labels)}
+
+    def restore(self, d: dict[str, Any]) -> BreakerTicks:
+        def parse(items: Any) -> list[tuple[float, list[ActiveCondition]]]:
+            return [(-math.inf if t is None else float(t), [ActiveCondition(**c) for c in cs]) for t, cs in items]
+
+        windows, labels = parse(d["windows"]), parse(d["labels"])
+        if not labels:
+            raise ValueError("breaker ticks snapshot: no label-side state")
+        self._windows, self._labels = windows, labels
         return self

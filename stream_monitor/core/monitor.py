@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import ModelConfig, MonitorConfig
 from .alerts import Alert, AlertPolicy, WindowInfo
-from .breaker import BreakerSignal, CircuitBreaker
+from .breaker import BreakerSignal, BreakerTicks, CircuitBreaker, reads_labels
 from .columns import Columns, build_columns, column_names
 from .drift import Finding
 from .concept import ConceptDriftDetectors
@@ -550,6 +550,9 @@ class Monitor:
         self.models = {name: ModelMonitor(m, refs.get(name), idle, sources) for name, m in cfg.models.items()}
         self.policy = AlertPolicy(cfg.alerts)
         self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
+        # breakers that read label-side kinds tick in event-time order with the label decisions (BreakerTicks)
+        self.ticks = {name: BreakerTicks() for name, b in self.breakers.items()
+                      if reads_labels(b.cfg) and self.models[name].labels is not None}
         self.counters = MonitorCounters()
 
     def process(self, events: list[dict[str, Any]]) -> BatchOutput:
@@ -665,33 +668,51 @@ class Monitor:
         self.counters.unmonitored[name] += n
 
     def _decide(self, name: str, version: str, window: WindowInfo, findings: list[Finding],
-                reference_id: str | None, rate: float, out: BatchOutput, tick: bool = True) -> None:
-        """Alert on one decision; ``tick``: it is a window of the prediction stream, which is what the breaker
-        counts. Its clock is the prediction stream's event time: decisions of the label side (whose times lag
-        and interleave with the windows however the two streams were read) change the alerts it reads at the
-        next window, never its clock or its window counts."""
+                reference_id: str | None, rate: float, out: BatchOutput, at: float | None = None) -> None:
+        """Alert on one decision: a window of the prediction stream (``at`` None), which is what the breaker
+        counts, or a decision of the label side made at event time ``at``. A breaker whose rules read only
+        prediction-side kinds ticks at once; one that reads label-side kinds ticks once the label side has
+        decided up to the window's end, with the conditions of both sides as of that end (:class:`BreakerTicks`),
+        so its decisions do not depend on how far each stream had been read."""
         breaker = self.breakers.get(name)
         out.alerts.extend(self.policy.update(name, version, window, findings, reference_id, rate,
                                              breaker_open=bool(breaker and breaker.state != "closed")))
-        if breaker is not None and tick:
-            sig = breaker.update(window.end, self.policy.active(name))
-            if sig is not None:
-                out.signals.append(sig)
+        if breaker is None:
+            return
+        ticks = self.ticks.get(name)
+        if ticks is None:
+            if at is None:
+                self._tick(breaker, window.end, self.policy.active(name), out)
+        elif at is None:
+            ticks.window(window.end, self.policy.active(name))
+        else:
+            ticks.label(at, self.policy.active(name))
+
+    @staticmethod
+    def _tick(breaker: CircuitBreaker, end: float, active: list[Any], out: BatchOutput) -> None:
+        sig = breaker.update(end, active)
+        if sig is not None:
+            out.signals.append(sig)
 
     def _labels_out(self, name: str, out: BatchOutput) -> None:
         """The label side's decisions, in event-time order (:meth:`ModelMonitor.label_outputs`). A detector
         that fires pages now, citing the prediction time of the pair that tipped it (the window of the alert
         is that instant); the matured performance window's evaluation later keeps or resolves it."""
         mm = self.models[name]
-        window_s = mm.cfg.performance.window_s
+        window_s, maturity_s = mm.cfg.performance.window_s, mm.cfg.performance.maturity_s
         for what, item, findings in mm.label_outputs():
             if what == "detection":
                 t = item.prediction_time
-                info = WindowInfo(int(t // window_s), t, t, 1)
+                info, at = WindowInfo(int(t // window_s), t, t, 1), item.completed
             else:
                 out.reports.append(item.to_dict())
                 info = WindowInfo(int(item.start // window_s), item.start, item.end, item.predictions)
-            self._decide(name, mm.last_version, info, findings, None, mm.cfg.sample_rate, out, tick=False)
+                at = item.end + maturity_s  # when it matured
+            self._decide(name, mm.last_version, info, findings, None, mm.cfg.sample_rate, out, at=at)
+        ticks = self.ticks.get(name)
+        if ticks is not None and mm.labels is not None:
+            for end, active in ticks.release(mm.labels.frontier):
+                self._tick(self.breakers[name], end, active, out)
 
     def observe_breaker(self, sig: BreakerSignal) -> None:
         """A record from the breaker topic (manual overrides, or our own last state at start-up)."""
@@ -707,7 +728,9 @@ class Monitor:
         cp = Checkpoint()
         for name, mm in self.models.items():
             breaker = self.breakers.get(name)
-            extra = {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None}
+            ticks = self.ticks.get(name)
+            extra = {"policy": self.policy.snapshot(name), "breaker": breaker.snapshot() if breaker else None,
+                     "breaker_ticks": ticks.snapshot() if ticks is not None else None}
             cp.records.update(mm.checkpoint(extra))
         return cp
 
@@ -741,5 +764,8 @@ class Monitor:
         breaker = self.breakers.get(name)
         if breaker is not None and core.get("breaker"):
             CircuitBreaker(name, breaker.cfg).restore(core["breaker"])  # validated likewise
+            ticks = self.ticks.get(name)
+            if ticks is not None and core.get("breaker_ticks") is not None:
+                self.ticks[name] = BreakerTicks().restore(core["breaker_ticks"])
             breaker.restore(core["breaker"])
         self.policy.restore(core["policy"])

@@ -1,8 +1,10 @@
 """Circuit-breaker state machine."""
 
+import orjson
+
 from stream_monitor.config import BreakerConfig, BreakerRule
 from stream_monitor.core.alerts import ActiveCondition
-from stream_monitor.core.breaker import BreakerSignal, CircuitBreaker
+from stream_monitor.core.breaker import BreakerSignal, BreakerTicks, CircuitBreaker
 
 CFG = BreakerConfig(enabled=True, primary_version="v3", fallback_version="v2",
                     rules=(BreakerRule(kinds=("data_drift",), severity="critical", windows=2),),
@@ -98,3 +100,19 @@ def test_snapshot_restore_roundtrip():
 def test_signal_roundtrip_and_unknown_fields_ignored():
     sig = BreakerSignal("m", "half_open", "v3", "v2", 0.2, 7, "r", ["a"], 1.0, 2.0, "monitor", False)
     assert BreakerSignal.from_dict({**sig.to_dict(), "future_field": 1}) == sig
+
+
+def test_ticks_of_a_breaker_reading_labels_wait_for_the_label_frontier_and_see_both_sides_as_of_their_end():
+    drift = ActiveCondition("data_drift", "a", "psi", "critical", "d1")
+    perf = ActiveCondition("performance", None, "accuracy", "critical", "p1")
+    ticks = BreakerTicks()
+    ticks.window(100.0, [drift, perf])  # the label side's state is not taken from the window's moment
+    ticks.label(150.0, [drift, perf])  # the label side pages at 150
+    ticks.window(200.0, [drift])
+    ticks.window(300.0, [])
+    assert ticks.release(99.0) == []  # the labels have not reached the first window's end
+    assert ticks.release(250.0) == [(100.0, [drift]), (200.0, [drift, perf])]
+    ticks.label(280.0, [])  # resolved at 280
+    again = BreakerTicks().restore(orjson.loads(orjson.dumps(ticks.snapshot())))
+    assert again.release(1e9) == ticks.release(1e9) == [(300.0, [])]
+    assert ticks.waiting == 0

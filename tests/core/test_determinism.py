@@ -37,6 +37,11 @@ RAW = {"models": {"clf": {
     "breaker": {"enabled": True, "primary_version": "v1", "fallback_version": "v0", "hold_down_s": 600,
                 "close_after": 2, "rules": [{"kinds": ["data_drift"], "severity": "warning", "windows": 2}]},
 }}}
+# the same model whose breaker also reads the label side's kinds: its ticks wait for the label frontier
+RAW["models"]["lab"] = {**RAW["models"]["clf"], "breaker": {
+    **RAW["models"]["clf"]["breaker"], "rules": [{"kinds": ["data_drift"], "severity": "warning", "windows": 2},
+                                                 {"kinds": ["performance", "concept_drift"], "severity": "warning",
+                                                  "windows": 1}]}}
 
 
 def stream(seed: int = 5, n: int = 6000) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -61,6 +66,9 @@ def stream(seed: int = 5, n: int = 6000) -> tuple[list[dict[str, Any]], list[dic
             labels.append({"event_id": eid, "model": "clf", "label": int(outcome[i]),
                            "timestamp": float(t[i] + lag[i])})
     labels.sort(key=lambda e: e["timestamp"])
+    # the second model: the same events (its own ids), interleaved with the first's
+    preds = [q for e in preds for q in (e, {**e, "model": "lab", "event_id": "l" + e["event_id"]})]
+    labels = [q for e in labels for q in (e, {**e, "model": "lab", "event_id": "l" + e["event_id"]})]
     return preds, labels
 
 
@@ -68,14 +76,17 @@ def observable(outs: list[BatchOutput]) -> dict[str, Any]:
     """Everything published, per stream of outputs in its own order (alerts per dedup key: incidents of
     different keys are independent)."""
     alerts: dict[str, list] = defaultdict(list)
-    drift, perf, signals = [], [], []
+    drift: dict[str, list] = defaultdict(list)
+    perf: dict[str, list] = defaultdict(list)
+    signals: dict[str, list] = defaultdict(list)
     for o in outs:
         for a in o.alerts:
             alerts[a.dedup_key].append((a.alert_id, a.status, a.severity, a.window["start"]))
         for r in o.reports:
-            (perf if r["type"] == "performance" else drift).append(r)
-        signals += [(s.model, s.epoch, s.state, tuple(s.alert_ids)) for s in o.signals]
-    return {"alerts": dict(alerts), "drift": drift, "performance": perf, "signals": signals}
+            (perf if r["type"] == "performance" else drift)[r["model"]].append(r)
+        for s in o.signals:
+            signals[s.model].append((s.epoch, s.state, tuple(s.alert_ids)))
+    return {"alerts": dict(alerts), "drift": dict(drift), "performance": dict(perf), "signals": dict(signals)}
 
 
 def arrival(preds, labels) -> list[tuple[str, dict[str, Any]]]:
@@ -159,8 +170,9 @@ def test_the_stream_exercises_what_it_is_meant_to(expected):
     assert any("data_drift" in k for k in firing) and any("concept_drift" in k or "performance" in k
                                                           for k in firing), firing
     assert any(s == "resolved" for seq in out["alerts"].values() for _, s, _, _ in seq), "and recovery"
-    assert out["signals"], "the breaker moved"
-    perf = out["performance"]
+    assert set(out["signals"]) == {"clf", "lab"}, "both breakers moved"
+    assert {"lab/performance", "lab/concept_drift"} <= set(out["alerts"])
+    perf = out["performance"]["clf"]
     assert len(perf) >= 8 and all(r["labeled"] > 0 for r in perf)
     before_gap = [r for r in perf if r["end"] <= T0 + 3000]
     assert sum(r["labeled"] for r in before_gap) >= 0.85 * 0.9 * 3000, "labels before the gap are joined"
@@ -186,7 +198,7 @@ def test_backtest_gives_what_live_gave(expected, size):
     for a in result.alerts:
         got[a.dedup_key].append((a.alert_id, a.status, a.severity, a.window["start"]))
     assert dict(got) == want["alerts"]
-    assert result.models["clf"].performance == want["performance"]
+    assert {name: r.performance for name, r in result.models.items()} == want["performance"]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -105,7 +105,7 @@ def test_five_sigkills_on_a_live_stream_change_nothing(kafka_bootstrap, run_id, 
     raw = run_config(run_id, topics, 200)
     raw["kafka"] = {**raw["kafka"], "commit_interval_s": 0.1}
     cfg = parse_config(raw)
-    feeder = threading.Thread(target=feed, args=(kafka_bootstrap, topics, arrival(preds, labels), 150.0),
+    feeder = threading.Thread(target=feed, args=(kafka_bootstrap, topics, arrival(preds, labels), 300.0),
                               daemon=True)
     feeder.start()
     rng = np.random.default_rng(43)
