@@ -14,13 +14,14 @@ process is cold); then for each window size of ``--windows``, ``--rounds`` alter
 - bare: ``kafka_throughput.bare``, a confluent-kafka loop that consumes the topic in batches and orjson-decodes
   each value, with the monitor's fetch settings and batch size, timed from its first batch (in this process,
   with the monitor's garbage-collector settings);
-- monitor: ``stream-monitor run`` in a child process with that config, a fresh consumer group and output topics,
-  the exactly-once path on (a transaction every second, as in the other benches), timed from its first
-  committed offset to the last commit before the one that reaches the end of the topic (while the monitor is
-  busy its commits track its progress; the final one comes up to a commit interval after the last event and
-  would bias short runs), as the group's committed offsets show them (polled every 50 ms); with fewer than 3
-  commits (a short run) the span ends at the last commit, and the rate is coarse: a pass should span many
-  commit intervals (the default 1M events do);
+- monitor: ``stream-monitor run`` in a child process (the CLI's ``main``, unchanged) with that config, a fresh
+  consumer group and output topics, the exactly-once path on (a transaction every second, as in the other
+  benches), run until the group's committed offsets reach the end of the topic. It is timed as
+  ``kafka_throughput.monitored`` times the in-process monitor: from the end of its first processed batch to the
+  end of the batch that reaches the end of the topic, by the progress stamps its loop leaves after each batch
+  (``ServiceStats.progress``: messages, ``perf_counter``, the loop thread's CPU time), which a sampler thread
+  in the child (:data:`CHILD`) writes to a file every 20 ms; commit intervals (1 s) are too coarse to time a
+  pass of a few seconds by its committed offsets;
 
 and prints each rate in events/s, the ratio monitor/bare of the round and the median ratio over the rounds.
 
@@ -165,28 +166,68 @@ def log_time(log: Path, needle: str) -> float | None:
     return None
 
 
+#: The child: a daemon thread that writes the loop's progress stamps (on change, every 20 ms, as the in-process
+#: ``kafka_throughput.monitored`` polls them) to ``$FLEET_PROGRESS``, then ``stream-monitor`` as the console script
+#: runs it. The sampler reaches the service by wrapping ``MonitorService.__init__``; nothing else changes.
+CHILD = """
+import os, sys, threading, time
+from stream_monitor import cli
+from stream_monitor.kafka import runner
+services = []
+init = runner.MonitorService.__init__
+def capture(self, *a, **k):
+    init(self, *a, **k)
+    services.append(self)
+runner.MonitorService.__init__ = capture
+def sample():
+    with open(os.environ["FLEET_PROGRESS"], "w", buffering=1) as out:
+        last = None
+        while True:
+            p = services[0].stats.progress if services else None
+            if p is not None and p != last and p[0]:
+                out.write("%d %.6f %.6f\\n" % p)
+                last = p
+            time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def loop_rate(path: Path, n: int) -> tuple[float, float, int]:
+    """Events/s and CPU microseconds per event of the monitor's loop thread, from the end of its first processed
+    batch to the end of the one that reached ``n`` messages, and the batch ends seen."""
+    stamps = [tuple(float(x) for x in line.split()) for line in path.read_text().splitlines()
+              if len(line.split()) == 3] if path.exists() else []
+    if not stamps:
+        return float("nan"), float("nan"), 0
+    (first, t0, cpu0), last_stamp = stamps[0], next((s for s in stamps if s[0] >= n), stamps[-1])
+    last, t1, cpu1 = last_stamp
+    if last <= first:
+        return float("nan"), float("nan"), len(stamps)
+    return (last - first) / (t1 - t0), (cpu1 - cpu0) / (last - first) * 1e6, len(stamps)
+
+
 def monitor(bootstrap: str, raw: dict[str, Any], n: int, workdir: Path, stall_s: float) -> dict[str, float]:
     """One ``stream-monitor run`` child over the whole topic: its rate, peak RSS, start-up and series."""
     group = raw["kafka"]["group_id"]
-    path, log = workdir / f"{group}.yaml", workdir / f"{group}.log"
+    path, log, progress = workdir / f"{group}.yaml", workdir / f"{group}.log", workdir / f"{group}.progress"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     topic, parts = raw["topics"]["predictions"], raw["topics"]["partitions"]
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     with open(log, "wb") as out:
         spawned = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", "--config", str(path),
-                                 "--bootstrap-servers", bootstrap], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, "run", "--config", str(path),
+                                 "--bootstrap-servers", bootstrap], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "FLEET_PROGRESS": str(progress)})
     try:
-        seen: list[tuple[float, int]] = []  # (time, committed offsets) at each change
         first_commit_wall = None
-        moved = time.monotonic()
+        moved, before = time.monotonic(), 0
         while True:
             done = committed_total(c, topic, parts)
-            if done and (not seen or done != seen[-1][1]):
-                if not seen:
+            if done != before:
+                if not before:
                     first_commit_wall = time.time()
-                seen.append((time.perf_counter(), done))
-                moved = time.monotonic()
+                moved, before = time.monotonic(), done
             if done >= n:
                 break
             if proc.poll() is not None:
@@ -195,8 +236,6 @@ def monitor(bootstrap: str, raw: dict[str, Any], n: int, workdir: Path, stall_s:
             if time.monotonic() - moved > stall_s:
                 raise SystemExit(f"no commit progress for {stall_s:.0f} s; the monitor's log: {log}")
             time.sleep(0.05)
-        # busy span: first commit .. the last one before the end (see the module doc); whole span if too short
-        (t0, c0), (t1, c1) = seen[0], (seen[-2] if len(seen) >= 3 else seen[-1])
         series, ours, windows = scrape(raw["prometheus"]["port"])
         peak = status_kib(proc.pid, "VmHWM") / 1024
     finally:
@@ -211,7 +250,8 @@ def monitor(bootstrap: str, raw: dict[str, Any], n: int, workdir: Path, stall_s:
     consuming = log_time(log, ": consuming ")
     assigned = log_time(log, ": assigned ")
     nan = float("nan")
-    return {"rate": (c1 - c0) / (t1 - t0), "commits": len(seen), "peak": peak, "series": series, "ours": ours,
+    rate, cpu, batches = loop_rate(progress, n)
+    return {"rate": rate, "cpu": cpu, "batches": batches, "peak": peak, "series": series, "ours": ours,
             "windows": windows, "first_commit": (first_commit_wall or nan) - spawned,
             "startup": (assigned or nan) - spawned, "imports": (started or nan) - spawned,
             "build": (consuming or nan) - (started or nan), "join": (assigned or nan) - (consuming or nan)}
@@ -277,7 +317,8 @@ def main() -> None:
                     cell["ratios"].append(m["rate"] / base)
                     print(f"models {n_models} window {window} round {r + 1}: bare consume + orjson.loads "
                           f"{base:,.0f} events/s ({base_cpu:.2f} us CPU per event) | stream-monitor "
-                          f"{m['rate']:,.0f} events/s (over {m['commits']} commits) | ratio {m['rate'] / base:.2f} | "
+                          f"{m['rate']:,.0f} events/s ({m['cpu']:.2f} us CPU per event of its loop thread, "
+                          f"{m['batches']} batch ends seen) | ratio {m['rate'] / base:.2f} | "
                           f"peak RSS {m['peak']:.0f} MiB | start-up (spawn -> 'assigned') {m['startup']:.2f} s "
                           f"[imports {m['imports']:.2f} s, config + monitor + topics {m['build']:.2f} s, group join "
                           f"{m['join']:.2f} s]; spawn -> first commit {m['first_commit']:.2f} s | /metrics "
