@@ -575,7 +575,7 @@ class Pane:
             "cat_counts": self.cat_counts.tolist(), "cat_missing": self.cat_missing.tolist(),
             "cat_type_error": self.cat_type_error.tolist(), "cat_new": self.cat_new.tolist(),
             "new_examples": [sorted(e) for e in self.new_examples], "versions": dict(self.versions),
-            "latency": {str(i): int(c) for i, c in enumerate(self.latency) if c},
+            "latency": dict(zip(map(str, (nz := np.flatnonzero(self.latency)).tolist()), self.latency[nz].tolist())),
         }
 
     @classmethod
