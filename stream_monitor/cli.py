@@ -110,7 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     logging.getLogger(__name__).info("%s", version_line())  # which decoder and kernels this process runs
     cfg = load_config(args.config)
-    metrics = MonitorMetrics()
+    metrics = MonitorMetrics(max_feature_series=cfg.prometheus.max_feature_series)
     if cfg.prometheus.port is not None:
         try:
             metrics.serve(cfg.prometheus.port, cfg.prometheus.host)

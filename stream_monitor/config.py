@@ -475,6 +475,10 @@ class AlertsConfig(_Frozen):
 class PrometheusConfig(_Frozen):
     port: int | None = Field(9108, ge=0, le=65535)  # /metrics for Prometheus; null: no endpoint
     host: str = "0.0.0.0"
+    # the most (model, feature, kind, statistic) label sets of stream_monitor_drift_statistic and _threshold; the
+    # ones first seen past it are not exported and count in stream_monitor_metric_series_dropped_total (a fleet
+    # of 300 models x 10 features x 6 statistics would be 36,000 series); 0: no per-feature series
+    max_feature_series: int = Field(5000, ge=0)
 
 
 class ScaleOutConfig(_Frozen):

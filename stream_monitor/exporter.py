@@ -12,6 +12,7 @@ to another instance go away instead of going stale.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .core.monitor import BatchOutput, Monitor
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BREAKER_STATES", "MonitorMetrics", "TaskCollector"]
 
@@ -66,8 +69,12 @@ class TaskCollector(Collector):
 class MonitorMetrics:
     """Every metric of ``stream-monitor run``; see the module docstring and the README's metric table."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True,
+                 max_feature_series: int = 5000) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self.max_feature_series = max_feature_series  # prometheus.max_feature_series
+        self._feature_keys: set[tuple[str, str, str, str]] = set()  # exported
+        self._dropped_keys: set[tuple[str, str, str, str]] = set()  # past the bound
         if process:  # what the default registry has: CPU, memory, open files, start time, GC
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -111,6 +118,10 @@ class MonitorMetrics:
                            ["model", "feature", "kind", "statistic"], registry=r)
         self.drift_threshold = Gauge("stream_monitor_drift_threshold", "Threshold of that decision statistic",
                                      ["model", "feature", "kind", "statistic"], registry=r)
+        self.series_dropped = Counter("stream_monitor_metric_series_dropped",
+                                      "Label sets not exported because prometheus.max_feature_series was reached "
+                                      "(per metric family)", ["metric"], registry=r)
+        self.series_dropped.labels("drift_statistic")  # from 0 on
         self.latency = Gauge("stream_monitor_prediction_latency_seconds",
                              "Latest window's quantiles of the events' latency_ms, in seconds",
                              ["model", "quantile"], registry=r)
@@ -164,6 +175,21 @@ class MonitorMetrics:
             if mm.join is not None:
                 self._count_drops(monitor, name, mm.join.counters)
 
+    def _admit(self, key: tuple[str, str, str, str]) -> bool:
+        """Whether a new label set of the drift series fits under ``max_feature_series`` (counted if not)."""
+        if len(self._feature_keys) < self.max_feature_series:
+            self._feature_keys.add(key)
+            return True
+        if key not in self._dropped_keys:
+            if not self._dropped_keys:
+                logger.warning("prometheus.max_feature_series (%d) reached: further per-feature drift series "
+                               "(model %s first) are not exported; they are counted in "
+                               "stream_monitor_metric_series_dropped_total and the window reports keep every "
+                               "figure", self.max_feature_series, key[0])
+            self._dropped_keys.add(key)
+            self.series_dropped.labels("drift_statistic").inc()
+        return False
+
     def _count_drops(self, monitor: Monitor, name: str, c: Any) -> None:
         """The join's cumulative counters, as increments. A monitor seen for the first time (a task assigned or
         restored) sets the baseline: its restored totals were counted by whoever ran the task before."""
@@ -184,6 +210,8 @@ class MonitorMetrics:
                 if f["kind"] == "latency":  # milliseconds: exported in seconds below, not as a drift figure
                     continue
                 key = (model, f["feature"] or "", f["kind"], f["statistic"])
+                if key not in self._feature_keys and not self._admit(key):
+                    continue
                 self.drift.labels(*key).set(f["value"])
                 self.drift_threshold.labels(*key).set(f["threshold"])
             for q, v in (rep.get("latency_ms") or {}).items():

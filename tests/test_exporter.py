@@ -98,3 +98,28 @@ def test_latency_label_lag_coverage_and_join_drops_in_base_units():
     assert 0 < s[("stream_monitor_label_coverage_ratio", (("model", "clf"),))] <= 1
     assert 0 < s[("stream_monitor_label_lag_seconds", (("model", "clf"), ("quantile", "0.5")))] < 600
     assert s[("stream_monitor_join_pending", (("model", "clf"),))] == mon.models["clf"].join.pending
+
+
+def test_per_feature_series_stop_at_the_configured_bound_and_the_rest_are_counted(caplog):
+    """A fleet: 4 models whose per-feature drift series would exceed ``prometheus.max_feature_series``; the
+    label sets first seen fit, later ones are counted (once each) and logged once; per-model series stay."""
+    names = [f"m{i}" for i in range(4)]
+    cfg = parse_config({"prometheus": {"max_feature_series": 30},
+                        "models": {n: model_config(window={"size": 500}, reference={"size": 1000}) for n in names}})
+    mon = Monitor(cfg)
+    metrics = MonitorMetrics(CollectorRegistry(), process=False, max_feature_series=cfg.prometheus.max_feature_series)
+    rng = np.random.default_rng(36)
+    events = [e for n in names for e in make_events(3000, rng, model=n)]
+    for _ in range(2):  # the same label sets twice: dropped ones are counted once
+        mon = Monitor(cfg)
+        feed(metrics, mon, [events[i:i + 1000] for i in range(0, len(events), 1000)])
+    s = scrape(metrics)
+    exported = {labels for name, labels in s if name == "stream_monitor_drift_statistic"}
+    assert len(exported) == 30 == len({labels for name, labels in s if name == "stream_monitor_drift_threshold"})
+    dropped = s[("stream_monitor_metric_series_dropped_total", (("metric", "drift_statistic"),))]
+    assert dropped == len(metrics._dropped_keys) > 0
+    assert len(exported) + dropped == len(metrics._feature_keys | metrics._dropped_keys) == 4 * len(
+        {labels[1:] for labels in metrics._feature_keys | metrics._dropped_keys if labels[0] == "m0"})
+    assert {dict(labels)["model"] for labels in exported} == {"m0"}  # first seen: the first model's
+    assert all(s[("stream_monitor_windows_total", (("model", n),))] == 8 for n in names)  # per model: all
+    assert sum("max_feature_series (30) reached" in r.message for r in caplog.records) == 1
