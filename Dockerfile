@@ -8,24 +8,20 @@
 # BASE is any Debian-like image with Python 3.11+, or a plain Debian bookworm root filesystem (no registry:
 # `debootstrap --variant=minbase bookworm DIR && tar -C DIR -c . | podman import - debian-base`, then
 # `podman build --network=host --build-arg BASE=localhost/debian-base .`; .ci/image does this): what the base
-# lacks (Python, venv, headers, compiler) comes from its apt.
+# lacks (Python, venv, headers, compiler) comes from its apt (deploy/image/install-missing, in both stages).
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS toolchain
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN set -eu; need=""; \
+RUN --mount=type=bind,source=deploy/image/install-missing,target=/usr/local/bin/install-missing \
+    set -eu; need=""; \
     command -v python3 >/dev/null || need="$need python3"; \
     python3 -c 'import ensurepip' 2>/dev/null || need="$need python3-venv"; \
     python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
       2>/dev/null || need="$need python3-dev"; \
     command -v cc >/dev/null || need="$need gcc libc6-dev"; \
-    if [ -n "$need" ]; then \
-      command -v apt-get >/dev/null || { echo "the base image lacks$need and has no apt-get to install it" >&2; exit 1; }; \
-      apt-get update -qq; \
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null; \
-      apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    fi; \
+    install-missing $need; \
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
       || { echo "stream-monitor needs Python 3.11 or later; the base image has $(python3 -V)" >&2; exit 1; }; \
     python3 -m venv /opt/build
@@ -65,16 +61,12 @@ sys.exit("the wheel lacks the compiled " + ", ".join(missing) + ": the C build f
 FROM ${BASE}
 ENV PATH=/opt/stream-monitor/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN set -eu; need=""; \
+RUN --mount=type=bind,source=deploy/image/install-missing,target=/usr/local/bin/install-missing \
+    set -eu; need=""; \
     command -v python3 >/dev/null || need="$need python3"; \
     python3 -c 'import ensurepip' 2>/dev/null || need="$need python3-venv"; \
     [ -e /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"; \
-    if [ -n "$need" ]; then \
-      command -v apt-get >/dev/null || { echo "the base image lacks$need and has no apt-get to install it" >&2; exit 1; }; \
-      apt-get update -qq; \
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null; \
-      apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    fi; \
+    install-missing $need; \
     useradd --system --uid 10001 --home-dir /var/lib/stream-monitor --create-home monitor
 # The wheels only, from the build stage, mounted rather than copied: they stay out of the image's layers. Their
 # checksums are copied first: a builder that caches this RUN without looking into the mount (podman 4) still

@@ -109,3 +109,16 @@ def test_make_test_installs_the_system_tools_first_and_names_what_it_cannot_inst
                           env={"PATH": str(bin_dir)})
     assert done.returncode == 1
     assert "docker-compose chromium; install them" in done.stderr
+
+
+def test_the_image_stages_install_only_what_the_base_lacks_and_say_so_without_apt(tmp_path):
+    script = ROOT / "deploy" / "image" / "install-missing"
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("source=deploy/image/install-missing") == 2  # both stages, one script
+    assert subprocess.run(["sh", str(script)], capture_output=True).returncode == 0  # nothing lacking: nothing
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sh").symlink_to(shutil.which("sh"))
+    done = subprocess.run([str(bin_dir / "sh"), str(script), "python3", "gcc"], capture_output=True, text=True,
+                          env={"PATH": str(bin_dir)})
+    assert done.returncode == 1 and "lacks python3 gcc and has no apt-get" in done.stderr
