@@ -174,6 +174,8 @@ class ModelMonitor:
         self.stale_pieces = 0  # scale-out: events in pieces binned on another reference (not counted)
         self.dirty = False  # changed since the last checkpoint
         self._written: dict[str, Any] = {}  # record key -> stamp of what the last checkpoint wrote
+        self._staged: list[Columns] = []  # events held until they may complete the warm-up or a pane
+        self._staged_n = 0
         if self._preloaded is not None:
             self._start(self._preloaded)
 
@@ -205,8 +207,30 @@ class ModelMonitor:
 
     def update_columns(self, cols: Columns) -> list[WindowResult]:
         """Add this model's events as columns (:func:`~.columns.build_columns`); returns the windows that
-        closed, evaluated."""
+        closed, evaluated.
+
+        A few events that can neither complete the warm-up nor a pane of count windows are held (*staged*) and
+        added with the next ones that can: the same events reach the panes in the same order, every window
+        closes with the same event as without staging (so in the same batch), and a fleet of models that each
+        get a few events per batch pays the panes' fixed cost per pane rather than per model and batch.
+        :meth:`checkpoint` adds what is staged first (it can close nothing)."""
         self.dirty = True
+        self._staged.append(cols)
+        self._staged_n += cols.n
+        if not self._may_close():
+            return []
+        return self._apply_staged()
+
+    def _may_close(self) -> bool:
+        """Whether the staged events may complete the warm-up or a pane (time windows: always)."""
+        if self.reference is None:
+            return self.warmup.n + self._staged_n >= self.warmup.size
+        w = self.windows
+        return not isinstance(w, CountWindows) or w.current_n + self._staged_n >= w.pane_size
+
+    def _apply_staged(self) -> list[WindowResult]:
+        cols = self._staged[0] if len(self._staged) == 1 else Columns.concat(self._staged)
+        self._staged, self._staged_n = [], 0
         if self.reference is None:
             cols = self._warm_up(cols)
             if not cols.n:
@@ -398,6 +422,8 @@ class ModelMonitor:
 
         ``extra`` (the alert policy's and the breaker's state of this model) goes into the ``core`` record.
         """
+        if self._staged and self._apply_staged():
+            raise RuntimeError("staged events closed a window at a checkpoint")  # (_may_close prevents it)
         joined = {} if self.labels is None else self.labels.take_changes()
         if not self.dirty:
             return joined

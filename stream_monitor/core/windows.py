@@ -78,6 +78,11 @@ class CountWindows(_Panes):
         self._seq = 0
         self.late_events = 0
 
+    @property
+    def current_n(self) -> int:
+        """Events in the pane being filled."""
+        return self._current.n
+
     def update(self, cols: Columns) -> list[ClosedWindow]:
         closed: list[ClosedWindow] = []
         at = 0

@@ -368,3 +368,24 @@ def test_evidence_windows_are_validated():
     cfg["drift"] = {"evidence_windows": [1, 4]}
     with pytest.raises(ConfigError, match="evidence_windows"):
         parse_config({"models": {"m": cfg}})
+
+
+def test_a_model_that_gets_a_few_events_per_batch_closes_each_window_in_the_batch_of_its_last_event():
+    """Few events per batch are held until they may complete the warm-up or a pane: every window still closes
+    in the batch that holds its last event, and a checkpoint holds every event consumed."""
+    cfg = parse_config({"models": {"m": model_config(window={"size": 500}, reference={"size": 1000})}})
+    rng = np.random.default_rng(12)
+    events = make_events(6000, rng)
+    mon = Monitor(cfg)
+    closed_in = []
+    for b, at in enumerate(range(0, len(events), 7)):
+        closed_in += [b] * len(mon.process(events[at: at + 7]).results)
+        if b % 50 == 49:  # a commit: nothing is held back from the state
+            state = mon.checkpoint().state
+            mm = mon.models["m"]
+            held = mm.warmup.n if mm.reference is None else mm.reference.pane.n + 500 * (
+                mm.windows._seq) + mm.windows.current_n
+            assert held == min(at + 7, len(events)) and not mm._staged
+            assert state[RecordKey("m", "core")] is not None
+    # window j ends with event 1000 + 500 (j + 1) - 1, in batch (that event) // 7
+    assert closed_in == [(1000 + 500 * (j + 1) - 1) // 7 for j in range(10)]
