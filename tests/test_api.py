@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_api_example_runs_and_alerts(capsys):
     text = README.read_text()
-    section = text.split("### Python API: the core without Kafka", 1)[1]
+    section = text.split("## Python API: the core without Kafka", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     assert "data_drift on feature 'a' over threshold" in capsys.readouterr().out
