@@ -39,7 +39,7 @@ test-sanitize: system-deps   ## core tests against the compiled parts built with
 demo: install                ## drifting loan-approval workload -> monitor -> alerts
 	$(PY) -m stream_monitor.kafka.demo
 
-bench: install               ## benchmark figures (see README, "Measured figures")
+bench: install               ## benchmark figures (see docs/benchmarks.md)
 	$(PY) bench/drift_engine.py
 	$(PY) bench/decode.py
 	$(PY) bench/core_profile.py

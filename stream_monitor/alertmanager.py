@@ -1,6 +1,6 @@
 """Alert events as Alertmanager alerts, and a small client of Alertmanager's v2 API. No Kafka here.
 
-An alert event (README, "Alert event") becomes one Alertmanager alert whose labels identify the incident:
+An alert event (docs/contracts.md, "Alert event") becomes one Alertmanager alert whose labels identify the incident:
 ``alertname`` (the kind in CamelCase, e.g. ``DataDrift``), ``model``, ``kind``, ``severity``, ``feature``
 (empty when the incident spans several features) and ``alert_id``. Annotations carry the message, the
 runbook, the worst statistic and the window. Alertmanager matches a resolution to its firing alert by the

@@ -145,7 +145,7 @@ class BatchConfig(_Frozen):
     timeout_s: float = Field(0.5, gt=0)
     # parse the next batch on a second thread while the core works on this one (the compiled decoder parses
     # without the GIL): for a monitor with a spare CPU; on a machine whose CPUs the broker keeps busy it is
-    # slower (see README, measured figures)
+    # slower (see docs/benchmarks.md)
     decode_ahead: bool = False
 
 
@@ -241,10 +241,10 @@ class DriftConfig(_Frozen):
     sample_size: int = Field(5000, ge=50)  # exact samples kept per window for KS/Wasserstein
     # statistics that do not decide a feature (JS, Hellinger, the other binned test; KS and Wasserstein on the
     # exact samples) are computed for the features over threshold; true computes every statistic for every
-    # feature of every window report (slower: see README, "Measured figures"). Decisions are the same.
+    # feature of every window report (slower: see docs/benchmarks.md). Decisions are the same.
     report_all_statistics: bool = False
     # Evidence across windows (file and warm-up references): each window's binned decision statistic is also
-    # computed on its last 4 and 16 windows together, so a small shift that persists is caught (see README)
+    # computed on its last 4 and 16 windows together, so a small shift that persists is caught (see docs/reference.md)
     evidence_windows: tuple[int, ...] = (4, 16)
     max_categories: int = Field(50, ge=1)  # tracked categories per feature; the rest count as "other"
     max_known_categories: int = Field(10000, ge=1)  # remembered for the new-category rate
@@ -482,7 +482,7 @@ class PrometheusConfig(_Frozen):
 
 
 class ScaleOutConfig(_Frozen):
-    """One model's stream over many partitions and instances, monitored as one (see README, "Scale-out").
+    """One model's stream over many partitions and instances, monitored as one (see docs/scale-out.md).
 
     The instances that read a model's prediction partitions build partial panes and publish them to
     ``topics.panes`` keyed by model; the instance that owns the model's key there merges them into windows and

@@ -3,7 +3,7 @@
 Served on ``prometheus.port`` (``/metrics``) by ``stream-monitor run``. Each :class:`MonitorMetrics` has its
 own registry (injectable), so tests scrape exact values; the registry also carries the standard ``process_*``
 and ``python_*`` collectors. Names follow Prometheus conventions: base units (seconds), ``_total`` for
-counters, a state set for the breaker. The README's "Metrics" table lists every series.
+counters, a state set for the breaker. docs/operations.md, "Metrics", lists every series.
 
 Values that describe the *current* state of the tasks this instance owns (breaker state, pending join entries)
 are computed at scrape time by :class:`TaskCollector` from the live monitors, so series of tasks that moved
@@ -67,7 +67,7 @@ class TaskCollector(Collector):
 
 
 class MonitorMetrics:
-    """Every metric of ``stream-monitor run``; see the module docstring and the README's metric table."""
+    """Every metric of ``stream-monitor run``; see the module docstring and the metric table of docs/operations.md."""
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True,
                  max_feature_series: int = 5000) -> None:

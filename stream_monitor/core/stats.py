@@ -5,7 +5,7 @@ plus an optional ``valid`` mask of the same shape (features have different numbe
 ignored). Sample statistics (KS, Wasserstein) take one feature's samples. Every function here agrees with its
 scipy counterpart on the same data (see ``tests/core/test_stats.py``).
 
-Defaults used by the drift engine (see README, "Statistics"):
+Defaults used by the drift engine (see docs/reference.md, "Statistics"):
 
 =============  ==========================================  =========  ============================
 statistic      effect size                                 threshold  p-value
