@@ -48,7 +48,7 @@ from .reference import CalendarReference, Reference, RollingReference
 from .segments import SegmentedPane
 from .warmup import WarmUp
 from .windows import (ClosedWindow, CountWindows, MergedCountWindows, MergedTimeWindows, PaneRecord, SourceMerge,
-                      TimeWindows, WindowHistory)
+                      TimeWindows)
 
 __all__ = ["BatchOutput", "Checkpoint", "Monitor", "ModelMonitor", "WindowResult", "load_references"]
 
@@ -367,10 +367,6 @@ class ModelMonitor:
     @property
     def calendar(self) -> CalendarReference | None:
         return self.evaluator.calendar if self.evaluator is not None else None
-
-    @property
-    def history(self) -> WindowHistory | None:
-        return self.evaluator.history if self.evaluator is not None else None
 
     def _build_warmup_reference(self, cols: Columns) -> Reference:
         cfg = self.cfg

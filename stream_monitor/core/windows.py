@@ -393,9 +393,11 @@ class SourceMerge:
         released now, in the merge order (None when there are none)."""
         self.clock.advance(source, stamp, watermark)
         frontier = max(self._released, self.clock.low() - self.lateness_s)
-        if not self._chunks or frontier == -np.inf:
+        if frontier == -np.inf:
             return None
-        self._released = frontier
+        self._released = frontier  # (never moves back: a source back from idle does not hold back what passed)
+        if not self._chunks:
+            return None
         keep: list[_Chunk] = []
         out: list[_Chunk] = []
         for c in self._chunks:

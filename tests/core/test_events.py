@@ -105,8 +105,6 @@ def _models(segments=()):
 
 
 def _mixed_batch(rng, n=400, segments=False):
-    import numpy as np
-
     odd = [
         lambda i: ev(event_id=f"x{i}", features={"a": True, "b": 1}),  # a bool in a numeric feature: type error
         lambda i: ev(event_id=f"x{i}", features={"a": 1, "c": 7}),  # an integer category code
