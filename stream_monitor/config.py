@@ -493,6 +493,10 @@ class ScaleOutConfig(_Frozen):
     # A prediction partition that has sent no pane of a model for this long (by the panes' produce times)
     # no longer holds that model's time windows back; its events in windows already closed are counted late.
     idle_partition_s: float = Field(30, gt=0)
+    # Count windows: the most events of one model the deciding instance holds while a partition lags behind the
+    # others (they wait for the merge order, in its state). Past it the oldest are released out of that order
+    # (counted in late_events, logged): memory stays bounded while an instance is down or far behind.
+    max_waiting_events: int = Field(1_000_000, ge=1000)
 
 
 class MonitorConfig(_Frozen):

@@ -125,13 +125,16 @@ class ModelMonitor:
     sources
         Scale-out mode: how many prediction partitions may carry the model (time windows wait for each of them
         until it reports or goes idle).
+    max_waiting
+        Scale-out mode, count windows: the most events held for the merge order (``scale_out.max_waiting_events``).
     """
 
     def __init__(self, cfg: ModelConfig, reference: Reference | None = None, merged_idle_s: float | None = None,
-                 sources: int = 1) -> None:
+                 sources: int = 1, max_waiting: int = 1_000_000) -> None:
         self.cfg = cfg
         self.merged_idle_s = merged_idle_s  # scale-out: windows merged from pane records (see :mod:`.panes`)
         self.sources = sources  # scale-out: partitions of the predictions topic
+        self.max_waiting = max_waiting  # scale-out, count windows: scale_out.max_waiting_events
         self.numeric, self.categorical = column_names(
             cfg.features.numeric, cfg.features.categorical, cfg.prediction, cfg.monitor_score)
         if reference is None and cfg.reference.type == "file":
@@ -162,7 +165,7 @@ class ModelMonitor:
         self.reference: Reference | None = None
         self.warmup = WarmUp(cfg.name, cfg.reference.size, self.merged_idle_s, self.sources)
         # scale-out with count windows: every partition's events in one order before the warm-up and windows
-        self.merge = SourceMerge(self.sources, self.merged_idle_s, cfg.window.lateness_s) \
+        self.merge = SourceMerge(self.sources, self.merged_idle_s, cfg.window.lateness_s, self.max_waiting) \
             if self.merged_idle_s is not None and cfg.window.by == "count" else None
         self.windows: CountWindows | TimeWindows | None = None
         self.evaluator: WindowEvaluator | None = None  # from the reference on
@@ -569,7 +572,8 @@ class Monitor:
         self.merged = merged  # scale-out: fed pane records (process_panes) of ``sources`` partitions, not events
         refs = references or {}
         idle = cfg.scale_out.idle_partition_s if merged else None
-        self.models = {name: ModelMonitor(m, refs.get(name), idle, sources) for name, m in cfg.models.items()}
+        self.models = {name: ModelMonitor(m, refs.get(name), idle, sources, cfg.scale_out.max_waiting_events)
+                       for name, m in cfg.models.items()}
         self.policy = AlertPolicy(cfg.alerts)
         self.breakers = {name: CircuitBreaker(name, m.breaker) for name, m in cfg.models.items() if m.breaker.enabled}
         # breakers that read label-side kinds tick in event-time order with the label decisions (BreakerTicks)

@@ -17,6 +17,7 @@ bookkeeping, :meth:`pieces` the panes (each under a stable id, rewritten only wh
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .sketches import Binning, Pane, PaneInput
 
 __all__ = ["PANE_FORMAT", "ClosedWindow", "CountWindows", "MergedCountWindows", "MergedTimeWindows", "PaneRecord",
            "SourceMerge", "SourceWatermarks", "TimeWindows", "WindowHistory", "decode_record"]
+
+logger = logging.getLogger(__name__)
 
 #: Version of the pane records of scale-out mode (see :mod:`.panes`).
 PANE_FORMAT = 1
@@ -357,10 +360,11 @@ class SourceMerge:
     its remainder under a new id); :meth:`pieces` hands them to the checkpoint (``m`` records).
     """
 
-    def __init__(self, sources: int, idle_s: float, lateness_s: float) -> None:
+    def __init__(self, sources: int, idle_s: float, lateness_s: float, max_waiting: int = 1_000_000) -> None:
         self.sources = sources
         self.idle_s = idle_s
         self.lateness_s = lateness_s
+        self.max_waiting = max_waiting  # past it, the oldest waiting events are released out of the order
         self.clock = SourceWatermarks(sources, idle_s)
         self._newest: dict[int, float] = {}  # source -> the newest event time it has brought
         self._chunks: list[_Chunk] = []
@@ -368,6 +372,7 @@ class SourceMerge:
         self._arrival = 0  # arrival number of the next event
         self._released = -np.inf  # every event released had a merge time under this
         self.late_events = 0
+        self.forced = 0  # events released past max_waiting, before every source had passed them
 
     @property
     def waiting(self) -> int:
@@ -393,6 +398,17 @@ class SourceMerge:
         released now, in the merge order (None when there are none)."""
         self.clock.advance(source, stamp, watermark)
         frontier = max(self._released, self.clock.low() - self.lateness_s)
+        waiting = self.waiting
+        if waiting > self.max_waiting:  # a source far behind: release the oldest beyond the bound
+            times = np.sort(np.concatenate([c.merge_time for c in self._chunks]))
+            cut = float(np.nextafter(times[waiting - self.max_waiting - 1], np.inf))
+            if cut > frontier:
+                if not self.forced:
+                    logger.warning("scale-out: %d events wait for a partition that lags behind the others; the "
+                                   "oldest are released before it has passed them (scale_out.max_waiting_events "
+                                   "%d), out of the merge order", waiting, self.max_waiting)
+                self.forced += int((times < cut).sum()) - int((times < frontier).sum())
+                frontier = cut
         if frontier == -np.inf:
             return None
         self._released = frontier  # (never moves back: a source back from idle does not hold back what passed)
@@ -428,7 +444,7 @@ class SourceMerge:
         return {"clock": self.clock.snapshot(), "newest": {str(k): v for k, v in self._newest.items()},
                 "chunks": [c.id for c in self._chunks], "next": self._next, "arrival": self._arrival,
                 "released": float(self._released) if np.isfinite(self._released) else None,
-                "late": self.late_events}
+                "late": self.late_events, "forced": self.forced}
 
     def restore(self, d: dict[str, Any], chunks: dict[str, Any], widths: tuple[int, int, int]) -> SourceMerge:
         """Rebuild from :meth:`snapshot` and the chunk records by part (raises on bad data)."""
@@ -438,6 +454,7 @@ class SourceMerge:
         self._next, self._arrival = int(d["next"]), int(d["arrival"])
         self._released = -np.inf if d["released"] is None else float(d["released"])
         self.late_events = int(d["late"])
+        self.forced = int(d.get("forced", 0))
         if any(c.id >= self._next or c.source < 0 for c in self._chunks):
             raise ValueError("merge checkpoint chunks do not match its bookkeeping")
         return self

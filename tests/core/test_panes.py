@@ -353,3 +353,22 @@ def test_a_new_reference_hands_out_the_open_pieces_of_the_old_one() -> None:
     b.set_reference("m", new)
     cp = b.checkpoint(2.0)  # flushes the old pieces, tagged with the old reference: no error
     assert cp.outputs and all(r["ref"] == old.id for _, r in cp.outputs if "pane" in r)
+
+
+def test_a_partition_far_behind_holds_at_most_max_waiting_events_for_the_merge_order(caplog):
+    """Partition 1 reports nothing new while partition 0 goes on: the deciding instance holds partition 0's
+    events for the merge order up to ``scale_out.max_waiting_events``, then releases the oldest (logged, counted)."""
+    cfg = parse_config({"scale_out": {"enabled": True, "idle_partition_s": 1e9, "max_waiting_events": 2000},
+                        "models": {"m": model_config(reference={"size": 1000})}})
+    events = make_events(12_000, np.random.default_rng(4))
+    two = TwoStages(cfg, 2)
+    two.feed(events[:2000])  # both partitions have reported
+    only0 = [e for e in events[2000:] if _partition([e], 2)[0]]
+    for at in range(0, len(only0), 500):
+        two.builders[0].process_batch(PredictionBatch.from_events(only0[at: at + 500], cfg.models), [])
+        two.commit()
+        merge = two.decider.models["m"].merge
+        assert merge.waiting <= 2000
+    assert merge.forced > 0 and merge.forced + merge.waiting <= len(only0) + 2000
+    assert len(two.results) >= 2  # the released events close windows
+    assert sum("lags behind the others" in r.message for r in caplog.records) == 1
