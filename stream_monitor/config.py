@@ -495,7 +495,7 @@ class ScaleOutConfig(_Frozen):
     idle_partition_s: float = Field(30, gt=0)
     # Count windows: the most events of one model the deciding instance holds while a partition lags behind the
     # others (they wait for the merge order, in its state). Past it the oldest are released out of that order
-    # (counted in late_events, logged): memory stays bounded while an instance is down or far behind.
+    # (counted and logged once): memory stays bounded while an instance is down or far behind.
     max_waiting_events: int = Field(1_000_000, ge=1000)
 
 
