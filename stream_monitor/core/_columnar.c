@@ -173,6 +173,8 @@ typedef struct {
     PyObject_HEAD
     int nmodels;
     Model *models;
+    int32_t *mtable; /* open addressing by name (fnv1a): model index + 1, 0 = empty; NULL for a few models */
+    uint32_t mmask;
     Slot *cache;
     int ready;    /* __init__ completed: only then are the buffers below and every model complete */
     int building; /* __init__ is running (a spec's truth test may run Python code that calls back) */
@@ -798,9 +800,17 @@ typedef struct {
 } Envelope;
 
 static Model *model_named(Decoder *d, const char *s, Py_ssize_t n) {
-    for (int i = 0; i < d->nmodels; i++)
-        if (d->models[i].name_len == n && same(d->models[i].name, s, n)) return &d->models[i];
-    return NULL;
+    if (d->mtable == NULL) { /* a few models: compared in turn */
+        for (int i = 0; i < d->nmodels; i++)
+            if (d->models[i].name_len == n && same(d->models[i].name, s, n)) return &d->models[i];
+        return NULL;
+    }
+    for (uint32_t h = (uint32_t)fnv1a(s, n) & d->mmask;; h = (h + 1) & d->mmask) { /* a fleet: hashed */
+        int32_t slot = d->mtable[h];
+        if (slot == 0) return NULL;
+        Model *m = &d->models[slot - 1];
+        if (m->name_len == n && same(m->name, s, n)) return m;
+    }
 }
 
 static void reset_row(Decoder *d, Model *m) {
@@ -1122,6 +1132,8 @@ static int reset_outputs(Decoder *d) {
  * in 32 bits, feature indices and codes in int32, models counted in an int. */
 #define MAX_FEATURES (1 << 24)
 #define MAX_MODELS (1 << 20)
+/* Up to this many models a message's model name is compared with each in turn; more are hashed. */
+#define MODELS_COMPARED 4
 
 /* What init_model built of m, however far it got (a field it did not reach is NULL or 0). */
 static void free_model(Model *m) {
@@ -1149,6 +1161,9 @@ static void clear_decoder(Decoder *d) {
     PyMem_Free(d->models);
     d->models = NULL;
     d->nmodels = 0;
+    PyMem_Free(d->mtable);
+    d->mtable = NULL;
+    d->mmask = 0;
     if (d->cache != NULL)
         for (int i = 0; i < CACHE_SLOTS; i++) Py_CLEAR(d->cache[i].obj);
     PyMem_Free(d->cache);
@@ -1302,6 +1317,20 @@ static int build(Decoder *d, PyObject *specs) {
     for (int i = 0; i < (int)n; i++) {
         d->nmodels = i + 1; /* freed by clear_decoder even when half built */
         if (init_model(d, i, PyTuple_GET_ITEM(specs, i)) < 0) return -1;
+    }
+    if (n > MODELS_COMPARED) { /* the names hashed: finding a message's model costs the same for 3 or 3,000 */
+        uint32_t size = 8;
+        while (size < 2u * (uint32_t)n + 1) size <<= 1;
+        if ((d->mtable = PyMem_Calloc(size, sizeof *d->mtable)) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->mmask = size - 1;
+        for (int i = 0; i < (int)n; i++) {
+            uint32_t h = (uint32_t)fnv1a(d->models[i].name, d->models[i].name_len) & d->mmask;
+            while (d->mtable[h] != 0) h = (h + 1) & d->mmask;
+            d->mtable[h] = i + 1;
+        }
     }
     d->row = PyMem_Calloc((size_t)d->maxf + 1, sizeof *d->row);
     d->catrow = PyMem_Calloc((size_t)d->maxf + 1, sizeof *d->catrow);

@@ -1,5 +1,6 @@
 """The compiled decoder: number conversion, and the same decisions as the general path on any bytes."""
 
+import json
 import math
 import random
 import struct
@@ -691,3 +692,34 @@ def test_a_decoder_of_no_models_declines_everything():
     dec = _columnar.Decoder([])
     assert dec.decode([_event(), None, b"{}"], 0.0, 1e11) == ([0, 1, 2], [])
     assert dec.decode([], 0.0, 1e11) == ([], [])
+
+
+@pytest.mark.compiled
+def test_a_fleet_of_models_is_found_by_name_as_a_few_are():
+    """Past a few models the decoder finds a message's model in a hash table of the names: every model of a
+    fleet (names that share prefixes, lengths and hashes' low bits) gets exactly its events, an unknown name or
+    a prefix of a known one is left to the general path, and both paths decide alike."""
+    from stream_monitor.core.events import PredictionDecoder
+
+    names = [f"m{i}" for i in range(40)] + ["m", "fraud-eu", "fraud-eu-2", "fraud.eu:v2", "x" * 200]
+    models = parse_config({"models": {n: {"features": {"numeric": ["a"], "categorical": ["c"]}} for n in names}}
+                          ).models
+    rng = random.Random(5)
+    values = []
+    for i in range(2000):
+        name = rng.choice([*names, "m40", "fraud", "unknown"])
+        values.append(_json({"event_id": f"e{i}", "model": name, "model_version": "v1", "timestamp": 1.7e9 + i,
+                             "features": {"a": rng.random(), "c": rng.choice("pq")}, "prediction": "yes"}).encode())
+    decoder = PredictionDecoder(models)
+    batch = decoder.decode(values)
+    got = {name: me.positions for name, me in batch.models.items()}
+    want: dict[str, list[int]] = {}
+    for i, raw in enumerate(values):
+        name = json.loads(raw)["model"]
+        if name in models:
+            want.setdefault(name, []).append(i)
+    assert got == want and set(batch.unknown.values()) == {"m40", "fraud", "unknown"}
+    assert_decides_as_the_general_path(decoder, values)
+    # the compiled decoder itself found every known model (it declines a message whose model it cannot find)
+    declined, _ = _columnar.Decoder(decoder_specs(models)).decode(values, 0.0, 1e11)
+    assert sorted(declined) == sorted(batch.unknown)
