@@ -48,6 +48,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -677,9 +678,8 @@ class MonitorService:
         decoded = time.perf_counter()
         self.stats.seconds["decode"] += decoded - started
         try:
-            out = mon.process_batch(preds, labels,
-                                    predictions_idle=functools.partial(self._read_to_end, task, pred_msgs),
-                                    labels_idle=functools.partial(self._read_to_end, task, label_msgs, topic_labels))
+            predictions_idle, labels_idle = self._idle_checks(task, pred_msgs, label_msgs)
+            out = mon.process_batch(preds, labels, predictions_idle=predictions_idle, labels_idle=labels_idle)
         except Exception as exc:  # a defect must not stop monitoring of every other model
             logger.exception("processing failed; the batch goes to the dead-letter topic")
             valid = sorted([p for me in preds.models.values() for p in me.positions] + list(preds.unknown))
@@ -710,13 +710,22 @@ class MonitorService:
             self.metrics.observe_batch(out, mon, time.perf_counter() - started, topics,
                                        self.stats.dead_letters - dead_before, unknown)
 
+    def _idle_checks(self, task: TaskId, pred_msgs: list[Message], label_msgs: list[Message]
+                     ) -> tuple[Callable[[], bool], Callable[[], bool]]:
+        """Whether the task's predictions, and its labels, were read to their end with this batch: asked of
+        the broker only when a stall would change something (:meth:`_read_to_end`)."""
+        return (functools.partial(self._read_to_end, task, pred_msgs, self.cfg.topics.predictions),
+                functools.partial(self._read_to_end, task, label_msgs, self.cfg.topics.labels))
+
     def _read_to_end(self, task: TaskId, msgs: list[Message], topic: str | None = None) -> bool:
         """Whether the task's partition of ``msgs``' topic (or of ``topic`` when the batch has none of it) has
         been read to its end: only a stream with nothing left to read may be judged stalled (see
         :mod:`..core.labels`); a replay or a consumer catching up is behind, not stalled. Asked only when a
         stall would change something (rarely), so it asks the broker for the end offset rather than trust the
         last fetch's (the other topic's records may have been fetched first). Unknown counts as not at the
-        end."""
+        end. A batch without records of a topic says nothing about it: the labels' batch of a consumer that
+        fetched the labels first must not call the predictions stream stalled (its early labels would expire
+        before their predictions are read)."""
         if msgs:
             tp, nxt = TopicPartition(msgs[-1].topic(), msgs[-1].partition()), msgs[-1].offset() + 1
         elif topic is None or not self._with_labels:

@@ -271,3 +271,31 @@ def test_a_page_is_committed_right_after_its_batch_not_at_the_next_interval(kafk
         assert run.service.stats.page_commits >= 1
     print(f"alert visible {took:.2f}s after the stream was produced (commit interval 60 s)")
     assert took < 30
+
+
+def test_a_batch_without_predictions_never_calls_the_unread_predictions_stream_stalled(kafka_bootstrap, run_id):
+    """Whether a stream was read to its end is asked of the broker for each topic: a batch that holds only
+    labels (the consumer fetched that topic first) says nothing about the predictions still to read. (Taking
+    it for "read to the end" let labels read days ahead expire before their predictions came.)"""
+    from confluent_kafka import TopicPartition
+
+    from stream_monitor.kafka.clients import make_consumer
+    from tests.streams import classifier_config
+
+    cfg = config(run_id, {"clf": classifier_config()})
+    create_topic(kafka_bootstrap, cfg.topics.predictions)
+    create_topic(kafka_bootstrap, cfg.topics.labels)
+    produce(kafka_bootstrap, cfg.topics.predictions, [orjson.dumps({"n": i}) for i in range(5)])
+    service = MonitorService(cfg, kafka_bootstrap)
+    service.consumer = make_consumer(cfg, service.conn)
+    try:
+        service.consumer.assign([TopicPartition(cfg.topics.predictions, 0, 0),
+                                 TopicPartition(cfg.topics.labels, 0, 0)])
+        predictions_idle, labels_idle = service._idle_checks(TaskId(0), [], [])  # a batch of neither
+        assert predictions_idle() is False  # 5 predictions to read
+        assert labels_idle() is True  # an empty topic is at its end
+        service._positions[(cfg.topics.predictions, 0)] = 5  # all five processed
+        service._ends.clear()
+        assert service._idle_checks(TaskId(0), [], [])[0]() is True
+    finally:
+        service.consumer.close()
