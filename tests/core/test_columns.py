@@ -35,9 +35,11 @@ def _object_columns(n: int, seed: int) -> Columns:
 
 
 def _encoded_columns(n: int, seed: int) -> Columns:
+    """Decoded columns, dictionary-encoded: as the compiled decoder gives them, or (without it) read back."""
     cfg = parse_config({"models": {"m": model_config()}})
     raw = [orjson.dumps(e) for e in make_events(n, np.random.default_rng(seed))]
-    return PredictionDecoder(cfg.models).decode(raw).models["m"].cols
+    cols = PredictionDecoder(cfg.models).decode(raw).models["m"].cols
+    return cols if cols.fully_encoded else _round_trip(cols)
 
 
 def _round_trip(cols: Columns) -> Columns:

@@ -232,7 +232,10 @@ def test_labels_keyed_by_event_id_are_joined_per_partition_and_decided_once(kafk
         assert one[key] == got[key], key
 
     def performance(g: dict[str, Any]) -> list[dict[str, Any]]:
-        return sorted((r for r in g["reports"] if r["type"] == "performance"), key=lambda r: r["start"])
+        # (the estimate before labels is left out: after a kill in scale-out mode it may differ slightly, see
+        # docs/state.md; the realized figures and the counts may not)
+        return sorted(({k: v for k, v in r.items() if k != "estimated"} for r in g["reports"]
+                       if r["type"] == "performance"), key=lambda r: r["start"])
 
     assert performance(one) == performance(got)
     perf = [r for r in got["reports"] if r["type"] == "performance"]
